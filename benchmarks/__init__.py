@@ -1,0 +1,1 @@
+"""Benchmarks: retrieval metrics, dataset folders, accuracy / parity / throughput / search suites (``tki-bench``)."""

@@ -1,0 +1,165 @@
+"""``tki.json``: everything the runtime needs to know about an exported model.
+
+The export step writes it (``tki_sdk.export``), the runtime reads only it. Plain
+dataclasses and the standard library, so it loads where torch is not installed.
+
+Layout (``format_version`` 1)::
+
+    {
+      "format_version": 1,
+      "model_name": "ViT-B-32",                # open_clip architecture name
+      "weights": {"source": "random" | "file" | "tag", "ref": "...", "sha256": "..." | null},
+      "checkpoint": {"path": "...", "sha256": "..."} | null,   # null for --head none
+      "head": "tki" | "none",
+      "head_config": {...} | null,             # HyperbolicMLP sizes, curvature, geometry
+      "curvature": 1.0 | null,                 # Poincaré ball curvature -c (c > 0)
+      "output_space": "ball_l2" | "clip_l2",  # what `embedding` holds, see EmbeddingSpec
+      "metric": "cos",                         # how embeddings are compared
+      "embedding_dim": 512,
+      "preprocess": {"size": [224, 224], "mode": "RGB", "mean": [...], "std": [...],
+                     "interpolation": "bicubic", "resize_mode": "shortest", "fill_color": 0},
+      "input_name": "pixel_values", "output_name": "embedding",
+      "opset": 17,
+      "artifacts": {"fp32": {"file": "model.onnx", "bytes": 1234, "sha256": "...", ...}, ...},
+      "default_precision": "fp32",
+      "versions": {"tki_sdk": "...", "torch": "...", "open_clip": "...", "onnx": "...", ...}
+    }
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+METADATA_FILE = "tki.json"
+INPUT_NAME = "pixel_values"
+OUTPUT_NAME = "embedding"
+
+
+@dataclass
+class PreprocessConfig:
+    """open_clip's eval preprocessing (``open_clip.PreprocessCfg``), as plain data.
+
+    ``size`` is (height, width); ``resize_mode`` is open_clip's ("shortest", "longest",
+    "squash"); ``interpolation`` is "bicubic", "bilinear" or "nearest".
+    """
+
+    size: tuple[int, int] = (224, 224)
+    mode: str = "RGB"
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+    fill_color: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
+        size = d.get("size", (224, 224))
+        if isinstance(size, int):
+            size = (size, size)
+        return cls(
+            size=(int(size[0]), int(size[1])),
+            mode=str(d.get("mode", "RGB")),
+            mean=tuple(float(v) for v in d.get("mean", cls.mean)),
+            std=tuple(float(v) for v in d.get("std", cls.std)),
+            interpolation=str(d.get("interpolation", "bicubic")),
+            resize_mode=str(d.get("resize_mode", "shortest")),
+            fill_color=int(d.get("fill_color", 0)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["size"] = list(self.size)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+
+@dataclass
+class ModelMetadata:
+    """Parsed ``tki.json``. Unknown keys are kept in ``extra`` and written back unchanged."""
+
+    model_name: str
+    embedding_dim: int
+    preprocess: PreprocessConfig
+    head: str = "tki"
+    output_space: str = "ball_l2"
+    metric: str = "cos"
+    curvature: float | None = None
+    head_config: dict[str, Any] | None = None
+    weights: dict[str, Any] = field(default_factory=dict)
+    checkpoint: dict[str, Any] | None = None
+    input_name: str = INPUT_NAME
+    output_name: str = OUTPUT_NAME
+    opset: int | None = None
+    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    default_precision: str = "fp32"
+    versions: dict[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelMetadata":
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        missing = [k for k in ("model_name", "embedding_dim", "preprocess") if k not in d]
+        if missing:
+            raise ValueError(f"tki.json lacks required field(s) {missing}; re-export the model with tki-export")
+        if int(d.get("format_version", FORMAT_VERSION)) > FORMAT_VERSION:
+            raise ValueError(
+                f"tki.json format_version {d['format_version']} is newer than this tki-sdk understands "
+                f"({FORMAT_VERSION}); upgrade tki-sdk"
+            )
+        kwargs = {k: v for k, v in d.items() if k in known}
+        kwargs["preprocess"] = PreprocessConfig.from_dict(d["preprocess"])
+        kwargs["embedding_dim"] = int(d["embedding_dim"])
+        extra = {k: v for k, v in d.items() if k not in known}
+        return cls(**kwargs, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["preprocess"] = self.preprocess.to_dict()
+        extra = d.pop("extra")
+        d.update(extra)
+        return d
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelMetadata":
+        """Read ``tki.json`` from a file or from the export folder that holds it."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / METADATA_FILE
+        if not p.is_file():
+            raise FileNotFoundError(f"no {METADATA_FILE} at {p}; point at a folder written by tki-export")
+        try:
+            data = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p} is not valid JSON ({e}); re-export the model") from None
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> Path:
+        p = Path(path)
+        if p.is_dir():
+            p = p / METADATA_FILE
+        tmp = p.with_suffix(p.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+        tmp.replace(p)
+        return p
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the canonical JSON of this metadata: identifies the model that made an embedding."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
