@@ -1,0 +1,137 @@
+"""``TKIModel``: frozen CLIP + learned domain vectors + head h, as one ``nn.Module``.
+
+``encode_image(pixels)`` is the retrieval embedding of DESIGN.md ("Retrieval embedding"), exactly what the
+exported graphs compute::
+
+    head "tki":  z = h(expmap0(I(x)/||I(x)||));  embedding = z/||z||     (output_space "ball_l2")
+    head "none": embedding = I(x)/||I(x)||                              (output_space "clip_l2", vanilla CLIP)
+
+Embeddings are compared by cosine (= inner product, they are unit vectors). For ball points, cosine equals
+the cosine of their ``logmap0`` images, so "ball_l2" is also the L2-normalised tangent vector at the origin.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .clip import ClipLoadError, LoadedClip, load_clip, sha256_file
+from .head import HeadConfig, HyperbolicMLP
+
+
+class TKIModel(nn.Module):
+    """The trained model. Build with :meth:`from_checkpoint` or :meth:`vanilla`."""
+
+    def __init__(
+        self,
+        clip: LoadedClip,
+        head: HyperbolicMLP | None,
+        domain_vectors: torch.Tensor | None = None,
+        classes: list[str] | None = None,
+        config: dict[str, Any] | None = None,
+        checkpoint: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.clip = clip
+        self.visual = clip.model.visual
+        self.head = head
+        self.classes = list(classes or [])
+        self.config = dict(config or {})
+        self.checkpoint = checkpoint
+        if domain_vectors is not None:
+            self.register_buffer("domain_vectors", domain_vectors.detach().clone())
+        else:
+            self.domain_vectors = None
+        self.eval()
+
+    # -- construction ----------------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike, pretrained: str | os.PathLike | None = None, device: str = "cpu"
+    ) -> "TKIModel":
+        """Rebuild frozen CLIP + head from a ``tki train`` folder.
+
+        ``pretrained=None`` loads the CLIP weights recorded in ``config.json`` (a tag, a file, or random init
+        from the recorded seed); a weights file whose SHA-256 differs from the recorded one is an error (the
+        head was trained on other features).
+        """
+        tensors, config = load_checkpoint(path)
+        w = config.get("weights", {}) or {}
+        init_seed = int(w.get("init_seed", 0))
+        if pretrained is None and w.get("source") != "random":
+            pretrained = w.get("ref")
+        clip = load_clip(config["model_name"], pretrained, device=device, init_seed=init_seed)
+        if w.get("sha256") and clip.weights.get("sha256") and clip.weights["sha256"] != w["sha256"]:
+            raise CheckpointError(
+                f"CLIP weights {clip.weights['ref']} (sha256 {clip.weights['sha256'][:12]}...) are not the ones "
+                f"{path} was trained on (sha256 {w['sha256'][:12]}...); pass the original weights file"
+            )
+        head = HyperbolicMLP(HeadConfig.from_dict(config["head"]))
+        head_state = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
+        try:
+            head.load_state_dict(head_state, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"{path}: head weights do not match config.json ({str(e).splitlines()[0]})") from None
+        ckpt = {"path": str(Path(path).resolve()), "sha256": sha256_file(Path(path) / "model.safetensors")}
+        model = cls(clip, head, tensors["domain_vectors"], config.get("classes"), config, ckpt)
+        return model.to(device)
+
+    @classmethod
+    def vanilla(cls, model_name: str, pretrained: str | os.PathLike | None = None, device: str = "cpu") -> "TKIModel":
+        """Vanilla CLIP (the paper's baseline): L2-normalised visual features, no head."""
+        return cls(load_clip(model_name, pretrained, device=device), None).to(device)
+
+    # -- inference -------------------------------------------------------------------------------------
+    @property
+    def output_space(self) -> str:
+        return "clip_l2" if self.head is None else "ball_l2"
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.clip.embed_dim if self.head is None else self.head.out_dim
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Raw CLIP visual features I(x) ``[N, D]``."""
+        return self.visual(pixels)
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Retrieval embedding of preprocessed images ``pixels [N,3,H,W]`` -> ``[N, D]`` unit vectors."""
+        f = self.visual(pixels)
+        if self.head is None:
+            return F.normalize(f, dim=-1)
+        return self.head.embed(f)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.encode_image(pixels)
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Embed free text in the same space as images (text-to-image search): h applied to CLIP text features."""
+        tok = self.clip.tokenizer(texts).to(next(self.clip.model.parameters()).device)
+        f = self.clip.model.encode_text(tok)
+        return F.normalize(f, dim=-1) if self.head is None else self.head.embed(f)
+
+    # -- description -----------------------------------------------------------------------------------
+    def metadata_fields(self) -> dict[str, Any]:
+        """The ``tki.json`` fields this model determines (export adds artifacts, opset, versions)."""
+        head_cfg = None if self.head is None else self.head.config.to_dict()
+        return {
+            "model_name": self.clip.model_name,
+            "weights": dict(self.clip.weights),
+            "checkpoint": self.checkpoint,
+            "head": "none" if self.head is None else "tki",
+            "head_config": head_cfg,
+            "curvature": None if self.head is None or not self.head.hyperbolic else self.head.config.curvature,
+            "output_space": self.output_space,
+            "metric": "cos",
+            "embedding_dim": self.embedding_dim,
+            "preprocess": dict(self.clip.preprocess_cfg),
+        }
+
+
+__all__ = ["TKIModel", "ClipLoadError", "CheckpointError"]

@@ -1,0 +1,185 @@
+"""Two-stage TKI training ("aggregation after expansion"), text only, on a frozen CLIP.
+
+Stage 1, domain expansion (section 4.1): learn only the P domain word vectors ν with
+L_exp = L_min + λ·L_max (eq. 5). Stage 2, domain aggregation (section 4.2): freeze ν, compute the P×C
+prompt features t_pi once, and train the head h with L_agg (eq. 6). Paper defaults: Adam, lr 0.005,
+τ 0.1, λ 1, P 20. Step counts are not in the paper; the defaults (200 + 500) let both losses flatten for
+PACS-sized class lists (see the saved curves).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import hyperbolic as H
+from .checkpoint import CURVES_FILE, package_versions, save_checkpoint
+from .clip import load_clip
+from .head import HeadConfig, HyperbolicMLP
+from .losses import DEFAULT_ALPHA, DEFAULT_MU, DEFAULT_TAU, aggregation_loss, expansion_loss
+from .prompts import PromptBank
+
+#: What L_agg's dot product sees. "ball" is eq. 6 as written: raw Poincaré-ball points h(t).
+#: "tangent_cosine" maps them back with logmap0 and L2-normalises (a cosine SupCon): ball points have norm
+#: < 1/sqrt(c), so raw dot products are bounded by 1/c and the logits by 1/(c·τ); the cosine variant makes
+#: the logit range independent of c and of how deep in the ball the points sit.
+AGG_SPACES = ("ball", "tangent_cosine")
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``tki train`` can set. Defaults follow the paper where it gives a value."""
+
+    model_name: str
+    classes: list[str]
+    out: str
+    pretrained: str | None = None
+    prompts: int = 20
+    steps_expand: int = 200
+    steps_aggregate: int = 500
+    lr_expand: float = 0.005
+    lr_aggregate: float = 0.005
+    tau: float = DEFAULT_TAU
+    lam: float = 1.0
+    alpha: float = DEFAULT_ALPHA
+    mu: float = DEFAULT_MU
+    classes_per_step: int | None = None
+    head_depth: int = 2
+    head_hidden: int | None = None
+    curvature: float = 1.0
+    geometry: str = "hyperbolic"
+    activation: str = "relu"
+    agg_space: str = "ball"
+    seed: int = 0
+    clip_init_seed: int = 0
+    device: str = "cpu"
+    full_context: bool = False
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not self.classes:
+            raise ValueError("the class list is empty; pass --classes a,b,c, --classes-file or --dataset-dir")
+        if len(set(self.classes)) != len(self.classes):
+            dup = next(c for c in self.classes if self.classes.count(c) > 1)
+            raise ValueError(f"class {dup!r} appears twice in the class list")
+        if self.prompts < 2:
+            raise ValueError(f"--prompts must be at least 2 (L_max compares domains), got {self.prompts}")
+        if self.steps_expand < 0 or self.steps_aggregate < 0:
+            raise ValueError("step counts must be >= 0")
+        if self.agg_space not in AGG_SPACES:
+            raise ValueError(f"agg_space must be one of {AGG_SPACES}, got {self.agg_space!r}")
+        if self.classes_per_step is not None and self.classes_per_step < 1:
+            raise ValueError(f"--classes-per-step must be >= 1, got {self.classes_per_step}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+
+
+def _class_batch(n: int, per_step: int | None, gen: torch.Generator) -> torch.Tensor | None:
+    if per_step is None or per_step >= n:
+        return None
+    return torch.randperm(n, generator=gen)[:per_step].sort().values
+
+
+def _agg_input(z: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    if cfg.agg_space == "tangent_cosine":
+        return F.normalize(H.logmap0(z, cfg.curvature) if cfg.geometry == "hyperbolic" else z, dim=-1)
+    return z
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True, leave=True)
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run both stages and write the checkpoint folder ``cfg.out``; returns its path."""
+    cfg.validate()
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
+    clip = load_clip(cfg.model_name, cfg.pretrained, device=device, init_seed=cfg.clip_init_seed)
+    bank = PromptBank(clip, cfg.classes, cfg.prompts, generator=gen).to(device)
+    n_cls = len(cfg.classes)
+    curves: dict[str, Any] = {"expand": [], "aggregate": []}
+
+    # Stage 1: domain expansion, only ν learns.
+    opt = torch.optim.Adam([bank.domain_vectors], lr=cfg.lr_expand)
+    with torch.no_grad():
+        all_class_feats = bank.class_features(full_context=cfg.full_context)
+    t_stage = time.perf_counter()
+    with _progress(cfg.steps_expand, "stage 1: domain expansion", cfg.progress) as bar:
+        for step in range(cfg.steps_expand):
+            idx = _class_batch(n_cls, cfg.classes_per_step, gen)
+            cls_feats = all_class_feats if idx is None else all_class_feats[idx.to(device)]
+            prompt = bank.prompt_features(None if idx is None else idx.to(device), full_context=cfg.full_context)
+            loss, l_min, l_max = expansion_loss(
+                prompt, cls_feats, bank.domain_features(full_context=cfg.full_context),
+                lam=cfg.lam, tau=cfg.tau, alpha=cfg.alpha, mu=cfg.mu,
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            rec = {"step": step, "L_exp": loss.item(), "L_min": l_min.item(), "L_max": l_max.item()}
+            curves["expand"].append(rec)
+            bar.set_postfix(L_exp=f"{rec['L_exp']:.4f}", L_min=f"{rec['L_min']:.4f}", L_max=f"{rec['L_max']:.4f}")
+            bar.update()
+    curves["expand_seconds_per_step"] = (time.perf_counter() - t_stage) / max(cfg.steps_expand, 1)
+
+    # Stage 2: ν frozen, prompt features computed once, head learns with L_agg.
+    with torch.no_grad():
+        prompt_feats = bank.prompt_features(full_context=cfg.full_context, chunk=1024).float()
+    head_cfg = HeadConfig(
+        in_dim=clip.embed_dim, hidden_dim=cfg.head_hidden, depth=cfg.head_depth, curvature=cfg.curvature,
+        geometry=cfg.geometry, activation=cfg.activation,
+    )
+    head = HyperbolicMLP(head_cfg).to(device)
+    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr_aggregate)
+    t_stage = time.perf_counter()
+    with _progress(cfg.steps_aggregate, "stage 2: domain aggregation", cfg.progress) as bar:
+        for step in range(cfg.steps_aggregate):
+            idx = _class_batch(n_cls, cfg.classes_per_step, gen)
+            feats = prompt_feats if idx is None else prompt_feats[:, idx.to(device)]
+            z = head(feats)
+            loss = aggregation_loss(_agg_input(z, cfg), tau=cfg.tau)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            curves["aggregate"].append({"step": step, "L_agg": loss.item()})
+            bar.set_postfix(L_agg=f"{loss.item():.4f}")
+            bar.update()
+    curves["aggregate_seconds_per_step"] = (time.perf_counter() - t_stage) / max(cfg.steps_aggregate, 1)
+
+    config = {
+        "model_name": cfg.model_name,
+        "weights": clip.weights,
+        "classes": list(cfg.classes),
+        "prompts": cfg.prompts,
+        "prompt_template": "a [DOMAIN] style of [CLASS].",
+        "losses": {
+            "tau": cfg.tau, "lambda": cfg.lam, "alpha": cfg.alpha, "mu": cfg.mu, "agg_space": cfg.agg_space,
+        },
+        "optim": {
+            "optimizer": "Adam", "lr_expand": cfg.lr_expand, "lr_aggregate": cfg.lr_aggregate,
+            "steps_expand": cfg.steps_expand, "steps_aggregate": cfg.steps_aggregate,
+            "classes_per_step": cfg.classes_per_step, "seed": cfg.seed,
+        },
+        "head": head_cfg.to_dict(),
+        "curvature": cfg.curvature,
+        "preprocess": clip.preprocess_cfg,
+        "embedding_dim": head.out_dim,
+        "versions": package_versions(),
+        "curves": CURVES_FILE,
+        "train_config": {k: v for k, v in asdict(cfg).items() if k not in ("classes", "extra", "progress")},
+    }
+    tensors = {"domain_vectors": bank.domain_vectors.detach().float()}
+    tensors.update({f"head.{k}": v for k, v in head.state_dict().items()})
+    out = save_checkpoint(cfg.out, tensors, config)
+    (out / CURVES_FILE).write_text(json.dumps(curves, indent=1) + "\n")
+    return out
