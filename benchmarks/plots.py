@@ -11,6 +11,7 @@ any suite can reuse these functions:
 * :func:`plot_latency` -- ``[{"backend": "ort-int8", "batch_size": 1, "p50_ms": 4.1,
   "p95_ms": 4.8, "p99_ms": 5.3}, ...]``: grouped bars of latency percentiles per
   backend, one panel per batch size.
+* :func:`plot_grouped_bars` -- ``categories [str]`` and ``{series name: [value per category]}``.
 
 Every function writes one PNG and returns its path; parent folders are created.
 """
@@ -21,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_recall_qps", "plot_throughput", "plot_latency"]
+__all__ = ["plot_recall_qps", "plot_throughput", "plot_latency", "plot_grouped_bars"]
 
 
 def _plt():
@@ -145,4 +146,36 @@ def plot_latency(
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_grouped_bars(
+    categories: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    path: str | Path,
+    *,
+    ylabel: str = "",
+    title: str = "",
+) -> Path:
+    """Grouped bar chart: one group per category (x), one bar per series; ``series[name][i]`` belongs to ``categories[i]``.
+
+    Used by the accuracy suite (categories = query->gallery pairs, series = methods) and
+    usable for parity (categories = artifacts, series = statistics).
+    """
+    plt = _plt()
+    if not categories or not series:
+        raise ValueError("nothing to plot")
+    for name, vals in series.items():
+        if len(vals) != len(categories):
+            raise ValueError(f"series {name!r} has {len(vals)} values for {len(categories)} categories")
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(categories) * max(1, len(series)) + 2), 4.2))
+    for i, (name, vals) in enumerate(series.items()):
+        ax.bar([j + (i - (len(series) - 1) / 2) * width for j in range(len(categories))], list(vals), width, label=name)
+    ax.set_xticks(range(len(categories)))
+    ax.set_xticklabels(list(categories), rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
     return _save(fig, path)

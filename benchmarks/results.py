@@ -246,13 +246,13 @@ def markdown_table(
     align: Sequence[str] | None = None,
     digits: int = 2,
 ) -> str:
-    """A GitHub Markdown table. Cells that are not strings go through :func:`format_number`.
+    """A GitHub Markdown table. Cells that are not strings go through :func:`format_number`; ``|`` is escaped.
 
     ``align``: one of "l", "r", "c" per column (default: numbers right, text left, decided
     from the first row).
     """
-    headers = [str(h) for h in headers]
-    cells = [[c if isinstance(c, str) else format_number(c, digits) for c in row] for row in rows]
+    headers = [str(h).replace("|", "\\|") for h in headers]
+    cells = [[(c if isinstance(c, str) else format_number(c, digits)).replace("|", "\\|") for c in row] for row in rows]
     for row in cells:
         if len(row) != len(headers):
             raise ValueError(f"row has {len(row)} cells for {len(headers)} headers: {row}")
