@@ -1,0 +1,142 @@
+"""Accuracy suite core on synthetic embeddings, and one small end-to-end run with a tiny random-init model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tki_sdk.benchmarks import cli
+from tki_sdk.benchmarks.accuracy import (
+    RANDOM_INIT,
+    AccuracyTable,
+    cross_domain_table,
+    describe_weights,
+    embed_dataset,
+    render_comparison,
+    render_paper_table,
+)
+from tki_sdk.benchmarks.datasets import DomainDataset
+from tki_sdk.benchmarks.metrics import average_precision, precision_at_k
+
+PACS = Path("/work/shared/data/pacs")
+
+
+def _domains(rng, noise, n=30, classes=4, dim=8, names=("a", "b", "c")):
+    centres = np.eye(dim)[:classes] * 5.0
+    out = {}
+    for d in names:
+        lab = rng.integers(0, classes, n)
+        out[d] = (centres[lab] + noise * rng.standard_normal((n, dim)), lab)
+    return out
+
+
+def test_perfectly_separated_classes_give_100_percent():
+    embs = _domains(np.random.default_rng(0), noise=0.01)
+    t = cross_domain_table(embs, method="oracle", weights="test", ks=(5,))
+    assert t.pairs() == [("a", "b"), ("a", "c"), ("b", "a"), ("b", "c"), ("c", "a"), ("c", "b")]
+    for q, g in t.pairs():
+        assert t.cells[q][g]["mAP"] == pytest.approx(1.0)
+        assert t.cells[q][g]["mAP@5"] == pytest.approx(1.0)
+    assert t.average("mAP") == pytest.approx(1.0)
+    md = render_paper_table([t])
+    assert "100.00" in md and "| oracle" in md
+
+
+def test_cells_equal_the_metric_contract_and_averages():
+    rng = np.random.default_rng(1)
+    embs = _domains(rng, noise=3.0)
+    t = cross_domain_table(embs, method="noisy", weights="test", ks=(7,))
+    for q, g in t.pairs():
+        qe, ql = embs[q]
+        ge, gl = embs[g]
+        s = (qe / np.linalg.norm(qe, axis=1, keepdims=True)) @ (ge / np.linalg.norm(ge, axis=1, keepdims=True)).T
+        assert t.cells[q][g]["mAP"] == pytest.approx(average_precision(s, ql, gl).mean())
+        assert t.cells[q][g]["mAP@7"] == pytest.approx(average_precision(s, ql, gl, 7).mean())
+        assert t.cells[q][g]["Prec@7"] == pytest.approx(precision_at_k(s, ql, gl, 7).mean())
+    # Row average = mean over the other domains; overall = mean over the 6 pairs.
+    assert t.row_average("a", "mAP") == pytest.approx((t.cells["a"]["b"]["mAP"] + t.cells["a"]["c"]["mAP"]) / 2)
+    assert t.average("Prec@7") == pytest.approx(np.mean([t.cells[q][g]["Prec@7"] for q, g in t.pairs()]))
+    again = AccuracyTable.from_dict(json.loads(json.dumps(t.to_dict())))
+    assert again.average("mAP") == t.average("mAP")
+
+
+def test_comparison_reports_the_loss_against_the_reference():
+    rng = np.random.default_rng(2)
+    embs = _domains(rng, noise=1.5)
+    ref = cross_domain_table(embs, method="torch", weights="w", ks=(10,))
+    noisier = {d: (e + 2.0 * rng.standard_normal(e.shape), lab) for d, (e, lab) in embs.items()}
+    art = cross_domain_table(noisier, method="int8", weights="w", ks=(10,))
+    md = render_comparison([ref, art], reference=0)
+    delta = 100 * (art.average("mAP") - ref.average("mAP"))
+    assert delta < 0
+    row = next(line for line in md.splitlines() if line.startswith("| int8"))
+    assert f"{delta:+.2f}" in row
+    assert "Reference for Δ: torch" in md
+
+
+def test_describe_weights():
+    assert describe_weights({"source": "random", "ref": None, "sha256": None}) == RANDOM_INIT
+    assert describe_weights(None) == RANDOM_INIT
+    d = describe_weights({"source": "file", "ref": "/w/clip.pt", "sha256": "ab" * 32}, {"path": "/ck", "sha256": "cd" * 32})
+    assert "/w/clip.pt" in d and "ab" * 32 in d and "/ck" in d and "cd" * 32 in d
+    assert "laion2b" in describe_weights({"source": "tag", "ref": "laion2b", "sha256": None})
+    t = AccuracyTable("m", RANDOM_INIT, ["a"], {}, ["mAP"])
+    assert not t.meaningful and not t.to_dict()["numbers_meaningful"]
+
+
+def test_embed_dataset_with_a_path_based_embedding_function(tmp_path):
+    for domain in ("art", "photo"):
+        for cls in ("cat", "dog", "owl"):
+            d = tmp_path / domain / cls
+            d.mkdir(parents=True)
+            for i in range(4):
+                (d / f"{i}.jpg").write_bytes(b"x")
+    ds = DomainDataset(tmp_path)
+
+    def one_hot_from_path(paths):  # "embeds" an image as its class folder's one-hot vector
+        return np.stack([np.eye(3)[ds.classes.index(Path(p).parent.name)] for p in paths])
+
+    embs = embed_dataset(ds, one_hot_from_path, batch_size=5, progress=False)
+    assert list(embs) == ["art", "photo"] and embs["art"][0].shape == (12, 3)
+    t = cross_domain_table(embs, method="oracle", weights="test", ks=(200,))
+    assert t.average("mAP") == 1.0 and t.average("Prec@200") == pytest.approx(4 / 12)
+
+    with pytest.raises(ValueError, match="shape"):
+        embed_dataset(ds, lambda paths: np.zeros((1, 3)), progress=False)
+    with pytest.raises(ValueError, match="NaN"):
+        embed_dataset(ds, lambda paths: np.full((len(paths), 3), np.nan), progress=False)
+
+
+def test_run_needs_a_model(tmp_path, capsys):
+    code = cli.main(["accuracy", "--dataset-dir", str(PACS if PACS.is_dir() else tmp_path), "--out-dir", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ("--model-dir" in err[0] or "domain" in err[0])
+    # A folder without tki.json is a one-line error too.
+    if PACS.is_dir():
+        assert cli.main(["accuracy", "--dataset-dir", str(PACS), "--model-dir", str(tmp_path), "--out-dir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "tki.json" in err[0]
+
+
+@pytest.mark.skipif(not PACS.is_dir(), reason="PACS images not available")
+def test_quick_run_tiny_vanilla_model_on_pacs(tmp_path, capsys):
+    pytest.importorskip("open_clip")
+    pytest.importorskip("tki_sdk.model")
+    code = cli.main(["accuracy", "--quick", "--dataset-dir", str(PACS), "--domains", "photo,sketch", "--per-class", "3",
+                     "--out-dir", str(tmp_path), "--no-progress"])
+    assert code == 0
+    doc = json.loads((tmp_path / "accuracy" / "quick.json").read_text())
+    res = doc["results"]
+    assert res["dataset"]["images"] == {"photo": 21, "sketch": 21}
+    (table,) = res["tables"]
+    assert table["weights"] == RANDOM_INIT and table["numbers_meaningful"] is False
+    assert set(table["cells"]) == {"photo", "sketch"}
+    for q, g in (("photo", "sketch"), ("sketch", "photo")):
+        cell = table["cells"][q][g]
+        assert 0.0 <= cell["mAP"] <= 1.0
+        assert cell["Prec@200"] == pytest.approx(1 / 7)  # 3 of 21 gallery images share the class; k > 21
+    assert (tmp_path / "accuracy" / "quick.png").read_bytes()[:4] == b"\x89PNG"
+    assert "carry no meaning" in capsys.readouterr().out

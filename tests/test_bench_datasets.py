@@ -1,0 +1,101 @@
+"""Domain/class folder reader on temporary trees (both layouts) and on the PACS copy."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tki_sdk.benchmarks.datasets import DomainDataset, cross_domain_pairs, find_dataset_root
+
+PACS = Path(__file__).resolve().parents[1] / "data" / "pacs"
+if not PACS.is_dir():
+    PACS = Path("/work/shared/data/pacs")
+
+
+def _make_tree(root: Path) -> dict[str, dict[str, int]]:
+    layout = {
+        "photo": {"dog": 3, "cat": 2, "zebra": 4},
+        "sketch": {"dog": 1, "cat": 5},  # no zebra in sketch
+    }
+    for domain, classes in layout.items():
+        for cls, n in classes.items():
+            d = root / domain / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                (d / f"img{i:02d}.{'png' if domain == 'sketch' else 'JPG'}").write_bytes(b"x")
+            (d / "notes.txt").write_text("not an image")
+            (d / ".hidden.jpg").write_bytes(b"x")
+    (root / ".cache" / "x").mkdir(parents=True)  # hidden folder, skipped
+    (root / "empty_domain" / "dog").mkdir(parents=True)  # no images: not a domain
+    return layout
+
+
+@pytest.mark.parametrize("images_level", [False, True])
+def test_tree_both_layouts(tmp_path, images_level):
+    base = tmp_path / "images" if images_level else tmp_path
+    layout = _make_tree(base)
+    ds = DomainDataset(tmp_path)
+    assert ds.root == base
+    assert ds.domains == ["photo", "sketch"]
+    assert ds.classes == ["cat", "dog", "zebra"]  # sorted union, shared index
+    assert ds.counts() == {"photo": 9, "sketch": 6}
+    assert ds.class_counts("sketch") == {"cat": 5, "dog": 1, "zebra": 0}
+    for domain, classes in layout.items():
+        recs = ds.records(domain)
+        assert len(recs) == sum(classes.values())
+        for r in recs:
+            assert r.path.parent.name == r.class_name
+            assert ds.classes[r.label] == r.class_name
+            assert r.path.suffix.lower() in (".png", ".jpg")
+        np.testing.assert_array_equal(ds.labels(domain), [r.label for r in recs])
+        assert ds.paths(domain) == sorted(ds.paths(domain), key=lambda p: (p.parent.name, p.name))
+    assert ds.pairs() == [("photo", "sketch"), ("sketch", "photo")]
+
+
+def test_sampling_is_deterministic_and_per_class(tmp_path):
+    _make_tree(tmp_path)
+    ds = DomainDataset(tmp_path)
+    a = ds.sample(2, seed=7)
+    b = ds.sample(2, seed=7)
+    assert [r.path for r in a.records()] == [r.path for r in b.records()]
+    assert a.class_counts("photo") == {"cat": 2, "dog": 2, "zebra": 2}
+    assert a.class_counts("sketch") == {"cat": 2, "dog": 1, "zebra": 0}  # fewer than 2: all kept
+    assert a.classes == ds.classes and a.domains == ds.domains
+    # The choice inside one (domain, class) does not depend on the other domains present.
+    only_photo = DomainDataset(tmp_path, domains=["photo"]).sample(2, seed=7)
+    assert [r.path for r in only_photo.records()] == [r.path for r in a.records("photo")]
+    # Some seed picks a different subset of photo/zebra (4 choose 2 = 6 subsets).
+    picks = {tuple(r.path.name for r in ds.sample(2, seed=s).records("photo") if r.class_name == "zebra") for s in range(10)}
+    assert len(picks) > 1
+    assert len(ds.sample(None)) == len(ds)
+    with pytest.raises(ValueError):
+        ds.sample(0)
+
+
+def test_errors_name_the_layout(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        find_dataset_root(tmp_path / "missing")
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    with pytest.raises(ValueError, match="<domain>/<class>"):
+        DomainDataset(tmp_path)
+    _make_tree(tmp_path / "ok")
+    with pytest.raises(ValueError, match="unknown domain"):
+        DomainDataset(tmp_path / "ok", domains=["clipart"])
+
+
+def test_cross_domain_pairs():
+    assert cross_domain_pairs(["a", "b", "c"]) == [("a", "b"), ("a", "c"), ("b", "a"), ("b", "c"), ("c", "a"), ("c", "b")]
+    assert cross_domain_pairs(["a"]) == []
+
+
+@pytest.mark.skipif(not PACS.is_dir(), reason="PACS images not available")
+def test_pacs_counts():
+    ds = DomainDataset(PACS)
+    assert ds.root.name == "images"
+    assert ds.counts() == {"art_painting": 2048, "cartoon": 2344, "photo": 1670, "sketch": 3929}
+    assert ds.classes == ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person"]
+    assert len(ds.pairs()) == 12
+    s = ds.sample(3, seed=0)
+    assert s.counts() == {d: 21 for d in ds.domains}
+    assert all(r.path.is_file() for r in s.records())
