@@ -1,0 +1,33 @@
+"""Shared fixtures: a tiny trained checkpoint and the PACS sample location."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACS_DIR = Path(os.environ.get("TKI_PACS_DIR", REPO.parent / "shared" / "data" / "pacs" / "images"))
+TINY_MODEL = "TKI-Tiny-ViT"
+TINY_CLASSES = ["dog", "horse", "house", "guitar"]
+
+
+@pytest.fixture(scope="session")
+def pacs_dir() -> Path:
+    """PACS images (``<domain>/<class>/<file>``), read in place; tests skip where the folder is absent."""
+    if not PACS_DIR.is_dir():
+        pytest.skip(f"PACS images not found at {PACS_DIR} (set TKI_PACS_DIR)")
+    return PACS_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``tki train`` folder for the tiny open_clip config (random init), trained for a few steps."""
+    from tki_sdk.trainer import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("tiny_ckpt") / "ckpt"
+    cfg = TrainConfig(
+        model_name=TINY_MODEL, classes=TINY_CLASSES, out=str(out), prompts=4,
+        steps_expand=5, steps_aggregate=10, seed=0, progress=False,
+    )
+    return train(cfg)
