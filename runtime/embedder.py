@@ -1,0 +1,472 @@
+"""``Embedder``: exported TKI model (ONNX via onnxruntime, or a TensorRT plan) + CLIP-exact preprocessing.
+
+Reads only the export folder: ``tki.json`` (:class:`~tki_sdk.runtime.metadata.ModelMetadata`) and the
+model file it names. No torch anywhere.
+
+::
+
+    emb = Embedder("export_dir")                       # fp32 ONNX on the best onnxruntime provider
+    emb = Embedder("export_dir", precision="int8", threads=2)
+    res = emb.embed_images(["a.jpg", b"...png bytes...", pil_image])
+    res.embeddings   # float32 [M, D], one row per good item
+    res.indices      # int64 [M], position of each row in the input
+    res.errors       # [(item, reason), ...] for the items that could not be read
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .images import ImageItem, ImageLoadError, describe_item
+from .metadata import METADATA_FILE, ModelMetadata
+from .preprocess import Preprocessor
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Embedder", "EmbedResult", "TensorRTRunner", "available_backends"]
+
+_ORT_GPU_ORDER = ("CUDAExecutionProvider", "ROCMExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider")
+
+
+@dataclass
+class EmbedResult:
+    """Output of :meth:`Embedder.embed_images`.
+
+    ``embeddings[i]`` is the embedding of ``items[indices[i]]``; every item not in ``indices`` has exactly one
+    ``(item, reason)`` entry in ``errors``. ``stats`` holds timings: ``wall_s`` (whole call), ``infer_s`` (time
+    inside the model), ``decode_s`` (decode + preprocess, summed over worker threads), ``images`` (good items).
+    """
+
+    embeddings: np.ndarray
+    indices: np.ndarray
+    errors: list[tuple[Any, str]] = field(default_factory=list)
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.embeddings.shape[0])
+
+
+def available_backends() -> dict[str, Any]:
+    """What this environment can run: onnxruntime providers and whether ``tensorrt`` imports."""
+    out: dict[str, Any] = {"onnxruntime": None, "tensorrt": None}
+    try:
+        import onnxruntime as ort
+
+        out["onnxruntime"] = {"version": ort.__version__, "providers": ort.get_available_providers()}
+    except ImportError:
+        pass
+    try:
+        import tensorrt as trt  # noqa: F401
+
+        out["tensorrt"] = {"version": trt.__version__}
+    except Exception:
+        pass
+    return out
+
+
+class Embedder:
+    """Images -> embeddings with an exported TKI model.
+
+    Args:
+        model_dir: folder written by ``tki-export`` (holds ``tki.json``), or the ``tki.json`` path itself.
+        backend: ``"onnxruntime"`` (ONNX files), ``"tensorrt"`` (a serialized TensorRT plan, ``model.plan``;
+            needs the ``tensorrt`` and ``cuda-python`` packages and a GPU), or ``"auto"``: TensorRT when the
+            chosen artifact is a plan, onnxruntime otherwise.
+        precision: key of ``tki.json``'s ``artifacts`` (``"fp32"``, ``"fp16"``, ``"int8"``,
+            ``"tensorrt_fp16"``, ...); default ``default_precision`` (for ``backend="tensorrt"``: the first
+            ``tensorrt*`` artifact).
+        providers: onnxruntime execution providers, in order of preference. Default: CUDA when onnxruntime-gpu
+            offers it, then CPU. TensorRT through onnxruntime (``"TensorrtExecutionProvider"``) builds an engine
+            when the session starts (minutes for a ViT-B), so it is used only when asked for here; the prebuilt
+            plan (``backend="tensorrt"``) avoids that.
+        threads: intra-op threads for onnxruntime on CPU (default: onnxruntime's choice, all cores).
+        preprocess: options for :class:`~tki_sdk.runtime.preprocess.Preprocessor` (``exif_transpose``,
+            ``draft``, ``max_pixels``).
+
+    Attributes: ``metadata``, ``preprocessor``, ``backend``, ``precision``, ``model_path``, ``provider`` (what
+    actually runs: e.g. ``"CPUExecutionProvider"``, ``"CUDAExecutionProvider"``, ``"TensorRT"``),
+    ``embedding_dim``, ``model_fingerprint`` (:meth:`ModelMetadata.fingerprint`: identifies the model for
+    galleries). All methods are safe to call from several threads at once.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        backend: str = "auto",
+        precision: str | None = None,
+        providers: Sequence[str | tuple[str, dict]] | None = None,
+        threads: int | None = None,
+        preprocess: dict[str, Any] | None = None,
+    ) -> None:
+        if backend not in ("auto", "onnxruntime", "tensorrt"):
+            raise ValueError(f"backend {backend!r} unknown; use auto, onnxruntime or tensorrt")
+        p = Path(model_dir)
+        if not p.exists():
+            raise FileNotFoundError(f"model folder {p} does not exist; give the folder written by tki-export")
+        self.model_dir = p if p.is_dir() else p.parent
+        self.metadata = ModelMetadata.load(p)
+        self.preprocessor = Preprocessor.from_metadata(self.metadata, **(preprocess or {}))
+        self.embedding_dim = int(self.metadata.embedding_dim)
+        self.model_fingerprint = self.metadata.fingerprint()
+        self.precision, self.model_path = self._pick_artifact(backend, precision)
+        is_plan = self.model_path.suffix in (".plan", ".engine", ".trt")
+        if backend == "auto":
+            backend = "tensorrt" if is_plan else "onnxruntime"
+        if backend == "onnxruntime" and is_plan:
+            raise ValueError(f"{self.model_path.name} is a TensorRT plan; use backend='tensorrt' or an ONNX precision")
+        if backend == "tensorrt" and not is_plan:
+            raise ValueError(
+                f"artifact {self.precision!r} ({self.model_path.name}) is not a TensorRT plan; "
+                "export one with tki-export --tensorrt or use backend='onnxruntime'"
+            )
+        self.backend = backend
+        self._lock = threading.Lock()
+        if backend == "tensorrt":
+            self._runner: Any = TensorRTRunner(self.model_path, self.metadata.input_name, self.metadata.output_name)
+            self.provider = "TensorRT"
+            self._input_dtype = self._runner.input_dtype
+            self._fixed_batch: int | None = None
+            self._max_batch = self._runner.max_batch
+        else:
+            self._init_onnxruntime(providers, threads)
+        log.info(
+            "Embedder: %s on %s (%s, %s), embedding dim %d",
+            self.backend, self.provider, self.precision, self.model_path.name, self.embedding_dim,
+        )
+
+    # ------------------------------------------------------------------ setup
+    def _pick_artifact(self, backend: str, precision: str | None) -> tuple[str, Path]:
+        arts = self.metadata.artifacts or {}
+        if precision is None:
+            if backend == "tensorrt":
+                trt_keys = sorted(k for k in arts if k.startswith("tensorrt"))
+                if not trt_keys:
+                    raise ValueError(
+                        f"{self.model_dir} has no TensorRT plan (artifacts: {sorted(arts) or 'none'}); "
+                        "export one with tki-export --tensorrt"
+                    )
+                precision = "tensorrt_fp16" if "tensorrt_fp16" in trt_keys else trt_keys[0]
+            else:
+                precision = self.metadata.default_precision or "fp32"
+                if backend == "onnxruntime" and precision in arts and not str(arts[precision].get("file", "")).endswith(".onnx"):
+                    precision = "fp32"
+        if not arts:
+            if precision == "fp32" and (self.model_dir / "model.onnx").is_file():
+                return precision, self.model_dir / "model.onnx"
+            raise ValueError(f"{self.model_dir / METADATA_FILE} lists no model artifacts; re-export the model")
+        if precision not in arts:
+            raise ValueError(f"precision {precision!r} not in this export; available: {', '.join(sorted(arts))}")
+        fname = arts[precision].get("file")
+        if not fname:
+            raise ValueError(f"artifact {precision!r} in tki.json has no 'file' entry; re-export the model")
+        path = self.model_dir / fname
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {path} (precision {precision}) is missing; re-export or copy it")
+        return precision, path
+
+    def _init_onnxruntime(self, providers: Sequence[Any] | None, threads: int | None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ImportError("onnxruntime is not installed; pip install 'tki-sdk[runtime]'") from None
+        available = ort.get_available_providers()
+        if providers is None:
+            chosen: list[Any] = [p for p in _ORT_GPU_ORDER if p in available] + ["CPUExecutionProvider"]
+        else:
+            chosen = list(providers)
+            names = [p[0] if isinstance(p, tuple) else p for p in chosen]
+            missing = [n for n in names if n not in available]
+            if missing:
+                raise ValueError(f"onnxruntime providers {missing} not available here; available: {available}")
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            if int(threads) < 1:
+                raise ValueError("threads must be >= 1")
+            so.intra_op_num_threads = int(threads)
+            so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        self.threads = threads
+        try:
+            self._session = ort.InferenceSession(str(self.model_path), sess_options=so, providers=chosen)
+        except Exception as e:
+            raise RuntimeError(f"onnxruntime cannot load {self.model_path}: {e}") from None
+        self.provider = self._session.get_providers()[0]
+        inputs = self._session.get_inputs()
+        names = [i.name for i in inputs]
+        if self.metadata.input_name in names:
+            inp = inputs[names.index(self.metadata.input_name)]
+        elif len(inputs) == 1:
+            inp = inputs[0]
+        else:
+            raise ValueError(f"model inputs {names} do not include {self.metadata.input_name!r} from tki.json")
+        self._input_name = inp.name
+        outs = [o.name for o in self._session.get_outputs()]
+        self._output_name = self.metadata.output_name if self.metadata.output_name in outs else outs[0]
+        self._input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+        b = inp.shape[0] if inp.shape else None
+        self._fixed_batch = int(b) if isinstance(b, int) and b > 0 else None
+        self._max_batch = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Embedder({str(self.model_dir)!r}, backend={self.backend!r}, precision={self.precision!r}, "
+            f"provider={self.provider!r}, dim={self.embedding_dim})"
+        )
+
+    # ------------------------------------------------------------------ inference
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(H, W) the model takes."""
+        return self.preprocessor.size
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Preprocessed pixels float ``[N, 3, H, W]`` -> float32 embeddings ``[N, D]`` (rows as the model outputs
+        them; TKI exports are already L2-normalised). ``N = 0`` gives ``[0, D]``."""
+        x = np.asarray(pixels)
+        h, w = self.input_size
+        if x.ndim != 4 or x.shape[1:] != (3, h, w):
+            raise ValueError(f"embed_pixels expects [N, 3, {h}, {w}] (use the Preprocessor); got {list(x.shape)}")
+        n = x.shape[0]
+        if n == 0:
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+        x = np.ascontiguousarray(x, dtype=self._input_dtype)
+        step = self._fixed_batch or self._max_batch
+        if step is None or n == step:
+            out = self._run(x)
+        else:
+            parts = []
+            for s in range(0, n, step):
+                chunk = x[s : s + step]
+                m = chunk.shape[0]
+                if self._fixed_batch and m < step:
+                    chunk = np.concatenate([chunk, np.zeros((step - m, *chunk.shape[1:]), dtype=chunk.dtype)])
+                parts.append(self._run(chunk)[:m])
+            out = np.concatenate(parts)
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        if self.backend == "tensorrt":
+            with self._lock:
+                return self._runner.run(x)
+        # onnxruntime's InferenceSession.run is thread-safe.
+        return self._session.run([self._output_name], {self._input_name: x})[0]
+
+    def embed_images(
+        self,
+        items: Iterable[ImageItem],
+        batch_size: int = 32,
+        workers: int | None = None,
+        progress: bool | Callable[[int, int], None] = False,
+        prefetch_batches: int = 2,
+    ) -> EmbedResult:
+        """Decode, preprocess and embed paths / encoded bytes / PIL images; bad items are reported, not raised.
+
+        Decoding and preprocessing run in a pool of ``workers`` threads (default ``min(8, cpu_count)``) over a
+        bounded window of ``prefetch_batches * batch_size`` items, while the calling thread runs the model on
+        the previous batch; input order is kept. ``progress``: ``True`` for a tqdm bar, or a callable
+        ``(done, total)``.
+        """
+        items = list(items)
+        total = len(items)
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        workers = int(workers) if workers else min(8, os.cpu_count() or 1)
+        h, w = self.input_size
+        t0 = time.perf_counter()
+        decode_s = [0.0]
+        decode_lock = threading.Lock()
+
+        def prep(item: ImageItem) -> np.ndarray:
+            s = time.perf_counter()
+            try:
+                return self.preprocessor.process(item)
+            finally:
+                d = time.perf_counter() - s
+                with decode_lock:
+                    decode_s[0] += d
+
+        bar = None
+        if progress is True:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, unit="img", desc="embed", dynamic_ncols=True)
+        callback = progress if callable(progress) else None
+
+        embeddings: list[np.ndarray] = []
+        indices: list[int] = []
+        errors: list[tuple[Any, str]] = []
+        infer_s = 0.0
+        buf = np.empty((batch_size, 3, h, w), dtype=np.float32)
+        buf_idx: list[int] = []
+        done = 0
+
+        def flush() -> None:
+            nonlocal infer_s
+            if not buf_idx:
+                return
+            s = time.perf_counter()
+            embeddings.append(self.embed_pixels(buf[: len(buf_idx)]))
+            infer_s += time.perf_counter() - s
+            indices.extend(buf_idx)
+            buf_idx.clear()
+
+        window: deque[tuple[int, Any, Future]] = deque()
+        it = iter(enumerate(items))
+        limit = max(1, prefetch_batches) * batch_size
+        try:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tki-decode") as pool:
+
+                def submit_next() -> None:
+                    nxt = next(it, None)
+                    if nxt is not None:
+                        window.append((nxt[0], nxt[1], pool.submit(prep, nxt[1])))
+
+                for _ in range(limit):
+                    submit_next()
+                while window:
+                    i, item, fut = window.popleft()
+                    submit_next()
+                    try:
+                        buf[len(buf_idx)] = fut.result()
+                        buf_idx.append(i)
+                    except ImageLoadError as e:
+                        errors.append((item, e.reason))
+                    except Exception as e:  # any other decoder failure stays with its item
+                        errors.append((item, f"{type(e).__name__}: {e}"))
+                    if len(buf_idx) == batch_size:
+                        flush()
+                    done += 1
+                    if bar is not None:
+                        bar.update(1)
+                    if callback is not None:
+                        callback(done, total)
+                flush()
+        finally:
+            if bar is not None:
+                bar.close()
+        emb = np.concatenate(embeddings) if embeddings else np.zeros((0, self.embedding_dim), dtype=np.float32)
+        stats = {
+            "images": float(len(indices)),
+            "errors": float(len(errors)),
+            "wall_s": time.perf_counter() - t0,
+            "infer_s": infer_s,
+            "decode_s": decode_s[0],
+        }
+        return EmbedResult(emb, np.asarray(indices, dtype=np.int64), errors, stats)
+
+    def embed_image(self, item: ImageItem) -> np.ndarray:
+        """One item -> float32 ``[D]``; raises :class:`ImageLoadError` when it cannot be read."""
+        x = self.preprocessor.process(item)
+        return self.embed_pixels(x[None])[0]
+
+
+class TensorRTRunner:
+    """Runs a serialized TensorRT engine (``model.plan``) with the TensorRT 10 tensor API.
+
+    Uses ``IExecutionContext.set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3`` on one CUDA
+    stream, device buffers from ``cuda-python`` (``cuda.bindings.runtime``), grown on demand. Not thread-safe
+    by itself (the Embedder serialises calls). The plan must have been built on this GPU model and
+    TensorRT version.
+    """
+
+    def __init__(self, plan_path: str | os.PathLike, input_name: str, output_name: str) -> None:
+        try:
+            import tensorrt as trt
+        except ImportError:
+            raise ImportError(
+                "backend='tensorrt' needs the tensorrt package (pip install 'tki-sdk[gpu]' from NVIDIA's index); "
+                "use backend='onnxruntime' otherwise"
+            ) from None
+        try:
+            from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+        except ImportError:
+            try:
+                from cuda import cudart  # type: ignore[no-redef]  # older cuda-python
+            except ImportError:
+                raise ImportError("backend='tensorrt' needs cuda-python (pip install cuda-python)") from None
+        self._trt = trt
+        self._cudart = cudart
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        runtime = trt.Runtime(self._logger)
+        engine = runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
+        if engine is None:
+            raise RuntimeError(
+                f"TensorRT could not deserialize {plan_path}: plans only load on the TensorRT version and GPU "
+                "they were built with; rebuild it with tki-export --tensorrt"
+            )
+        self._runtime = runtime
+        self.engine = engine
+        self.context = engine.create_execution_context()
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        ins = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.input_name = input_name if input_name in ins else ins[0]
+        self.output_name = output_name if output_name in outs else outs[0]
+        self.input_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self.input_name)))
+        self.output_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self.output_name)))
+        shape = tuple(engine.get_tensor_shape(self.input_name))
+        if shape[0] == -1:
+            _, _, max_shape = engine.get_tensor_profile_shape(self.input_name, 0)
+            self.max_batch: int | None = int(max_shape[0])
+        else:
+            self.max_batch = int(shape[0])
+        self._stream = self._check(cudart.cudaStreamCreate())
+        self._bufs: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+
+    def _check(self, result: Any) -> Any:
+        err, *rest = result if isinstance(result, tuple) else (result,)
+        if int(err) != 0:
+            raise RuntimeError(f"CUDA error {err}")
+        return rest[0] if len(rest) == 1 else (rest or None)
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        ptr, size = self._bufs.get(name, (0, 0))
+        if size < nbytes:
+            if ptr:
+                self._check(self._cudart.cudaFree(ptr))
+            ptr = int(self._check(self._cudart.cudaMalloc(nbytes)))
+            self._bufs[name] = (ptr, nbytes)
+        return ptr
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """``x`` [N, 3, H, W] (N within the plan's profile) -> output [N, D] as float32."""
+        cudart = self._cudart
+        x = np.ascontiguousarray(x, dtype=self.input_dtype)
+        if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
+            raise ValueError(f"input shape {x.shape} outside the TensorRT plan's profile (max batch {self.max_batch})")
+        out_shape = tuple(self.context.get_tensor_shape(self.output_name))
+        out = np.empty(out_shape, dtype=self.output_dtype)
+        d_in = self._buffer(self.input_name, x.nbytes)
+        d_out = self._buffer(self.output_name, out.nbytes)
+        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._check(cudart.cudaMemcpyAsync(d_in, x.ctypes.data, x.nbytes, h2d, self._stream))
+        self.context.set_tensor_address(self.input_name, d_in)
+        self.context.set_tensor_address(self.output_name, d_out)
+        if not self.context.execute_async_v3(int(self._stream)):
+            raise RuntimeError("TensorRT execute_async_v3 failed")
+        self._check(cudart.cudaMemcpyAsync(out.ctypes.data, d_out, out.nbytes, d2h, self._stream))
+        self._check(cudart.cudaStreamSynchronize(self._stream))
+        return out.astype(np.float32, copy=False)
+
+    def __del__(self) -> None:  # pragma: no cover - GPU only
+        try:
+            for ptr, _ in self._bufs.values():
+                self._cudart.cudaFree(ptr)
+            self._cudart.cudaStreamDestroy(self._stream)
+        except Exception:
+            pass
+
+
+def _describe_errors(errors: list[tuple[Any, str]]) -> list[str]:
+    return [f"{describe_item(item)}: {reason}" for item, reason in errors]

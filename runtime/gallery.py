@@ -1,0 +1,881 @@
+"""``Gallery``: embeddings + metadata, searched with usearch (HNSW) or exactly, saved atomically.
+
+A gallery holds uint64 keys, one vector per key, and an optional JSON-able metadata dict per key (``path``,
+``domain``, ``class``, anything) kept in SQLite. It remembers which model embedded it
+(``model_fingerprint``, the hash of the export's ``tki.json``) and refuses queries that say they come from
+another model.
+
+Search contract -- ``search(vectors[Q, D], k, where=None) -> (keys[Q, k] uint64, distances[Q, k] float32)``:
+
+- rows are best first (smallest distance); distances are usearch's: ``cos``: ``1 - cos(q, x)``;
+  ``ip``: ``1 - q.x``; ``l2sq``: ``|q - x|^2``;
+- when fewer than ``k`` items exist (or match ``where``) the row is padded with :data:`MISSING_KEY`
+  (``2**64 - 1``, a key ``add`` refuses) and distance ``+inf``;
+- ``exact=True`` galleries store a flat matrix and search it by brute force (usearch's exact kernels), so
+  they are also the reference for recall; ``exact=False`` galleries use a usearch HNSW graph;
+- ``where={"domain": "sketch", "class": ["dog", "horse"]}``: items whose metadata has ``domain == "sketch"``
+  AND ``class`` in the list (a list-valued metadata field matches when any element matches). The result is
+  the top ``k`` among the matching items: when at most ``filter_exact_limit`` items match (default 50,000)
+  it is computed exactly over just those items; otherwise the HNSW result is over-fetched
+  (``k * N / matches * 2 + k`` candidates, widened x4 while the k-th matching hit is not in the first half of
+  the list) and queries still unsettled fall back to the exact path. A filter never returns fewer than
+  ``min(k, matches)`` hits, and a selective one returns exactly the true top k among the matching items.
+
+On disk a gallery is a folder::
+
+    G/CURRENT                 name of the live version (replaced atomically)
+    G/v-<id>/gallery.json     ndim, metric, dtype, count, model fingerprint, ...
+    G/v-<id>/index.usearch    HNSW graph + vectors   (exact galleries: keys.npy + vectors.npy)
+    G/v-<id>/meta.sqlite      metadata
+
+``save`` writes a complete new version beside the old one (every file fsync'ed), renames it into place and
+only then swaps ``CURRENT`` (temp file, fsync, rename, fsync of the folder). A save killed at any point
+leaves the previous version loadable; old versions are removed after the swap.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Gallery", "ModelMismatchError", "MISSING_KEY", "scan_image_folder", "IMAGE_EXTENSIONS"]
+
+#: Key used to pad result rows that have fewer than k hits (never a valid gallery key).
+MISSING_KEY = np.uint64(np.iinfo(np.uint64).max)
+
+FORMAT = "tki-gallery"
+FORMAT_VERSION = 1
+CURRENT_FILE = "CURRENT"
+INFO_FILE = "gallery.json"
+INDEX_FILE = "index.usearch"
+KEYS_FILE = "keys.npy"
+VECTORS_FILE = "vectors.npy"
+META_FILE = "meta.sqlite"
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".jfif"}
+)
+
+_METRICS = {"cos": "cos", "cosine": "cos", "ip": "ip", "inner": "ip", "l2sq": "l2sq", "l2": "l2sq"}
+_DTYPES = {"f32": np.float32, "f16": np.float16, "i8": np.int8}
+
+
+class ModelMismatchError(ValueError):
+    """Query vectors come from a different model than the one that embedded the gallery."""
+
+
+# ---------------------------------------------------------------------------------------------- metadata
+def _signed(keys: np.ndarray) -> list[int]:
+    """uint64 keys -> Python ints of their int64 bit pattern (what SQLite's INTEGER holds)."""
+    return [int(k) for k in np.asarray(keys, dtype=np.uint64).view(np.int64)]
+
+
+def _attr_values(value: Any) -> list[Any]:
+    """Filterable values of one metadata field: scalars, or the scalar elements of a list."""
+    if isinstance(value, (list, tuple)):
+        return [v for v in value if isinstance(v, (str, int, float, bool))]
+    if isinstance(value, (str, int, float, bool)):
+        return [value]
+    return []
+
+
+class _MetaStore:
+    """Metadata in SQLite: ``items(key, meta JSON)`` + ``attrs(key, name, value)`` indexed for ``where``."""
+
+    def __init__(self, conn: sqlite3.Connection, create: bool) -> None:
+        self.conn = conn
+        if create:
+            conn.executescript(
+                """
+                CREATE TABLE IF NOT EXISTS items (key INTEGER PRIMARY KEY, meta TEXT NOT NULL);
+                CREATE TABLE IF NOT EXISTS attrs (key INTEGER NOT NULL, name TEXT NOT NULL, value);
+                CREATE INDEX IF NOT EXISTS attrs_nv ON attrs (name, value);
+                CREATE INDEX IF NOT EXISTS attrs_k ON attrs (key);
+                """
+            )
+
+    @classmethod
+    def memory(cls) -> "_MetaStore":
+        return cls(sqlite3.connect(":memory:", check_same_thread=False), create=True)
+
+    @classmethod
+    def copy_of(cls, path: Path) -> "_MetaStore":
+        src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        dst = sqlite3.connect(":memory:", check_same_thread=False)
+        try:
+            src.backup(dst)
+        finally:
+            src.close()
+        return cls(dst, create=True)
+
+    @classmethod
+    def readonly(cls, path: Path) -> "_MetaStore":
+        conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+        return cls(conn, create=False)
+
+    def add(self, keys: np.ndarray, metas: Sequence[Mapping[str, Any] | None]) -> None:
+        sk = _signed(keys)
+        rows, attrs = [], []
+        for k, m in zip(sk, metas):
+            m = dict(m or {})
+            rows.append((k, json.dumps(m, sort_keys=True, default=str)))
+            for name, value in m.items():
+                for v in _attr_values(value):
+                    attrs.append((k, str(name), v))
+        with self.conn:
+            self.conn.executemany("INSERT INTO items (key, meta) VALUES (?, ?)", rows)
+            self.conn.executemany("INSERT INTO attrs (key, name, value) VALUES (?, ?, ?)", attrs)
+
+    def remove(self, keys: np.ndarray) -> None:
+        sk = [(k,) for k in _signed(keys)]
+        with self.conn:
+            self.conn.executemany("DELETE FROM items WHERE key = ?", sk)
+            self.conn.executemany("DELETE FROM attrs WHERE key = ?", sk)
+
+    def get(self, keys: np.ndarray) -> list[dict[str, Any] | None]:
+        sk = _signed(keys)
+        found: dict[int, dict[str, Any]] = {}
+        for s in range(0, len(sk), 900):
+            chunk = sk[s : s + 900]
+            q = f"SELECT key, meta FROM items WHERE key IN ({','.join('?' * len(chunk))})"
+            for k, m in self.conn.execute(q, chunk):
+                found[k] = json.loads(m)
+        return [found.get(k) for k in sk]
+
+    def match(self, where: Mapping[str, Any]) -> np.ndarray:
+        """Sorted uint64 keys whose metadata satisfies every ``name: value | [values]`` condition."""
+        parts, args = [], []
+        for name, want in where.items():
+            vals = list(want) if isinstance(want, (list, tuple, set, frozenset)) else [want]
+            if not vals:
+                return np.zeros(0, dtype=np.uint64)
+            for v in vals:
+                if not isinstance(v, (str, int, float, bool)):
+                    raise ValueError(f"where[{name!r}]: values must be str, int, float or bool, got {type(v).__name__}")
+            parts.append(f"SELECT key FROM attrs WHERE name = ? AND value IN ({','.join('?' * len(vals))})")
+            args.extend([str(name), *vals])
+        if not parts:
+            raise ValueError("where needs at least one field")
+        q = " INTERSECT ".join(parts)
+        keys = np.fromiter((r[0] for r in self.conn.execute(q, args)), dtype=np.int64)
+        return np.sort(keys.view(np.uint64))
+
+    def count(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+
+    def backup_to(self, path: Path) -> None:
+        dst = sqlite3.connect(str(path))
+        try:
+            self.conn.backup(dst)
+        finally:
+            dst.close()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# ---------------------------------------------------------------------------------------------- files
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _read_current(root: Path) -> Path:
+    cur = root / CURRENT_FILE
+    if not cur.is_file():
+        if (root / INFO_FILE).is_file():  # a bare version folder
+            return root
+        raise FileNotFoundError(f"{root} is not a gallery (no {CURRENT_FILE}); build one with tki embed")
+    name = cur.read_text().strip()
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"{cur} is corrupt ({name!r})")
+    return root / name
+
+
+def is_gallery(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a gallery folder (holds ``CURRENT``) or a gallery version folder."""
+    p = Path(path)
+    return p.is_dir() and ((p / CURRENT_FILE).is_file() or ((p / INFO_FILE).is_file() and (p / META_FILE).is_file()))
+
+
+# ---------------------------------------------------------------------------------------------- gallery
+class Gallery:
+    """Vector gallery over usearch with SQLite metadata; see the module docstring for the full contract.
+
+    Args:
+        ndim: vector length.
+        metric: ``"cos"`` (default; ``1 - cosine``), ``"ip"`` (``1 - dot``) or ``"l2sq"``.
+        exact: brute-force search over a flat matrix instead of an HNSW graph.
+        dtype: storage precision, ``"f32"``, ``"f16"`` or ``"i8"`` (i8: HNSW only).
+        connectivity, expansion_add, expansion_search: HNSW parameters (usearch's ``M``, ``efConstruction``,
+            ``ef``); ``expansion_search`` can be changed later through the attribute.
+        model_fingerprint: ``Embedder.model_fingerprint`` of the model whose embeddings go in.
+        model_info: free-form dict stored with the gallery (model name, precision, ...).
+        threads: worker threads for usearch calls (0 = all cores).
+        filter_exact_limit: filtered searches matching at most this many items are computed exactly.
+
+    Thread-safe: searches may run from several threads, also while another thread adds.
+    """
+
+    def __init__(
+        self,
+        ndim: int,
+        metric: str = "cos",
+        exact: bool = False,
+        dtype: str = "f32",
+        connectivity: int = 16,
+        expansion_add: int = 128,
+        expansion_search: int = 64,
+        *,
+        model_fingerprint: str | None = None,
+        model_info: dict[str, Any] | None = None,
+        threads: int = 0,
+        filter_exact_limit: int = 50_000,
+    ) -> None:
+        if int(ndim) < 1:
+            raise ValueError("ndim must be >= 1")
+        if metric not in _METRICS:
+            raise ValueError(f"metric {metric!r} unknown; use cos, ip or l2sq")
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype {dtype!r} unknown; use f32, f16 or i8")
+        if exact and dtype == "i8":
+            raise ValueError("exact galleries store f32 or f16 vectors; use dtype='f32' or 'f16' (or exact=False for i8)")
+        self.ndim = int(ndim)
+        self.metric = _METRICS[metric]
+        self.exact = bool(exact)
+        self.dtype = dtype
+        self.connectivity = int(connectivity)
+        self.expansion_add = int(expansion_add)
+        self._expansion_search = int(expansion_search)
+        self.model_fingerprint = model_fingerprint
+        self.model_info = dict(model_info or {})
+        self.threads = int(threads)
+        self.filter_exact_limit = int(filter_exact_limit)
+        self.readonly = False
+        self.path: Path | None = None
+        self._lock = threading.RLock()
+        self._meta = _MetaStore.memory()
+        self._index: Any = None
+        self._flat_keys = np.zeros(0, dtype=np.uint64)
+        self._flat_vecs = np.zeros((0, self.ndim), dtype=_DTYPES[dtype])
+        self._n = 0
+        self._pos: dict[int, int] | None = None  # flat: key -> row, built lazily
+        if not self.exact:
+            self._index = self._new_index()
+
+    def _new_index(self) -> Any:
+        from usearch.index import Index
+
+        return Index(
+            ndim=self.ndim,
+            metric=self.metric,
+            dtype=self.dtype,
+            connectivity=self.connectivity,
+            expansion_add=self.expansion_add,
+            expansion_search=self._expansion_search,
+        )
+
+    # ------------------------------------------------------------------ basic properties
+    @property
+    def expansion_search(self) -> int:
+        return self._expansion_search
+
+    @expansion_search.setter
+    def expansion_search(self, value: int) -> None:
+        with self._lock:
+            self._expansion_search = int(value)
+            if self._index is not None:
+                self._index.expansion_search = int(value)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._n if self.exact else len(self._index)
+
+    def __repr__(self) -> str:
+        kind = "exact" if self.exact else f"hnsw M={self.connectivity}"
+        ro = ", read-only" if self.readonly else ""
+        return f"Gallery({len(self)} x {self.ndim}, {self.metric}, {self.dtype}, {kind}{ro})"
+
+    def keys(self) -> np.ndarray:
+        """All keys (uint64), in no particular order for HNSW galleries, insertion order for exact ones."""
+        with self._lock:
+            if self.exact:
+                return self._flat_keys[: self._n].copy()
+            return np.asarray(self._index.keys, dtype=np.uint64)
+
+    def _flat_pos(self) -> dict[int, int]:
+        if self._pos is None:
+            self._pos = {int(k): i for i, k in enumerate(self._flat_keys[: self._n])}
+        return self._pos
+
+    def contains(self, keys: int | Iterable[int]) -> bool | np.ndarray:
+        """Whether each key is in the gallery (a bool for one key, a bool array for several)."""
+        one = np.ndim(keys) == 0
+        arr = np.atleast_1d(np.asarray(keys, dtype=np.uint64))
+        with self._lock:
+            if self.exact:
+                pos = self._flat_pos()
+                res = np.array([int(k) in pos for k in arr], dtype=bool)
+            else:
+                res = np.asarray(self._index.contains(arr), dtype=bool).reshape(-1)
+        return bool(res[0]) if one else res
+
+    __contains__ = contains
+
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise PermissionError("this gallery is a read-only view; open it with Gallery.load(path) to modify it")
+
+    # ------------------------------------------------------------------ mutation
+    def add(
+        self,
+        keys: int | Sequence[int] | np.ndarray | None,
+        vectors: np.ndarray,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> np.ndarray:
+        """Insert vectors ``[N, ndim]`` under new uint64 ``keys`` (``None``: ``max key + 1`` onwards) with
+        optional metadata dicts (JSON-able). Keys already present, repeated keys and :data:`MISSING_KEY` are
+        refused (``ValueError``, nothing inserted). Returns the keys."""
+        self._check_writable()
+        vecs = np.asarray(vectors)
+        if vecs.ndim == 1:
+            vecs = vecs[None]
+        if vecs.ndim != 2 or vecs.shape[1] != self.ndim:
+            raise ValueError(f"vectors must be [N, {self.ndim}], got {list(vecs.shape)}")
+        if not np.issubdtype(vecs.dtype, np.number):
+            raise ValueError("vectors must be numeric")
+        vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+        if not np.all(np.isfinite(vecs)):
+            raise ValueError("vectors contain NaN or infinity")
+        n = vecs.shape[0]
+        if metadata is not None:
+            metadata = list(metadata)
+            if len(metadata) != n:
+                raise ValueError(f"got {len(metadata)} metadata entries for {n} vectors")
+        else:
+            metadata = [None] * n
+        with self._lock:
+            if keys is None:
+                existing = self.keys()
+                start = int(existing.max()) + 1 if existing.size else 0
+                k = np.arange(start, start + n, dtype=np.uint64)
+            else:
+                k = np.atleast_1d(np.asarray(keys))
+                if k.dtype.kind == "i" and np.any(k < 0):
+                    raise ValueError("keys must be non-negative integers (uint64)")
+                if k.dtype.kind not in "iu":
+                    raise ValueError(f"keys must be integers, got {k.dtype}")
+                k = k.astype(np.uint64)
+            if k.shape != (n,):
+                raise ValueError(f"got {k.size} keys for {n} vectors")
+            if n == 0:
+                return k
+            if np.any(k == MISSING_KEY):
+                raise ValueError("key 2**64-1 is reserved (it pads short result rows)")
+            if np.unique(k).size != n:
+                raise ValueError("keys repeat within this call")
+            present = np.atleast_1d(self.contains(k))
+            if present.any():
+                dup = k[present][:5].tolist()
+                raise ValueError(f"{int(present.sum())} key(s) already in the gallery (e.g. {dup}); remove them first")
+            if self.exact:
+                self._flat_append(k, vecs)
+            else:
+                self._index.add(k, vecs, threads=self.threads)
+            try:
+                self._meta.add(k, metadata)
+            except Exception:
+                self._drop(k)
+                raise
+        return k
+
+    def _flat_append(self, k: np.ndarray, vecs: np.ndarray) -> None:
+        need = self._n + len(k)
+        if need > self._flat_keys.shape[0] or not self._flat_vecs.flags.writeable:
+            cap = max(need, 2 * self._flat_keys.shape[0], 1024)
+            nk = np.empty(cap, dtype=np.uint64)
+            nv = np.empty((cap, self.ndim), dtype=_DTYPES[self.dtype])
+            nk[: self._n] = self._flat_keys[: self._n]
+            nv[: self._n] = self._flat_vecs[: self._n]
+            self._flat_keys, self._flat_vecs = nk, nv
+        self._flat_keys[self._n : need] = k
+        self._flat_vecs[self._n : need] = vecs.astype(_DTYPES[self.dtype])
+        if self._pos is not None:
+            for i, key in enumerate(k):
+                self._pos[int(key)] = self._n + i
+        self._n = need
+
+    def _drop(self, k: np.ndarray) -> int:
+        if self.exact:
+            pos = self._flat_pos()
+            rows = [pos[int(x)] for x in k if int(x) in pos]
+            if not rows:
+                return 0
+            keep = np.ones(self._n, dtype=bool)
+            keep[rows] = False
+            self._flat_keys = self._flat_keys[: self._n][keep].copy()
+            self._flat_vecs = self._flat_vecs[: self._n][keep].copy()
+            self._n = int(keep.sum())
+            self._pos = None
+            return len(rows)
+        present = np.atleast_1d(self.contains(k))
+        if present.any():
+            self._index.remove(k[present])
+        return int(present.sum())
+
+    def remove(self, keys: int | Sequence[int] | np.ndarray) -> int:
+        """Remove keys (missing ones are ignored); returns how many were removed."""
+        self._check_writable()
+        k = np.unique(np.atleast_1d(np.asarray(keys)).astype(np.uint64))
+        with self._lock:
+            n = self._drop(k)
+            self._meta.remove(k)
+        return n
+
+    # ------------------------------------------------------------------ lookup
+    def get_metadata(self, keys: int | Sequence[int] | np.ndarray) -> list[dict[str, Any] | None]:
+        """Metadata dicts for keys (``None`` for unknown keys and for :data:`MISSING_KEY`)."""
+        k = np.atleast_1d(np.asarray(keys)).astype(np.uint64).reshape(-1)
+        with self._lock:
+            return self._meta.get(k)
+
+    def get_vectors(self, keys: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Stored vectors ``[n, ndim]`` as float32 (dequantised for f16 / i8); ``KeyError`` for unknown keys."""
+        k = np.atleast_1d(np.asarray(keys)).astype(np.uint64)
+        with self._lock:
+            if self.exact:
+                pos = self._flat_pos()
+                try:
+                    rows = np.fromiter((pos[int(x)] for x in k), dtype=np.int64, count=k.size)
+                except KeyError as e:
+                    raise KeyError(f"key {e.args[0]} not in the gallery") from None
+                return self._flat_vecs[rows].astype(np.float32)
+            if k.size == 0:
+                return np.zeros((0, self.ndim), dtype=np.float32)
+            got = self._index.get(k, dtype="f32")
+        out = np.empty((k.size, self.ndim), dtype=np.float32)
+        for i, v in enumerate(got):
+            if v is None:
+                raise KeyError(f"key {int(k[i])} not in the gallery")
+            out[i] = v
+        return out
+
+    def match(self, where: Mapping[str, Any]) -> np.ndarray:
+        """Sorted uint64 keys whose metadata satisfies ``where`` (see the module docstring)."""
+        with self._lock:
+            return self._meta.match(where)
+
+    # ------------------------------------------------------------------ search
+    def check_model(self, model_fingerprint: str | None) -> None:
+        """Raise :class:`ModelMismatchError` when both fingerprints are known and differ."""
+        if model_fingerprint is None or self.model_fingerprint is None:
+            return
+        if model_fingerprint != self.model_fingerprint:
+            name = self.model_info.get("model_name", "another model")
+            raise ModelMismatchError(
+                f"these queries were embedded by model {model_fingerprint[:12]}, but the gallery was built with "
+                f"{name} ({self.model_fingerprint[:12]}); embed the queries with the gallery's model "
+                "or rebuild the gallery"
+            )
+
+    def search(
+        self,
+        vectors: np.ndarray,
+        k: int = 10,
+        where: Mapping[str, Any] | None = None,
+        *,
+        model_fingerprint: str | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` neighbours of each query: ``(keys uint64 [Q, k], distances float32 [Q, k])``, best first.
+
+        A single vector ``[D]`` is treated as ``[1, D]``. Short rows are padded with :data:`MISSING_KEY` and
+        ``+inf``. ``model_fingerprint``: the fingerprint of the model that embedded the queries
+        (``Embedder.model_fingerprint``); a mismatch with the gallery's raises :class:`ModelMismatchError`.
+        """
+        self.check_model(model_fingerprint)
+        q = np.asarray(vectors)
+        if q.ndim == 1:
+            q = q[None]
+        if q.ndim != 2 or q.shape[1] != self.ndim:
+            raise ValueError(f"query vectors must be [Q, {self.ndim}], got {list(q.shape)}")
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        k = int(k)
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        nq = q.shape[0]
+        out_k = np.full((nq, k), MISSING_KEY, dtype=np.uint64)
+        out_d = np.full((nq, k), np.inf, dtype=np.float32)
+        if nq == 0 or len(self) == 0:
+            return out_k, out_d
+        if where:
+            match = self.match(where)
+            if match.size == 0:
+                return out_k, out_d
+            if self.exact or match.size <= self.filter_exact_limit:
+                self._exact_subset(q, k, match, out_k, out_d, np.arange(nq))
+            else:
+                self._widened(q, k, match, out_k, out_d)
+            return out_k, out_d
+        if self.exact:
+            with self._lock:
+                keys, vecs = self._flat_keys[: self._n], self._flat_vecs[: self._n]
+            self._brute(q, k, keys, vecs, out_k, out_d, np.arange(nq))
+        else:
+            with self._lock:
+                res = self._index.search(q, k, threads=self.threads)
+            _fill(out_k, out_d, np.arange(nq), *_unpack(res, nq))
+        return out_k, out_d
+
+    def _brute(self, q: np.ndarray, k: int, keys: np.ndarray, vecs: np.ndarray,
+               out_k: np.ndarray, out_d: np.ndarray, rows: np.ndarray) -> None:
+        from usearch.index import search as exact_search
+
+        if keys.size == 0:
+            return
+        qq = q[rows]
+        if vecs.dtype != np.float32 and vecs.dtype != qq.dtype:
+            qq = qq.astype(vecs.dtype)
+        res = exact_search(vecs, qq, min(k, keys.size), self.metric, exact=True, threads=self.threads)
+        pos, dist, counts = _unpack(res, len(rows))
+        pos = pos.astype(np.int64)
+        valid = np.arange(pos.shape[1])[None, :] < counts[:, None]
+        mapped = np.where(valid, keys[np.clip(pos, 0, keys.size - 1)], MISSING_KEY)
+        _fill(out_k, out_d, rows, mapped, dist, counts)
+
+    def _exact_subset(self, q: np.ndarray, k: int, match: np.ndarray,
+                      out_k: np.ndarray, out_d: np.ndarray, rows: np.ndarray) -> None:
+        if self.exact:
+            with self._lock:
+                pos = self._flat_pos()
+                idx = np.fromiter((pos.get(int(x), -1) for x in match), dtype=np.int64, count=match.size)
+                idx = idx[idx >= 0]
+                keys, vecs = self._flat_keys[idx], self._flat_vecs[idx]
+        else:
+            with self._lock:
+                got = self._index.get(match, dtype="f32")
+            ok = np.array([v is not None for v in got], dtype=bool)
+            keys = match[ok]
+            vecs = np.stack([v for v in got if v is not None]) if ok.any() else np.zeros((0, self.ndim), np.float32)
+            vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+        self._brute(q, k, keys, vecs, out_k, out_d, rows)
+
+    def _widened(self, q: np.ndarray, k: int, match: np.ndarray, out_k: np.ndarray, out_d: np.ndarray) -> None:
+        """Broad filter on an HNSW gallery: over-fetch, keep matching hits, widen, fall back to exact.
+
+        A query is settled when its k-th matching hit sits in the first half of the fetched candidates (the
+        part of an HNSW result list that is reliable) or when every matching item was found. Otherwise the
+        candidate count grows x4 up to ``max(4 * initial, 2048)``; queries still unsettled (a filter that
+        selects items far from them) are computed exactly over the matching items.
+        """
+        total = len(self)
+        initial = min(total, int(math.ceil(k * total / match.size * 2)) + k)
+        cap = min(total, max(4 * initial, 2048))
+        cand = initial
+        pending = np.arange(q.shape[0])
+        while pending.size:
+            with self._lock:
+                res = self._index.search(q[pending], cand, threads=self.threads)
+            rk, rd, counts = _unpack(res, pending.size)
+            ok = np.isin(rk, match) & (np.arange(rk.shape[1])[None, :] < counts[:, None])
+            short = []
+            for j, row in enumerate(pending):
+                sel = np.flatnonzero(ok[j])
+                settled = (sel.size >= k and sel[k - 1] < max(k, cand // 2)) or sel.size >= match.size
+                if not settled:
+                    short.append(row)
+                    continue
+                sel = sel[:k]
+                out_k[row, : sel.size] = rk[j, sel]
+                out_d[row, : sel.size] = rd[j, sel]
+            pending = np.asarray(short, dtype=np.int64)
+            if pending.size and cand >= cap:
+                self._exact_subset(q, k, match, out_k, out_d, pending)
+                return
+            cand = min(cap, cand * 4)
+
+    # ------------------------------------------------------------------ persistence
+    def info(self) -> dict[str, Any]:
+        """What ``gallery.json`` records."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "count": len(self),
+            "ndim": self.ndim,
+            "metric": self.metric,
+            "dtype": self.dtype,
+            "exact": self.exact,
+            "connectivity": self.connectivity,
+            "expansion_add": self.expansion_add,
+            "expansion_search": self.expansion_search,
+            "model_fingerprint": self.model_fingerprint,
+            "model": self.model_info,
+            "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the gallery to folder ``path`` atomically (see the module docstring). Returns ``path``."""
+        root = Path(path)
+        if root.exists() and not root.is_dir():
+            raise FileExistsError(f"{root} exists and is not a gallery folder; choose another --out")
+        if root.is_dir() and any(root.iterdir()) and not is_gallery(root):
+            raise FileExistsError(f"{root} is a non-empty folder that is not a gallery; refusing to write into it")
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            with self._lock:
+                self._write_version(tmp)
+            _fsync_dir(tmp)
+            final = root / f"v-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
+            os.rename(tmp, final)
+            _fsync_dir(root)
+            cur_tmp = root / f".{CURRENT_FILE}.{uuid.uuid4().hex}"
+            with open(cur_tmp, "w") as f:
+                f.write(final.name + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(cur_tmp, root / CURRENT_FILE)
+            _fsync_dir(root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        # The new version is live: remove older versions and leftovers of interrupted saves.
+        for child in root.iterdir():
+            if child.name == final.name or child.name == CURRENT_FILE:
+                continue
+            if child.name.startswith(("v-", ".tmp-")) and child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            elif child.name.startswith(f".{CURRENT_FILE}."):
+                child.unlink(missing_ok=True)
+        self.path = root
+        return root
+
+    def _write_version(self, d: Path) -> None:
+        if self.exact:
+            np.save(d / KEYS_FILE, self._flat_keys[: self._n])
+            np.save(d / VECTORS_FILE, self._flat_vecs[: self._n])
+            _fsync_file(d / KEYS_FILE)
+            _fsync_file(d / VECTORS_FILE)
+        else:
+            self._index.save(str(d / INDEX_FILE))
+            _fsync_file(d / INDEX_FILE)
+        self._meta.backup_to(d / META_FILE)
+        _fsync_file(d / META_FILE)
+        with open(d / INFO_FILE, "w") as f:
+            json.dump(self.info(), f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, threads: int = 0) -> "Gallery":
+        """Load a saved gallery into memory (modifiable)."""
+        return cls._open(Path(path), view=False, threads=threads)
+
+    @classmethod
+    def view(cls, path: str | os.PathLike, *, threads: int = 0) -> "Gallery":
+        """Open a saved gallery memory-mapped and read-only (fast to open, shares pages between processes)."""
+        return cls._open(Path(path), view=True, threads=threads)
+
+    @staticmethod
+    def read_info(path: str | os.PathLike) -> dict[str, Any]:
+        """``gallery.json`` of the live version of the gallery at ``path``."""
+        d = _read_current(Path(path))
+        return json.loads((d / INFO_FILE).read_text())
+
+    @classmethod
+    def _open(cls, root: Path, view: bool, threads: int) -> "Gallery":
+        if not root.exists():
+            raise FileNotFoundError(f"gallery {root} does not exist")
+        for attempt in range(3):  # a concurrent save may swap versions between reading CURRENT and opening
+            d = _read_current(root)
+            if d.is_dir():
+                break
+            time.sleep(0.05)
+        else:
+            raise FileNotFoundError(f"{root}/{CURRENT_FILE} names a missing version {d.name}; the gallery is damaged")
+        try:
+            info = json.loads((d / INFO_FILE).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{d / INFO_FILE} is unreadable ({e}); the gallery is damaged") from None
+        if info.get("format") != FORMAT or int(info.get("format_version", 0)) > FORMAT_VERSION:
+            raise ValueError(f"{root} is not a tki gallery this version understands ({info.get('format')!r})")
+        g = cls(
+            int(info["ndim"]),
+            metric=info["metric"],
+            exact=bool(info["exact"]),
+            dtype=info["dtype"],
+            connectivity=int(info.get("connectivity", 16)),
+            expansion_add=int(info.get("expansion_add", 128)),
+            expansion_search=int(info.get("expansion_search", 64)),
+            model_fingerprint=info.get("model_fingerprint"),
+            model_info=info.get("model") or {},
+            threads=threads,
+        )
+        if g.exact:
+            mmap = "r" if view else None
+            keys = np.load(d / KEYS_FILE, mmap_mode=mmap)
+            vecs = np.load(d / VECTORS_FILE, mmap_mode=mmap)
+            if vecs.shape != (keys.shape[0], g.ndim):
+                raise ValueError(f"{d} is damaged: {keys.shape[0]} keys but vectors {vecs.shape}")
+            if not view:
+                keys, vecs = np.array(keys, dtype=np.uint64), np.array(vecs)
+            g._flat_keys, g._flat_vecs, g._n = keys, vecs, int(keys.shape[0])
+        else:
+            if view:
+                g._index.view(str(d / INDEX_FILE))
+            else:
+                g._index.load(str(d / INDEX_FILE))
+            g._index.expansion_search = g._expansion_search
+        g._meta.close()
+        g._meta = _MetaStore.readonly(d / META_FILE) if view else _MetaStore.copy_of(d / META_FILE)
+        if len(g) != int(info["count"]):
+            raise ValueError(f"{d} is damaged: gallery.json says {info['count']} items, the index holds {len(g)}")
+        g.readonly = view
+        g.path = root
+        return g
+
+    def describe(self) -> str:
+        """Human-readable summary (for ``tki info``)."""
+        kind = "exact (brute force)" if self.exact else (
+            f"HNSW (M={self.connectivity}, ef_add={self.expansion_add}, ef_search={self.expansion_search})"
+        )
+        lines = [
+            f"gallery: {self.path}" if self.path else "gallery (in memory)",
+            f"  items:        {len(self):,}",
+            f"  vectors:      {self.ndim}-d {self.dtype}, metric {self.metric}",
+            f"  index:        {kind}",
+            f"  model:        {self.model_info.get('model_name', '?')} "
+            f"({(self.model_fingerprint or 'unknown')[:12]})",
+        ]
+        for field in ("domain", "class"):
+            with self._lock:
+                rows = self._meta.conn.execute(
+                    "SELECT value, COUNT(*) FROM attrs WHERE name = ? GROUP BY value ORDER BY value", (field,)
+                ).fetchall()
+            if rows:
+                shown = ", ".join(f"{v} ({c})" for v, c in rows[:12])
+                more = f", ... {len(rows) - 12} more" if len(rows) > 12 else ""
+                lines.append(f"  {field + ':':<13} {shown}{more}")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ building from images
+    @classmethod
+    def from_folder(
+        cls,
+        folder: str | os.PathLike,
+        embedder: Any,
+        *,
+        batch_size: int = 32,
+        workers: int | None = None,
+        progress: Any = False,
+        **gallery_kwargs: Any,
+    ) -> tuple["Gallery", Any]:
+        """Embed every image file under ``folder`` into a new gallery.
+
+        ``<domain>/<class>/<file>`` fills metadata ``domain`` and ``class``; ``<class>/<file>`` fills ``class``
+        (see :func:`scan_image_folder`). Keys are positions in the sorted file list. Returns
+        ``(gallery, EmbedResult)``; the result's ``errors`` name each skipped file with its reason.
+        """
+        files = scan_image_folder(folder)
+        if not files:
+            raise ValueError(f"no image files under {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        gallery_kwargs.setdefault("metric", getattr(embedder.metadata, "metric", "cos") or "cos")
+        g = cls(
+            embedder.embedding_dim,
+            model_fingerprint=embedder.model_fingerprint,
+            model_info=_model_info(embedder),
+            **gallery_kwargs,
+        )
+        res = embedder.embed_images([p for p, _ in files], batch_size=batch_size, workers=workers, progress=progress)
+        if len(res.indices):
+            g.add(res.indices.astype(np.uint64), res.embeddings, [files[i][1] for i in res.indices])
+        return g, res
+
+
+def _model_info(embedder: Any) -> dict[str, Any]:
+    md = embedder.metadata
+    return {
+        "model_name": md.model_name,
+        "head": md.head,
+        "output_space": md.output_space,
+        "embedding_dim": md.embedding_dim,
+        "precision": getattr(embedder, "precision", None),
+        "model_dir": str(getattr(embedder, "model_dir", "")),
+    }
+
+
+def _unpack(res: Any, nq: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """usearch ``Matches`` (one query) or ``BatchMatches`` -> keys [nq, m], distances [nq, m], counts [nq]."""
+    if hasattr(res, "counts"):
+        return (np.asarray(res.keys).reshape(nq, -1), np.asarray(res.distances).reshape(nq, -1),
+                np.asarray(res.counts).reshape(-1))
+    keys = np.asarray(res.keys).reshape(1, -1)
+    return keys, np.asarray(res.distances).reshape(1, -1), np.array([keys.shape[1]])
+
+
+def _fill(out_k: np.ndarray, out_d: np.ndarray, rows: np.ndarray, keys: np.ndarray, dists: np.ndarray,
+          counts: np.ndarray) -> None:
+    """Copy usearch results (valid up to ``counts``) into the padded outputs at ``rows``."""
+    k = out_k.shape[1]
+    m = min(k, keys.shape[1])
+    valid = np.arange(m)[None, :] < np.minimum(counts, m)[:, None]
+    out_k[rows, :m] = np.where(valid, keys[:, :m], MISSING_KEY)
+    out_d[rows, :m] = np.where(valid, dists[:, :m], np.inf)
+
+
+def scan_image_folder(folder: str | os.PathLike) -> list[tuple[Path, dict[str, Any]]]:
+    """Image files under ``folder`` (by extension, hidden files skipped), sorted, with metadata.
+
+    Metadata: ``path`` (absolute), ``rel`` (relative to ``folder``), and from the folders between:
+    ``<domain>/<class>/<file>`` -> ``domain``, ``class``; ``<class>/<file>`` -> ``class``; deeper trees use
+    the two innermost folders.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root} is not a folder")
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            p = Path(dirpath) / name
+            rel = p.relative_to(root)
+            meta: dict[str, Any] = {"path": str(p.resolve()), "rel": rel.as_posix()}
+            parts = rel.parts[:-1]
+            if len(parts) >= 2:
+                meta["domain"], meta["class"] = parts[-2], parts[-1]
+            elif len(parts) == 1:
+                meta["class"] = parts[0]
+            out.append((p, meta))
+    out.sort(key=lambda t: t[1]["rel"])
+    return out
