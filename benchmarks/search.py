@@ -447,7 +447,8 @@ def render_markdown(runs: Sequence[dict[str, Any]], target: dict[str, Any] | Non
                         [b["connectivity"], b["expansion_search"], f"{b['recall']:.4f}", b["qps"], b["speedup_vs_exact"],
                          "yes" if b["meets_target"] else "no"]))
     out.append("Fastest configuration with recall@10 >= 0.99:\n\n" + markdown_table(
-        ["n", "dtype", "M", "ef", "recall@10", "QPS", "x exact", ">= 50x"], rows))
+        ["n", "dtype", "M", "ef", "recall@10", "QPS", "x exact", ">= 50x"], rows,
+        align=["r", "l", "r", "r", "r", "r", "r", "l"]))
     if target:
         out.append(f"Target (recall@10 >= {target['recall_at_10']} at >= {target['speedup']:g}x exact QPS, "
                    f"{target['n']:,} x 512): {'MET' if target['met_at_largest'] else 'NOT MET'} at n={target['largest_n_run']:,}"
