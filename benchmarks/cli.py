@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 import time
 from collections.abc import Sequence
@@ -96,8 +97,18 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars or status lines")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full parser; suites whose module is missing get a stub subcommand."""
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(SUITES[name][0]) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The parser. Only the ``selected`` suite's module is imported (its options added), so
+    ``tki-bench search`` never imports torch for another suite; ``selected=None`` imports all.
+    Suites whose module is missing get a stub subcommand that says so.
+    """
     parser = _Parser(
         prog="tki-bench",
         description="Benchmarks of tki-sdk: retrieval accuracy, export parity, throughput, vector search.",
@@ -106,11 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="suite", metavar="{" + ",".join([*SUITES, "all"]) + "}")
     for name, (module_name, desc) in SUITES.items():
-        try:
-            mod = load_suite(name)
-            missing = None
-        except SuiteMissing as e:
-            mod, missing = None, str(e)
+        mod, missing = None, None
+        if selected is None or selected == name:
+            try:
+                mod = load_suite(name)
+            except SuiteMissing as e:
+                missing = str(e)
+        elif not _installed(name):
+            missing = f"suite '{name}' is not available in this install: module {module_name} is missing"
         sp = sub.add_parser(name, help=desc + (" [not installed]" if missing else ""),
                             description=desc + (f"\n\n{missing}" if missing else ""),
                             epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -210,7 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tki-bench``; returns the exit status (0 ok, 1 a suite failed, 2 bad input, 3 suite missing)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        parser = build_parser()
+        selected = next((a for a in argv if not a.startswith("-")), None)
+        parser = build_parser(selected if selected in SUITES else "")
         if not argv:
             parser.print_help()
             return EXIT_USAGE
