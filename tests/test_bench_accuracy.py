@@ -140,3 +140,15 @@ def test_quick_run_tiny_vanilla_model_on_pacs(tmp_path, capsys):
         assert cell["Prec@200"] == pytest.approx(1 / 7)  # 3 of 21 gallery images share the class; k > 21
     assert (tmp_path / "accuracy" / "quick.png").read_bytes()[:4] == b"\x89PNG"
     assert "carry no meaning" in capsys.readouterr().out
+
+
+def test_top_k_only_tables_match_the_full_ones():
+    embs = _domains(np.random.default_rng(3), noise=2.0, n=40)
+    full = cross_domain_table(embs, method="a", weights="w", ks=(10,))
+    topk = cross_domain_table(embs, method="b", weights="w", ks=(10,), full_map=False)
+    assert topk.metrics == ["mAP@10", "Prec@10"]
+    for q, g in full.pairs():
+        for m in topk.metrics:
+            assert topk.cells[q][g][m] == full.cells[q][g][m]
+    md = render_comparison([topk, topk])
+    assert "max pair Δ mAP@10" in md
