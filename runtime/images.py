@@ -134,7 +134,7 @@ def _decode(fp: Any, item: Any, max_pixels: int | None, draft_size, exif_transpo
     try:
         im = Image.open(fp)
     except Image.DecompressionBombError as e:
-        raise ImageLoadError(item, f"too many pixels: {e} (possible decompression bomb; raise max_pixels)") from None
+        raise ImageLoadError(item, f"too many pixels, refused before decoding ({e}); raise max_pixels to allow it") from None
     except UnidentifiedImageError:
         raise ImageLoadError(item, "not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:

@@ -160,7 +160,8 @@ class Preprocessor:
         ratio_h, ratio_w = h / th, w / tw
         ratio = max(ratio_h, ratio_w) * longest + min(ratio_h, ratio_w) * (1.0 - longest)
         nh, nw = round(h * 1.0 / ratio), round(w * 1.0 / ratio)
-        return int(nw), int(nh)
+        # open_clip would fail on a 0-pixel edge (a 1000x7 image in 'longest' mode); keep one row instead
+        return max(1, int(nw)), max(1, int(nh))
 
     def _plan(self, width: int, height: int) -> _Plan:
         th, tw = self.size

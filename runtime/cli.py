@@ -1,0 +1,407 @@
+"""``tki embed`` and ``tki search`` (torch-free), plus ``describe(path)`` for ``tki info``.
+
+The ``tki`` console script adds these with :func:`register`; :func:`main` runs them standalone
+(``python -m tki_sdk.runtime.cli embed ...``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["register", "describe", "main", "parse_where", "CLIError"]
+
+EMBED_EXAMPLE = """example:
+  tki embed --model export/ --images data/pacs/images --out pacs.gallery --batch-size 64 --threads 2 \\
+      --errors skipped.jsonl
+
+Builds a gallery from every image file under --images. Folders <domain>/<class>/<file> fill the
+metadata fields "domain" and "class" (<class>/<file> fills "class"). Unreadable files are skipped and
+listed at the end with their reason; the exit status is 0 when at least one image was indexed."""
+
+SEARCH_EXAMPLE = """example:
+  tki search --gallery pacs.gallery --model export/ --image query.jpg -k 5 --where domain=sketch
+  tki search --gallery pacs.gallery --model export/ --images queries/ --where class=dog,horse --json
+
+--where NAME=VALUE keeps gallery items whose metadata field NAME equals VALUE (VALUE may be a comma list:
+any of them); several --where options must all hold. --json prints one JSON object per query."""
+
+
+class CLIError(Exception):
+    """A user error: printed as one line on stderr, exit status ``code``."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------------------------------------- parsers
+def _add_embed(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "embed",
+        help="embed a folder of images into a searchable gallery (torch-free)",
+        description="Embed every image under a folder with an exported TKI model and save a usearch gallery.",
+        epilog=EMBED_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="export folder written by tki-export (holds tki.json)")
+    p.add_argument("--images", required=True, metavar="DIR", help="folder of images (searched recursively)")
+    p.add_argument("--out", required=True, metavar="GALLERY", help="gallery folder to write")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per model call (default 32)")
+    _add_model_options(p)
+    p.add_argument("--workers", type=int, default=None, metavar="N", help="decode threads (default min(8, cores))")
+    p.add_argument("--errors", metavar="FILE", help="also write skipped files as JSON lines {path, reason}")
+    p.add_argument("--exact", action="store_true", help="flat index searched by brute force (no HNSW graph)")
+    p.add_argument("--dtype", default="f32", choices=["f32", "f16", "i8"], help="vector storage (default f32)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing gallery at --out")
+    p.set_defaults(func=run_embed)
+    return p
+
+
+def _add_search(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "search",
+        help="search a gallery with query images (torch-free)",
+        description="Embed query images with the gallery's model and print the nearest gallery items.",
+        epilog=SEARCH_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--gallery", required=True, metavar="G", help="gallery folder written by tki embed")
+    p.add_argument("--model", required=True, metavar="DIR", help="export folder of the model that built the gallery")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--image", nargs="+", metavar="FILE", help="query image file(s)")
+    q.add_argument("--images", metavar="DIR", help="folder of query images")
+    p.add_argument("-k", type=int, default=10, metavar="N", help="hits per query (default 10)")
+    p.add_argument("--where", action="append", default=[], metavar="NAME=VALUE",
+                   help="metadata filter, e.g. domain=sketch or class=dog,horse (repeatable: all must hold)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per query instead of text")
+    _add_model_options(p)
+    p.set_defaults(func=run_search)
+    return p
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"],
+                   help="inference backend (default auto: TensorRT for a plan, onnxruntime otherwise)")
+    p.add_argument("--precision", default=None, metavar="P",
+                   help="model artifact from tki.json: fp32, fp16, int8, tensorrt_fp16 (default: the export's)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="inference threads on CPU")
+    p.add_argument("--draft", action="store_true", help="fast reduced-scale JPEG decoding (slightly different pixels)")
+    p.add_argument("--exif-transpose", action="store_true", help="apply EXIF orientation (open_clip does not)")
+    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="refuse images declaring more pixels than this (default: Pillow's 89,478,485)")
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``embed`` and ``search`` subcommands to a ``tki`` argparse subparsers object.
+
+    Each sets ``func``; the caller runs ``sys.exit(args.func(args))``. Handlers print one line on stderr and
+    return a non-zero status for bad input (they raise nothing).
+    """
+    _add_embed(subparsers)
+    _add_search(subparsers)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _err(prog: str, msg: str) -> None:
+    print(f"{prog}: error: {msg}", file=sys.stderr)
+
+
+def _check_model_dir(path: str) -> Path:
+    from .metadata import METADATA_FILE
+
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"model folder {p} does not exist; pass the folder written by tki-export")
+    if p.is_dir() and not (p / METADATA_FILE).is_file():
+        raise CLIError(f"{p} has no {METADATA_FILE}; pass the folder written by tki-export")
+    return p
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise CLIError(f"{name} must be >= 1 (got {value})")
+
+
+def _make_embedder(args: argparse.Namespace) -> Any:
+    from .embedder import Embedder
+
+    model = _check_model_dir(args.model)
+    _positive("--threads", args.threads)
+    pre: dict[str, Any] = {"draft": bool(args.draft), "exif_transpose": bool(args.exif_transpose)}
+    if args.max_pixels is not None:
+        _positive("--max-pixels", args.max_pixels)
+        pre["max_pixels"] = int(args.max_pixels)
+    try:
+        emb = Embedder(model, backend=args.backend, precision=args.precision, threads=args.threads, preprocess=pre)
+    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
+        raise CLIError(str(e)) from None
+    print(
+        f"model: {emb.metadata.model_name} ({emb.precision}, {emb.model_path.name}) on {emb.backend} / {emb.provider}",
+        file=sys.stderr,
+    )
+    return emb
+
+
+def parse_where(items: Sequence[str]) -> dict[str, list[Any]] | None:
+    """``["domain=sketch", "class=dog,horse"]`` -> ``{"domain": ["sketch"], "class": ["dog", "horse"]}``.
+
+    A value that reads as a JSON number or boolean also matches that number / boolean (``label=3`` matches
+    metadata ``"3"`` and ``3``). Raises :class:`CLIError` on a malformed item.
+    """
+    if not items:
+        return None
+    where: dict[str, list[Any]] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not value.strip():
+            raise CLIError(f"--where {item!r}: expected NAME=VALUE, e.g. --where domain=sketch")
+        vals: list[Any] = where.setdefault(name, [])
+        for v in (s.strip() for s in value.split(",")):
+            if not v:
+                raise CLIError(f"--where {item!r}: empty value in the list")
+            vals.append(v)
+            try:
+                parsed = json.loads(v)
+            except ValueError:
+                continue
+            if isinstance(parsed, (int, float, bool)):
+                vals.append(parsed)
+    return where
+
+
+# ---------------------------------------------------------------------------------------------- embed
+def run_embed(args: argparse.Namespace) -> int:
+    """``tki embed``: returns the exit status."""
+    prog = "tki embed"
+    try:
+        return _run_embed(args)
+    except CLIError as e:
+        _err(prog, str(e))
+        return e.code
+    except KeyboardInterrupt:
+        _err(prog, "interrupted; nothing was written")
+        return 130
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    from .gallery import Gallery, _model_info, is_gallery, scan_image_folder
+
+    _positive("--batch-size", args.batch_size)
+    _positive("--workers", args.workers)
+    images = Path(args.images)
+    if not images.is_dir():
+        raise CLIError(f"image folder {images} does not exist or is not a folder")
+    out = Path(args.out)
+    if out.exists():
+        if not is_gallery(out) and not (out.is_dir() and not any(out.iterdir())):
+            raise CLIError(f"--out {out} exists and is not a gallery; choose a new path")
+        if is_gallery(out) and not args.overwrite:
+            raise CLIError(f"gallery {out} already exists; pass --overwrite to replace it")
+    files = scan_image_folder(images)
+    if not files:
+        raise CLIError(f"no image files under {images} (looked for .jpg, .png, .gif, .bmp, .tif, .webp, ...)")
+    emb = _make_embedder(args)
+    t0 = time.perf_counter()
+    try:
+        gallery = Gallery(
+            emb.embedding_dim,
+            metric=emb.metadata.metric or "cos",
+            exact=args.exact,
+            dtype=args.dtype,
+            model_fingerprint=emb.model_fingerprint,
+            model_info=_model_info(emb),
+        )
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    res = emb.embed_images([p for p, _ in files], batch_size=args.batch_size, workers=args.workers, progress=True)
+    if len(res.indices):
+        gallery.add(res.indices.astype("uint64"), res.embeddings, [files[i][1] for i in res.indices])
+    wall = time.perf_counter() - t0
+    if args.errors:
+        with open(args.errors, "w") as f:
+            for item, reason in res.errors:
+                f.write(json.dumps({"path": str(item), "reason": reason}) + "\n")
+    if res.errors:
+        print(f"skipped {len(res.errors)} of {len(files)} files:", file=sys.stderr)
+        for item, reason in res.errors:
+            print(f"  {item}: {reason}", file=sys.stderr)
+    if not len(res.indices):
+        raise CLIError(f"none of the {len(files)} files under {images} could be read; nothing was written", code=1)
+    try:
+        gallery.save(out)
+    except OSError as e:
+        raise CLIError(f"cannot write gallery {out}: {e}", code=1) from None
+    s = res.stats
+    print(
+        f"indexed {len(res.indices)} of {len(files)} images into {out} in {wall:.1f} s "
+        f"({len(res.indices) / max(wall, 1e-9):.1f} img/s; model {s['infer_s']:.1f} s, "
+        f"decode+preprocess {s['decode_s']:.1f} thread-s)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- search
+def run_search(args: argparse.Namespace) -> int:
+    """``tki search``: returns the exit status."""
+    prog = "tki search"
+    try:
+        return _run_search(args)
+    except CLIError as e:
+        _err(prog, str(e))
+        return e.code
+    except KeyboardInterrupt:
+        _err(prog, "interrupted")
+        return 130
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .gallery import MISSING_KEY, Gallery, ModelMismatchError, is_gallery, scan_image_folder
+
+    _positive("-k", args.k)
+    where = parse_where(args.where)
+    gpath = Path(args.gallery)
+    if not is_gallery(gpath):
+        raise CLIError(f"{gpath} is not a gallery; build one with tki embed")
+    if args.images:
+        qdir = Path(args.images)
+        if not qdir.is_dir():
+            raise CLIError(f"query folder {qdir} does not exist or is not a folder")
+        queries: list[Path] = [p for p, _ in scan_image_folder(qdir)]
+        if not queries:
+            raise CLIError(f"no image files under {qdir}")
+    else:
+        queries = [Path(q) for q in args.image]
+        missing = [str(q) for q in queries if not q.is_file()]
+        if missing:
+            raise CLIError(f"query image not found: {', '.join(missing)}")
+    try:
+        gallery = Gallery.view(gpath)
+    except (OSError, ValueError) as e:
+        raise CLIError(f"cannot open gallery {gpath}: {e}") from None
+    emb = _make_embedder(args)
+    try:
+        gallery.check_model(emb.model_fingerprint)
+    except ModelMismatchError as e:
+        raise CLIError(str(e)) from None
+    if emb.embedding_dim != gallery.ndim:
+        raise CLIError(f"model embeds {emb.embedding_dim}-d vectors but the gallery holds {gallery.ndim}-d ones")
+    res = emb.embed_images(queries, progress=len(queries) > 64)
+    for item, reason in res.errors:
+        print(f"tki search: skipped query {item}: {reason}", file=sys.stderr)
+    if not len(res.indices):
+        raise CLIError("no query image could be read", code=1)
+    try:
+        keys, dists = gallery.search(res.embeddings, args.k, where=where, model_fingerprint=emb.model_fingerprint)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    flat = keys.reshape(-1)
+    metas = gallery.get_metadata(flat[flat != MISSING_KEY])
+    meta_of = dict(zip((int(k) for k in flat[flat != MISSING_KEY]), metas))
+    for row, qi in enumerate(res.indices):
+        hits = []
+        for rank, (k, d) in enumerate(zip(keys[row], dists[row]), 1):
+            if k == MISSING_KEY:
+                break
+            m = meta_of.get(int(k)) or {}
+            hits.append({"rank": rank, "key": int(k), "distance": float(d), **{f: m.get(f) for f in ("path", "domain", "class")},
+                         "metadata": m})
+        query = str(queries[int(qi)])
+        if args.json:
+            print(json.dumps({"query": query, "hits": hits}))
+        else:
+            print(f"{query}")
+            if not hits:
+                print("  (no gallery item matches)")
+            for h in hits:
+                label = "/".join(str(h[f]) for f in ("domain", "class") if h.get(f) is not None)
+                where_txt = h.get("path") or f"key {h['key']}"
+                print(f"  {h['rank']:>3}. {h['distance']:.4f}  {where_txt}" + (f"  [{label}]" if label else ""))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- info
+def describe(path: str | os.PathLike) -> str | None:
+    """Text description of an export folder / ``tki.json`` or of a gallery; ``None`` when it is neither."""
+    from .gallery import Gallery, is_gallery
+    from .metadata import METADATA_FILE, ModelMetadata
+
+    p = Path(path)
+    if (p.is_dir() and (p / METADATA_FILE).is_file()) or (p.is_file() and p.name == METADATA_FILE):
+        md = ModelMetadata.load(p)
+        folder = p if p.is_dir() else p.parent
+        pre = md.preprocess
+        lines = [
+            f"export: {folder}",
+            f"  model:        {md.model_name} (head {md.head}, output {md.output_space}, metric {md.metric})",
+            f"  embedding:    {md.embedding_dim}-d" + (f", curvature {md.curvature}" if md.curvature is not None else ""),
+            f"  preprocess:   {pre.size[0]}x{pre.size[1]} {pre.resize_mode} {pre.interpolation}, "
+            f"mean {list(pre.mean)}, std {list(pre.std)}",
+            f"  fingerprint:  {md.fingerprint()[:16]}",
+        ]
+        if md.checkpoint:
+            lines.append(f"  checkpoint:   {md.checkpoint.get('path')} ({str(md.checkpoint.get('sha256'))[:12]})")
+        if md.opset is not None:
+            lines.append(f"  opset:        {md.opset}")
+        for key, art in sorted(md.artifacts.items()):
+            f = folder / str(art.get("file", ""))
+            size = f.stat().st_size if f.is_file() else None
+            status = f"{size / 1e6:.1f} MB" if size is not None else "MISSING"
+            default = "  (default)" if key == md.default_precision else ""
+            lines.append(f"  artifact:     {key:<14} {art.get('file')}  {status}{default}")
+        return "\n".join(lines)
+    if is_gallery(p):
+        try:
+            return Gallery.view(p).describe()
+        except (OSError, ValueError) as e:
+            return f"gallery: {p}\n  damaged: {e}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- standalone
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + error
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Standalone entry: ``embed``, ``search`` and ``info PATH``."""
+    parser = _OneLineParser(
+        prog="tki",
+        description="tki runtime commands (torch-free): embed folders into galleries, search them.",
+        epilog="example:\n  tki embed --model export/ --images photos/ --out photos.gallery\n"
+        "  tki search --gallery photos.gallery --model export/ --image q.jpg -k 5",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+    register(sub)
+    info = sub.add_parser("info", help="describe an export folder or a gallery",
+                          epilog="example:\n  tki info export/", formatter_class=argparse.RawDescriptionHelpFormatter)
+    info.add_argument("path")
+    info.set_defaults(func=_run_info)
+    args = parser.parse_args(argv)
+    if os.environ.get("TKI_LOG"):
+        logging.basicConfig(level=os.environ["TKI_LOG"].upper())
+    return int(args.func(args))
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    text = describe(args.path)
+    if text is None:
+        _err("tki info", f"{args.path} is neither an export folder (tki.json) nor a gallery")
+        return 2
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
