@@ -33,6 +33,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tki_sdk.hashing import sha256_file
+
+__all__ = ["ModelMetadata", "PreprocessConfig", "sha256_file", "METADATA_FILE", "INPUT_NAME", "OUTPUT_NAME"]
+
 FORMAT_VERSION = 1
 METADATA_FILE = "tki.json"
 INPUT_NAME = "pixel_values"
@@ -151,15 +155,3 @@ class ModelMetadata:
     def fingerprint(self) -> str:
         """SHA-256 of the canonical JSON of this metadata: identifies the model that made an embedding."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()

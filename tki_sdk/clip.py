@@ -15,7 +15,7 @@ load them with the ``-quickgelu`` model name (``ViT-B-32-quickgelu``), as open_c
 """
 from __future__ import annotations
 
-import hashlib
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .hashing import sha256_file
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
@@ -69,15 +71,6 @@ class LoadedClip:
         import open_clip
 
         return open_clip.get_tokenizer(self.model_name)
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -149,6 +142,20 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
+def _create(model_name: str) -> nn.Module:
+    """An open_clip model with random weights; open_clip's "no pretrained weights" notice is silenced
+    because the weights source is recorded explicitly (``LoadedClip.weights``)."""
+    import open_clip
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        return open_clip.create_model(model_name, pretrained=None, device="cpu")
+    finally:
+        root.setLevel(level)
+
+
 def load_clip(
     model_name: str,
     pretrained: str | os.PathLike | None = None,
@@ -173,12 +180,12 @@ def load_clip(
     if ref is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
-            model = open_clip.create_model(model_name, pretrained=None, device="cpu")
+            model = _create(model_name)
         weights = {"source": "random", "ref": None, "sha256": None, "init_seed": int(init_seed)}
     elif Path(ref).is_file() or os.sep in ref or ref.endswith((".pt", ".pth", ".bin", ".safetensors")):
         path = Path(ref)
         state_dict = read_state_dict(path)
-        model = open_clip.create_model(model_name, pretrained=None, device="cpu")
+        model = _create(model_name)
         _load_into(model, state_dict, str(path))
         weights = {"source": "file", "ref": str(path.resolve()), "sha256": sha256_file(path)}
     else:
