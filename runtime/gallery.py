@@ -7,6 +7,8 @@ another model.
 
 Search contract -- ``search(vectors[Q, D], k, where=None) -> (keys[Q, k] uint64, distances[Q, k] float32)``:
 
+- ``cos`` galleries store unit vectors (normalised on ``add``; queries too), which changes no distance and
+  lets f16 / i8 storage quantise well;
 - rows are best first (smallest distance); distances are usearch's: ``cos``: ``1 - cos(q, x)``;
   ``ip``: ``1 - q.x``; ``l2sq``: ``|q - x|^2``;
 - when fewer than ``k`` items exist (or match ``where``) the row is padded with :data:`MISSING_KEY`
@@ -375,6 +377,7 @@ class Gallery:
         vecs = np.ascontiguousarray(vecs, dtype=np.float32)
         if not np.all(np.isfinite(vecs)):
             raise ValueError("vectors contain NaN or infinity")
+        vecs = self._prepare(vecs)
         n = vecs.shape[0]
         if metadata is not None:
             metadata = list(metadata)
@@ -416,6 +419,13 @@ class Gallery:
                 self._drop(k)
                 raise
         return k
+
+    def _prepare(self, v: np.ndarray) -> np.ndarray:
+        """cos galleries store and search unit vectors: same distances, and i8 / f16 quantise them well."""
+        if self.metric != "cos":
+            return v
+        norm = np.linalg.norm(v, axis=1, keepdims=True)
+        return (v / np.where(norm > 0, norm, 1.0)).astype(np.float32)
 
     def _flat_append(self, k: np.ndarray, vecs: np.ndarray) -> None:
         need = self._n + len(k)
@@ -468,7 +478,8 @@ class Gallery:
             return self._meta.get(k)
 
     def get_vectors(self, keys: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Stored vectors ``[n, ndim]`` as float32 (dequantised for f16 / i8); ``KeyError`` for unknown keys."""
+        """Stored vectors ``[n, ndim]`` as float32 (dequantised for f16 / i8; unit length for ``cos``);
+        ``KeyError`` for unknown keys."""
         k = np.atleast_1d(np.asarray(keys)).astype(np.uint64)
         with self._lock:
             if self.exact:
@@ -526,7 +537,7 @@ class Gallery:
             q = q[None]
         if q.ndim != 2 or q.shape[1] != self.ndim:
             raise ValueError(f"query vectors must be [Q, {self.ndim}], got {list(q.shape)}")
-        q = np.ascontiguousarray(q, dtype=np.float32)
+        q = self._prepare(np.ascontiguousarray(q, dtype=np.float32))
         k = int(k)
         if k < 1:
             raise ValueError("k must be >= 1")

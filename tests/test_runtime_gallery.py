@@ -1,0 +1,363 @@
+"""Gallery vs numpy brute force on clustered data; filters; persistence (atomic saves, load, view); threads."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tki_sdk.runtime.gallery import MISSING_KEY, Gallery, ModelMismatchError, scan_image_folder
+
+N, D, Q, K = 20_000, 128, 200, 10
+DOMAINS = ["art", "cartoon", "photo", "sketch"]
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(1234)
+    centers = rng.standard_normal((64, D)).astype(np.float32)
+    lab = rng.integers(0, 64, N)
+    x = (centers[lab] + 0.45 * rng.standard_normal((N, D))).astype(np.float32)
+    q = (centers[rng.integers(0, 64, Q)] + 0.45 * rng.standard_normal((Q, D))).astype(np.float32)
+    meta = [{"domain": DOMAINS[i % 4], "cluster": int(lab[i]), "tags": ["rare"] if i % 97 == 0 else []}
+            for i in range(N)]
+    return x, q, meta, lab
+
+
+def brute(x: np.ndarray, q: np.ndarray, k: int, rows: np.ndarray | None = None):
+    """float64 cosine-distance brute force -> (row ids [Q,k], distances [Q,k])."""
+    rows = np.arange(len(x)) if rows is None else rows
+    xs = x[rows].astype(np.float64)
+    xs /= np.linalg.norm(xs, axis=1, keepdims=True)
+    qs = q.astype(np.float64) / np.linalg.norm(q, axis=1, keepdims=True)
+    dist = 1.0 - qs @ xs.T
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    return rows[order], np.take_along_axis(dist, order, 1)
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / truth.shape[1] for f, t in zip(found, truth)]))
+
+
+@pytest.fixture(scope="module")
+def galleries(data):
+    x, _, meta, _ = data
+    out = {}
+    for name, exact in (("exact", True), ("hnsw", False)):
+        g = Gallery(D, exact=exact, model_fingerprint="f" * 64, model_info={"model_name": "test"})
+        g.add(np.arange(N, dtype=np.uint64), x, meta)
+        out[name] = g
+    return out
+
+
+def test_exact_recall_is_one_and_distances_match(galleries, data):
+    x, q, _, _ = data
+    keys, dist = galleries["exact"].search(q, K)
+    truth, tdist = brute(x, q, K)
+    assert keys.dtype == np.uint64 and dist.dtype == np.float32 and keys.shape == (Q, K)
+    assert recall(keys, truth) == 1.0
+    np.testing.assert_allclose(dist, tdist, atol=1e-5)
+    assert np.all(np.diff(dist, axis=1) >= 0)  # best first
+
+
+def test_hnsw_recall_at_least_099(galleries, data):
+    x, q, _, _ = data
+    keys, dist = galleries["hnsw"].search(q, K)
+    truth, _ = brute(x, q, K)
+    assert recall(keys, truth) >= 0.99
+    assert np.all(np.diff(dist, axis=1) >= 0)
+
+
+def _where_rows(meta, where):
+    def ok(m):
+        for f, v in where.items():
+            vals = v if isinstance(v, list) else [v]
+            have = m[f] if isinstance(m[f], list) else [m[f]]
+            if not set(have) & set(vals):
+                return False
+        return True
+
+    return np.array([i for i, m in enumerate(meta) if ok(m)])
+
+
+@pytest.mark.parametrize("name", ["exact", "hnsw"])
+@pytest.mark.parametrize("where", [{"tags": "rare"}, {"cluster": [3, 17]}, {"domain": "sketch", "cluster": 5},
+                                   {"domain": "photo"}, {"domain": ["art", "cartoon", "photo"]}])
+def test_filters_return_true_top_k_among_matches(galleries, data, name, where):
+    x, q, meta, _ = data
+    rows = _where_rows(meta, where)
+    truth, tdist = brute(x, q, K, rows)
+    g = galleries[name]
+    keys, dist = g.search(q, K, where=where)
+    # few matches -> exact over the matching items, on HNSW galleries too
+    assert recall(keys, truth) == 1.0, (where, len(rows))
+    got_rows = keys.astype(np.int64)
+    assert np.all(np.isin(got_rows, rows))
+    if len(rows) > 2000:  # broad filter: also through the widened HNSW path (exact path limited to 2000 matches)
+        old = g.filter_exact_limit
+        g.filter_exact_limit = 2000
+        try:
+            keys2, _ = g.search(q, K, where=where)
+        finally:
+            g.filter_exact_limit = old
+        assert np.all(np.isin(keys2.astype(np.int64), rows))
+        assert recall(keys2, truth) >= (1.0 if name == "exact" else 0.99)
+
+
+def test_filter_far_from_most_queries_still_fills_every_row_on_hnsw(galleries, data):
+    """Items of one cluster queried from all others through the widened HNSW path: queries that find too few
+    matching items in the graph's result fall back to exact search, so every row is full and correct."""
+    x, q, meta, lab = data
+    g = galleries["hnsw"]
+    where = {"cluster": int(lab[0])}
+    rows = _where_rows(meta, where)
+    truth, _ = brute(x, q, K, rows)
+    old = g.filter_exact_limit
+    g.filter_exact_limit = 10  # force the widened path
+    try:
+        keys, _ = g.search(q, K, where=where)
+    finally:
+        g.filter_exact_limit = old
+    assert np.all(keys != MISSING_KEY) and np.all(np.isin(keys.astype(np.int64), rows))
+    assert recall(keys, truth) >= 0.99
+
+
+def test_padding_when_fewer_than_k(galleries, data):
+    x, q, _, _ = data
+    for name, g in galleries.items():
+        keys, dist = g.search(q[:3], K, where={"nothing": "here"})
+        assert np.all(keys == MISSING_KEY) and np.all(np.isinf(dist))
+        rows = np.arange(0, N, 97)[:4]  # the "rare" tag has 207 items; cluster+domain below has few
+        keys, dist = g.search(q[:3], 500, where={"tags": "rare"})
+        n_rare = N // 97 + 1
+        assert np.all(keys[:, :n_rare] != MISSING_KEY) and np.all(keys[:, n_rare:] == MISSING_KEY), name
+        assert np.all(np.isfinite(dist[:, :n_rare])) and np.all(np.isinf(dist[:, n_rare:]))
+        del rows
+    small = Gallery(4, exact=False)
+    small.add([10, 11], np.eye(4, dtype=np.float32)[:2])
+    keys, dist = small.search(np.eye(4, dtype=np.float32)[:1], 3)
+    assert keys.tolist() == [[10, 11, int(MISSING_KEY)]] and np.isinf(dist[0, 2])
+
+
+def test_add_remove_contains_and_validation():
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((50, 8)).astype(np.float32)
+    for exact in (True, False):
+        g = Gallery(8, exact=exact)
+        g.add(np.arange(50), v, [{"i": i} for i in range(50)])
+        assert len(g) == 50 and g.contains(3) and not g.contains(99) and 3 in g
+        assert g.contains([1, 99]).tolist() == [True, False]
+        with pytest.raises(ValueError, match="already in the gallery"):
+            g.add([3], v[:1])
+        with pytest.raises(ValueError, match="repeat"):
+            g.add([100, 100], v[:2])
+        with pytest.raises(ValueError, match="reserved"):
+            g.add([int(MISSING_KEY)], v[:1])
+        with pytest.raises(ValueError, match=r"\[N, 8\]"):
+            g.add([100], v[:1, :4])
+        with pytest.raises(ValueError, match="NaN"):
+            g.add([100], np.full((1, 8), np.nan, np.float32))
+        assert len(g) == 50  # nothing half-inserted
+        assert g.remove([3, 4, 1000]) == 2
+        assert len(g) == 48 and not g.contains(3)
+        keys, _ = g.search(v[3], 5)
+        assert 3 not in keys.tolist()[0]
+        assert g.get_metadata([5, 3]) == [{"i": 5}, None]
+        np.testing.assert_allclose(g.get_vectors([7]), v[7:8] / np.linalg.norm(v[7]), atol=1e-6)  # cos: unit length
+        new = g.add(None, v[:2])
+        assert new.tolist() == [50, 51]
+        keys, _ = g.search(v[:1], 1)
+        assert keys[0, 0] in (0, 50)
+    with pytest.raises(ValueError, match="exact galleries store f32 or f16"):
+        Gallery(8, exact=True, dtype="i8")
+
+
+@pytest.mark.parametrize("dtype", ["f16", "i8"])
+def test_quantised_storage(data, dtype):
+    """f16 / i8 galleries: the HNSW search is as good over the stored (quantised) vectors as f32 is over
+    floats, and the quantisation itself costs little (i8 is coarse: ~11 levels per component at 128-d)."""
+    x, q, _, _ = data
+    n = 5000
+    g = Gallery(D, dtype=dtype)
+    g.add(np.arange(n), x[:n])
+    keys, _ = g.search(q, K)
+    stored = g.get_vectors(np.arange(n))
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    qq = qn.astype(np.float16) if dtype == "f16" else np.trunc(qn * 127) / 127  # how usearch casts queries
+    truth_stored, _ = brute(stored, qq, K)
+    assert recall(keys, truth_stored) >= 0.98
+    truth_float, _ = brute(x[:n], q, K)
+    assert recall(keys, truth_float) >= (0.98 if dtype == "f16" else 0.85)
+
+
+def test_model_fingerprint_mismatch_refused(galleries, data):
+    _, q, _, _ = data
+    g = galleries["exact"]
+    g.search(q[:1], 3, model_fingerprint="f" * 64)  # same model: fine
+    g.search(q[:1], 3)  # raw vectors, no claim: fine
+    with pytest.raises(ModelMismatchError, match="rebuild the gallery"):
+        g.search(q[:1], 3, model_fingerprint="e" * 64)
+
+
+def test_save_load_view_identical(galleries, data, tmp_path):
+    _, q, _, _ = data
+    for name, g in galleries.items():
+        path = tmp_path / name
+        g.save(path)
+        g.save(path)  # second save replaces the version and removes the old one
+        assert len([p for p in path.iterdir() if p.name.startswith("v-")]) == 1
+        k0, d0 = g.search(q, K)
+        kf, df = g.search(q, K, where={"domain": "sketch"})
+        for opened in (Gallery.load(path), Gallery.view(path)):
+            assert len(opened) == N and opened.model_fingerprint == "f" * 64 and opened.exact == g.exact
+            k1, d1 = opened.search(q, K)
+            np.testing.assert_array_equal(k1, k0)
+            np.testing.assert_array_equal(d1, d0)
+            k2, d2 = opened.search(q, K, where={"domain": "sketch"})
+            np.testing.assert_array_equal(k2, kf)
+            assert opened.get_metadata([7])[0] == {"domain": "sketch", "cluster": g.get_metadata([7])[0]["cluster"],
+                                                   "tags": []}
+        view = Gallery.view(path)
+        with pytest.raises(PermissionError, match="read-only"):
+            view.add([N + 1], q[:1])
+        assert "items:        20,000" in view.describe()
+
+
+def _small(n: int, seed: int = 0, exact: bool = True) -> Gallery:
+    rng = np.random.default_rng(seed)
+    g = Gallery(16, exact=exact)
+    g.add(np.arange(n), rng.standard_normal((n, 16)).astype(np.float32), [{"n": n}] * n)
+    return g
+
+
+def test_failed_save_leaves_previous_gallery(tmp_path, monkeypatch):
+    path = tmp_path / "g"
+    _small(100).save(path)
+    bigger = _small(300, seed=1)
+
+    real = Gallery._write_version
+
+    def half_written(self, d):
+        (d / "vectors.npy").write_bytes(b"\x93NUMPY partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Gallery, "_write_version", half_written)
+    with pytest.raises(OSError, match="disk full"):
+        bigger.save(path)
+    monkeypatch.setattr(Gallery, "_write_version", real)
+    assert len(Gallery.load(path)) == 100
+    assert not [p for p in path.iterdir() if p.name.startswith(".tmp-")]
+
+    # crash after the new version is in place but before CURRENT is swapped
+    real_replace = os.replace
+
+    def no_swap(src, dst):
+        if Path(dst).name == "CURRENT":
+            raise OSError("killed")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", no_swap)
+    with pytest.raises(OSError, match="killed"):
+        bigger.save(path)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert len(Gallery.load(path)) == 100
+    bigger.save(path)  # next save succeeds and cleans every leftover
+    assert len(Gallery.load(path)) == 300
+    assert sorted(p.name for p in path.iterdir() if not p.name.startswith("v-")) == ["CURRENT"]
+
+
+SAVER = textwrap.dedent(
+    """
+    import sys, numpy as np
+    from tki_sdk.runtime.gallery import Gallery
+    path = sys.argv[1]
+    rng = np.random.default_rng(0)
+    g = Gallery(64, exact=True)
+    g.add(np.arange(1000), rng.standard_normal((1000, 64)).astype(np.float32))
+    g.save(path)
+    big = rng.standard_normal((300_000, 64)).astype(np.float32)
+    g.add(np.arange(1000, 301_000), big)
+    print("saving", flush=True)
+    while True:
+        g.save(path)
+    """
+)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.2])
+def test_save_killed_by_sigkill_leaves_a_loadable_gallery(tmp_path, delay):
+    path = tmp_path / "g"
+    proc = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "saving"
+        time.sleep(delay)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    g = Gallery.load(path)
+    assert len(g) in (1000, 301_000)
+    keys, _ = g.search(np.ones(64, np.float32), 3)
+    assert np.all(keys != MISSING_KEY)
+    assert len(Gallery.view(path)) == len(g)
+
+
+def test_concurrent_searches_equal_serial(galleries, data):
+    _, q, _, _ = data
+    jobs = []
+    for name, g in galleries.items():
+        for where in (None, {"domain": "art"}, {"tags": "rare"}):
+            jobs.append((g, where))
+    serial = [g.search(q, K, where=w) for g, w in jobs]
+    results: dict[int, list] = {}
+    errors = []
+
+    def run(t: int) -> None:
+        try:
+            results[t] = [g.search(q, K, where=w) for g, w in (jobs[t % len(jobs):] + jobs[: t % len(jobs)])]
+        except BaseException as e:  # pragma: no cover
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for t, res in results.items():
+        shift = t % len(jobs)
+        for j, (k, d) in enumerate(res):
+            sk, sd = serial[(j + shift) % len(jobs)]
+            np.testing.assert_array_equal(k, sk)
+            np.testing.assert_array_equal(d, sd)
+
+
+def test_scan_image_folder_fills_domain_and_class(tmp_path):
+    for rel in ["photo/dog/a.jpg", "photo/dog/b.PNG", "sketch/horse/c.png", "cat/d.jpg", "e.jpg",
+                "photo/dog/notes.txt", ".hidden/x.jpg", "photo/.x.jpg"]:
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    got = {m["rel"]: m for _, m in scan_image_folder(tmp_path)}
+    assert sorted(got) == ["cat/d.jpg", "e.jpg", "photo/dog/a.jpg", "photo/dog/b.PNG", "sketch/horse/c.png"]
+    assert got["photo/dog/a.jpg"]["domain"] == "photo" and got["photo/dog/a.jpg"]["class"] == "dog"
+    assert got["cat/d.jpg"]["class"] == "cat" and "domain" not in got["cat/d.jpg"]
+    assert "class" not in got["e.jpg"]
+    assert Path(got["e.jpg"]["path"]).is_absolute()
+
+
+def test_gallery_json_records_model(tmp_path):
+    g = Gallery(16, model_fingerprint="ab" * 32, model_info={"model_name": "tiny"})
+    g.add([1], np.ones((1, 16), np.float32))
+    g.save(tmp_path / "g")
+    info = Gallery.read_info(tmp_path / "g")
+    assert info["model_fingerprint"] == "ab" * 32 and info["model"]["model_name"] == "tiny" and info["count"] == 1
+    cur = (tmp_path / "g" / "CURRENT").read_text().strip()
+    assert json.loads((tmp_path / "g" / cur / "gallery.json").read_text())["ndim"] == 16
