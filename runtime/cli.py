@@ -288,11 +288,15 @@ def _run_search(args: argparse.Namespace) -> int:
         gallery = Gallery.view(gpath)
     except (OSError, ValueError) as e:
         raise CLIError(f"cannot open gallery {gpath}: {e}") from None
-    emb = _make_embedder(args)
+    from .metadata import ModelMetadata
+
     try:
-        gallery.check_model(emb.model_fingerprint)
+        gallery.check_model(ModelMetadata.load(_check_model_dir(args.model)).fingerprint())
     except ModelMismatchError as e:
         raise CLIError(str(e)) from None
+    except (OSError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    emb = _make_embedder(args)
     if emb.embedding_dim != gallery.ndim:
         raise CLIError(f"model embeds {emb.embedding_dim}-d vectors but the gallery holds {gallery.ndim}-d ones")
     res = emb.embed_images(queries, progress=len(queries) > 64)
