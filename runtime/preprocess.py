@@ -221,14 +221,15 @@ class Preprocessor:
 
     def __call__(self, image: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
         """PIL image -> float32 ``[3, H, W]`` (written into ``out`` when given)."""
-        rgb = np.asarray(self.to_rgb_image(image))
+        rgb = self.to_rgb_image(image)
         th, tw = self.size
-        if rgb.shape != (th, tw, 3):  # pragma: no cover - guarded by the geometry above
-            raise RuntimeError(f"internal error: got {rgb.shape}, expected {(th, tw, 3)}")
+        if rgb.size != (tw, th):  # pragma: no cover - guarded by the geometry above
+            raise RuntimeError(f"internal error: got {rgb.size}, expected {(tw, th)}")
         if out is None:
             out = np.empty((3, th, tw), dtype=np.float32)
-        for c in range(3):
-            np.take(self._lut[c], rgb[:, :, c], out=out[c])
+        # split() gives contiguous planes: table lookups on them are ~3x faster than on strided HWC views
+        for c, band in enumerate(rgb.split()):
+            np.take(self._lut[c], np.asarray(band), out=out[c])
         return out
 
     # ------------------------------------------------------------------ files
