@@ -157,22 +157,23 @@ def test_embed_image_raises_per_item_error(emb):
     assert res.embeddings.shape == (0, TINY_DIM) and len(res.errors) == 2 and res.indices.size == 0
 
 
-def _exporter():
-    """The project's export function, or skip while it does not exist yet."""
-    export = pytest.importorskip("tki_sdk.export")
-    fn = getattr(export, "export_model", None) or getattr(export, "export", None)
-    if fn is None or not callable(fn):
-        pytest.skip("tki_sdk.export has no export function yet")
-    return fn
+def _export_cli():
+    """``tki-export``'s entry point (the DESIGN contract), or skip while the exporter is not in this tree."""
+    try:
+        from tki_sdk.export.cli import main
+    except ImportError as e:
+        pytest.skip(f"tki_sdk.export.cli not available yet ({e})")
+    return main
 
 
 def test_embedder_equals_tkimodel_encode_image(request, tmp_path, pacs_dir):
     torch = pytest.importorskip("torch")
-    export = _exporter()
+    export_main = _export_cli()
     from tki_sdk.model import TKIModel
 
     tiny_checkpoint = request.getfixturevalue("tiny_checkpoint")
-    export(tiny_checkpoint, tmp_path / "export", precisions=["fp32"])
+    assert export_main(["--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "export"),
+                        "--precision", "fp32"]) == 0
     e = Embedder(tmp_path / "export", threads=1)
     model = TKIModel.from_checkpoint(tiny_checkpoint).eval()
     files = pacs_sample(pacs_dir, per_class=1)
