@@ -184,3 +184,144 @@ def test_embedder_equals_tkimodel_encode_image(request, tmp_path, pacs_dir):
     cos = np.sum(res.embeddings * ref, axis=1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(res.embeddings, axis=1)
     assert cos.min() >= 0.99999
     np.testing.assert_allclose(res.embeddings, ref, atol=1e-4)
+
+
+class _FakeCudart:
+    """Host-memory stand-in for cuda-python's runtime API (pointers are real host addresses)."""
+
+    class cudaMemcpyKind:  # noqa: N801 - mirrors cuda-python's names
+        cudaMemcpyHostToDevice = 1
+        cudaMemcpyDeviceToHost = 2
+
+    def __init__(self):
+        self.buffers = {}
+        self.copies = []
+
+    def cudaStreamCreate(self):  # noqa: N802
+        return (0, 7)
+
+    def cudaStreamDestroy(self, s):  # noqa: N802
+        return (0,)
+
+    def cudaMalloc(self, n):  # noqa: N802
+        import ctypes
+
+        buf = ctypes.create_string_buffer(n)
+        self.buffers[ctypes.addressof(buf)] = buf
+        return (0, ctypes.addressof(buf))
+
+    def cudaFree(self, p):  # noqa: N802
+        self.buffers.pop(p, None)
+        return (0,)
+
+    def cudaMemcpyAsync(self, dst, src, n, kind, stream):  # noqa: N802
+        import ctypes
+
+        assert stream == 7
+        self.copies.append(kind)
+        ctypes.memmove(dst, src, n)
+        return (0,)
+
+    def cudaStreamSynchronize(self, s):  # noqa: N802
+        return (0,)
+
+
+def _fake_tensorrt(weights, max_batch):
+    import ctypes
+    import types
+
+    trt = types.SimpleNamespace()
+    trt.__version__ = "10.fake"
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
+    trt.DataType = types.SimpleNamespace(FLOAT="f32")
+    trt.nptype = lambda dt: np.float32
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            pass
+
+    class Context:
+        def __init__(self):
+            self.shape = None
+            self.addr = {}
+
+        def set_input_shape(self, name, shape):
+            assert name == "pixel_values"
+            if not 1 <= shape[0] <= max_batch:
+                return False
+            self.shape = tuple(shape)
+            return True
+
+        def get_tensor_shape(self, name):
+            return (self.shape[0], TINY_DIM) if name == "embedding" else self.shape
+
+        def set_tensor_address(self, name, ptr):
+            self.addr[name] = ptr
+
+        def execute_async_v3(self, stream):
+            n = int(np.prod(self.shape))
+            x = np.ctypeslib.as_array((ctypes.c_float * n).from_address(self.addr["pixel_values"])).reshape(self.shape)
+            y = tiny_reference(x, weights).astype(np.float32)
+            ctypes.memmove(self.addr["embedding"], y.ctypes.data, y.nbytes)
+            return True
+
+    class Engine:
+        num_io_tensors = 2
+
+        def get_tensor_name(self, i):
+            return ["pixel_values", "embedding"][i]
+
+        def get_tensor_mode(self, name):
+            return "in" if name == "pixel_values" else "out"
+
+        def get_tensor_dtype(self, name):
+            return "f32"
+
+        def get_tensor_shape(self, name):
+            return (-1, 3, TINY_SIZE, TINY_SIZE) if name == "pixel_values" else (-1, TINY_DIM)
+
+        def get_tensor_profile_shape(self, name, profile):
+            return [(1, 3, TINY_SIZE, TINY_SIZE), (max_batch, 3, TINY_SIZE, TINY_SIZE),
+                    (max_batch, 3, TINY_SIZE, TINY_SIZE)]
+
+        def create_execution_context(self):
+            return Context()
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            return Engine() if data == b"PLAN" else None
+
+    trt.Logger, trt.Runtime = Logger, Runtime
+    return trt
+
+
+def test_tensorrt_runner_data_flow_with_stand_in_modules(tmp_path, monkeypatch):
+    """No GPU here: run TensorRTRunner against host-memory stand-ins of tensorrt / cuda-python that execute
+    the tiny model, checking shapes, profile-bounded chunking and the copies in and out."""
+    import sys
+    import types
+
+    d, w = make_tiny_export(tmp_path / "exp", extra_artifacts={"tensorrt_fp16": {"file": "model.plan"}})
+    (d / "model.plan").write_bytes(b"PLAN")
+    cudart = _FakeCudart()
+    cuda_pkg = types.ModuleType("cuda")
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.runtime = cudart
+    cuda_pkg.bindings = bindings
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(w, max_batch=8))
+    monkeypatch.setitem(sys.modules, "cuda", cuda_pkg)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)
+    e = Embedder(d, backend="tensorrt")
+    assert e.backend == "tensorrt" and e.provider == "TensorRT" and e.precision == "tensorrt_fp16"
+    x = np.random.default_rng(4).standard_normal((20, 3, TINY_SIZE, TINY_SIZE)).astype(np.float32)
+    np.testing.assert_allclose(e.embed_pixels(x), tiny_reference(x, w), atol=2e-6)
+    assert cudart.copies.count(1) == 3 and cudart.copies.count(2) == 3  # 20 images, max batch 8 -> 3 calls
+    (d / "model.plan").write_bytes(b"stale")
+    with pytest.raises(RuntimeError, match="rebuild it"):
+        Embedder(d, backend="tensorrt")
