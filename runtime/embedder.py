@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .images import ImageItem, ImageLoadError, describe_item
+from .images import ImageItem, ImageLoadError
 from .metadata import METADATA_FILE, ModelMetadata
 from .preprocess import Preprocessor
 
@@ -474,6 +474,3 @@ class TensorRTRunner:
         except Exception:
             pass
 
-
-def _describe_errors(errors: list[tuple[Any, str]]) -> list[str]:
-    return [f"{describe_item(item)}: {reason}" for item, reason in errors]

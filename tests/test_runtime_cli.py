@@ -167,3 +167,17 @@ def test_parse_where():
     assert parse_where([]) is None
     assert parse_where(["domain=sketch", "class=dog,horse"]) == {"domain": ["sketch"], "class": ["dog", "horse"]}
     assert parse_where(["label=3"]) == {"label": ["3", 3]}
+
+
+def test_gallery_from_folder_equals_cli_gallery(setup, gallery):
+    _, export, images, copied = setup
+    emb = Embedder(export, threads=1)
+    g, res = Gallery.from_folder(images, emb, batch_size=5, exact=True)
+    assert not res.errors and len(g) == len(copied) and g.model_fingerprint == emb.model_fingerprint
+    cli = Gallery.view(gallery)
+    q = emb.embed_images(copied[:4]).embeddings
+    k1, d1 = g.search(q, 5, where={"domain": "sketch"})
+    k2, d2 = cli.search(q, 5, where={"domain": "sketch"})
+    np.testing.assert_array_equal(k1, k2)
+    np.testing.assert_allclose(d1, d2, atol=1e-6)
+    assert g.get_metadata(k1[0]) == cli.get_metadata(k2[0])
