@@ -7,7 +7,7 @@ Every result file has this envelope (the suite's own payload goes under ``"resul
       "timestamp": "2025-01-01T12:00:00+00:00",
       "command": "tki-bench search --quick",
       "machine": {"cpu_model": "...", "cpu_count": 2, "usable_cpus": 2, "torch_threads": 2 | null,
-                  "memory_gb": 23.4, "gpus": [{"name": "...", "memory": "...", "driver": "..."}],
+                  "memory_gb": 23.4, "load_average_1_5_15min": [0.5, 0.4, 0.3], "gpus": [{"name": "...", "memory": "...", "driver": "..."}],
                   "platform": "Linux-...", "python": "3.11.x"},
       "versions": {"tki_sdk": "0.1.0", "numpy": "...", "torch": "..." | null, ...},
       "git": {"commit": "abc123..." | null, "dirty": true | false | null},
@@ -114,6 +114,10 @@ def machine_info() -> dict[str, Any]:
             torch_threads = int(sys.modules["torch"].get_num_threads())
         except Exception:  # pragma: no cover - partially imported torch
             torch_threads = None
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        load = None
     return {
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -121,6 +125,7 @@ def machine_info() -> dict[str, Any]:
         "torch_threads": torch_threads,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "memory_gb": _memory_gb(),
+        "load_average_1_5_15min": load,  # at write time; > usable_cpus means the timings shared the CPU
         "gpus": _gpus(),
         "platform": platform.platform(),
         "python": platform.python_version(),
