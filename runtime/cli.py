@@ -263,8 +263,6 @@ def run_search(args: argparse.Namespace) -> int:
 
 
 def _run_search(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from .gallery import MISSING_KEY, Gallery, ModelMismatchError, is_gallery, scan_image_folder
 
     _positive("-k", args.k)
