@@ -264,14 +264,30 @@ def torch_embed_fn(model: Any, device: str = "cpu") -> EmbedFn:
 
 
 def embedder_embed_fn(embedder: Any, batch_size: int = 64) -> EmbedFn:
-    """Wrap a runtime ``Embedder``: ``embed_images(paths, batch_size=...)`` must give one row per path."""
+    """Wrap a runtime ``Embedder``: ``embed_images(paths, batch_size=...)`` must embed every path.
+
+    Accepts an ``EmbedResult`` (``embeddings``, ``indices``, ``errors``) or a plain array; a file
+    the runtime could not embed is an error here (a retrieval table over a different image set
+    would not be comparable between methods).
+    """
 
     def fn(paths: list[str]) -> np.ndarray:
         res = embedder.embed_images(paths, batch_size=batch_size)
-        arr = res if isinstance(res, np.ndarray) else getattr(res, "embeddings", res)
-        arr = np.asarray(arr)
+        if isinstance(res, np.ndarray):
+            arr, idx, errors = res, None, []
+        else:
+            arr = np.asarray(res.embeddings)
+            idx = getattr(res, "indices", None)
+            errors = list(getattr(res, "errors", []) or [])
+        if errors:
+            item, reason = errors[0]
+            raise ValueError(f"the runtime could not embed {len(errors)} of {len(paths)} files (first: {item}: {reason})")
         if arr.shape[0] != len(paths):
-            raise ValueError(f"Embedder returned {arr.shape[0]} rows for {len(paths)} files (some files failed to load?)")
+            raise ValueError(f"Embedder returned {arr.shape[0]} rows for {len(paths)} files")
+        if idx is not None and not np.array_equal(np.asarray(idx), np.arange(len(paths))):
+            out = np.empty_like(arr)
+            out[np.asarray(idx)] = arr
+            arr = out
         return arr
 
     return fn

@@ -20,8 +20,6 @@ from tki_sdk.benchmarks.accuracy import (
 from tki_sdk.benchmarks.datasets import DomainDataset
 from tki_sdk.benchmarks.metrics import average_precision, precision_at_k
 
-PACS = Path("/work/shared/data/pacs")
-
 
 def _domains(rng, noise, n=30, classes=4, dim=8, names=("a", "b", "c")):
     centres = np.eye(dim)[:classes] * 5.0
@@ -110,22 +108,23 @@ def test_embed_dataset_with_a_path_based_embedding_function(tmp_path):
 
 
 def test_run_needs_a_model(tmp_path, capsys):
-    code = cli.main(["accuracy", "--dataset-dir", str(PACS if PACS.is_dir() else tmp_path), "--out-dir", str(tmp_path)])
-    assert code == 2
+    for domain in ("a", "b"):
+        (tmp_path / "data" / domain / "cls").mkdir(parents=True)
+        (tmp_path / "data" / domain / "cls" / "x.png").write_bytes(b"x")
+    data = str(tmp_path / "data")
+    assert cli.main(["accuracy", "--dataset-dir", data, "--out-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and ("--model-dir" in err[0] or "domain" in err[0])
+    assert len(err) == 1 and "--model-dir" in err[0]
     # A folder without tki.json is a one-line error too.
-    if PACS.is_dir():
-        assert cli.main(["accuracy", "--dataset-dir", str(PACS), "--model-dir", str(tmp_path), "--out-dir", str(tmp_path)]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "tki.json" in err[0]
+    assert cli.main(["accuracy", "--dataset-dir", data, "--model-dir", str(tmp_path), "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tki.json" in err[0]
 
 
-@pytest.mark.skipif(not PACS.is_dir(), reason="PACS images not available")
-def test_quick_run_tiny_vanilla_model_on_pacs(tmp_path, capsys):
+def test_quick_run_tiny_vanilla_model_on_pacs(tmp_path, capsys, pacs_dir):
     pytest.importorskip("open_clip")
     pytest.importorskip("tki_sdk.model")
-    code = cli.main(["accuracy", "--quick", "--dataset-dir", str(PACS), "--domains", "photo,sketch", "--per-class", "3",
+    code = cli.main(["accuracy", "--quick", "--dataset-dir", str(pacs_dir), "--domains", "photo,sketch", "--per-class", "3",
                      "--out-dir", str(tmp_path), "--no-progress"])
     assert code == 0
     doc = json.loads((tmp_path / "accuracy" / "quick.json").read_text())
@@ -152,3 +151,29 @@ def test_top_k_only_tables_match_the_full_ones():
             assert topk.cells[q][g][m] == full.cells[q][g][m]
     md = render_comparison([topk, topk])
     assert "max pair Δ mAP@10" in md
+
+
+def test_model_dir_through_the_runtime_equals_a_numpy_reference(tmp_path, pacs_dir):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("tki_sdk.runtime.embedder")
+    from runtime_fixtures import make_tiny_export, tiny_reference
+
+    from tki_sdk.runtime.metadata import PreprocessConfig
+    from tki_sdk.runtime.preprocess import Preprocessor
+
+    export_dir, w = make_tiny_export(tmp_path / "export")
+    code = cli.main(["accuracy", "--dataset-dir", str(pacs_dir), "--domains", "cartoon,photo", "--per-class", "2",
+                     "--model-dir", str(export_dir), "--out-dir", str(tmp_path), "--no-progress", "--name", "tiny"])
+    assert code == 0
+    doc = json.loads((tmp_path / "accuracy" / "tiny.json").read_text())
+    (table,) = doc["results"]["tables"]
+    assert table["info"]["precision"] == "fp32" and table["info"]["artifact"]["sha256"]
+    assert table["weights"] == RANDOM_INIT
+    # Reference: the same images through the runtime preprocessing and the model in float64 numpy.
+    ds = DomainDataset(pacs_dir, domains=["cartoon", "photo"]).sample(2, seed=0)
+    pre = Preprocessor(PreprocessConfig.from_dict({"size": [32, 32]}))
+    embs = {d: (tiny_reference(pre.batch(ds.paths(d)), w), ds.labels(d)) for d in ds.domains}
+    ref = cross_domain_table(embs, method="numpy", weights="-", ks=(200,))
+    for q, g in ref.pairs():
+        for m in ref.metrics:
+            assert table["cells"][q][g][m] == pytest.approx(ref.cells[q][g][m], abs=1e-9)
