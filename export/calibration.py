@@ -1,0 +1,99 @@
+"""Real images for int8 calibration and parity checks, through the model's exact preprocessing.
+
+Images are read with :class:`tki_sdk.runtime.preprocess.Preprocessor` built from the model's own
+preprocessing config (the one written to ``tki.json``), which equals open_clip's eval transform, so
+calibration sees exactly the tensors the runtime will feed. Unreadable files are skipped and counted.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["IMAGE_EXTENSIONS", "DEFAULT_PACS_DIR", "ImageSet", "NoImagesError", "find_images", "load_images", "default_image_dir"]
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+#: The PACS copy beside the repository (``../shared/data/pacs/images``); ``TKI_PACS_DIR`` overrides it.
+DEFAULT_PACS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pacs" / "images"
+
+
+class NoImagesError(ValueError):
+    """A folder holds no readable image."""
+
+
+@dataclass
+class ImageSet:
+    """Preprocessed images ``pixels`` float32 ``[N,3,H,W]`` and where they came from."""
+
+    pixels: np.ndarray
+    files: list[str]
+    source: str
+    skipped: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.source, "count": int(self.pixels.shape[0]), "skipped": len(self.skipped)}
+
+
+def default_image_dir() -> Path | None:
+    """``$TKI_PACS_DIR`` or the PACS copy beside the repository, when it exists."""
+    env = os.environ.get("TKI_PACS_DIR")
+    for p in ([Path(env)] if env else []) + [DEFAULT_PACS_DIR]:
+        if p.is_dir():
+            return p
+    return None
+
+
+def find_images(folder: str | os.PathLike, count: int | None = None, seed: int = 0) -> list[Path]:
+    """Image files under ``folder`` (recursive, by extension, hidden entries skipped), sorted; when more than
+    ``count``, a seeded random sample of ``count`` (returned sorted), so every sub-folder (domain, class) is
+    likely represented. Raises :class:`NoImagesError` / ``FileNotFoundError`` with one line."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
+    files = sorted(
+        p for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    if not files:
+        raise NoImagesError(
+            f"{root} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); point --calib-images at a folder of images"
+        )
+    if count is not None and len(files) > count:
+        files = sorted(random.Random(seed).sample(files, int(count)))
+    return files
+
+
+def load_images(
+    folder: str | os.PathLike, preprocess_cfg: dict[str, Any], count: int | None = None, seed: int = 0
+) -> ImageSet:
+    """Find up to ``count`` images under ``folder`` and preprocess them as the runtime does."""
+    from tki_sdk.runtime.images import ImageLoadError
+    from tki_sdk.runtime.metadata import PreprocessConfig
+    from tki_sdk.runtime.preprocess import Preprocessor
+
+    pre = Preprocessor(PreprocessConfig.from_dict(preprocess_cfg))
+    files = find_images(folder, count=None, seed=seed)
+    rng = random.Random(seed)
+    order = files if count is None or len(files) <= count else rng.sample(files, len(files))
+    h, w = pre.size
+    want = len(order) if count is None else min(int(count), len(order))
+    out = np.empty((want, 3, h, w), dtype=np.float32)
+    kept: list[str] = []
+    skipped: list[str] = []
+    for f in order:
+        if len(kept) == want:
+            break
+        try:
+            pre.process(f, out=out[len(kept)])
+        except ImageLoadError as e:
+            skipped.append(f"{f}: {e.reason}")
+            continue
+        kept.append(str(f))
+    if not kept:
+        raise NoImagesError(f"none of the {len(files)} images under {folder} could be read (first: {skipped[0]})")
+    return ImageSet(out[: len(kept)], kept, str(folder), skipped)

@@ -1,0 +1,515 @@
+"""The whole export: fused model -> fp32 / fp16 / int8 ONNX (+ TensorRT) -> parity -> ``tki.json``.
+
+:func:`run_export` is what ``tki-export`` runs. Steps, each checked before the next:
+
+1. build the model (``TKIModel.from_checkpoint`` or ``TKIModel.vanilla`` for ``head="none"``);
+2. real images (``calib_images``, else PACS beside the repository, else generated images) through the
+   model's exact preprocessing: the first ``calib_count`` calibrate int8, ``val_count`` others (disjoint
+   when the folder has enough) validate; plus as many standard-normal tensors; float64 references;
+3. ``model.onnx`` (standard ONNX, dynamic batch), validated;
+4. ``model.fp16.onnx`` (fp16 weights and compute, fp32 I/O and head), validated;
+5. int8: the onnxruntime-fused fp32 graph quantised with each scheme (dynamic, static QDQ), each candidate
+   validated and timed (batch ``bench_batch``, ``threads`` threads, interleaved rounds); the fastest that
+   meets the int8 threshold becomes ``model.int8.onnx``; ``tki.json`` records the scheme and all candidates;
+6. optionally ``model.plan`` (TensorRT fp16), validated with the runtime's TensorRT runner;
+7. ``parity.json`` always; ``tki.json`` only when every artifact passed (or ``allow_parity_failure``);
+   optionally a Triton repository.
+
+A failed artifact raises :class:`~.validate.ParityError` after ``parity.json`` is written (no ``tki.json``,
+so nothing half-checked looks usable), unless ``allow_parity_failure`` keeps it with a warning.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata as _md
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tki_sdk.runtime.metadata import METADATA_FILE, ModelMetadata, PreprocessConfig, sha256_file
+
+from .onnx_export import DEFAULT_OPSET, ExportError, export_onnx, graph_info, load_proto, ort_fused_graph, tail_nodes
+from .validate import THRESHOLDS, OrtRunner, ParityError, ParityResult, build_inputs, validate_runner
+
+__all__ = ["ExportConfig", "ExportResult", "run_export", "validate_export", "PRECISIONS", "ARTIFACT_FILES", "PARITY_FILE"]
+
+PRECISIONS = ("fp32", "fp16", "int8")
+ARTIFACT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx",
+                  "tensorrt_fp16": "model.plan"}
+PARITY_FILE = "parity.json"
+
+
+@dataclass
+class ExportConfig:
+    """Options of one export (the ``tki-export`` flags)."""
+
+    out: Path
+    checkpoint: Path | None = None
+    precisions: tuple[str, ...] = PRECISIONS
+    head: str = "tki"
+    model_name: str | None = None
+    pretrained: str | None = None
+    tensorrt: bool = False
+    calib_images: Path | None = None
+    calib_count: int = 64
+    val_count: int = 16
+    opset: int = DEFAULT_OPSET
+    max_batch: int = 64
+    triton_repo: Path | None = None
+    allow_parity_failure: bool = False
+    int8_schemes: tuple[str, ...] = ("dynamic", "static_qdq")
+    threads: int = 2
+    bench_batch: int = 16
+    timing_rounds: int = 3
+    time_torch: bool = True
+    progress: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        bad = [p for p in self.precisions if p not in PRECISIONS]
+        if bad:
+            raise ValueError(f"unknown precision(s) {bad}; choose from {', '.join(PRECISIONS)}")
+        if "fp32" not in self.precisions:
+            # every variant derives from (and the runtime falls back to) the fp32 graph
+            self.precisions = ("fp32", *self.precisions)
+
+
+@dataclass
+class ExportResult:
+    """What an export produced: metadata (None when not written), parity, summary rows, warnings."""
+
+    out: Path
+    metadata: ModelMetadata | None
+    parity: dict[str, ParityResult]
+    rows: list[dict[str, Any]]
+    warnings: list[str] = field(default_factory=list)
+    failures: list[ParityResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _versions() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for dist, key in (("tki-sdk", "tki_sdk"), ("torch", "torch"), ("open_clip_torch", "open_clip"),
+                      ("onnx", "onnx"), ("onnxscript", "onnxscript"), ("onnxruntime", "onnxruntime"),
+                      ("onnxruntime-gpu", "onnxruntime_gpu"), ("tensorrt", "tensorrt"), ("numpy", "numpy")):
+        try:
+            out[key] = _md.version(dist)
+        except _md.PackageNotFoundError:
+            pass
+    return out
+
+
+class _Steps:
+    """One tqdm bar over the export steps (descriptions say what runs)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc="tki-export", unit="step", disable=not enabled, file=sys.stderr,
+                        bar_format="{desc:<58} {n_fmt}/{total_fmt} [{elapsed}]")
+
+    def start(self, desc: str) -> None:
+        self.bar.set_description_str(desc)
+
+    def done(self) -> None:
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _images(cfg: ExportConfig, preprocess: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
+    """(calibration pixels, validation pixels, source description)."""
+    from .calibration import default_image_dir, find_images, load_images
+    from .validate import generated_images
+
+    folder = cfg.calib_images or default_image_dir()
+    want_cal = int(cfg.calib_count) if "int8" in cfg.precisions else 0
+    want_val = int(cfg.val_count)
+    if folder is not None:
+        n_files = len(find_images(folder))
+        s = load_images(folder, preprocess, count=want_cal + want_val, seed=cfg.seed)
+        px = s.pixels
+        if px.shape[0] >= want_cal + want_val:
+            cal, val = px[:want_cal], px[want_cal:want_cal + want_val]
+        else:  # small folder: validation overlaps calibration
+            cal, val = px[:want_cal] if want_cal else px[:0], px[-want_val:] if want_val else px[:0]
+        src = f"{folder} ({n_files} images; {len(cal)} for calibration, {len(val)} for validation)"
+        return cal, val, src
+    gen = generated_images(want_cal + want_val, preprocess, seed=cfg.seed)
+    return gen[:want_cal], gen[want_cal:], f"generated images (no --calib-images and no PACS copy), seed {cfg.seed}"
+
+
+def _time_interleaved(runners: dict[str, Callable[[np.ndarray], Any]], x: np.ndarray, rounds: int) -> dict[str, dict[str, float]]:
+    """Interleaved wall-clock timing: one warm-up each, then ``rounds`` rounds of one run per runner."""
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for run in runners.values():
+        run(x)
+    for _ in range(max(1, rounds)):
+        for k, run in runners.items():
+            t0 = time.perf_counter()
+            run(x)
+            times[k].append(time.perf_counter() - t0)
+    n = x.shape[0]
+    return {k: {"ms_per_image": 1000 * float(np.median(v)) / n, "best_ms_per_image": 1000 * float(min(v)) / n,
+                "rounds": len(v), "batch_size": int(n)} for k, v in times.items()}
+
+
+def _artifact_entry(path: Path, precision: str, **extra: Any) -> dict[str, Any]:
+    return {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path), "precision": precision,
+            **extra}
+
+
+def run_export(cfg: ExportConfig) -> ExportResult:
+    """Run the export described by ``cfg`` (see module docstring)."""
+    import torch
+
+    from .fused import describe, load_model
+    from .quantize import convert_fp16, quantize_int8_dynamic, quantize_int8_static
+
+    t_start = time.perf_counter()
+    out = cfg.out
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (METADATA_FILE, PARITY_FILE):
+        (out / stale).unlink(missing_ok=True)
+    n_steps = 4 + ("fp16" in cfg.precisions) + 2 * ("int8" in cfg.precisions) + bool(cfg.tensorrt) + 1
+    steps = _Steps(n_steps, cfg.progress)
+    warnings_: list[str] = []
+    parity: dict[str, ParityResult] = {}
+    artifacts: dict[str, dict[str, Any]] = {}
+    runners: dict[str, Callable[[np.ndarray], Any]] = {}
+    extra_parity: dict[str, Any] = {}
+    try:
+        steps.start("load model")
+        model = load_model(cfg.checkpoint, head=cfg.head, model_name=cfg.model_name, pretrained=cfg.pretrained)
+        desc = describe(model)
+        fields = model.metadata_fields()
+        steps.done()
+
+        steps.start("images + float64 reference")
+        cal, val, img_src = _images(cfg, fields["preprocess"])
+        inputs = build_inputs(model, val, image_source=img_src, large_batch=min(8, cfg.max_batch), seed=cfg.seed)
+        steps.done()
+
+        with tempfile.TemporaryDirectory(dir=out, prefix=".tki-export-") as tmpd:
+            tmp = Path(tmpd)
+            # ---------------------------------------------------------------- fp32
+            steps.start(f"fp32: export ONNX (opset {cfg.opset})")
+            fp32_path = out / ARTIFACT_FILES["fp32"]
+            info = export_onnx(model, fp32_path, opset=cfg.opset)
+            n_attn = int(info.extra.get("attention_rewrites", 0))
+            r32 = OrtRunner(fp32_path, threads=cfg.threads)
+            parity["fp32"] = validate_runner("fp32", fp32_path.name, r32.run, inputs)
+            runners["fp32"] = r32.run
+            artifacts["fp32"] = _artifact_entry(
+                fp32_path, "fp32", format="onnx", opset=info.opset, domains=info.domains, runtime="onnxruntime",
+                standard_ops_only=info.standard, input_shape=info.input_shape, output_shape=info.output_shape)
+            steps.done()
+
+            # ---------------------------------------------------------------- fp16
+            if "fp16" in cfg.precisions:
+                steps.start("fp16: convert (fp32 I/O and head)")
+                p16 = out / ARTIFACT_FILES["fp16"]
+                conv = convert_fp16(fp32_path, p16)
+                r16 = OrtRunner(p16, threads=cfg.threads)
+                parity["fp16"] = validate_runner("fp16", p16.name, r16.run, inputs)
+                runners["fp16"] = r16.run
+                i16 = graph_info(p16)
+                artifacts["fp16"] = _artifact_entry(p16, "fp16", format="onnx", opset=i16.opset, domains=i16.domains,
+                                                    runtime="onnxruntime", io_dtype="float32", **conv)
+                steps.done()
+
+            # ---------------------------------------------------------------- int8
+            if "int8" in cfg.precisions:
+                steps.start("int8: onnxruntime fusions + quantise")
+                src = tmp / "fused_fp32.onnx"
+                fusions: dict[str, int] = {}
+                try:
+                    fusions = ort_fused_graph(fp32_path, src)
+                    if not tail_nodes(load_proto(src)) and tail_nodes(load_proto(fp32_path)):
+                        raise ExportError("fusion lost the head's node scopes")
+                    check = validate_runner("fp32", "fused", OrtRunner(src, threads=cfg.threads).run, inputs)
+                    if not check.passed:
+                        raise ExportError(check.failure_line())
+                except Exception as e:  # noqa: BLE001 - fall back to the standard graph
+                    warnings_.append(f"int8: onnxruntime fusions skipped ({type(e).__name__}: {str(e)[:160]}); "
+                                     "quantising the standard graph")
+                    shutil.copyfile(fp32_path, src)
+                    fusions = {}
+                cands: dict[str, dict[str, Any]] = {}
+                cand_runners: dict[str, Callable[[np.ndarray], Any]] = {}
+                for scheme in cfg.int8_schemes:
+                    p = tmp / f"int8_{scheme}.onnx"
+                    try:
+                        if scheme == "dynamic":
+                            qinfo = quantize_int8_dynamic(src, p, per_channel=False)
+                        elif scheme == "static_qdq":
+                            if cal.shape[0] == 0:
+                                continue
+                            qinfo = quantize_int8_static(src, p, cal, per_channel=True)
+                        else:
+                            raise ValueError(f"unknown int8 scheme {scheme!r}")
+                    except Exception as e:  # noqa: BLE001 - one scheme failing leaves the other
+                        warnings_.append(f"int8 {scheme}: quantisation failed ({type(e).__name__}: {str(e)[:160]})")
+                        continue
+                    rq = OrtRunner(p, threads=cfg.threads)
+                    res = validate_runner(f"int8:{scheme}", p.name, rq.run, inputs)
+                    cands[scheme] = {"path": p, "info": qinfo, "parity": res}
+                    if res.passed:
+                        cand_runners[scheme] = rq.run
+                steps.done()
+
+                steps.start(f"int8: time candidates (batch {cfg.bench_batch}, {cfg.threads} threads)")
+                xb = _bench_batch(inputs, cfg.bench_batch)
+                timing = _time_interleaved(cand_runners, xb, cfg.timing_rounds) if len(cand_runners) > 1 else {}
+                for k in cands:
+                    cands[k]["timing"] = timing.get(k)
+                passing = [k for k in cands if cands[k]["parity"].passed]
+                if passing:
+                    chosen = min(passing, key=lambda k: (timing.get(k) or {}).get("ms_per_image", 0.0))
+                    why = ("fastest candidate meeting the int8 threshold" if len(passing) > 1
+                           else "only candidate meeting the int8 threshold")
+                elif cands:
+                    chosen = max(cands, key=lambda k: cands[k]["parity"].min_cosine)
+                    why = "no candidate met the int8 threshold; best parity kept"
+                else:
+                    raise ExportError("int8: no quantisation scheme produced a model")
+                p8 = out / ARTIFACT_FILES["int8"]
+                shutil.copyfile(cands[chosen]["path"], p8)
+                res = cands[chosen]["parity"]
+                parity["int8"] = ParityResult(**{**res.__dict__, "artifact": "int8", "file": p8.name})
+                r8 = OrtRunner(p8, threads=cfg.threads)
+                runners["int8"] = r8.run
+                i8 = graph_info(p8)
+                cand_summary = {
+                    k: {"min_cosine": c["parity"].min_cosine, "pass": c["parity"].passed,
+                        "ms_per_image": (c.get("timing") or {}).get("ms_per_image"), **c["info"]}
+                    for k, c in cands.items()
+                }
+                artifacts["int8"] = _artifact_entry(
+                    p8, "int8", format="onnx", opset=i8.opset, domains=i8.domains, runtime="onnxruntime",
+                    **cands[chosen]["info"], chosen_because=why, fusions=fusions,
+                    candidates=cand_summary,
+                    timed_on={"batch_size": cfg.bench_batch, "threads": cfg.threads} if timing else None,
+                    calibration={"source": img_src, "count": int(cal.shape[0])} if chosen == "static_qdq" else None)
+                extra_parity["int8_candidates"] = {k: c["parity"].to_dict() for k, c in cands.items()}
+                steps.done()
+
+            # ---------------------------------------------------------------- TensorRT
+            if cfg.tensorrt:
+                steps.start(f"tensorrt: build fp16 engine (batch 1..{cfg.max_batch})")
+                from .tensorrt import build_engine
+
+                plan = out / ARTIFACT_FILES["tensorrt_fp16"]
+                fp32_proto = load_proto(fp32_path)
+                tail = set(tail_nodes(fp32_proto))
+                keep = {o for n in fp32_proto.graph.node if n.name in tail for o in n.output}
+                h, w = model.clip.image_size
+                binfo = build_engine(fp32_path, plan, image_size=(h, w), max_batch=cfg.max_batch,
+                                     fp32_tensors=keep, timing_cache=out / "tensorrt.timing.cache")
+                from tki_sdk.runtime.embedder import TensorRTRunner
+
+                rt = TensorRTRunner(plan, "pixel_values", "embedding")
+                parity["tensorrt_fp16"] = validate_runner("tensorrt_fp16", plan.name, rt.run, inputs,
+                                                          max_batch=cfg.max_batch)
+                runners["tensorrt_fp16"] = rt.run
+                artifacts["tensorrt_fp16"] = _artifact_entry(plan, "fp16", format="tensorrt_plan",
+                                                             runtime="tensorrt", max_batch=cfg.max_batch, **binfo)
+                steps.done()
+
+        # -------------------------------------------------------------------- timing of shipped artifacts
+        steps.start(f"time artifacts (batch {cfg.bench_batch}, {cfg.threads} threads)")
+        xb = _bench_batch(inputs, cfg.bench_batch)
+        timed = dict(runners)
+        if cfg.time_torch:
+            def torch_run(x: np.ndarray, _m: Any = model) -> Any:
+                with torch.inference_mode():
+                    return _m.encode_image(torch.from_numpy(x))
+
+            timed = {"torch": torch_run, **timed}
+        prev_threads = torch.get_num_threads()
+        torch.set_num_threads(cfg.threads)
+        try:
+            cpu_runners = {k: v for k, v in timed.items() if k != "tensorrt_fp16"}
+            timing_all = _time_interleaved(cpu_runners, xb, cfg.timing_rounds)
+            if "tensorrt_fp16" in timed:
+                timing_all.update(_time_interleaved({"tensorrt_fp16": timed["tensorrt_fp16"]}, xb, cfg.timing_rounds))
+        finally:
+            torch.set_num_threads(prev_threads)
+        for k, t in timing_all.items():
+            if k in artifacts:
+                artifacts[k]["ms_per_image"] = round(t["ms_per_image"], 4)
+        steps.done()
+
+        # -------------------------------------------------------------------- parity.json / tki.json
+        steps.start("write tki.json + parity.json")
+        failures = [r for r in parity.values() if not r.passed]
+        for k, r in parity.items():
+            artifacts[k]["parity_min_cosine"] = r.min_cosine
+            artifacts[k]["parity_pass"] = r.passed
+        _write_json(out / PARITY_FILE, {
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **inputs.describe(),
+            "thresholds": THRESHOLDS,
+            "passed": not failures,
+            "artifacts": {k: r.to_dict() for k, r in parity.items()},
+            **extra_parity,
+        })
+        md: ModelMetadata | None = None
+        if not failures or cfg.allow_parity_failure:
+            for r in failures:
+                warnings_.append(f"kept despite failed parity (--allow-parity-failure): {r.failure_line()}")
+            h, w = model.clip.image_size
+            md = ModelMetadata(
+                model_name=fields["model_name"],
+                embedding_dim=int(fields["embedding_dim"]),
+                preprocess=PreprocessConfig.from_dict(fields["preprocess"]),
+                head=fields["head"],
+                output_space=fields["output_space"],
+                metric=fields["metric"],
+                curvature=fields["curvature"],
+                head_config=fields["head_config"],
+                weights=fields["weights"],
+                checkpoint=fields["checkpoint"],
+                opset=info.opset,
+                artifacts=_clean(artifacts),
+                default_precision="fp32",
+                versions=_versions(),
+                extra={
+                    "image_size": [int(h), int(w)],
+                    "precisions": list(artifacts),
+                    "export": {
+                        "tool": "tki-export",
+                        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                        "exporter": "torch.onnx.export(dynamo=True)" if info.opset >= 18
+                        else "torch.onnx.export(dynamo=False)",
+                        "attention": f"export-friendly rewrite of {n_attn} nn.MultiheadAttention modules",
+                        "fused": "pixel_values -> TKIModel.encode_image -> embedding",
+                        "parity_file": PARITY_FILE,
+                        "parity_passed": not failures,
+                    },
+                },
+            )
+            md.save(out)
+        steps.done()
+    finally:
+        steps.close()
+
+    rows = []
+    for k in ([*artifacts] if not cfg.time_torch else ["torch", *artifacts]):
+        t = timing_all.get(k) if "timing_all" in locals() else None
+        if k == "torch":
+            rows.append({"artifact": "torch eager fp32 (reference)", "file": "-", "bytes": None,
+                         "min_cosine": None, "pass": None, "ms_per_image": t and t["ms_per_image"]})
+            continue
+        a = artifacts[k]
+        label = k + (f" ({a['scheme']})" if k == "int8" else "")
+        rows.append({"artifact": label, "file": a["file"], "bytes": a["bytes"], "min_cosine": parity[k].min_cosine,
+                     "threshold": parity[k].threshold, "pass": parity[k].passed,
+                     "ms_per_image": t and t["ms_per_image"]})
+    result = ExportResult(out, md, parity, rows, warnings_, [r for r in parity.values() if not r.passed],
+                          time.perf_counter() - t_start)
+    if result.failures and not cfg.allow_parity_failure:
+        raise ParityError(result.failures)
+    if cfg.triton_repo is not None and md is not None:
+        from .triton import write_triton_repo
+
+        write_triton_repo(cfg.triton_repo, out, max_batch=cfg.max_batch)
+    return result
+
+
+def validate_export(
+    export_dir: str | os.PathLike,
+    model: Any | None = None,
+    *,
+    images: np.ndarray | None = None,
+    image_source: str = "given",
+    threads: int = 2,
+    precisions: tuple[str, ...] | None = None,
+    raise_on_failure: bool = True,
+) -> dict[str, ParityResult]:
+    """Re-check an existing export folder against the model (default: rebuilt from the checkpoint recorded in
+    ``tki.json``, or vanilla CLIP for head "none"): every ONNX artifact listed there (or ``precisions``) is
+    validated as at export time, on ``images`` (default: generated images) and random tensors. A file whose
+    SHA-256 differs from ``tki.json`` is validated all the same (the numbers decide) and noted in the
+    result's ``notes``. Raises :class:`ParityError` naming each failing artifact."""
+    from .fused import load_model
+    from .validate import generated_images
+
+    export_dir = Path(export_dir)
+    md = ModelMetadata.load(export_dir)
+    if model is None:
+        ck = (md.checkpoint or {}).get("path")
+        w = md.weights or {}
+        pretrained = w.get("ref") if w.get("source") in ("file", "tag") else None
+        if md.head == "tki":
+            if not ck:
+                raise ExportError(f"{export_dir / METADATA_FILE} records no checkpoint; pass the model")
+            model = load_model(ck, head="tki", pretrained=pretrained)
+        else:
+            model = load_model(None, head="none", model_name=md.model_name, pretrained=pretrained)
+    if images is None:
+        images = generated_images(8, md.preprocess.to_dict())
+        image_source = "generated images"
+    inputs = build_inputs(model, images, image_source=image_source)
+    results: dict[str, ParityResult] = {}
+    for key, art in (md.artifacts or {}).items():
+        if precisions and key not in precisions:
+            continue
+        f = export_dir / str(art.get("file", ""))
+        if not str(f).endswith(".onnx"):
+            continue
+        try:
+            runner = OrtRunner(f, threads=threads)
+        except Exception as e:  # noqa: BLE001 - an unloadable file is a failed artifact
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            results[key] = ParityResult(key, f.name, THRESHOLDS.get(key, THRESHOLDS["fp32"]), float("nan"),
+                                        float("nan"), float("nan"), False, "-", {}, [1, 8], error=first[:300])
+            continue
+        res = validate_runner(key, f.name, runner.run, inputs)
+        if art.get("sha256") and f.is_file() and sha256_file(f) != art["sha256"]:
+            res.notes.append(f"{f.name} differs from the file tki.json lists (sha256 mismatch)")
+        results[key] = res
+    failures = [r for r in results.values() if not r.passed]
+    if failures and raise_on_failure:
+        raise ParityError(failures)
+    return results
+
+
+def _bench_batch(inputs: Any, n: int) -> np.ndarray:
+    """``n`` inputs for timing (validation images, repeated when fewer)."""
+    x = inputs.groups["images"] if inputs.groups["images"].shape[0] else inputs.groups["random"]
+    reps = -(-n // x.shape[0])
+    return np.ascontiguousarray(np.concatenate([x] * reps)[:n])
+
+
+def _clean(o: Any) -> Any:
+    """JSON-safe copy: numpy scalars -> Python, non-finite floats -> None, paths -> str."""
+    if isinstance(o, (np.floating, np.integer, np.bool_)):
+        o = o.item()
+    if isinstance(o, float) and not np.isfinite(o):
+        return None
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    return o
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    import json
+
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
