@@ -468,7 +468,10 @@ def _markdown(parity: dict[str, dict[str, Any]], records: list[dict[str, Any]], 
              f"{'met' if summary.get('meets_target') else 'NOT met'}")
     parts.append(line)
     if skipped:
-        parts.append("Skipped: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()))
+        by_reason: dict[str, list[str]] = {}
+        for k, v in skipped.items():
+            by_reason.setdefault(v, []).append(k)
+        parts.append("Skipped: " + "; ".join(f"{', '.join(ks)} ({v})" for v, ks in by_reason.items()))
     return "\n\n".join(parts)
 
 
@@ -510,6 +513,10 @@ def _cuda_or_skip() -> Any:
         raise BenchError("tki-bench gpu: skipped: no CUDA device (torch.cuda.is_available() is False); "
                          "run it on a machine with an NVIDIA GPU (see benchmarks/gpu/README.md)")
     return torch
+
+
+def _device(torch: Any, device_id: int) -> Any:
+    return torch.device("cuda", int(device_id))
 
 
 def _load_model(md: Any, checkpoint: Path | None, pretrained: str | None) -> Any:
@@ -575,7 +582,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if progress:
             print(f"[gpu] {msg}", file=sys.stderr, flush=True)
 
-    device = torch.device("cuda", args.device_id)
+    device = _device(torch, args.device_id)
     torch.cuda.set_device(device)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
