@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import importlib.util
 import sys
 import time
 from collections.abc import Sequence
@@ -220,9 +221,20 @@ def _run_all(args: argparse.Namespace) -> int:
     return code
 
 
+def _load_torch_first() -> None:
+    """Import torch (when installed) before any suite can import usearch.
+
+    usearch's extension links libstdc++ statically; loaded before torch, it breaks torch's C++ exception
+    handling (torch.jit and the TorchScript ONNX exporter spin forever; pytorch/pytorch#109923).
+    """
+    if importlib.util.find_spec("torch") is not None:
+        importlib.import_module("torch")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tki-bench``; returns the exit status (0 ok, 1 a suite failed, 2 bad input, 3 suite missing)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _load_torch_first()
     try:
         selected = next((a for a in argv if not a.startswith("-")), None)
         parser = build_parser(selected if selected in SUITES else "")

@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 
+# torch must be loaded before usearch: usearch's extension links libstdc++ statically and, loaded first,
+# breaks torch's C++ exception handling (torch.jit spins forever; pytorch/pytorch#109923).
+import torch  # noqa: F401,E402
+
 REPO = Path(__file__).resolve().parents[1]
 PACS_DIR = Path(os.environ.get("TKI_PACS_DIR", REPO.parent / "shared" / "data" / "pacs" / "images"))
 TINY_MODEL = "TKI-Tiny-ViT"

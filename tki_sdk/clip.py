@@ -17,12 +17,23 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
+if "usearch.compiled" in sys.modules and "torch" not in sys.modules:
+    warnings.warn(
+        "usearch was imported before torch: torch.jit and ONNX export may hang (its statically linked "
+        "libstdc++ breaks torch's C++ exceptions, pytorch/pytorch#109923); import torch (or tki_sdk.model) "
+        "before tki_sdk.runtime.Gallery / usearch",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 from .hashing import sha256_file
 
