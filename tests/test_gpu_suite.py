@@ -141,3 +141,22 @@ def test_end_to_end_with_a_cpu_embedder(tmp_path, pacs_dir):
     assert r["limit"] == ("decode + preprocess" if r["decode_images_per_s"] == slower else "inference")
     assert r["fraction_of_limit"] == pytest.approx(r["images_per_s"] / slower)
     assert r["provider"] == "CPUExecutionProvider" and r["precision"] == "fp32"
+
+
+def test_count_flops_equals_the_vit_formula():
+    """FLOPs of vanilla TKI-Tiny-ViT against the transformer's formula (a matmul [m,k]x[k,n] is 2mkn)."""
+    pytest.importorskip("open_clip")
+    from tki_sdk.model import TKIModel
+
+    m = TKIModel.vanilla("TKI-Tiny-ViT")
+    v = m.visual
+    p = v.conv1.kernel_size[0]
+    d = v.conv1.out_channels
+    g = 32 // p
+    t = g * g + 1  # patch tokens + class token
+    blocks = v.transformer.resblocks
+    mlp = blocks[0].mlp.c_fc.out_features
+    per_block = 2 * t * d * 3 * d + 2 * (2 * t * t * d) + 2 * t * d * d + 2 * (2 * t * d * mlp)
+    expected = 2 * g * g * d * 3 * p * p + len(blocks) * per_block + 2 * d * m.embedding_dim
+    got = gt.count_flops(m, np.zeros((1, 3, 32, 32), np.float32))
+    assert got == expected
