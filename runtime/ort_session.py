@@ -315,23 +315,31 @@ class OrtSession:
         self._log_severity = int(log_severity)
         available = ort.get_available_providers()
 
-        # A first look at the graph (CPU, no optimisation) for names, dtypes and the input shape.
-        probe_opts = ort.SessionOptions()
-        probe_opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        probe_opts.log_severity_level = 3
-        try:
-            probe = ort.InferenceSession(str(self.path), sess_options=probe_opts, providers=[CPU])
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises several types
-            raise RuntimeError(f"onnxruntime cannot load {self.path}: {str(e).strip().splitlines()[0]}") from None
-        inputs, outputs = probe.get_inputs(), probe.get_outputs()
-        in_names, out_names = [i.name for i in inputs], [o.name for o in outputs]
-        if input_name is not None and input_name in in_names:
-            inp = inputs[in_names.index(input_name)]
-        elif len(inputs) == 1 or input_name is None:
-            inp = inputs[0]
-        else:
-            raise ValueError(f"model inputs {in_names} do not include {input_name!r}")
-        out = outputs[out_names.index(output_name)] if output_name in out_names else outputs[0]
+        def plan(input_chw: Sequence[int] | None, name: str) -> list[tuple[str, dict[str, str]]]:
+            return select_providers(
+                available, device=device, device_id=self.device_id, cuda_graph=cuda_graph, input_name=name,
+                input_chw=input_chw, trt_max_batch=trt_max_batch, trt_opt_batch=trt_opt_batch, trt_fp16=trt_fp16,
+                trt_cache_dir=trt_cache_dir, cuda_options=cuda_options, providers=providers,
+            )
+
+        self._provider_list = plan(None, input_name or "pixel_values")
+        names = [p[0] for p in self._provider_list]
+        if TENSORRT in names:
+            # TensorRT's optimisation profile needs the input's name and shape: a first look at the graph
+            # (CPU provider, no optimisation), then the provider options again with them.
+            probe = self._load(None, [(CPU, {})], optimize=False)
+            inp, _ = self._pick_io(probe, input_name, output_name)
+            dims = [d if isinstance(d, int) and d > 0 else None for d in (inp.shape or [])]
+            chw = dims[1:] if len(dims) == 4 and all(dims[1:]) else None
+            self._provider_list = plan(chw, inp.name)
+            del probe
+            trt = dict(self._provider_list[names.index(TENSORRT)][1])
+            Path(trt.get("trt_engine_cache_path", DEFAULT_TRT_CACHE)).mkdir(parents=True, exist_ok=True)
+        if CUDA in names or TENSORRT in names:
+            _preload_cuda_libraries(ort)
+
+        self._session = self._load(None, self._provider_list)
+        inp, out = self._pick_io(self._session, input_name, output_name)
         self.input_name, self.output_name = inp.name, out.name
         self.input_dtype = _NP_TYPES.get(inp.type, np.float32) or np.float32
         self.output_dtype = _NP_TYPES.get(out.type)
@@ -341,22 +349,6 @@ class OrtSession:
         self._batch_dim = batch_dim_name or (b0 if isinstance(b0, str) and b0 else None)
         d1 = out.shape[1] if out.shape and len(out.shape) == 2 else None
         self.output_dim: int | None = int(d1) if isinstance(d1, int) and d1 > 0 else None
-        del probe
-
-        chw = self.input_shape[1:] if len(self.input_shape) == 4 and all(self.input_shape[1:]) else None
-        self._provider_list = select_providers(
-            available, device=device, device_id=self.device_id, cuda_graph=cuda_graph, input_name=self.input_name,
-            input_chw=chw, trt_max_batch=trt_max_batch, trt_opt_batch=trt_opt_batch, trt_fp16=trt_fp16,
-            trt_cache_dir=trt_cache_dir, cuda_options=cuda_options, providers=providers,
-        )
-        names = [p[0] for p in self._provider_list]
-        if CUDA in names or TENSORRT in names:
-            _preload_cuda_libraries(ort)
-        if TENSORRT in names:
-            trt = dict(self._provider_list[names.index(TENSORRT)][1])
-            Path(trt.get("trt_engine_cache_path", DEFAULT_TRT_CACHE)).mkdir(parents=True, exist_ok=True)
-
-        self._session = self._new_session(self._provider_list)
         self.providers: list[str] = list(self._session.get_providers())
         self.provider = self.providers[0]
         requested = names[0]
@@ -385,10 +377,11 @@ class OrtSession:
             self._static_for(int(b), create=True)
 
     # ------------------------------------------------------------------ construction helpers
-    def _session_options(self, batch: int | None = None) -> Any:
+    def _session_options(self, batch: int | None = None, optimize: bool = True) -> Any:
         ort = self._ort
         so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                       else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
         so.log_severity_level = self._log_severity
         if self.threads is not None:
             so.intra_op_num_threads = int(self.threads)
@@ -399,13 +392,27 @@ class OrtSession:
             so.add_free_dimension_override_by_name(str(self._batch_dim), int(batch))
         return so
 
-    def _new_session(self, providers: list[tuple[str, dict[str, str]]], batch: int | None = None) -> Any:
+    def _load(self, batch: int | None, providers: list[tuple[str, dict[str, str]]], optimize: bool = True) -> Any:
+        """A new ``InferenceSession`` of this model (``batch``: the batch axis pinned to it)."""
         try:
-            return self._ort.InferenceSession(str(self.path), sess_options=self._session_options(batch),
+            return self._ort.InferenceSession(str(self.path), sess_options=self._session_options(batch, optimize),
                                               providers=providers)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises several types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise RuntimeError(f"onnxruntime cannot start {self.path.name} on {providers[0][0]}: {first}") from None
+            raise RuntimeError(f"onnxruntime cannot load {self.path} on {providers[0][0]}: {first}") from None
+
+    @staticmethod
+    def _pick_io(sess: Any, input_name: str | None, output_name: str | None) -> tuple[Any, Any]:
+        inputs, outputs = sess.get_inputs(), sess.get_outputs()
+        in_names, out_names = [i.name for i in inputs], [o.name for o in outputs]
+        if input_name is not None and input_name in in_names:
+            inp = inputs[in_names.index(input_name)]
+        elif len(inputs) == 1 or input_name is None:
+            inp = inputs[0]
+        else:
+            raise ValueError(f"model inputs {in_names} do not include {input_name!r} from tki.json")
+        out = outputs[out_names.index(output_name)] if output_name in out_names else outputs[0]
+        return inp, out
 
     @property
     def session(self) -> Any:
@@ -500,7 +507,7 @@ class OrtSession:
         entry = self._static.get(batch)
         if entry is not None or not create:
             return entry
-        sess = self._new_session(self._provider_list, batch=batch)
+        sess = self._load(batch, self._provider_list)
         if self.cuda_graph and sess.get_providers()[0] not in (CUDA, TENSORRT):
             raise RuntimeError(f"{self.path.name}: the CUDA-graph session for batch {batch} did not start on CUDA")
         shape = (int(batch), *[int(d) for d in self.input_shape[1:]])
