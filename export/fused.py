@@ -17,9 +17,14 @@ export, for :class:`ExportAttention`: the same parameters (shared, not copied) a
 
 written batch-first with one reshape and transpose per tensor. Only modules whose configuration this formula
 covers are swapped (batch-first, packed equal-size q/k/v projection, biases, no ``bias_k``/``bias_v``, no
-``add_zero_attn``), and a call with a mask or with distinct query/key/value falls back to the original module.
-Exported graphs are validated against the unmodified model (:mod:`.validate`), so the rewrite is checked
-on every export.
+``add_zero_attn``), and a call with a mask or with distinct key/value falls back to the original module.
+
+Two more exact rewrites, each applied only where its conditions hold: the patch-embedding convolution as one
+matrix product over flattened patches (:class:`PatchEmbedMatMul`; int8 then covers it), and, for ViTs whose
+embedding is the class token, a last block that computes only the class token's row
+(:class:`ClsOnlyLastBlock`; the other rows are discarded by pooling, so the MLP and output projection of the
+last block run on one token instead of all). Exported graphs are validated against the unmodified model
+(:mod:`.validate`), so the rewrites are checked on every export.
 """
 from __future__ import annotations
 
@@ -94,33 +99,116 @@ class ExportAttention(nn.Module):
         is_causal: bool = False,
     ) -> tuple[torch.Tensor, None]:
         if (
-            key is not query
-            or value is not query
+            value is not key
             or key_padding_mask is not None
             or attn_mask is not None
             or is_causal
             or query.dim() != 3
+            or key.dim() != 3
         ):
             out, _ = self.mha(query, key, value, key_padding_mask=key_padding_mask, need_weights=False,
                               attn_mask=attn_mask, is_causal=is_causal)
             return out, None
         n, length, _ = query.shape
+        kv_len = key.shape[1]
         h, d = self.num_heads, self.head_dim
         q = F.linear(query, self.w_q, self.b_q).reshape(n, length, h, d).transpose(1, 2)  # [N, H, L, d]
-        k = F.linear(query, self.w_k, self.b_k).reshape(n, length, h, d).transpose(1, 2)
-        v = F.linear(query, self.w_v, self.b_v).reshape(n, length, h, d).transpose(1, 2)
+        k = F.linear(key, self.w_k, self.b_k).reshape(n, kv_len, h, d).transpose(1, 2)  # [N, H, S, d]
+        v = F.linear(key, self.w_v, self.b_v).reshape(n, kv_len, h, d).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
         out = out.transpose(1, 2).reshape(n, length, self.embed_dim)  # [N, L, D]
         return self.mha.out_proj(out), None
 
 
-@contextlib.contextmanager
-def export_friendly(model: TKIModel, enabled: bool = True) -> Iterator[int]:
-    """Temporarily swap the visual tower's self-attention modules for :class:`ExportAttention`.
+class PatchEmbedMatMul(nn.Module):
+    """A patch-embedding ``Conv2d`` (kernel = stride = p, no padding, no dilation, one group) as one matrix
+    product over flattened patches, returning the conv's ``[N, C, H/p, W/p]``:
 
-    Yields the number of modules swapped; restores the originals on exit (also on error).
+        patches[n, (i, j), (c, u, v)] = x[n, c, i p + u, j p + v],   y = patches W^T (+ b)
+
+    with ``W = conv.weight.reshape(C, 3 p p)``. Identical sums; a ``MatMul`` that int8 quantisation covers,
+    where onnxruntime does not quantise the ``Conv``."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+        self.p = int(conv.kernel_size[0])
+        self.register_buffer("w_t", conv.weight.detach().reshape(conv.out_channels, -1).t().contiguous(),
+                             persistent=False)
+
+    @staticmethod
+    def supports(conv: nn.Module) -> bool:
+        return (
+            isinstance(conv, nn.Conv2d)
+            and conv.kernel_size[0] == conv.kernel_size[1] == conv.stride[0] == conv.stride[1]
+            and tuple(conv.padding) == (0, 0) and tuple(conv.dilation) == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros"
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, hh, ww = x.shape
+        p = self.p
+        if hh % p or ww % p:
+            return self.conv(x)
+        gh, gw = hh // p, ww // p
+        patches = x.reshape(n, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(n, gh * gw, c * p * p)
+        y = torch.matmul(patches, self.w_t)
+        if self.conv.bias is not None:
+            y = y + self.conv.bias
+        return y.transpose(1, 2).reshape(n, -1, gh, gw)
+
+
+class ClsOnlyLastBlock(nn.Module):
+    """The last residual attention block of a ViT whose output is only its class token (``pool_type
+    'tok'``): the class token attends to all tokens as before, and only its row goes through the residual,
+    the MLP and the output projection -- the other rows would be discarded by pooling. Returns ``[N, 1, D]``.
+
+        h = ln_1(x);  t = x[:, :1] + ls_1(attn(h[:, :1], h, h));  out = t + ls_2(mlp(ln_2(t)))
+    """
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    @staticmethod
+    def supports(visual: nn.Module) -> bool:
+        try:
+            blocks = visual.transformer.resblocks
+            last = blocks[-1]
+        except (AttributeError, IndexError, TypeError):
+            return False
+        return (
+            getattr(visual, "attn_pool", None) is None
+            and getattr(visual, "pool_type", None) == "tok"
+            and not getattr(visual, "output_tokens", False)
+            and bool(getattr(visual.transformer, "batch_first", False))
+            and all(hasattr(last, a) for a in ("ln_1", "attn", "ls_1", "ln_2", "mlp", "ls_2"))
+            and not hasattr(last, "ln_1_kv")
+            and isinstance(last.attn, (nn.MultiheadAttention, ExportAttention))
+        )
+
+    def forward(self, q_x: torch.Tensor, k_x: torch.Tensor | None = None, v_x: torch.Tensor | None = None,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b = self.block
+        if k_x is not None or v_x is not None or attn_mask is not None:
+            return b(q_x, k_x, v_x, attn_mask=attn_mask)
+        h = b.ln_1(q_x)
+        hq = h[:, :1]
+        t = q_x[:, :1] + b.ls_1(b.attn(hq, h, h, need_weights=False)[0])
+        return t + b.ls_2(b.mlp(b.ln_2(t)))
+
+
+@contextlib.contextmanager
+def export_friendly(model: TKIModel, enabled: bool = True, *, cls_only: bool = True,
+                    patch_matmul: bool = True) -> Iterator[dict[str, int]]:
+    """Temporarily swap modules of the visual tower for export-friendly equivalents: self-attention ->
+    :class:`ExportAttention`, the patch-embedding conv -> :class:`PatchEmbedMatMul` (``patch_matmul``), the
+    last block -> :class:`ClsOnlyLastBlock` (``cls_only``, where the pooled output is the class token).
+
+    Yields counts of what was swapped; restores the originals on exit (also on error).
     """
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
+    counts = {"attention": 0, "patch_embed": 0, "cls_only_last_block": 0}
     try:
         if enabled:
             targets = [
@@ -132,7 +220,19 @@ def export_friendly(model: TKIModel, enabled: bool = True) -> Iterator[int]:
             for parent, name, child in targets:
                 setattr(parent, name, ExportAttention(child))
                 swapped.append((parent, name, child))
-        yield len(swapped)
+            counts["attention"] = len(targets)
+            visual = model.visual
+            if patch_matmul and PatchEmbedMatMul.supports(getattr(visual, "conv1", None)):
+                swapped.append((visual, "conv1", visual.conv1))
+                visual.conv1 = PatchEmbedMatMul(visual.conv1)
+                counts["patch_embed"] = 1
+            if cls_only and ClsOnlyLastBlock.supports(visual):
+                blocks = visual.transformer.resblocks
+                idx = str(len(blocks) - 1)
+                swapped.append((blocks, idx, blocks[-1]))
+                blocks[-1] = ClsOnlyLastBlock(blocks[-1])
+                counts["cls_only_last_block"] = 1
+        yield counts
     finally:
         for parent, name, child in reversed(swapped):
             setattr(parent, name, child)

@@ -171,7 +171,7 @@ def export_onnx(
     path: str | os.PathLike,
     *,
     opset: int = DEFAULT_OPSET,
-    rewrite_attention: bool = True,
+    rewrite: bool = True,
     example_batch: int = 2,
 ) -> GraphInfo:
     """Export ``FusedEncoder(model)`` to ``path`` (standard ONNX, dynamic batch) and check it.
@@ -191,7 +191,7 @@ def export_onnx(
     example = torch.randn(max(2, int(example_batch)), 3, int(h), int(w))
     fused = FusedEncoder(model).eval()
     try:
-        with torch.no_grad(), export_friendly(model, enabled=rewrite_attention) as n_rewrites, \
+        with torch.no_grad(), export_friendly(model, enabled=rewrite) as n_rewrites, \
                 warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if opset >= 18:
@@ -221,7 +221,7 @@ def export_onnx(
     proto.producer_name = "tki-sdk"
     save_proto(proto, path)
     info = check_onnx(path, artifact="fp32", standard_only=True)
-    info.extra["attention_rewrites"] = int(n_rewrites)
+    info.extra["rewrites"] = dict(n_rewrites)
     info.extra["exporter"] = "dynamo" if opset >= 18 else "torchscript"
     return info
 

@@ -169,11 +169,12 @@ def _artifact_entry(path: Path, precision: str, **extra: Any) -> dict[str, Any]:
             **extra}
 
 
-def run_export(cfg: ExportConfig) -> ExportResult:
-    """Run the export described by ``cfg`` (see module docstring)."""
+def run_export(cfg: ExportConfig, model: Any | None = None) -> ExportResult:
+    """Run the export described by ``cfg`` (see module docstring). ``model``: an in-memory ``TKIModel`` to
+    export instead of building one from ``cfg`` (checkpoint / head / model name are then ignored)."""
     import torch
 
-    from .fused import describe, load_model
+    from .fused import load_model
     from .quantize import convert_fp16, quantize_int8_dynamic, quantize_int8_static
 
     t_start = time.perf_counter()
@@ -190,8 +191,8 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     extra_parity: dict[str, Any] = {}
     try:
         steps.start("load model")
-        model = load_model(cfg.checkpoint, head=cfg.head, model_name=cfg.model_name, pretrained=cfg.pretrained)
-        desc = describe(model)
+        if model is None:
+            model = load_model(cfg.checkpoint, head=cfg.head, model_name=cfg.model_name, pretrained=cfg.pretrained)
         fields = model.metadata_fields()
         steps.done()
 
@@ -206,7 +207,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
             steps.start(f"fp32: export ONNX (opset {cfg.opset})")
             fp32_path = out / ARTIFACT_FILES["fp32"]
             info = export_onnx(model, fp32_path, opset=cfg.opset)
-            n_attn = int(info.extra.get("attention_rewrites", 0))
+            rewrites = dict(info.extra.get("rewrites", {}))
             r32 = OrtRunner(fp32_path, threads=cfg.threads)
             parity["fp32"] = validate_runner("fp32", fp32_path.name, r32.run, inputs)
             runners["fp32"] = r32.run
@@ -392,7 +393,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
                         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                         "exporter": "torch.onnx.export(dynamo=True)" if info.opset >= 18
                         else "torch.onnx.export(dynamo=False)",
-                        "attention": f"export-friendly rewrite of {n_attn} nn.MultiheadAttention modules",
+                        "rewrites": rewrites,
                         "fused": "pixel_values -> TKIModel.encode_image -> embedding",
                         "parity_file": PARITY_FILE,
                         "parity_passed": not failures,

@@ -15,7 +15,14 @@ import torch
 from onnx import numpy_helper
 
 from export_fixtures import cosines, image_folder, open_clip_pixels, tiny_export, torch_float64
-from tki_sdk.export.fused import ExportAttention, FusedEncoder, export_friendly, load_model
+from tki_sdk.export.fused import (
+    ClsOnlyLastBlock,
+    ExportAttention,
+    FusedEncoder,
+    PatchEmbedMatMul,
+    export_friendly,
+    load_model,
+)
 from tki_sdk.export.onnx_export import STANDARD_DOMAINS, tail_nodes
 from tki_sdk.export.pipeline import ExportConfig, run_export, validate_export
 from tki_sdk.export.validate import THRESHOLDS, OrtRunner, ParityError
@@ -158,7 +165,7 @@ def test_tampered_weight_fails_validation_naming_the_artifact(exported, tmp_path
     shutil.copytree(exported["out"], d)
     assert validate_export(d, exported["model"], threads=1)["fp32"].passed
     m = onnx.load(str(d / "model.onnx"))
-    conv = next(t for t in m.graph.initializer if "conv1" in t.name)  # the patch embedding
+    conv = max(m.graph.initializer, key=lambda t: int(np.prod(t.dims)))  # the largest weight
     w = numpy_helper.to_array(conv).copy()
     w += np.random.default_rng(0).normal(0, w.std(), size=w.shape).astype(w.dtype)
     conv.CopyFrom(numpy_helper.from_array(w, conv.name))
@@ -214,14 +221,41 @@ def test_export_friendly_attention_equals_multihead_attention():
 
 def test_export_friendly_swaps_and_restores(tiny_checkpoint):
     model = load_model(tiny_checkpoint)
-    before = [type(b.attn) for b in model.visual.transformer.resblocks]
+    blocks = model.visual.transformer.resblocks
+    before = [type(b) for b in blocks] + [type(b.attn) for b in blocks] + [type(model.visual.conv1)]
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ref = FusedEncoder(model)(x)
         with export_friendly(model) as n:
-            assert n == len(before) and all(isinstance(b.attn, ExportAttention) for b in model.visual.transformer.resblocks)
+            assert n == {"attention": len(blocks), "patch_embed": 1, "cls_only_last_block": 1}
+            assert isinstance(blocks[-1], ClsOnlyLastBlock) and isinstance(model.visual.conv1, PatchEmbedMatMul)
+            assert all(isinstance(b.attn, ExportAttention) for b in blocks[:-1])
             got = FusedEncoder(model)(x)
-    assert [type(b.attn) for b in model.visual.transformer.resblocks] == before
+    assert [type(b) for b in blocks] + [type(b.attn) for b in blocks] + [type(model.visual.conv1)] == before
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_patch_embed_matmul_equals_conv():
+    torch.manual_seed(0)
+    for bias in (False, True):
+        conv = torch.nn.Conv2d(3, 16, kernel_size=8, stride=8, bias=bias)
+        assert PatchEmbedMatMul.supports(conv)
+        x = torch.randn(2, 3, 32, 48)
+        with torch.no_grad():
+            torch.testing.assert_close(PatchEmbedMatMul(conv)(x), conv(x), atol=1e-5, rtol=1e-5)
+    assert not PatchEmbedMatMul.supports(torch.nn.Conv2d(3, 16, kernel_size=8, stride=4))
+    assert not PatchEmbedMatMul.supports(torch.nn.Conv2d(3, 16, kernel_size=8, stride=8, padding=1))
+
+
+def test_cls_only_last_block_equals_class_row(tiny_checkpoint):
+    model = load_model(tiny_checkpoint)
+    assert ClsOnlyLastBlock.supports(model.visual)
+    block = model.visual.transformer.resblocks[-1]
+    x = torch.randn(3, 17, block.ln_1.normalized_shape[0])
+    with torch.no_grad():
+        ref = block(x)[:, :1]
+        got = ClsOnlyLastBlock(block)(x)
+    assert got.shape == (3, 1, x.shape[-1])
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
