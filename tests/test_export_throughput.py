@@ -1,0 +1,62 @@
+"""Throughput suite on the tiny model (structure of its results, not speed), and the ViT-B-32 end-to-end export
+(slow)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from export_fixtures import cosines, image_folder, torch_float64
+from tki_sdk.benchmarks import throughput
+from tki_sdk.export.validate import THRESHOLDS, OrtRunner
+from tki_sdk.runtime.metadata import ModelMetadata
+
+
+def test_measure_interleaved_alternates_calls():
+    order = []
+    times = throughput.measure_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, rounds=3)
+    assert order == ["a", "b"] + ["a", "b"] * 3  # warm-up, then rounds in turn
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+
+
+def test_throughput_suite_on_tiny_model(tmp_path):
+    p = argparse.ArgumentParser()
+    throughput.add_arguments(p)
+    args = p.parse_args(["--model", "TKI-Tiny-ViT", "--rounds", "3", "--sweep", "2", "--precisions", "fp32,int8"])
+    args.quick, args.out_dir, args.suite_dir, args.no_progress, args.name = True, tmp_path, tmp_path / "tp", True, None
+    args.suite_dir.mkdir()
+    res = throughput.run(args)
+    json.dumps(res)  # JSON-serialisable as tki-bench stores it
+    recs = {(r["backend"], r["batch_size"]) for r in res["records"]}
+    assert recs == {(b, n) for b in ("torch", "ort-fp32", "ort-int8") for n in (2, 16)}
+    for r in res["records"]:
+        assert r["images_per_s"] > 0 and r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+        base = next(x for x in res["records"] if x["backend"] == "torch" and x["batch_size"] == r["batch_size"])
+        assert r["speedup_vs_torch"] == pytest.approx(r["images_per_s"] / base["images_per_s"])
+    assert set(res["targets"]) == {"int8_speedup", "fp32_speedup", "head_fraction"}
+    share = res["head_share"]["onnxruntime_profile"]["fp32"]
+    assert share["head_fraction"] > 0 and share["tail_nodes"] > 0
+    assert "| backend" in res["markdown"] and all(p.endswith(".png") for p in res["plots"])
+
+
+@pytest.mark.slow
+def test_vit_b32_end_to_end_export(tmp_path, pacs_dir):
+    from tki_sdk.export.cli import main
+    from tki_sdk.export.fused import load_model
+
+    calib = image_folder(tmp_path / "calib", pacs_dir, n=48)
+    out = tmp_path / "vitb32"
+    assert main(["--head", "none", "--model", "ViT-B-32", "--out", str(out), "--calib-images", str(calib),
+                 "--calib-count", "32", "--no-progress"]) == 0
+    md = ModelMetadata.load(out)
+    assert set(md.artifacts) == {"fp32", "fp16", "int8"} and md.embedding_dim == 512
+    assert md.artifacts["fp16"]["bytes"] < 0.6 * md.artifacts["fp32"]["bytes"]
+    assert md.artifacts["int8"]["bytes"] < 0.35 * md.artifacts["fp32"]["bytes"]
+    model = load_model(None, head="none", model_name="ViT-B-32")
+    x = np.random.default_rng(7).standard_normal((3, 3, 224, 224)).astype(np.float32)
+    ref = torch_float64(model, x)
+    for key in ("fp32", "fp16", "int8"):
+        y = OrtRunner(out / md.artifacts[key]["file"], threads=2).run(x)
+        assert cosines(y, ref).min() >= THRESHOLDS[key], key
