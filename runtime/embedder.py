@@ -178,6 +178,17 @@ class Embedder:
         return precision, path
 
     def _init_onnxruntime(self, providers: Sequence[Any] | None, threads: int | None, spin: bool) -> None:
+        import sys
+
+        from . import gallery
+
+        if ("onnxruntime" not in sys.modules and "usearch.compiled" in sys.modules and "torch" not in sys.modules
+                and not gallery._LIBSTDCXX_PRELOADED):
+            # usearch loaded first by someone else: importing onnxruntime now would crash (see gallery._usearch)
+            raise ImportError(
+                "usearch was imported before onnxruntime, and loading onnxruntime now would crash this process; "
+                "import tki_sdk.runtime.Embedder (or onnxruntime) before usearch"
+            )
         try:
             import onnxruntime as ort
         except ImportError:

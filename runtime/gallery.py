@@ -78,6 +78,49 @@ class ModelMismatchError(ValueError):
     """Query vectors come from a different model than the one that embedded the gallery."""
 
 
+# ---------------------------------------------------------------------------------------------- usearch
+def _usearch() -> Any:
+    """``usearch.index``, imported so that onnxruntime can still be imported afterwards.
+
+    usearch's compiled module carries its own static libstdc++ whose locale symbols are process-unique
+    (``STB_GNU_UNIQUE``): when it is the first C++ library in the process, a later ``import onnxruntime``
+    crashes the interpreter (SIGSEGV inside libstdc++). Loading the system libstdc++ with ``RTLD_GLOBAL``
+    first (what importing onnxruntime or torch first also does) avoids it.
+    """
+    import sys
+
+    if "usearch.compiled" not in sys.modules:
+        _preload_libstdcxx()
+    import usearch.index
+
+    return usearch.index
+
+
+_LIBSTDCXX_PRELOADED = False
+
+
+def _preload_libstdcxx() -> None:
+    global _LIBSTDCXX_PRELOADED
+    if _LIBSTDCXX_PRELOADED:
+        return
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libstdc++.so.6", mode=ctypes.RTLD_GLOBAL)
+            _LIBSTDCXX_PRELOADED = True
+            return
+        except OSError:
+            pass
+    try:  # no system libstdc++ to preload: onnxruntime first does the same
+        import onnxruntime  # noqa: F401
+
+        _LIBSTDCXX_PRELOADED = True
+    except ImportError:
+        pass
+
+
 # ---------------------------------------------------------------------------------------------- metadata
 def _signed(keys: np.ndarray) -> list[int]:
     """uint64 keys -> Python ints of their int64 bit pattern (what SQLite's INTEGER holds)."""
@@ -294,7 +337,7 @@ class Gallery:
             self._index = self._new_index()
 
     def _new_index(self) -> Any:
-        from usearch.index import Index
+        Index = _usearch().Index
 
         return Index(
             ndim=self.ndim,
@@ -567,7 +610,7 @@ class Gallery:
 
     def _brute(self, q: np.ndarray, k: int, keys: np.ndarray, vecs: np.ndarray,
                out_k: np.ndarray, out_d: np.ndarray, rows: np.ndarray) -> None:
-        from usearch.index import search as exact_search
+        exact_search = _usearch().search
 
         if keys.size == 0:
             return
