@@ -77,7 +77,9 @@ class ProviderUnavailable(ValueError):
 
 def import_onnxruntime() -> Any:
     """``import onnxruntime`` with the two failures users hit named in one line each."""
-    if "onnxruntime" not in sys.modules and "usearch.compiled" in sys.modules:
+    gallery = sys.modules.get("tki_sdk.runtime.gallery")
+    if ("onnxruntime" not in sys.modules and "usearch.compiled" in sys.modules and "torch" not in sys.modules
+            and not getattr(gallery, "_LIBSTDCXX_PRELOADED", False)):
         # Loading onnxruntime after usearch's extension crashes the interpreter (see runtime.gallery).
         raise ImportError(
             "usearch was imported before onnxruntime, and loading onnxruntime now would crash this process; "
