@@ -66,3 +66,11 @@ def test_info_on_bad_paths(tmp_path: Path) -> None:
     assert r.returncode == 2 and "does not exist" in r.stderr
     r = run("info", str(tmp_path))
     assert r.returncode == 2 and "is not a checkpoint" in r.stderr
+
+
+def test_argparse_errors_are_one_line() -> None:
+    for args in (["train", "--model", "x"], ["nope"], ["train", "--model", "x", "--classes", "a", "--out", "o",
+                                                        "--prompts", "many"]):
+        r = run(*args)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+        assert "see tki" in r.stderr and "--help" in r.stderr

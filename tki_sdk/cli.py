@@ -31,6 +31,13 @@ class UsageError(Exception):
     """Bad input: printed as one line, exit status 2."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (``prog: error: message (see --help)``), not a usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _read_classes(args: argparse.Namespace) -> list[str]:
     given = [a for a in (args.classes, args.classes_file, args.dataset_dir) if a]
     if len(given) != 1:
@@ -189,7 +196,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="tki",
         description="TKI cross-domain retrieval: train on class names, embed images, search galleries.",
         epilog="examples:\n  tki train --model ViT-B-32 --classes dog,horse,house --out ckpt\n"
