@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tki_sdk.losses import aggregation_loss
     from tki_sdk.prompts import PromptBank
 
+    from .plots import plot_grouped_bars
     from .results import markdown_table
 
     if args.threads:
@@ -86,6 +87,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ]
     md = markdown_table(["step", "text tokens", "s/step (median)", "vs truncated"], rows)
     weights = clip.weights
+    stem = getattr(args, "name", None) or ("quick" if args.quick else "results")
+    png = plot_grouped_bars(
+        ["stage 1, truncated", "stage 1, full context", "stage 2"],
+        {"s/step (median)": [t_trunc, t_full, t_agg]},
+        args.suite_dir / f"{stem}.png", ylabel="seconds per step",
+        title=f"{args.model}, P={args.prompts}, C={len(classes)}, {torch.get_num_threads()} threads",
+    )
     return {
         "model": args.model,
         "weights": weights,
@@ -102,6 +110,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "speedup_truncated_vs_full": t_full / t_trunc,
         "target_stage1_s": STAGE1_TARGET_S,
         "target_met": t_trunc <= STAGE1_TARGET_S,
+        "plots": [str(png)],
         "markdown": md + f"\n\nstage-1 target <= {STAGE1_TARGET_S} s/step: "
         f"{'met' if t_trunc <= STAGE1_TARGET_S else 'NOT met'} ({t_trunc:.2f} s)",
     }

@@ -1,0 +1,49 @@
+"""The parity and train suites in --quick mode write valid JSON and a PNG with real measurements."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tki_sdk.benchmarks.cli import main
+
+
+def _result(out: Path, suite: str) -> dict:
+    files = list((out / suite).glob("*.json"))
+    assert len(files) == 1, files
+    doc = json.loads(files[0].read_text())
+    assert doc["suite"] == suite and "cpu" in json.dumps(doc["machine"]).lower()
+    return doc["results"]
+
+
+def _png(path: str) -> None:
+    assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_parity_quick_exports_and_checks_every_artifact(tmp_path: Path, pacs_dir: Path) -> None:
+    rc = main(["parity", "--quick", "--out-dir", str(tmp_path), "--no-progress", "--dataset-dir", str(pacs_dir)])
+    assert rc == 0
+    res = _result(tmp_path, "parity")
+    arts = {a["artifact"]: a for a in res["artifacts"]}
+    assert set(arts) == {"fp32", "fp16", "int8"}
+    assert arts["fp32"]["min_cosine"] >= 0.99999 and arts["int8"]["min_cosine"] >= 0.99
+    assert res["images"] == 28 and res["passed"] is True  # 4 domains x 7 classes x 1
+    assert "random init" in res["weights"]
+    _png(res["plots"][0])
+
+
+def test_parity_needs_a_model_dir(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["parity", "--out-dir", str(tmp_path)]) == 2
+    assert "--model-dir" in capsys.readouterr().err
+
+
+def test_train_quick_times_both_stages(tmp_path: Path) -> None:
+    rc = main(["train", "--quick", "--model", "TKI-Tiny-ViT", "--prompts", "4", "--classes", "dog,horse,house",
+               "--out-dir", str(tmp_path), "--no-progress"])
+    assert rc == 0
+    res = _result(tmp_path, "train")
+    assert len(res["stage1_truncated_s"]) == 2 and all(t > 0 for t in res["stage1_truncated_s"])
+    assert res["stage1_full_median_s"] > 0 and res["stage2_median_s"] > 0
+    assert res["weights"]["source"] == "random"
+    _png(res["plots"][0])
