@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Embedder", "EmbedResult", "TensorRTRunner", "available_backends"]
 
-_ORT_GPU_ORDER = ("CUDAExecutionProvider", "ROCMExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider")
+#: Largest batch of the optimisation profile given to onnxruntime's TensorRT provider (embed_pixels chunks).
+_TRT_EP_MAX_BATCH = 256
 
 
 @dataclass
@@ -86,17 +87,26 @@ class Embedder:
             ``tensorrt*`` artifact).
         providers: onnxruntime execution providers, in order of preference. Default: CUDA when onnxruntime-gpu
             offers it, then CPU. TensorRT through onnxruntime (``"TensorrtExecutionProvider"``) builds an engine
-            when the session starts (minutes for a ViT-B), so it is used only when asked for here; the prebuilt
-            plan (``backend="tensorrt"``) avoids that.
+            when the session starts (minutes for a ViT-B; cached after that), so it is used only when asked for
+            here; the prebuilt plan (``backend="tensorrt"``) avoids that. Bare CUDA / TensorRT names get the
+            options of :func:`~tki_sdk.runtime.ort_session.select_providers` (TensorRT: fp16, engine and timing
+            cache in ``$TKI_TRT_CACHE``, a profile for batch 1..256); ``(name, options)`` pairs override them.
         threads: intra-op threads for onnxruntime on CPU (default: onnxruntime's choice, all cores).
         preprocess: options for :class:`~tki_sdk.runtime.preprocess.Preprocessor` (``exif_transpose``,
             ``draft``, ``max_pixels``).
         spin: let onnxruntime's CPU threads spin-wait between operators. Off by default: spinning threads
             take the cores the decode threads of :meth:`embed_images` need (on 2 cores, end-to-end img/s
             rose ~1.6x with it off); turn it on for pure :meth:`embed_pixels` throughput.
+        io_binding: on the CUDA / TensorRT providers (default on there), bind input and output to GPU buffers
+            allocated once per batch shape and reused batch after batch
+            (:class:`~tki_sdk.runtime.ort_session.OrtSession`); ``False``: plain ``session.run``.
+        cuda_graph: capture one CUDA graph per batch size and replay it (CUDA provider only; ignored with a
+            warning elsewhere). The first batch of each size costs two extra runs; a smaller batch is padded to
+            a captured size when that at most doubles its work.
 
     Attributes: ``metadata``, ``preprocessor``, ``backend``, ``precision``, ``model_path``, ``provider`` (what
     actually runs: e.g. ``"CPUExecutionProvider"``, ``"CUDAExecutionProvider"``, ``"TensorRT"``),
+    ``io_binding`` and ``cuda_graph`` (as in effect; onnxruntime only),
     ``embedding_dim``, ``model_fingerprint`` (:meth:`ModelMetadata.fingerprint`: identifies the model for
     galleries). All methods are safe to call from several threads at once.
     """
@@ -110,6 +120,8 @@ class Embedder:
         threads: int | None = None,
         preprocess: dict[str, Any] | None = None,
         spin: bool = False,
+        io_binding: bool | None = None,
+        cuda_graph: bool = False,
     ) -> None:
         if backend not in ("auto", "onnxruntime", "tensorrt"):
             raise ValueError(f"backend {backend!r} unknown; use auto, onnxruntime or tensorrt")
@@ -137,11 +149,12 @@ class Embedder:
         if backend == "tensorrt":
             self._runner: Any = TensorRTRunner(self.model_path, self.metadata.input_name, self.metadata.output_name)
             self.provider = "TensorRT"
+            self.io_binding, self.cuda_graph = False, False  # the plan runner has its own device buffers
             self._input_dtype = self._runner.input_dtype
             self._fixed_batch: int | None = None if self._runner.dynamic_batch else self._runner.max_batch
             self._max_batch = self._runner.max_batch
         else:
-            self._init_onnxruntime(providers, threads, spin)
+            self._init_onnxruntime(providers, threads, spin, io_binding, cuda_graph)
         log.info(
             "Embedder: %s on %s (%s, %s), embedding dim %d",
             self.backend, self.provider, self.precision, self.model_path.name, self.embedding_dim,
@@ -177,7 +190,8 @@ class Embedder:
             raise FileNotFoundError(f"model file {path} (precision {precision}) is missing; re-export or copy it")
         return precision, path
 
-    def _init_onnxruntime(self, providers: Sequence[Any] | None, threads: int | None, spin: bool) -> None:
+    def _init_onnxruntime(self, providers: Sequence[Any] | None, threads: int | None, spin: bool,
+                          io_binding: bool | None, cuda_graph: bool) -> None:
         import sys
 
         from . import gallery
@@ -189,50 +203,27 @@ class Embedder:
                 "usearch was imported before onnxruntime, and loading onnxruntime now would crash this process; "
                 "import tki_sdk.runtime.Embedder (or onnxruntime) before usearch"
             )
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ImportError("onnxruntime is not installed; pip install 'tki-sdk[runtime]'") from None
-        available = ort.get_available_providers()
-        if providers is None:
-            chosen: list[Any] = [p for p in _ORT_GPU_ORDER if p in available] + ["CPUExecutionProvider"]
-        else:
-            chosen = list(providers)
-            names = [p[0] if isinstance(p, tuple) else p for p in chosen]
-            missing = [n for n in names if n not in available]
-            if missing:
-                raise ValueError(f"onnxruntime providers {missing} not available here; available: {available}")
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads is not None:
-            if int(threads) < 1:
-                raise ValueError("threads must be >= 1")
-            so.intra_op_num_threads = int(threads)
-            so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        so.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
+        from .ort_session import TENSORRT, OrtSession, import_onnxruntime
+
+        import_onnxruntime()
+        if threads is not None and int(threads) < 1:
+            raise ValueError("threads must be >= 1")
         self.threads = threads
-        try:
-            self._session = ort.InferenceSession(str(self.model_path), sess_options=so, providers=chosen)
-        except Exception as e:
-            raise RuntimeError(f"onnxruntime cannot load {self.model_path}: {e}") from None
-        self.provider = self._session.get_providers()[0]
-        inputs = self._session.get_inputs()
-        names = [i.name for i in inputs]
-        if self.metadata.input_name in names:
-            inp = inputs[names.index(self.metadata.input_name)]
-        elif len(inputs) == 1:
-            inp = inputs[0]
-        else:
-            raise ValueError(f"model inputs {names} do not include {self.metadata.input_name!r} from tki.json")
-        self._input_name = inp.name
-        outs = [o.name for o in self._session.get_outputs()]
-        self._output_name = self.metadata.output_name if self.metadata.output_name in outs else outs[0]
-        self._input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
-        b = inp.shape[0] if inp.shape else None
-        self._fixed_batch = int(b) if isinstance(b, int) and b > 0 else None
-        self._max_batch = None
+        self._ort = OrtSession(
+            self.model_path, providers=providers, threads=threads, spin=spin, io_binding=io_binding,
+            cuda_graph=cuda_graph, input_name=self.metadata.input_name, output_name=self.metadata.output_name,
+            trt_max_batch=_TRT_EP_MAX_BATCH,
+        )
+        self._session = self._ort.session
+        self.provider = self._ort.provider
+        self.io_binding = self._ort.io_binding
+        self.cuda_graph = self._ort.cuda_graph
+        self._input_name = self._ort.input_name
+        self._output_name = self._ort.output_name
+        self._input_dtype = self._ort.input_dtype
+        self._fixed_batch = self._ort.fixed_batch
+        # onnxruntime's TensorRT provider only takes batches inside its optimisation profile
+        self._max_batch = _TRT_EP_MAX_BATCH if self.provider == TENSORRT else None
 
     def __repr__(self) -> str:
         return (
@@ -275,8 +266,8 @@ class Embedder:
         if self.backend == "tensorrt":
             with self._lock:
                 return self._runner.run(x)
-        # onnxruntime's InferenceSession.run is thread-safe.
-        return self._session.run([self._output_name], {self._input_name: x})[0]
+        # OrtSession: plain runs are onnxruntime's thread-safe call, bound buffers are locked.
+        return self._ort.run(x)
 
     def embed_images(
         self,
