@@ -317,14 +317,17 @@ class OrtSession:
         self._log_severity = int(log_severity)
         available = ort.get_available_providers()
 
-        def plan(input_chw: Sequence[int] | None, name: str) -> list[tuple[str, dict[str, str]]]:
+        def plan(input_chw: Sequence[int] | None, name: str, graph: bool = False) -> list[tuple[str, dict[str, str]]]:
             return select_providers(
-                available, device=device, device_id=self.device_id, cuda_graph=cuda_graph, input_name=name,
+                available, device=device, device_id=self.device_id, cuda_graph=graph, input_name=name,
                 input_chw=input_chw, trt_max_batch=trt_max_batch, trt_opt_batch=trt_opt_batch, trt_fp16=trt_fp16,
                 trt_cache_dir=trt_cache_dir, cuda_options=cuda_options, providers=providers,
             )
 
+        # The main session never captures graphs (its batch axis is free); the per-batch sessions of
+        # cuda_graph get the graph options (``_graph_provider_list``).
         self._provider_list = plan(None, input_name or "pixel_values")
+        chw_name = (None, input_name or "pixel_values")
         names = [p[0] for p in self._provider_list]
         if TENSORRT in names:
             # TensorRT's optimisation profile needs the input's name and shape: a first look at the graph
@@ -334,6 +337,7 @@ class OrtSession:
             dims = [d if isinstance(d, int) and d > 0 else None for d in (inp.shape or [])]
             chw = dims[1:] if len(dims) == 4 and all(dims[1:]) else None
             self._provider_list = plan(chw, inp.name)
+            chw_name: tuple[Any, str] = (chw, inp.name)
             del probe
             trt = dict(self._provider_list[names.index(TENSORRT)][1])
             Path(trt.get("trt_engine_cache_path", DEFAULT_TRT_CACHE)).mkdir(parents=True, exist_ok=True)
@@ -364,6 +368,7 @@ class OrtSession:
         if cuda_graph and not graph_ok:
             log.warning("cuda_graph needs the CUDA execution provider; %s runs without graphs", self.provider)
         self.cuda_graph = graph_ok
+        self._graph_provider_list = plan(*chw_name, graph=True) if graph_ok else self._provider_list
         self.static_shapes = bool(static_shapes or graph_ok) and self.fixed_batch is None
         if (static_shapes or graph_ok) and self.fixed_batch is None and self._batch_dim is None:
             raise ValueError(f"{self.path.name}: the input's batch axis has no name to pin; pass batch_dim_name")
@@ -509,7 +514,7 @@ class OrtSession:
         entry = self._static.get(batch)
         if entry is not None or not create:
             return entry
-        sess = self._load(batch, self._provider_list)
+        sess = self._load(batch, self._graph_provider_list)
         if self.cuda_graph and sess.get_providers()[0] not in (CUDA, TENSORRT):
             raise RuntimeError(f"{self.path.name}: the CUDA-graph session for batch {batch} did not start on CUDA")
         shape = (int(batch), *[int(d) for d in self.input_shape[1:]])

@@ -68,8 +68,7 @@ def test_pretended_gpu_providers_are_requested_with_options(export, monkeypatch,
     monkeypatch.setattr(osm, "DEFAULT_TRT_CACHE", tmp_path / "trt")
 
     e = Embedder(d, cuda_graph=True)
-    assert calls[-1] == [("CUDAExecutionProvider", {"device_id": "0", "enable_cuda_graph": "1"}),
-                         ("CPUExecutionProvider", {})]
+    assert calls[-1] == [("CUDAExecutionProvider", {"device_id": "0"}), ("CPUExecutionProvider", {})]
     assert e.provider == "CPUExecutionProvider" and not e.cuda_graph  # what really runs is reported
 
     e = Embedder(d, providers=["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])

@@ -195,13 +195,14 @@ def test_pretend_cuda_and_tensorrt_exist(tiny, monkeypatch, caplog, tmp_path):
     x = _x(3, 5)
     np.testing.assert_allclose(s.run(x), tiny_reference(x, w), atol=2e-6)
 
-    OrtSession(path, device="tensorrt", trt_cache_dir=tmp_path / "trt", trt_max_batch=32, cuda_graph=True)
+    s = OrtSession(path, device="tensorrt", trt_cache_dir=tmp_path / "trt", trt_max_batch=32, cuda_graph=True)
     trt_call = rec.calls[-1]
     assert [p for p, _ in trt_call] == [TENSORRT, CUDA, CPU]
     assert trt_call[0][1]["trt_profile_max_shapes"] == f"pixel_values:32x3x{TINY_SIZE}x{TINY_SIZE}"
-    assert trt_call[0][1]["trt_cuda_graph_enable"] == "True"
-    assert trt_call[1][1] == {"device_id": "0", "enable_cuda_graph": "1"}
     assert (tmp_path / "trt").is_dir()  # engine cache folder made ready
+    # the main session (free batch axis) never captures graphs; only the per-batch sessions would
+    assert "trt_cuda_graph_enable" not in trt_call[0][1] and "enable_cuda_graph" not in trt_call[1][1]
+    assert not s.cuda_graph  # it fell back to the CPU here
 
 
 def test_bad_model_and_arguments(tmp_path, tiny):
@@ -217,3 +218,35 @@ def test_bad_model_and_arguments(tmp_path, tiny):
     s = OrtSession(path, device="cpu", threads=1)
     with pytest.raises(ValueError, match="4-d"):
         s.run(np.zeros((3, 32), np.float32))
+
+
+class _Claims:
+    """A real CPU session that reports the provider it was asked for (nothing is run through it)."""
+
+    def __init__(self, sess, first):
+        self._sess, self._first = sess, first
+
+    def __getattr__(self, name):
+        return getattr(self._sess, name)
+
+    def get_providers(self):
+        return [self._first, CPU]
+
+
+def test_graph_options_go_to_the_per_batch_sessions_only(tiny, monkeypatch):
+    path, _ = tiny
+    calls: list[list] = []
+    real = ort.InferenceSession
+
+    def fake(p, sess_options=None, providers=None):
+        calls.append(list(providers))
+        return _Claims(real(p, sess_options=sess_options, providers=[CPU]), providers[0][0])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: list(ALL))
+    monkeypatch.setattr(ort, "InferenceSession", fake)
+    monkeypatch.setattr(osm, "_preload_cuda_libraries", lambda _ort: None)
+    s = OrtSession(path, cuda_graph=True, device_id=1)
+    assert s.provider == CUDA and s.device_type == "cuda" and s.cuda_graph and s.static_shapes and s.io_binding
+    assert calls[-1] == [(CUDA, {"device_id": "1"}), (CPU, {})]
+    assert s._graph_provider_list == [(CUDA, {"device_id": "1", "enable_cuda_graph": "1"}), (CPU, {})]
+    assert s.captured == []  # captured on first use, on the GPU
