@@ -96,12 +96,15 @@ def test_gpu_suite_on_a_tiny_export(tiny_checkpoint, tmp_path, pacs_dir):
     code = gt.main(["--model-dir", str(out), "--checkpoint", str(tiny_checkpoint), "--dataset-dir", str(pacs_dir),
                     "--out-dir", str(tmp_path / "res"), "--name", "tiny", "--batch-sizes", "1,8",
                     "--seconds", "0.1", "--warmup", "2", "--parity-images", "32", "--e2e-images", "64",
-                    "--e2e-batch-size", "16", "--no-progress"])
+                    "--e2e-batch-size", "16", "--no-progress",
+                    # torch.compile is left to the suite itself: minutes of compiling here would buy nothing new
+                    "--backends", "torch-fp32,torch-fp16,torch-fp16-cudagraph,ort-fp32-cuda,ort-fp16-cuda-host,"
+                                  "ort-fp16-cuda-iobind,ort-fp16-cuda-graph"])
     assert code == 0
     doc = json.loads((tmp_path / "res" / "gpu" / "tiny.json").read_text())
     res = doc["results"]
-    expected = {"torch-fp32", "torch-fp16", "torch-fp16-compile", "torch-fp16-cudagraph", "ort-fp32-cuda",
-                "ort-fp16-cuda-host", "ort-fp16-cuda-iobind", "ort-fp16-cuda-graph"}
+    expected = {"torch-fp32", "torch-fp16", "torch-fp16-cudagraph", "ort-fp32-cuda", "ort-fp16-cuda-host",
+                "ort-fp16-cuda-iobind", "ort-fp16-cuda-graph"}
     assert expected <= set(res["parity"]), res["skipped"]
     for name, p in res["parity"].items():
         assert p["pass"], (name, p)
