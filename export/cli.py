@@ -211,6 +211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tki-export: warning: {w}", file=sys.stderr)
     print()
     print(summary_table(result.rows, cfg.bench_batch, cfg.threads))
+    int8 = (result.metadata.artifacts if result.metadata else {}).get("int8")
+    if int8 and int8.get("candidates"):
+        parts = []
+        for k, c in int8["candidates"].items():
+            ms = "-" if c.get("ms_per_image") is None else f"{c['ms_per_image']:.2f} ms/image"
+            parts.append(f"{k}: min cosine {c['min_cosine']:.6f}, {ms}")
+        print(f"\nint8 candidates: {'; '.join(parts)} -> shipped {int8['scheme']} ({int8.get('chosen_because', '')})")
     print(f"\nwrote {cfg.out}/ (tki.json, parity.json) in {result.seconds:.0f} s"
           + (f"; Triton repository in {cfg.triton_repo}/" if cfg.triton_repo else ""))
     return 0

@@ -257,8 +257,8 @@ def _is_visual(node: onnx.NodeProto) -> bool | None:
     s = _scopes(node)
     if s is not None:
         return any(x == "model.visual" or x.startswith("model.visual.") for x in s)
-    if node.name.startswith("/"):  # TorchScript exporter names nodes by module path
-        return node.name.startswith("/model/visual/")
+    if node.name.startswith("/"):  # the TorchScript exporter names nodes by module path
+        return node.name.startswith(("/visual/", "/model/visual/"))
     return None
 
 

@@ -105,10 +105,14 @@ def test_full_run_prints_summary(tiny_checkpoint, tmp_path, calib, capsys):
                              "--calib-images", calib, "--calib-count", 4, "--val-count", 2, "--int8-scheme", "dynamic",
                              "--no-progress"], capsys)
     assert code == 0, err
-    header = next(ln for ln in stdout.splitlines() if ln.startswith("artifact"))
+    lines = stdout.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("artifact"))
+    header = lines[start]
     for col in ("size", "min cosine", "ms/image"):
         assert col in header
-    rows = {ln.split()[0]: ln for ln in stdout.splitlines() if ln.split() and ln.split()[0] in ("fp32", "int8", "torch")}
+    table = lines[start + 2: lines.index("", start)]
+    rows = {ln.split()[0]: ln for ln in table}
+    assert "int8 candidates: dynamic: min cosine" in stdout
     assert set(rows) == {"fp32", "int8", "torch"}
     assert "pass" in rows["fp32"] and "int8 (dynamic)" in rows["int8"]
     md = ModelMetadata.load(out)

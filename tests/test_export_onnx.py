@@ -266,3 +266,16 @@ def test_tail_nodes_are_the_head(exported):
     assert {"Log", "Tanh"} <= ops  # artanh / tanh of the Möbius maps
     assert "Conv" not in ops and "Softmax" not in ops and "LayerNormalization" not in ops
     assert m.graph.node[-1].name in tail
+
+
+def test_opset_17_uses_the_torchscript_exporter(tmp_path):
+    out = tmp_path / "op17"
+    res = run_export(ExportConfig(out=out, head="none", model_name="TKI-Tiny-ViT", precisions=("fp32", "fp16"),
+                                  opset=17, calib_images=image_folder(tmp_path / "img", None, n=4), val_count=4,
+                                  timing_rounds=1, time_torch=False, progress=False))
+    m = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    assert [(o.domain, o.version) for o in m.opset_import if o.domain in STANDARD_DOMAINS] == [("", 17)]
+    assert {n.domain for n in m.graph.node} <= STANDARD_DOMAINS
+    assert tail_nodes(m)  # the final normalisation is found from the TorchScript node names
+    assert res.parity["fp32"].passed and res.parity["fp16"].passed
+    assert ModelMetadata.load(out).opset == 17
