@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tki_sdk.hashing import sha256_file
+from tki_sdk.fileio import atomic_write_text, sha256_file
 
 __all__ = ["ModelMetadata", "PreprocessConfig", "sha256_file", "METADATA_FILE", "INPUT_NAME", "OUTPUT_NAME"]
 
@@ -147,11 +147,27 @@ class ModelMetadata:
         p = Path(path)
         if p.is_dir():
             p = p / METADATA_FILE
-        tmp = p.with_suffix(p.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
-        tmp.replace(p)
-        return p
+        return atomic_write_text(p, json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
 
     def fingerprint(self) -> str:
-        """SHA-256 of the canonical JSON of this metadata: identifies the model that made an embedding."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        """SHA-256 identifying the embedding function: what a gallery records and checks queries against.
+
+        Covers only what decides the embeddings: architecture, CLIP weights (their SHA-256, else the tag or
+        random-init seed), the checkpoint's SHA-256, head, head config, output space, metric, dimension and
+        preprocessing. Re-exporting the same checkpoint, moving files, timings and the artifact precision
+        (fp32 / fp16 / int8 agree to their parity thresholds) leave it unchanged.
+        """
+        w = self.weights or {}
+        weights = {"source": w.get("source"), "id": w.get("sha256") or w.get("ref") or w.get("init_seed")}
+        identity = {
+            "model_name": self.model_name,
+            "weights": weights,
+            "checkpoint_sha256": (self.checkpoint or {}).get("sha256"),
+            "head": self.head,
+            "head_config": self.head_config,
+            "output_space": self.output_space,
+            "metric": self.metric,
+            "embedding_dim": self.embedding_dim,
+            "preprocess": self.preprocess.to_dict(),
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()

@@ -40,7 +40,20 @@ def test_classes_from_dataset_dir(tmp_path: Path) -> None:
     flat = tmp_path / "flat"
     for c in ("b", "a"):
         (flat / c).mkdir(parents=True)
+        (flat / c / "x.jpg").write_bytes(b"")
+    (flat / "notes").mkdir()  # no images: not a class
     assert discover_classes(flat) == ["a", "b"]
+    two = tmp_path / "two" / "images"
+    for d, c in [("photo", "dog"), ("sketch", "cat"), ("sketch", "dog")]:
+        (two / d / c).mkdir(parents=True)
+        (two / d / c / "1.png").write_bytes(b"")
+    (two.parent / "splits").mkdir()
+    (two / "notes").mkdir()
+    assert discover_classes(two.parent) == ["cat", "dog"]
+    empty = tmp_path / "empty"
+    (empty / "a").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no class folders with images"):
+        discover_classes(empty)
 
 
 @pytest.mark.parametrize(

@@ -91,7 +91,15 @@ def test_corrupt_and_mismatched_checkpoints(tiny_checkpoint: Path, tmp_path: Pat
     broken = tmp_path / "broken"
     shutil.copytree(tiny_checkpoint, broken)
     (broken / "model.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(CheckpointError, match="not the weights file config.json was written with"):
+        TKIModel.from_checkpoint(broken)
+    cfg = json.loads((broken / "config.json").read_text())
+    del cfg["weights_file_sha256"]
+    (broken / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="corrupt"):
+        TKIModel.from_checkpoint(broken)
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json is corrupt"):
         TKIModel.from_checkpoint(broken)
     (broken / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="no model.safetensors"):
@@ -104,8 +112,11 @@ def test_corrupt_and_mismatched_checkpoints(tiny_checkpoint: Path, tmp_path: Pat
     torch.save(load_clip(TINY_MODEL, init_seed=2).model.state_dict(), w2)
     out = train(_cfg(tmp_path / "file_ck", pretrained=str(w1), steps_expand=1, steps_aggregate=1))
     assert TKIModel.from_checkpoint(out).clip.weights["sha256"] == json.loads((out / "config.json").read_text())["weights"]["sha256"]
-    with pytest.raises(CheckpointError, match="not the ones"):
+    with pytest.raises(CheckpointError, match="not the ones its head was trained on"):
         TKIModel.from_checkpoint(out, pretrained=str(w2))
+    # trained on random init: any weights file is refused
+    with pytest.raises(CheckpointError, match=r"random-init CLIP \(seed 0\)"):
+        TKIModel.from_checkpoint(tiny_checkpoint, pretrained=str(w1))
 
 
 def test_bad_train_config(tmp_path: Path) -> None:

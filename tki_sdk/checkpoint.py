@@ -6,13 +6,15 @@ the training curves' file name. ``model.safetensors`` holds ``domain_vectors`` `
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .fileio import atomic_write_bytes
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -37,31 +39,22 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(
     out_dir: str | os.PathLike, tensors: dict[str, torch.Tensor], config: dict[str, Any]
 ) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` into ``out_dir`` (created), each atomically."""
+    """Write ``model.safetensors`` and ``config.json`` into ``out_dir`` (created), each atomically.
+
+    ``config.json`` records the SHA-256 of the weights file it belongs to, so a folder whose two files come
+    from different runs (a crash between the two writes) is refused on load.
+    """
     from safetensors.torch import save
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-    _atomic_write_bytes(out / WEIGHTS_FILE, blob)
-    config = {"format": CHECKPOINT_FORMAT, **config}
-    _atomic_write_bytes(out / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
+    atomic_write_bytes(out / WEIGHTS_FILE, blob)
+    config = {"format": CHECKPOINT_FORMAT, **config, "weights_file_sha256": hashlib.sha256(blob).hexdigest()}
+    atomic_write_bytes(out / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
     return out
 
 
@@ -84,8 +77,15 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise CheckpointError(f"{cfg_path} is not a tki checkpoint config (no model_name/head)")
     if int(config.get("format", 1)) > CHECKPOINT_FORMAT:
         raise CheckpointError(f"{cfg_path} was written by a newer tki-sdk; upgrade tki-sdk")
+    blob = w_path.read_bytes()
+    want = config.get("weights_file_sha256")
+    if want and hashlib.sha256(blob).hexdigest() != want:
+        raise CheckpointError(
+            f"{w_path} is not the weights file {cfg_path.name} was written with (an interrupted write or a "
+            "mixed folder); train the checkpoint again"
+        )
     try:
-        tensors = load(w_path.read_bytes())
+        tensors = load(blob)
     except Exception as e:  # noqa: BLE001 - safetensors raises several error types for bad files
         raise CheckpointError(f"{w_path} is corrupt ({type(e).__name__}: {e}); train the checkpoint again") from None
     if "domain_vectors" not in tensors:

@@ -12,6 +12,7 @@ the cosine of their ``logmap0`` images, so "ball_l2" is also the L2-normalised t
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,31 @@ from torch import nn
 from .checkpoint import CheckpointError, load_checkpoint
 from .clip import ClipLoadError, LoadedClip, load_clip, sha256_file
 from .head import HeadConfig, HyperbolicMLP
+
+
+def _check_same_weights(recorded: dict[str, Any], loaded: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse CLIP weights other than those the head was trained on (its input features would differ)."""
+    src, got = recorded.get("source", "random"), loaded.get("source")
+    what = {"random": f"random-init CLIP (seed {recorded.get('init_seed', 0)})",
+            "tag": f"open_clip weights {recorded.get('ref')!r}",
+            "file": f"the weights file with sha256 {str(recorded.get('sha256'))[:12]}..."}.get(src, str(recorded))
+    if src == "random":
+        ok = got == "random" and int(loaded.get("init_seed", 0)) == int(recorded.get("init_seed", 0))
+    elif src == "file":
+        ok = got == "file" and loaded.get("sha256") == recorded.get("sha256")
+    else:  # a tag: the same tag, or a local copy of its weights (whose hash the tag does not record)
+        ok = (got == "tag" and loaded.get("ref") == recorded.get("ref")) or got == "file"
+        if ok and got == "file":
+            warnings.warn(
+                f"{path} was trained on {what}; using the local file {loaded.get('ref')} as those weights "
+                "(a tag records no hash to verify it against)",
+                stacklevel=3,
+            )
+    if not ok:
+        raise CheckpointError(
+            f"{path} was trained on {what}; the CLIP weights given ({loaded.get('ref') or 'random init'}) are not "
+            "the ones its head was trained on; pass the original weights (or none for the recorded source)"
+        )
 
 
 class TKIModel(nn.Module):
@@ -57,8 +83,8 @@ class TKIModel(nn.Module):
         """Rebuild frozen CLIP + head from a ``tki train`` folder.
 
         ``pretrained=None`` loads the CLIP weights recorded in ``config.json`` (a tag, a file, or random init
-        from the recorded seed); a weights file whose SHA-256 differs from the recorded one is an error (the
-        head was trained on other features).
+        from the recorded seed). Other weights are an error (the head was trained on other features): a file
+        whose SHA-256 differs, another tag, weights for a random-init checkpoint or another seed.
         """
         tensors, config = load_checkpoint(path)
         w = config.get("weights", {}) or {}
@@ -66,11 +92,7 @@ class TKIModel(nn.Module):
         if pretrained is None and w.get("source") != "random":
             pretrained = w.get("ref")
         clip = load_clip(config["model_name"], pretrained, device=device, init_seed=init_seed)
-        if w.get("sha256") and clip.weights.get("sha256") and clip.weights["sha256"] != w["sha256"]:
-            raise CheckpointError(
-                f"CLIP weights {clip.weights['ref']} (sha256 {clip.weights['sha256'][:12]}...) are not the ones "
-                f"{path} was trained on (sha256 {w['sha256'][:12]}...); pass the original weights file"
-            )
+        _check_same_weights(w, clip.weights, path)
         head = HyperbolicMLP(HeadConfig.from_dict(config["head"]))
         head_state = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
         try:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from . import hyperbolic as H
 from .checkpoint import CURVES_FILE, package_versions, save_checkpoint
 from .clip import load_clip
+from .fileio import atomic_write_text
 from .head import HeadConfig, HyperbolicMLP
 from .losses import DEFAULT_ALPHA, DEFAULT_MU, DEFAULT_TAU, aggregation_loss, expansion_loss
 from .prompts import PromptBank
@@ -181,5 +182,5 @@ def train(cfg: TrainConfig) -> Path:
     tensors = {"domain_vectors": bank.domain_vectors.detach().float()}
     tensors.update({f"head.{k}": v for k, v in head.state_dict().items()})
     out = save_checkpoint(cfg.out, tensors, config)
-    (out / CURVES_FILE).write_text(json.dumps(curves, indent=1) + "\n")
+    atomic_write_text(out / CURVES_FILE, json.dumps(curves, indent=1) + "\n")
     return out
