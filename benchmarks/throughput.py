@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from tki_sdk.export.validate import measure_interleaved
+
 from .results import markdown_table
 
 __all__ = ["add_arguments", "run", "TARGETS", "measure_interleaved", "head_share_from_profile"]
@@ -80,22 +82,6 @@ def _loadavg() -> list[float] | None:
         return [round(v, 2) for v in os.getloadavg()]
     except (OSError, AttributeError):  # pragma: no cover
         return None
-
-
-def measure_interleaved(
-    fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1
-) -> dict[str, list[float]]:
-    """Seconds per call of each function: ``warmup`` calls each, then ``rounds`` rounds of one call per function."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(max(1, rounds)):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return times
 
 
 def _stats(times: list[float], batch: int) -> dict[str, float]:

@@ -37,7 +37,15 @@ import numpy as np
 from tki_sdk.runtime.metadata import METADATA_FILE, ModelMetadata, PreprocessConfig, sha256_file
 
 from .onnx_export import DEFAULT_OPSET, ExportError, export_onnx, graph_info, load_proto, ort_fused_graph, tail_nodes
-from .validate import THRESHOLDS, OrtRunner, ParityError, ParityResult, build_inputs, validate_runner
+from .validate import (
+    THRESHOLDS,
+    OrtRunner,
+    ParityError,
+    ParityResult,
+    build_inputs,
+    measure_interleaved,
+    validate_runner,
+)
 
 __all__ = ["ExportConfig", "ExportResult", "run_export", "validate_export", "PRECISIONS", "ARTIFACT_FILES", "PARITY_FILE"]
 
@@ -150,15 +158,9 @@ def _images(cfg: ExportConfig, preprocess: dict[str, Any]) -> tuple[np.ndarray, 
 
 
 def _time_interleaved(runners: dict[str, Callable[[np.ndarray], Any]], x: np.ndarray, rounds: int) -> dict[str, dict[str, float]]:
-    """Interleaved wall-clock timing: one warm-up each, then ``rounds`` rounds of one run per runner."""
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for run in runners.values():
-        run(x)
-    for _ in range(max(1, rounds)):
-        for k, run in runners.items():
-            t0 = time.perf_counter()
-            run(x)
-            times[k].append(time.perf_counter() - t0)
+    """Per-image wall time of each runner on ``x`` from :func:`~.validate.measure_interleaved` (one warm-up each,
+    then ``rounds`` rounds of one call per runner): median and best ms per image."""
+    times = measure_interleaved({k: (lambda run=run: run(x)) for k, run in runners.items()}, rounds)
     n = x.shape[0]
     return {k: {"ms_per_image": 1000 * float(np.median(v)) / n, "best_ms_per_image": 1000 * float(min(v)) / n,
                 "rounds": len(v), "batch_size": int(n)} for k, v in times.items()}

@@ -36,6 +36,7 @@ __all__ = [
     "ort_session",
     "OrtRunner",
     "time_runner",
+    "measure_interleaved",
 ]
 
 #: Minimum per-embedding cosine to torch float64, per artifact kind (DESIGN.md "export parity").
@@ -279,3 +280,20 @@ def time_runner(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, *, min_t
     n = x.shape[0]
     return {"ms_per_image": 1000 * float(np.median(times)) / n, "best_ms_per_image": 1000 * float(min(times)) / n,
             "repeats": len(times), "batch_size": int(n)}
+
+
+def measure_interleaved(
+    fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds per call of each function: ``warmup`` calls each, then ``rounds`` rounds of one call per function
+    in turn (so load changes on a shared machine hit every function alike)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(max(1, rounds)):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return times

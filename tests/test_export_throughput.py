@@ -60,3 +60,16 @@ def test_vit_b32_end_to_end_export(tmp_path, pacs_dir):
     for key in ("fp32", "fp16", "int8"):
         y = OrtRunner(out / md.artifacts[key]["file"], threads=2).run(x)
         assert cosines(y, ref).min() >= THRESHOLDS[key], key
+
+
+def test_export_timing_uses_the_same_interleaving():
+    from tki_sdk.export import pipeline, validate
+
+    assert throughput.measure_interleaved is validate.measure_interleaved
+    order = []
+    x = np.zeros((4, 1), dtype=np.float32)
+    t = pipeline._time_interleaved({"a": lambda v: order.append(("a", v.shape)), "b": lambda v: order.append(("b", v.shape))},
+                                   x, rounds=2)
+    assert [k for k, _ in order] == ["a", "b"] * 3 and all(s == (4, 1) for _, s in order)
+    assert {k: (v["rounds"], v["batch_size"]) for k, v in t.items()} == {"a": (2, 4), "b": (2, 4)}
+    assert all(0 <= v["best_ms_per_image"] <= v["ms_per_image"] for v in t.values())
