@@ -259,6 +259,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = str(e)
         print(msg if msg.startswith("tki-bench") else f"tki-bench: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
+    except (ValueError, OSError) as e:  # bad option values, unreadable or unwritable paths
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"tki-bench: error: {first}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("tki-bench: interrupted", file=sys.stderr)
         return 130

@@ -47,3 +47,9 @@ def test_train_quick_times_both_stages(tmp_path: Path) -> None:
     assert res["stage1_full_median_s"] > 0 and res["stage2_median_s"] > 0
     assert res["weights"]["source"] == "random"
     _png(res["plots"][0])
+
+
+def test_bad_option_values_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--model", "TKI-Tiny-ViT", "--prompts", "1", "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "P >= 2" in err[0]

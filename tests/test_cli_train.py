@@ -87,3 +87,11 @@ def test_argparse_errors_are_one_line() -> None:
         r = run(*args)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
         assert "see tki" in r.stderr and "--help" in r.stderr
+
+
+def test_unwritable_out_fails_before_training(tmp_path: Path) -> None:
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    for out, msg in ((afile, "is not a folder"), (afile / "sub", "not writable")):
+        r = run("train", "--model", "TKI-Tiny-ViT", "--classes", "a,b", "--out", str(out), "--no-progress")
+        assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

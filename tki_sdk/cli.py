@@ -104,8 +104,24 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _check_writable_dir(path: str, flag: str) -> None:
+    """Create ``path`` if needed and prove it is writable, before any long work starts."""
+    import tempfile
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{flag} {p} exists and is not a folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=p):
+            pass
+    except OSError as e:
+        raise UsageError(f"{flag} {p} is not writable ({e.strerror or e})") from None
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     classes = _read_classes(args)
+    _check_writable_dir(args.out, "--out")
     from .losses import DEFAULT_ALPHA, DEFAULT_MU
     from .trainer import TrainConfig, train
 
@@ -245,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"tki: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         print(f"tki {args.command}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
