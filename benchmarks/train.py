@@ -24,11 +24,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
 
 
-def _stage1_step_seconds(bank, class_feats, opt, full: bool, steps: int) -> list[float]:
+def _stage1_step_seconds(bank, class_feats, opt, full: bool, steps: int, progress: bool = True) -> list[float]:
+    from tqdm.auto import tqdm
+
     from tki_sdk.losses import expansion_loss
 
     times = []
-    for _ in range(steps + 1):  # first step warms up
+    desc = f"stage 1, {'full' if full else 'truncated'} context"
+    for _ in tqdm(range(steps + 1), desc=desc, disable=not progress, leave=False):  # first step warms up
         t0 = time.perf_counter()
         loss, _, _ = expansion_loss(bank.prompt_features(full_context=full), class_feats,
                                     bank.domain_features(full_context=full))
@@ -61,8 +64,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with torch.no_grad():
         class_feats = bank.class_features()
     opt = torch.optim.Adam([bank.domain_vectors], lr=0.005)
-    truncated = _stage1_step_seconds(bank, class_feats, opt, False, steps)
-    full = _stage1_step_seconds(bank, class_feats, opt, True, max(1, steps // 2))
+    progress = not getattr(args, "no_progress", False)
+    truncated = _stage1_step_seconds(bank, class_feats, opt, False, steps, progress)
+    full = _stage1_step_seconds(bank, class_feats, opt, True, max(1, steps // 2), progress)
 
     with torch.no_grad():
         feats = bank.prompt_features()
