@@ -26,6 +26,7 @@ Search contract -- ``search(vectors[Q, D], k, where=None) -> (keys[Q, k] uint64,
 On disk a gallery is a folder::
 
     G/CURRENT                 name of the live version (replaced atomically)
+    G/.lock                   flock target: saves hold it exclusively, loads shared
     G/v-<id>/gallery.json     ndim, metric, dtype, count, model fingerprint, ...
     G/v-<id>/index.usearch    HNSW graph + vectors   (exact galleries: keys.npy + vectors.npy)
     G/v-<id>/meta.sqlite      metadata
@@ -36,6 +37,7 @@ leaves the previous version loadable; old versions are removed after the swap.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -46,7 +48,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -60,6 +62,7 @@ MISSING_KEY = np.uint64(np.iinfo(np.uint64).max)
 FORMAT = "tki-gallery"
 FORMAT_VERSION = 1
 CURRENT_FILE = "CURRENT"
+LOCK_FILE = ".lock"
 INFO_FILE = "gallery.json"
 INDEX_FILE = "index.usearch"
 KEYS_FILE = "keys.npy"
@@ -251,6 +254,41 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def _folder_lock(root: Path, *, exclusive: bool) -> Iterator[None]:
+    """``flock`` on ``root/.lock``: exclusive for a save, shared for a load (no-op where unavailable).
+
+    A shared lock is taken only when the lock file exists and can be opened (a read-only gallery that
+    nobody saves into needs none).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX platforms: saves are still atomic, not serialised
+        yield
+        return
+    lock = root / LOCK_FILE
+    try:
+        if exclusive:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        else:
+            fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        if exclusive:
+            raise
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _is_empty_dir(root: Path) -> bool:
+    """True when ``root`` holds nothing but the lock file and leftovers of interrupted saves."""
+    return not any(c.name != LOCK_FILE and not c.name.startswith(".tmp-") for c in root.iterdir())
 
 
 def _read_current(root: Path) -> Path:
@@ -695,13 +733,26 @@ class Gallery:
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the gallery to folder ``path`` atomically (see the module docstring). Returns ``path``."""
+        """Write the gallery to folder ``path`` atomically (see the module docstring). Returns ``path``.
+
+        The whole write + swap + cleanup runs under an exclusive ``flock`` on ``path/.lock``, so concurrent
+        saves to one folder (threads or processes) serialise: the last one wins and ``CURRENT`` always names
+        a complete version.
+        """
         root = Path(path)
         if root.exists() and not root.is_dir():
             raise FileExistsError(f"{root} exists and is not a gallery folder; choose another --out")
-        if root.is_dir() and any(root.iterdir()) and not is_gallery(root):
+        if root.is_dir() and not _is_empty_dir(root) and not is_gallery(root):
             raise FileExistsError(f"{root} is a non-empty folder that is not a gallery; refusing to write into it")
         root.mkdir(parents=True, exist_ok=True)
+        with _folder_lock(root, exclusive=True):
+            if not _is_empty_dir(root) and not is_gallery(root):  # checked again now that we own the folder
+                raise FileExistsError(f"{root} is a non-empty folder that is not a gallery; refusing to write into it")
+            self._save_locked(root)
+        self.path = root
+        return root
+
+    def _save_locked(self, root: Path) -> None:
         tmp = root / f".tmp-{uuid.uuid4().hex}"
         tmp.mkdir()
         try:
@@ -729,8 +780,6 @@ class Gallery:
                 shutil.rmtree(child, ignore_errors=True)
             elif child.name.startswith(f".{CURRENT_FILE}."):
                 child.unlink(missing_ok=True)
-        self.path = root
-        return root
 
     def _write_version(self, d: Path) -> None:
         if self.exact:
@@ -769,6 +818,13 @@ class Gallery:
     def _open(cls, root: Path, view: bool, threads: int) -> "Gallery":
         if not root.exists():
             raise FileNotFoundError(f"gallery {root} does not exist")
+        if root.is_dir() and (root / CURRENT_FILE).is_file():
+            with _folder_lock(root, exclusive=False):  # no save may swap or delete versions while we read
+                return cls._open_locked(root, view, threads)
+        return cls._open_locked(root, view, threads)
+
+    @classmethod
+    def _open_locked(cls, root: Path, view: bool, threads: int) -> "Gallery":
         for attempt in range(3):  # a concurrent save may swap versions between reading CURRENT and opening
             d = _read_current(root)
             if d.is_dir():

@@ -271,7 +271,58 @@ def test_failed_save_leaves_previous_gallery(tmp_path, monkeypatch):
     assert len(Gallery.load(path)) == 100
     bigger.save(path)  # next save succeeds and cleans every leftover
     assert len(Gallery.load(path)) == 300
-    assert sorted(p.name for p in path.iterdir() if not p.name.startswith("v-")) == ["CURRENT"]
+    assert sorted(p.name for p in path.iterdir() if not p.name.startswith("v-")) == [".lock", "CURRENT"]
+
+
+def _concurrent_saves(path: Path, rounds: int) -> tuple[list[BaseException], list[int]]:
+    """Two threads save different galleries to ``path`` ``rounds`` times each while a third loads it."""
+    galleries = [_small(50, seed=1), _small(80, seed=2)]
+    errors: list[BaseException] = []
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def saver(g: Gallery) -> None:
+        try:
+            for _ in range(rounds):
+                g.save(path)
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            errors.append(e)
+
+    def loader() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(len(Gallery.load(path)))
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+                return
+
+    galleries[0].save(path)
+    threads = [threading.Thread(target=saver, args=(g,)) for g in galleries]
+    reader = threading.Thread(target=loader)
+    reader.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    reader.join()
+    return errors, seen
+
+
+def test_concurrent_saves_to_one_path_leave_one_complete_gallery(tmp_path):
+    path = tmp_path / "g"
+    errors, seen = _concurrent_saves(path, rounds=25)
+    assert not errors, errors
+    assert set(seen) <= {50, 80}
+    g = Gallery.load(path)
+    want = {50: _small(50, seed=1), 80: _small(80, seed=2)}[len(g)]
+    got_k, got_d = g.search(want._flat_vecs[:5], 3)
+    ref_k, ref_d = want.search(want._flat_vecs[:5], 3)
+    np.testing.assert_array_equal(got_k, ref_k)
+    np.testing.assert_allclose(got_d, ref_d, atol=1e-6)
+    assert g.get_metadata([0]) == want.get_metadata([0])
+    versions = [p.name for p in path.iterdir() if p.name.startswith(("v-", ".tmp-"))]
+    assert len(versions) == 1 and (path / "CURRENT").read_text().strip() == versions[0]
 
 
 SAVER = textwrap.dedent(
