@@ -104,13 +104,19 @@ class ExportResult:
     seconds: float = 0.0
 
 
+#: Packages that shape an export beyond those :func:`tki_sdk.checkpoint.package_versions` records.
+_EXPORT_DISTS = ("onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "tensorrt")
+
+
 def _versions() -> dict[str, str]:
-    out: dict[str, str] = {}
-    for dist, key in (("tki-sdk", "tki_sdk"), ("torch", "torch"), ("open_clip_torch", "open_clip"),
-                      ("onnx", "onnx"), ("onnxscript", "onnxscript"), ("onnxruntime", "onnxruntime"),
-                      ("onnxruntime-gpu", "onnxruntime_gpu"), ("tensorrt", "tensorrt"), ("numpy", "numpy")):
+    """Installed versions (distribution name -> version) of the training packages
+    (:func:`tki_sdk.checkpoint.package_versions`) and the export ones (:data:`_EXPORT_DISTS`)."""
+    from tki_sdk.checkpoint import package_versions
+
+    out = package_versions()
+    for dist in _EXPORT_DISTS:
         try:
-            out[key] = _md.version(dist)
+            out[dist] = _md.version(dist)
         except _md.PackageNotFoundError:
             pass
     return out

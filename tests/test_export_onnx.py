@@ -142,7 +142,13 @@ def test_tki_json_fields(exported):
         assert art["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
         assert art["precision"] == key
         assert art["parity_pass"] is True
-    assert {"torch", "onnx", "onnxruntime"} <= set(md.versions)
+    import importlib.metadata as im
+
+    from tki_sdk.checkpoint import package_versions
+
+    assert package_versions().items() <= md.versions.items()  # the training packages, as checkpoints record them
+    for dist in ("torch", "onnx", "onnxruntime"):
+        assert md.versions[dist] == im.version(dist)
 
 
 def test_parity_json(exported):
