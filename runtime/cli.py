@@ -190,8 +190,29 @@ def run_embed(args: argparse.Namespace) -> int:
         return 130
 
 
+def _check_out_writable(out: Path) -> None:
+    """Refuse, before any work, an ``--out`` whose nearest existing folder cannot be written."""
+    probe = out
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise CLIError(f"--out {out}: {probe} is a file, not a folder; choose another --out")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise CLIError(f"--out {out}: folder {probe} is not writable; choose another --out")
+
+
+def _open_errors_file(path: str) -> Any:
+    """Open ``--errors FILE`` for writing now, so a bad path fails before the embedding run."""
+    try:
+        return open(path, "w")
+    except OSError as e:
+        raise CLIError(f"cannot write --errors {path}: {e.strerror or e}") from None
+
+
 def _run_embed(args: argparse.Namespace) -> int:
-    from .gallery import Gallery, _model_info, is_gallery, scan_image_folder
+    from .gallery import _is_empty_dir, is_gallery, scan_image_folder
 
     _positive("--batch-size", args.batch_size)
     _positive("--workers", args.workers)
@@ -200,14 +221,29 @@ def _run_embed(args: argparse.Namespace) -> int:
         raise CLIError(f"image folder {images} does not exist or is not a folder")
     out = Path(args.out)
     if out.exists():
-        if not is_gallery(out) and not (out.is_dir() and not any(out.iterdir())):
+        if not is_gallery(out) and not (out.is_dir() and _is_empty_dir(out)):
             raise CLIError(f"--out {out} exists and is not a gallery; choose a new path")
         if is_gallery(out) and not args.overwrite:
             raise CLIError(f"gallery {out} already exists; pass --overwrite to replace it")
+    _check_out_writable(out)
     files = scan_image_folder(images)
     if not files:
         raise CLIError(f"no image files under {images} (looked for .jpg, .png, .gif, .bmp, .tif, .webp, ...)")
-    emb = _make_embedder(args)
+    errors_f = _open_errors_file(args.errors) if args.errors else None
+    try:
+        return _embed_and_save(args, _make_embedder(args), files, images, out, errors_f)
+    finally:
+        if errors_f is not None:
+            try:
+                errors_f.close()
+            except OSError:
+                pass  # already reported by _write_errors
+
+
+def _embed_and_save(args: argparse.Namespace, emb: Any, files: list, images: Path, out: Path, errors_f: Any) -> int:
+    """Embed ``files``, save the gallery to ``out``, then write the skipped files to ``errors_f``."""
+    from .gallery import Gallery, _model_info
+
     t0 = time.perf_counter()
     try:
         gallery = Gallery(
@@ -224,15 +260,12 @@ def _run_embed(args: argparse.Namespace) -> int:
     if len(res.indices):
         gallery.add(res.indices.astype("uint64"), res.embeddings, [files[i][1] for i in res.indices])
     wall = time.perf_counter() - t0
-    if args.errors:
-        with open(args.errors, "w") as f:
-            for item, reason in res.errors:
-                f.write(json.dumps({"path": str(item), "reason": reason}) + "\n")
     if res.errors:
         print(f"skipped {len(res.errors)} of {len(files)} files:", file=sys.stderr)
         for item, reason in res.errors:
             print(f"  {item}: {reason}", file=sys.stderr)
     if not len(res.indices):
+        _write_errors(errors_f, args.errors, res.errors)
         raise CLIError(f"none of the {len(files)} files under {images} could be read; nothing was written", code=1)
     try:
         gallery.save(out)
@@ -245,7 +278,21 @@ def _run_embed(args: argparse.Namespace) -> int:
         f"decode+preprocess {s['decode_s']:.1f} thread-s)",
         file=sys.stderr,
     )
+    _write_errors(errors_f, args.errors, res.errors, saved=out)
     return 0
+
+
+def _write_errors(f: Any, name: str | None, errors: Sequence[tuple[Any, str]], saved: Path | None = None) -> None:
+    """Write the skipped files as JSON lines ``{path, reason}`` to the already-open ``--errors`` file."""
+    if f is None:
+        return
+    try:
+        for item, reason in errors:
+            f.write(json.dumps({"path": str(item), "reason": reason}) + "\n")
+        f.flush()
+    except OSError as e:
+        kept = f"; the gallery {saved} was saved" if saved is not None else ""
+        raise CLIError(f"cannot write --errors {name}: {e.strerror or e}{kept}", code=1) from None
 
 
 # ---------------------------------------------------------------------------------------------- search

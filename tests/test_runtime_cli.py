@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,3 +182,37 @@ def test_gallery_from_folder_equals_cli_gallery(setup, gallery):
     np.testing.assert_array_equal(k1, k2)
     np.testing.assert_allclose(d1, d2, atol=1e-6)
     assert g.get_metadata(k1[0]) == cli.get_metadata(k2[0])
+
+
+def test_bad_errors_or_out_path_fails_before_embedding(setup, tmp_path, capsys, monkeypatch):
+    _, export, images, copied = setup
+    calls: list[int] = []
+    real = Embedder.embed_images
+    monkeypatch.setattr(Embedder, "embed_images", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    a_file = tmp_path / "plain.txt"
+    a_file.write_text("x")
+    base = ["embed", "--model", str(export), "--images", str(images)]
+    _one_line_error(capsys, base + ["--out", str(tmp_path / "g1"), "--errors", str(tmp_path / "no" / "e.jsonl")],
+                    "cannot write --errors")
+    _one_line_error(capsys, base + ["--out", str(tmp_path / "g1"), "--errors", str(tmp_path)], "cannot write --errors")
+    _one_line_error(capsys, base + ["--out", str(a_file / "g")], "is a file, not a folder")
+    assert not calls and not (tmp_path / "g1").exists()
+
+
+def test_gallery_saved_before_errors_file_and_write_failure_is_one_line(setup, tmp_path, capsys):
+    _, export, _, copied = setup
+    folder = tmp_path / "imgs" / "photo" / "dog"
+    folder.mkdir(parents=True)
+    for p in copied[:3]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this platform")
+    out = tmp_path / "g"
+    capsys.readouterr()
+    rc = main(["embed", "--model", str(export), "--images", str(tmp_path / "imgs"), "--out", str(out),
+               "--errors", "/dev/full"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and "Traceback" not in "\n".join(err)
+    assert "cannot write --errors /dev/full" in err[-1] and "was saved" in err[-1]
+    assert len(Gallery.load(out)) == 3
