@@ -183,7 +183,7 @@ def run_export(cfg: ExportConfig, model: Any | None = None) -> ExportResult:
     import torch
 
     from .fused import load_model
-    from .quantize import convert_fp16, quantize_int8_dynamic, quantize_int8_static
+    from .quantize import convert_fp16, head_nodes, quantize_int8_dynamic, quantize_int8_static
 
     t_start = time.perf_counter()
     out = cfg.out
@@ -216,6 +216,8 @@ def run_export(cfg: ExportConfig, model: Any | None = None) -> ExportResult:
             fp32_path = out / ARTIFACT_FILES["fp32"]
             info = export_onnx(model, fp32_path, opset=cfg.opset)
             rewrites = dict(info.extra.get("rewrites", {}))
+            if set(cfg.precisions) - {"fp32"} or cfg.tensorrt:  # the head must be findable to stay float32
+                head_nodes(load_proto(fp32_path), fields["head"], "model.onnx")
             r32 = OrtRunner(fp32_path, threads=cfg.threads)
             parity["fp32"] = validate_runner("fp32", fp32_path.name, r32.run, inputs)
             runners["fp32"] = r32.run
@@ -228,7 +230,7 @@ def run_export(cfg: ExportConfig, model: Any | None = None) -> ExportResult:
             if "fp16" in cfg.precisions:
                 steps.start("fp16: convert (fp32 I/O and head)")
                 p16 = out / ARTIFACT_FILES["fp16"]
-                conv = convert_fp16(fp32_path, p16)
+                conv = convert_fp16(fp32_path, p16, head=fields["head"])
                 r16 = OrtRunner(p16, threads=cfg.threads)
                 parity["fp16"] = validate_runner("fp16", p16.name, r16.run, inputs)
                 runners["fp16"] = r16.run
@@ -260,11 +262,11 @@ def run_export(cfg: ExportConfig, model: Any | None = None) -> ExportResult:
                     p = tmp / f"int8_{scheme}.onnx"
                     try:
                         if scheme == "dynamic":
-                            qinfo = quantize_int8_dynamic(src, p, per_channel=False)
+                            qinfo = quantize_int8_dynamic(src, p, per_channel=False, head=fields["head"])
                         elif scheme == "static_qdq":
                             if cal.shape[0] == 0:
                                 continue
-                            qinfo = quantize_int8_static(src, p, cal, per_channel=True)
+                            qinfo = quantize_int8_static(src, p, cal, per_channel=True, head=fields["head"])
                         else:
                             raise ValueError(f"unknown int8 scheme {scheme!r}")
                     except Exception as e:  # noqa: BLE001 - one scheme failing leaves the other

@@ -31,7 +31,7 @@ import numpy as np
 
 from .onnx_export import ExportError, check_onnx, load_proto, save_proto, tail_nodes, topo_sort
 
-__all__ = ["convert_fp16", "quantize_int8_dynamic", "quantize_int8_static", "INT8_SCHEMES"]
+__all__ = ["convert_fp16", "head_nodes", "quantize_int8_dynamic", "quantize_int8_static", "INT8_SCHEMES"]
 
 INT8_SCHEMES = ("dynamic", "static_qdq")
 
@@ -47,12 +47,24 @@ class _quiet:
         logging.disable(self._level)
 
 
-def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, Any]:
-    """Write the fp16 variant of ``src`` to ``dst`` (see module docstring); returns what was kept in fp32."""
+def head_nodes(model: Any, head: str | None, artifact: str) -> list[str]:
+    """:func:`.onnx_export.tail_nodes` of ``model`` (an ONNX proto), which stay float32. For a model whose head is
+    ``"tki"`` an empty list means the graph lost its module scopes, and the head would be converted / quantised
+    silently: raise :class:`ExportError` instead."""
+    keep = tail_nodes(model)
+    if not keep and head == "tki":
+        raise ExportError(f"{artifact}: no head nodes found in the ONNX graph (no node downstream of model.visual), "
+                          "so the TKI head would not stay float32; re-export model.onnx with tki-export (default opset)")
+    return keep
+
+
+def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike, *, head: str | None = None) -> dict[str, Any]:
+    """Write the fp16 variant of ``src`` to ``dst`` (see module docstring); returns what was kept in fp32.
+    ``head="tki"``: raise :class:`ExportError` when the graph shows no head nodes to keep in float32."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = load_proto(src)
-    keep = tail_nodes(model)
+    keep = head_nodes(model, head, "fp16")
     with _quiet():
         m16 = convert_float_to_float16(model, keep_io_types=True, node_block_list=keep or None)
     topo_sort(m16)
@@ -63,15 +75,16 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, An
     return {"fp32_nodes": len(keep), "keep_io_types": True}
 
 
-def _exclusions(src: str | os.PathLike) -> list[str]:
-    return tail_nodes(load_proto(src))
+def _exclusions(src: str | os.PathLike, head: str | None) -> list[str]:
+    return head_nodes(load_proto(src), head, "int8")
 
 
-def quantize_int8_dynamic(src: str | os.PathLike, dst: str | os.PathLike, *, per_channel: bool = False) -> dict[str, Any]:
-    """Dynamic int8 quantisation of ``src`` (an fp32 graph) into ``dst``."""
+def quantize_int8_dynamic(src: str | os.PathLike, dst: str | os.PathLike, *, per_channel: bool = False,
+                          head: str | None = None) -> dict[str, Any]:
+    """Dynamic int8 quantisation of ``src`` (an fp32 graph) into ``dst``; ``head`` as in :func:`convert_fp16`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    exclude = _exclusions(src)
+    exclude = _exclusions(src, head)
     with _quiet():
         quantize_dynamic(
             str(src), str(dst), op_types_to_quantize=["MatMul", "Attention"], per_channel=per_channel,
@@ -123,8 +136,10 @@ def quantize_int8_static(
     *,
     per_channel: bool = True,
     input_name: str = "pixel_values",
+    head: str | None = None,
 ) -> dict[str, Any]:
-    """Static QDQ int8 quantisation of ``src`` into ``dst``, calibrated (MinMax) on ``calib_pixels``."""
+    """Static QDQ int8 quantisation of ``src`` into ``dst``, calibrated (MinMax) on ``calib_pixels``; ``head`` as
+    in :func:`convert_fp16`."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if calib_pixels is None or len(calib_pixels) == 0:
@@ -133,7 +148,7 @@ def quantize_int8_static(
     class Reader(_Reader, CalibrationDataReader):
         pass
 
-    exclude = _exclusions(src)
+    exclude = _exclusions(src, head)
     with _quiet():
         quantize_static(
             str(src), str(dst), Reader(calib_pixels, input_name), quant_format=QuantFormat.QDQ,

@@ -285,3 +285,23 @@ def test_opset_17_uses_the_torchscript_exporter(tmp_path):
     assert tail_nodes(m)  # the final normalisation is found from the TorchScript node names
     assert res.parity["fp32"].passed and res.parity["fp16"].passed
     assert ModelMetadata.load(out).opset == 17
+
+
+def test_tki_head_without_head_nodes_fails_clearly(exported, tmp_path, monkeypatch):
+    """A graph whose head cannot be found must not be converted / quantised with the head in fp16 / int8."""
+    from tki_sdk.export import quantize
+    from tki_sdk.export.onnx_export import ExportError
+
+    src = exported["out"] / "model.onnx"
+    monkeypatch.setattr(quantize, "tail_nodes", lambda model: [])
+    for fn in (lambda: quantize.convert_fp16(src, tmp_path / "a.onnx", head="tki"),
+               lambda: quantize.quantize_int8_dynamic(src, tmp_path / "b.onnx", head="tki")):
+        with pytest.raises(ExportError, match="no head nodes") as e:
+            fn()
+        assert "\n" not in str(e.value)
+    assert not (tmp_path / "a.onnx").exists() and not (tmp_path / "b.onnx").exists()
+    with pytest.raises(ExportError, match="model.onnx: no head nodes"):
+        run_export(ExportConfig(out=tmp_path / "o", checkpoint=exported["checkpoint"], precisions=("fp32", "fp16"),
+                                val_count=2, timing_rounds=1, time_torch=False, progress=False), model=exported["model"])
+    assert not (tmp_path / "o" / "tki.json").exists()
+    quantize.convert_fp16(src, tmp_path / "c.onnx", head="none")  # vanilla CLIP has no head to keep
