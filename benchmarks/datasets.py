@@ -25,9 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from tki_sdk.runtime.images import IMAGE_SUFFIXES
+
 __all__ = ["IMAGE_EXTENSIONS", "ImageRecord", "DomainDataset", "cross_domain_pairs", "find_dataset_root"]
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+#: Suffixes of the files a dataset holds: the same set a gallery indexes (``tki_sdk.runtime.images.IMAGE_SUFFIXES``).
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES
 
 
 @dataclass(frozen=True)

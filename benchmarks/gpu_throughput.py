@@ -82,6 +82,8 @@ FP16_THRESHOLD = 0.999
 FP32_THRESHOLD = 0.99999
 PARITY_BATCH = 32
 DATASET_CANDIDATES = ("data/pacs", "/work/shared/data/pacs")
+#: The JPEG members of ``IMAGE_SUFFIXES`` (the end-to-end run measures JPEG decoding, draft mode included).
+JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
 #: Nominal dense fp16 tensor-core peaks (FLOP/s), by a substring of the device name (first match wins).
 FP16_PEAKS = (("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12),
               ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12))
@@ -384,10 +386,15 @@ def _resolve_dataset(path: Path | None) -> Path | None:
     return None
 
 
-def pick_files(root: Path, n: int, exts: Sequence[str] = (".jpg", ".jpeg", ".png")) -> list[Path]:
+def pick_files(root: Path, n: int, exts: Sequence[str] | None = None) -> list[Path]:
     """``n`` image files spread evenly over the sorted file list of ``root`` (all domains and classes);
-    deterministic. Fewer when the folder holds fewer."""
-    files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in exts and p.is_file())
+    deterministic. Fewer when the folder holds fewer. ``exts``: suffixes to take (default
+    :data:`tki_sdk.runtime.images.IMAGE_SUFFIXES`, what a gallery indexes); hidden files are skipped."""
+    from tki_sdk.runtime.images import IMAGE_SUFFIXES
+
+    want = frozenset(e.lower() for e in exts) if exts is not None else IMAGE_SUFFIXES
+    files = sorted(p for p in Path(root).rglob("*")
+                   if p.suffix.lower() in want and not p.name.startswith(".") and p.is_file())
     if not files or n <= 0:
         return []
     if n >= len(files):
@@ -699,7 +706,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             from tki_sdk.runtime import Embedder
 
-            jpgs = pick_files(data, n_e2e, exts=(".jpg", ".jpeg"))
+            jpgs = pick_files(data, n_e2e, exts=JPEG_SUFFIXES)
             if not jpgs:
                 notes["e2e"] = f"no JPEG files under {data}"
             else:

@@ -52,6 +52,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .images import IMAGE_SUFFIXES
+
 log = logging.getLogger(__name__)
 
 __all__ = ["Gallery", "ModelMismatchError", "MISSING_KEY", "scan_image_folder", "IMAGE_EXTENSIONS"]
@@ -69,9 +71,8 @@ KEYS_FILE = "keys.npy"
 VECTORS_FILE = "vectors.npy"
 META_FILE = "meta.sqlite"
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".jfif"}
-)
+#: Suffixes :func:`scan_image_folder` indexes (the one shared set, :data:`tki_sdk.runtime.images.IMAGE_SUFFIXES`).
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES
 
 _METRICS = {"cos": "cos", "cosine": "cos", "ip": "ip", "inner": "ip", "l2sq": "l2sq", "l2": "l2sq"}
 _DTYPES = {"f32": np.float32, "f16": np.float16, "i8": np.int8}

@@ -95,3 +95,33 @@ def test_pacs_counts(pacs_dir):
     s = ds.sample(3, seed=0)
     assert s.counts() == {d: 21 for d in ds.domains}
     assert all(r.path.is_file() for r in s.records())
+
+
+def test_gallery_dataset_and_gpu_suite_see_the_same_image_files(tmp_path):
+    """One suffix set: what ``tki embed`` indexes is what the accuracy benchmark and the GPU suite read."""
+    from PIL import Image
+
+    from tki_sdk.benchmarks.gpu_throughput import pick_files
+    from tki_sdk.runtime.gallery import scan_image_folder
+    from tki_sdk.runtime.images import IMAGE_SUFFIXES, load_image
+
+    folder = tmp_path / "photo" / "dog"
+    folder.mkdir(parents=True)
+    im = Image.new("RGB", (8, 8), (10, 200, 30))
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".jfif": "JPEG", ".png": "PNG", ".gif": "GIF",
+           ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP", ".ppm": "PPM", ".pgm": "PPM",
+           ".pbm": "PPM", ".pnm": "PPM"}
+    assert set(fmt) == set(IMAGE_SUFFIXES)
+    for i, (suffix, f) in enumerate(sorted(fmt.items())):
+        mode = {".pgm": "L", ".pbm": "1"}.get(suffix, "RGB")
+        im.convert(mode).save(folder / f"img{i}{suffix.upper() if i % 2 else suffix}", format=f)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "vector.svg").write_text("<svg/>")
+    im.save(folder / ".hidden.jpg", format="JPEG")
+
+    indexed = sorted(p.name for p, _ in scan_image_folder(tmp_path))
+    assert len(indexed) == len(IMAGE_SUFFIXES)
+    assert sorted(r.path.name for r in DomainDataset(tmp_path).records()) == indexed
+    assert sorted(p.name for p in pick_files(tmp_path, 100)) == indexed
+    for name in indexed:  # every indexed suffix decodes
+        assert load_image(folder / name).size == (8, 8)
