@@ -60,8 +60,9 @@ def available_backends() -> dict[str, Any]:
     """What this environment can run: onnxruntime providers and whether ``tensorrt`` imports."""
     out: dict[str, Any] = {"onnxruntime": None, "tensorrt": None}
     try:
-        import onnxruntime as ort
+        from .ort_session import import_onnxruntime
 
+        ort = import_onnxruntime()
         out["onnxruntime"] = {"version": ort.__version__, "providers": ort.get_available_providers()}
     except ImportError:
         pass
@@ -192,20 +193,9 @@ class Embedder:
 
     def _init_onnxruntime(self, providers: Sequence[Any] | None, threads: int | None, spin: bool,
                           io_binding: bool | None, cuda_graph: bool) -> None:
-        import sys
-
-        from . import gallery
-
-        if ("onnxruntime" not in sys.modules and "usearch.compiled" in sys.modules and "torch" not in sys.modules
-                and not gallery._LIBSTDCXX_PRELOADED):
-            # usearch loaded first by someone else: importing onnxruntime now would crash (see gallery._usearch)
-            raise ImportError(
-                "usearch was imported before onnxruntime, and loading onnxruntime now would crash this process; "
-                "import tki_sdk.runtime.Embedder (or onnxruntime) before usearch"
-            )
         from .ort_session import TENSORRT, OrtSession, import_onnxruntime
 
-        import_onnxruntime()
+        import_onnxruntime()  # refuses, in one line, an import order that would crash the process
         if threads is not None and int(threads) < 1:
             raise ValueError("threads must be >= 1")
         self.threads = threads

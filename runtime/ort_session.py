@@ -76,9 +76,15 @@ class ProviderUnavailable(ValueError):
 
 
 def import_onnxruntime() -> Any:
-    """``import onnxruntime`` with the two failures users hit named in one line each."""
+    """``import onnxruntime`` with the two failures users hit named in one line each.
+
+    The one guard against the crashing import order: when usearch's extension is loaded and neither
+    onnxruntime, torch nor a preloaded system libstdc++ came first, importing onnxruntime would crash the
+    interpreter, so this raises ``ImportError`` instead. ``Embedder`` and ``available_backends`` call it.
+    """
     gallery = sys.modules.get("tki_sdk.runtime.gallery")
-    if ("onnxruntime" not in sys.modules and "usearch.compiled" in sys.modules and "torch" not in sys.modules
+    loaded = {m: sys.modules.get(m) is not None for m in ("onnxruntime", "usearch.compiled", "torch")}
+    if (loaded["usearch.compiled"] and not loaded["onnxruntime"] and not loaded["torch"]
             and not getattr(gallery, "_LIBSTDCXX_PRELOADED", False)):
         # Loading onnxruntime after usearch's extension crashes the interpreter (see runtime.gallery).
         raise ImportError(

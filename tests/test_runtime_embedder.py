@@ -325,3 +325,35 @@ def test_tensorrt_runner_data_flow_with_stand_in_modules(tmp_path, monkeypatch):
     (d / "model.plan").write_bytes(b"stale")
     with pytest.raises(RuntimeError, match="rebuild it"):
         Embedder(d, backend="tensorrt")
+
+
+IMPORT_ORDER = """
+import sys
+sys.modules["torch"] = None  # the runtime must not need it; also keeps torch's own libstdc++ load out
+import usearch.index  # no system libstdc++ loaded first: importing onnxruntime now would crash
+from tki_sdk.runtime import Embedder
+from tki_sdk.runtime.embedder import available_backends
+from tki_sdk.runtime.ort_session import import_onnxruntime
+for call in (lambda: Embedder(sys.argv[1]), import_onnxruntime):
+    try:
+        call()
+    except ImportError as e:
+        print("refused:", e)
+print("backends:", available_backends()["onnxruntime"])
+print("onnxruntime loaded:", "onnxruntime" in sys.modules)
+"""
+
+
+def test_usearch_before_onnxruntime_is_refused_in_one_line_not_a_crash(tiny):
+    import subprocess
+    import sys
+
+    export = tiny[0]
+    proc = subprocess.run([sys.executable, "-c", IMPORT_ORDER, str(export)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    refused = [x for x in lines if x.startswith("refused:")]
+    assert len(refused) == 2 and all("import tki_sdk.runtime.Embedder (or onnxruntime) before usearch" in x
+                                     for x in refused)
+    assert "backends: None" in lines and "onnxruntime loaded: False" in lines
