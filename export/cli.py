@@ -90,6 +90,24 @@ def _check_writable(folder: Path, what: str) -> None:
         raise UsageError(f"cannot write to {what} {folder} ({e.strerror or e}); choose a writable folder") from None
 
 
+def _check_decodable(files: list[Path], folder: Path) -> Path:
+    """The first of ``files`` that decodes (so a folder of unreadable images fails before the model loads);
+    raises :class:`NoImagesError` naming the first failure when none does."""
+    from tki_sdk.runtime.images import ImageLoadError, load_image
+
+    from .calibration import NoImagesError
+
+    first = None
+    for f in files:
+        try:
+            load_image(f).close()
+            return f
+        except ImageLoadError as e:
+            first = first or f"{f.name}: {e.reason}"
+    raise NoImagesError(f"none of the {len(files)} images under {folder} can be decoded (first: {first}); "
+                        "point --calib-images at a folder of readable images")
+
+
 def _config(args: argparse.Namespace):  # -> ExportConfig
     from .calibration import NoImagesError, find_images
     from .onnx_export import MAX_OPSET, MIN_OPSET
@@ -123,7 +141,7 @@ def _config(args: argparse.Namespace):  # -> ExportConfig
         raise UsageError("--threads must be at least 1")
     if args.calib_images is not None:
         try:
-            find_images(args.calib_images)
+            _check_decodable(find_images(args.calib_images), args.calib_images)
         except (FileNotFoundError, NoImagesError) as e:
             raise UsageError(f"--calib-images: {e}") from None
     if args.tensorrt and tensorrt_available() is None:
@@ -168,6 +186,17 @@ def summary_table(rows: list[dict], batch: int, threads: int) -> str:
     return "\n".join([line(head), line(["-" * w for w in widths]), *(line(b) for b in body)])
 
 
+def _one_line(e: BaseException) -> str:
+    """``e`` as one line: its first non-empty line (the type name when it has no message), and for an
+    ``OSError`` the file it names."""
+    if isinstance(e, OSError) and e.strerror:
+        msg = e.strerror + (f": {e.filename}" if e.filename else "")
+    else:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        msg = lines[0] if lines else type(e).__name__
+    return f"{msg} ({type(e).__name__})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tki-export``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -204,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ExportError, TensorRTBuildError) as e:
         print(f"tki-export: error: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except (ValueError, OSError, RuntimeError) as e:  # unreadable images, a full or read-only disk, ...
+        print(f"tki-export: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("tki-export: interrupted", file=sys.stderr)
         return 130

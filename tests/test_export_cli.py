@@ -142,3 +142,43 @@ def test_parity_failure_exits_1_and_names_the_artifact(tiny_checkpoint, tmp_path
     assert any("warning" in ln and "int8" in ln for ln in err.splitlines())
     md = ModelMetadata.load(out)
     assert md.artifacts["int8"]["parity_pass"] is False and md.artifacts["fp32"]["parity_pass"] is True
+
+
+def test_calibration_folder_with_only_corrupt_images(tiny_checkpoint, tmp_path, calib, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    good = next(iter(sorted(calib.iterdir())))
+    (bad / "a.png").write_bytes(good.read_bytes()[:40])  # truncated: the header is there, the pixels are not
+    (bad / "b.jpg").write_bytes(b"not a jpeg at all")
+    (bad / "c.png").write_bytes(b"")
+    code, _, err = run(["--checkpoint", tiny_checkpoint, "--out", tmp_path / "o", "--calib-images", bad], capsys)
+    line = one_line(err)
+    assert code == 2 and "none of the 3 images" in line and "can be decoded" in line
+    assert not (tmp_path / "o" / "tki.json").exists()
+
+
+@pytest.mark.parametrize("exc", [
+    OSError(28, "No space left on device", "out/model.onnx"),
+    PermissionError(13, "Permission denied", "out/model.onnx"),
+    "noimages",
+    RuntimeError("first line of a long error\nsecond line\nthird"),
+])
+def test_errors_during_export_are_one_line(tiny_checkpoint, tmp_path, calib, capsys, monkeypatch, exc):
+    from tki_sdk.export import pipeline
+    from tki_sdk.export.calibration import NoImagesError
+
+    if exc == "noimages":
+        exc = NoImagesError("none of the 3 images under x could be read (first: a.png: truncated)")
+
+    def fail(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(pipeline, "run_export", fail)
+    code, _, err = run(["--checkpoint", tiny_checkpoint, "--out", tmp_path / "o", "--calib-images", calib,
+                        "--no-progress"], capsys)
+    line = one_line(err)
+    assert code == 2 and "Traceback" not in err
+    first = exc.strerror if isinstance(exc, OSError) else str(exc).splitlines()[0]
+    assert first in line and type(exc).__name__ in line
+    if isinstance(exc, OSError):
+        assert "out/model.onnx" in line
