@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -295,7 +294,6 @@ def embedder_embed_fn(embedder: Any, batch_size: int = 64) -> EmbedFn:
 
 # -- suite ------------------------------------------------------------------------------------
 
-DEFAULT_DATASET_CANDIDATES = ("data/pacs", "/work/shared/data/pacs")
 QUICK_PER_CLASS = 8
 QUICK_VANILLA = "TKI-Tiny-ViT"
 
@@ -304,7 +302,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``tki-bench accuracy``."""
     g = parser.add_argument_group("accuracy")
     g.add_argument("--dataset-dir", type=Path, default=None,
-                   help="<root>/<domain>/<class>/<image> (or <root>/images/...); default $TKI_DATASET_DIR or data/pacs")
+                   help="<root>/<domain>/<class>/<image> (or <root>/images/...); default $TKI_PACS_DIR, else ../shared/data/pacs/images beside the repository")
     g.add_argument("--model-dir", type=Path, action="append", default=None,
                    help="tki-export folder (repeatable); every precision in --precision is measured via the runtime Embedder")
     g.add_argument("--precision", default=None, help="artifacts of each --model-dir to measure, e.g. fp32,int8 (default: all in tki.json)")
@@ -324,14 +322,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _resolve_dataset(args: argparse.Namespace) -> Path:
     from .cli import BenchError
+    from .datasets import DATASET_ENV, default_dataset_dir
 
     if args.dataset_dir is not None:
         return args.dataset_dir
-    env = os.environ.get("TKI_DATASET_DIR")
-    for cand in ([env] if env else []) + list(DEFAULT_DATASET_CANDIDATES):
-        if Path(cand).is_dir():
-            return Path(cand)
-    raise BenchError("accuracy needs images: pass --dataset-dir <root>/<domain>/<class>/<image> (e.g. data/pacs)")
+    found = default_dataset_dir()
+    if found is None:
+        raise BenchError(f"accuracy needs images: pass --dataset-dir <root>/<domain>/<class>/<image> "
+                         f"or set {DATASET_ENV} to such a folder")
+    return found
 
 
 def _embedder_methods(model_dir: Path, precisions: list[str] | None, batch_size: int) -> list[tuple[str, str, EmbedFn, dict[str, Any]]]:

@@ -19,6 +19,7 @@ a gallery image is relevant when its class equals the query's.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,10 @@ import numpy as np
 
 from tki_sdk.runtime.images import IMAGE_SUFFIXES
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageRecord", "DomainDataset", "cross_domain_pairs", "find_dataset_root"]
+__all__ = [
+    "IMAGE_EXTENSIONS", "ImageRecord", "DomainDataset", "cross_domain_pairs", "find_dataset_root",
+    "default_dataset_dir", "DATASET_ENV",
+]
 
 #: Suffixes of the files a dataset holds: the same set a gallery indexes (``tki_sdk.runtime.images.IMAGE_SUFFIXES``).
 IMAGE_EXTENSIONS = IMAGE_SUFFIXES
@@ -41,6 +45,27 @@ class ImageRecord:
     domain: str
     class_name: str
     label: int
+
+
+#: Environment variable naming the default PACS image folder (``<domain>/<class>/<file>``).
+DATASET_ENV = "TKI_PACS_DIR"
+#: Default PACS location relative to the repository root (a ``shared`` folder beside the checkout).
+_REPO_RELATIVE_PACS = Path("..") / "shared" / "data" / "pacs" / "images"
+
+
+def default_dataset_dir() -> Path | None:
+    """The dataset folder benchmarks use when none is given, or ``None`` when there is none.
+
+    ``$TKI_PACS_DIR`` when set (returned only if it is a folder: a set variable is never silently replaced by
+    another location); otherwise ``<repository root>/../shared/data/pacs/images`` when that folder exists.
+    """
+    env = os.environ.get(DATASET_ENV)
+    if env:
+        p = Path(env).expanduser()
+        return p if p.is_dir() else None
+    repo = Path(__file__).resolve().parent.parent
+    cand = (repo / _REPO_RELATIVE_PACS).resolve()
+    return cand if cand.is_dir() else None
 
 
 def _visible_dirs(p: Path) -> list[Path]:

@@ -81,7 +81,6 @@ TARGET_BATCH = 256
 FP16_THRESHOLD = 0.999
 FP32_THRESHOLD = 0.99999
 PARITY_BATCH = 32
-DATASET_CANDIDATES = ("data/pacs", "/work/shared/data/pacs")
 #: The JPEG members of ``IMAGE_SUFFIXES`` (the end-to-end run measures JPEG decoding, draft mode included).
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
 #: Nominal dense fp16 tensor-core peaks (FLOP/s), by a substring of the device name (first match wins).
@@ -377,13 +376,13 @@ def count_flops(model: Any, x1: np.ndarray) -> float | None:
 
 # ------------------------------------------------------------------------------------------------ data
 def _resolve_dataset(path: Path | None) -> Path | None:
-    cands = [path] if path is not None else [Path(os.environ["TKI_PACS_DIR"])] if os.environ.get("TKI_PACS_DIR") else []
-    if path is None:
-        cands += [Path(c) for c in DATASET_CANDIDATES]
-    for c in cands:
-        if c is not None and c.is_dir():
-            return c / "images" if (c / "images").is_dir() else c
-    return None
+    """``path`` (or its ``images`` subfolder) when given, else :func:`~tki_sdk.benchmarks.datasets.default_dataset_dir`."""
+    from .datasets import default_dataset_dir
+
+    c = path if path is not None else default_dataset_dir()
+    if c is None or not c.is_dir():
+        return None
+    return c / "images" if (c / "images").is_dir() else c
 
 
 def pick_files(root: Path, n: int, exts: Sequence[str] | None = None) -> list[Path]:
@@ -521,7 +520,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="tki train folder for the torch paths (default: the one tki.json records)")
     g.add_argument("--pretrained", default=None, help="CLIP weights (default: what tki.json records)")
     g.add_argument("--dataset-dir", type=Path, default=None,
-                   help="PACS-style image folder (default $TKI_PACS_DIR, data/pacs, /work/shared/data/pacs)")
+                   help="PACS-style image folder (default $TKI_PACS_DIR, else ../shared/data/pacs/images beside the repository)")
     g.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCHES)), help="default 1,32,256")
     g.add_argument("--backends", default=",".join(ALL_BACKENDS), help="comma-separated subset of the backends")
     g.add_argument("--seconds", type=float, default=None, help="time per (backend, batch) (default 2; --quick 0.4)")
@@ -611,7 +610,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model_dir = Path(args.model_dir)
     data = _resolve_dataset(args.dataset_dir)
     if data is None:
-        raise BenchError("gpu: parity needs PACS images; pass --dataset-dir <root>/<domain>/<class>/<image>")
+        raise BenchError("gpu: parity needs PACS images; pass --dataset-dir <root>/<domain>/<class>/<image> "
+                         "or set TKI_PACS_DIR")
     progress = not getattr(args, "no_progress", False)
 
     def say(msg: str) -> None:

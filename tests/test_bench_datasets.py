@@ -125,3 +125,46 @@ def test_gallery_dataset_and_gpu_suite_see_the_same_image_files(tmp_path):
     assert sorted(p.name for p in pick_files(tmp_path, 100)) == indexed
     for name in indexed:  # every indexed suffix decodes
         assert load_image(folder / name).size == (8, 8)
+
+
+def test_default_dataset_dir_env_then_repository_relative(tmp_path, monkeypatch):
+    import tki_sdk.benchmarks.datasets as ds
+
+    monkeypatch.setenv("TKI_PACS_DIR", str(tmp_path))
+    assert ds.default_dataset_dir() == tmp_path
+    monkeypatch.setenv("TKI_PACS_DIR", str(tmp_path / "missing"))
+    assert ds.default_dataset_dir() is None  # a set variable is not silently replaced
+    monkeypatch.delenv("TKI_PACS_DIR")
+    repo = Path(ds.__file__).resolve().parent.parent
+    want = (repo.parent / "shared" / "data" / "pacs" / "images").resolve()
+    assert ds.default_dataset_dir() == (want if want.is_dir() else None)
+
+
+def test_benchmarks_carry_no_absolute_dataset_paths():
+    import tki_sdk.benchmarks.accuracy as acc
+    import tki_sdk.benchmarks.datasets as ds
+    import tki_sdk.benchmarks.gpu_throughput as gt
+
+    for mod in (acc, ds, gt):
+        text = Path(mod.__file__).read_text()
+        assert "/work/" not in text and "TKI_DATASET_DIR" not in text, mod.__name__
+
+
+def test_accuracy_and_gpu_suites_use_the_default_dataset_dir(tmp_path, monkeypatch):
+    import argparse
+
+    import tki_sdk.benchmarks.accuracy as acc
+    import tki_sdk.benchmarks.gpu_throughput as gt
+
+    monkeypatch.setenv("TKI_PACS_DIR", str(tmp_path))
+    assert acc._resolve_dataset(argparse.Namespace(dataset_dir=None)) == tmp_path
+    assert gt._resolve_dataset(None) == tmp_path
+    given = tmp_path / "given"
+    given.mkdir()
+    assert acc._resolve_dataset(argparse.Namespace(dataset_dir=given)) == given
+    monkeypatch.setenv("TKI_PACS_DIR", str(tmp_path / "missing"))
+    assert gt._resolve_dataset(None) is None
+    from tki_sdk.benchmarks.cli import BenchError
+
+    with pytest.raises(BenchError, match="TKI_PACS_DIR"):
+        acc._resolve_dataset(argparse.Namespace(dataset_dir=None))
