@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--checkpoint", type=Path, help="`tki train` output folder (needed for --head tki)")
-    p.add_argument("--out", type=Path, required=True, help="output folder (created; existing artifacts are replaced)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (created); an earlier export there is replaced only "
+                        "when every new artifact passes parity")
     p.add_argument("--precision", default="fp32,fp16,int8",
                    help="comma-separated artifacts: fp32, fp16, int8 (default all; fp32 is always written)")
     p.add_argument("--head", choices=["tki", "none"], default="tki",
@@ -227,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ParityError as e:
         for r in e.results:
             print(f"tki-export: FAILED {r.failure_line()}", file=sys.stderr)
-        print(f"tki-export: no tki.json written; details in {cfg.out / 'parity.json'}; "
+        print(f"tki-export: no artifact or tki.json written (an earlier export in {cfg.out} is left as it was); "
+              f"details in {cfg.out / 'parity.json'}; "
               "--allow-parity-failure keeps failing artifacts", file=sys.stderr)
         return EXIT_FAILED
     except (ExportError, TensorRTBuildError) as e:

@@ -15,8 +15,12 @@
 7. ``parity.json`` always; ``tki.json`` only when every artifact passed (or ``allow_parity_failure``);
    optionally a Triton repository.
 
-A failed artifact raises :class:`~.validate.ParityError` after ``parity.json`` is written (no ``tki.json``,
-so nothing half-checked looks usable), unless ``allow_parity_failure`` keeps it with a warning.
+Every artifact is built and validated in a temporary folder inside ``out`` (``out/.tki-export-*``, removed
+afterwards). Only when all of them passed are they moved into ``out`` with ``os.replace``, ``tki.json`` last
+(artifact files of an earlier export that the new ``tki.json`` does not list are then removed). So a failed
+re-export leaves a working export in ``out`` as it was: its artifacts and ``tki.json`` are untouched.
+A failed artifact raises :class:`~.validate.ParityError` after ``parity.json`` (the failed run's report) is
+written, unless ``allow_parity_failure`` keeps it with a warning.
 """
 from __future__ import annotations
 
@@ -188,8 +192,12 @@ def run_export(cfg: ExportConfig, model: Any | None = None) -> ExportResult:
     t_start = time.perf_counter()
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
-    for stale in (METADATA_FILE, PARITY_FILE):
-        (out / stale).unlink(missing_ok=True)
+    # Every artifact is built and validated in ``stage`` (inside ``out``, so the final moves are atomic renames
+    # on one filesystem); only a fully validated export replaces what ``out`` holds, ``tki.json`` last.
+    stage_ctx = tempfile.TemporaryDirectory(dir=out, prefix=".tki-export-")
+    stage = Path(stage_ctx.name)
+    tmp = stage / "work"
+    tmp.mkdir()
     n_steps = 4 + ("fp16" in cfg.precisions) + 2 * ("int8" in cfg.precisions) + bool(cfg.tensorrt) + 1
     steps = _Steps(n_steps, cfg.progress)
     warnings_: list[str] = []
@@ -209,133 +217,131 @@ def run_export(cfg: ExportConfig, model: Any | None = None) -> ExportResult:
         inputs = build_inputs(model, val, image_source=img_src, large_batch=min(8, cfg.max_batch), seed=cfg.seed)
         steps.done()
 
-        with tempfile.TemporaryDirectory(dir=out, prefix=".tki-export-") as tmpd:
-            tmp = Path(tmpd)
-            # ---------------------------------------------------------------- fp32
-            steps.start(f"fp32: export ONNX (opset {cfg.opset})")
-            fp32_path = out / ARTIFACT_FILES["fp32"]
-            info = export_onnx(model, fp32_path, opset=cfg.opset)
-            rewrites = dict(info.extra.get("rewrites", {}))
-            if set(cfg.precisions) - {"fp32"} or cfg.tensorrt:  # the head must be findable to stay float32
-                head_nodes(load_proto(fp32_path), fields["head"], "model.onnx")
-            r32 = OrtRunner(fp32_path, threads=cfg.threads)
-            parity["fp32"] = validate_runner("fp32", fp32_path.name, r32.run, inputs)
-            runners["fp32"] = r32.run
-            artifacts["fp32"] = _artifact_entry(
-                fp32_path, "fp32", format="onnx", opset=info.opset, domains=info.domains, runtime="onnxruntime",
-                standard_ops_only=info.standard, input_shape=info.input_shape, output_shape=info.output_shape)
+        # ---------------------------------------------------------------- fp32
+        steps.start(f"fp32: export ONNX (opset {cfg.opset})")
+        fp32_path = stage / ARTIFACT_FILES["fp32"]
+        info = export_onnx(model, fp32_path, opset=cfg.opset)
+        rewrites = dict(info.extra.get("rewrites", {}))
+        if set(cfg.precisions) - {"fp32"} or cfg.tensorrt:  # the head must be findable to stay float32
+            head_nodes(load_proto(fp32_path), fields["head"], "model.onnx")
+        r32 = OrtRunner(fp32_path, threads=cfg.threads)
+        parity["fp32"] = validate_runner("fp32", fp32_path.name, r32.run, inputs)
+        runners["fp32"] = r32.run
+        artifacts["fp32"] = _artifact_entry(
+            fp32_path, "fp32", format="onnx", opset=info.opset, domains=info.domains, runtime="onnxruntime",
+            standard_ops_only=info.standard, input_shape=info.input_shape, output_shape=info.output_shape)
+        steps.done()
+
+        # ---------------------------------------------------------------- fp16
+        if "fp16" in cfg.precisions:
+            steps.start("fp16: convert (fp32 I/O and head)")
+            p16 = stage / ARTIFACT_FILES["fp16"]
+            conv = convert_fp16(fp32_path, p16, head=fields["head"])
+            r16 = OrtRunner(p16, threads=cfg.threads)
+            parity["fp16"] = validate_runner("fp16", p16.name, r16.run, inputs)
+            runners["fp16"] = r16.run
+            i16 = graph_info(p16)
+            artifacts["fp16"] = _artifact_entry(p16, "fp16", format="onnx", opset=i16.opset, domains=i16.domains,
+                                                runtime="onnxruntime", io_dtype="float32", **conv)
             steps.done()
 
-            # ---------------------------------------------------------------- fp16
-            if "fp16" in cfg.precisions:
-                steps.start("fp16: convert (fp32 I/O and head)")
-                p16 = out / ARTIFACT_FILES["fp16"]
-                conv = convert_fp16(fp32_path, p16, head=fields["head"])
-                r16 = OrtRunner(p16, threads=cfg.threads)
-                parity["fp16"] = validate_runner("fp16", p16.name, r16.run, inputs)
-                runners["fp16"] = r16.run
-                i16 = graph_info(p16)
-                artifacts["fp16"] = _artifact_entry(p16, "fp16", format="onnx", opset=i16.opset, domains=i16.domains,
-                                                    runtime="onnxruntime", io_dtype="float32", **conv)
-                steps.done()
-
-            # ---------------------------------------------------------------- int8
-            if "int8" in cfg.precisions:
-                steps.start("int8: onnxruntime fusions + quantise")
-                src = tmp / "fused_fp32.onnx"
-                fusions: dict[str, int] = {}
+        # ---------------------------------------------------------------- int8
+        if "int8" in cfg.precisions:
+            steps.start("int8: onnxruntime fusions + quantise")
+            src = tmp / "fused_fp32.onnx"
+            fusions: dict[str, int] = {}
+            try:
+                fusions = ort_fused_graph(fp32_path, src)
+                if not tail_nodes(load_proto(src)) and tail_nodes(load_proto(fp32_path)):
+                    raise ExportError("fusion lost the head's node scopes")
+                check = validate_runner("fp32", "fused", OrtRunner(src, threads=cfg.threads).run, inputs)
+                if not check.passed:
+                    raise ExportError(check.failure_line())
+            except Exception as e:  # noqa: BLE001 - fall back to the standard graph
+                warnings_.append(f"int8: onnxruntime fusions skipped ({type(e).__name__}: {str(e)[:160]}); "
+                                 "quantising the standard graph")
+                shutil.copyfile(fp32_path, src)
+                fusions = {}
+            cands: dict[str, dict[str, Any]] = {}
+            cand_runners: dict[str, Callable[[np.ndarray], Any]] = {}
+            for scheme in cfg.int8_schemes:
+                p = tmp / f"int8_{scheme}.onnx"
                 try:
-                    fusions = ort_fused_graph(fp32_path, src)
-                    if not tail_nodes(load_proto(src)) and tail_nodes(load_proto(fp32_path)):
-                        raise ExportError("fusion lost the head's node scopes")
-                    check = validate_runner("fp32", "fused", OrtRunner(src, threads=cfg.threads).run, inputs)
-                    if not check.passed:
-                        raise ExportError(check.failure_line())
-                except Exception as e:  # noqa: BLE001 - fall back to the standard graph
-                    warnings_.append(f"int8: onnxruntime fusions skipped ({type(e).__name__}: {str(e)[:160]}); "
-                                     "quantising the standard graph")
-                    shutil.copyfile(fp32_path, src)
-                    fusions = {}
-                cands: dict[str, dict[str, Any]] = {}
-                cand_runners: dict[str, Callable[[np.ndarray], Any]] = {}
-                for scheme in cfg.int8_schemes:
-                    p = tmp / f"int8_{scheme}.onnx"
-                    try:
-                        if scheme == "dynamic":
-                            qinfo = quantize_int8_dynamic(src, p, per_channel=False, head=fields["head"])
-                        elif scheme == "static_qdq":
-                            if cal.shape[0] == 0:
-                                continue
-                            qinfo = quantize_int8_static(src, p, cal, per_channel=True, head=fields["head"])
-                        else:
-                            raise ValueError(f"unknown int8 scheme {scheme!r}")
-                    except Exception as e:  # noqa: BLE001 - one scheme failing leaves the other
-                        warnings_.append(f"int8 {scheme}: quantisation failed ({type(e).__name__}: {str(e)[:160]})")
-                        continue
-                    rq = OrtRunner(p, threads=cfg.threads)
-                    res = validate_runner(f"int8:{scheme}", p.name, rq.run, inputs)
-                    cands[scheme] = {"path": p, "info": qinfo, "parity": res}
-                    if res.passed:
-                        cand_runners[scheme] = rq.run
-                steps.done()
+                    if scheme == "dynamic":
+                        qinfo = quantize_int8_dynamic(src, p, per_channel=False, head=fields["head"])
+                    elif scheme == "static_qdq":
+                        if cal.shape[0] == 0:
+                            continue
+                        qinfo = quantize_int8_static(src, p, cal, per_channel=True, head=fields["head"])
+                    else:
+                        raise ValueError(f"unknown int8 scheme {scheme!r}")
+                except Exception as e:  # noqa: BLE001 - one scheme failing leaves the other
+                    warnings_.append(f"int8 {scheme}: quantisation failed ({type(e).__name__}: {str(e)[:160]})")
+                    continue
+                rq = OrtRunner(p, threads=cfg.threads)
+                res = validate_runner(f"int8:{scheme}", p.name, rq.run, inputs)
+                cands[scheme] = {"path": p, "info": qinfo, "parity": res}
+                if res.passed:
+                    cand_runners[scheme] = rq.run
+            steps.done()
 
-                steps.start(f"int8: time candidates (batch {cfg.bench_batch}, {cfg.threads} threads)")
-                xb = _bench_batch(inputs, cfg.bench_batch)
-                timing = _time_interleaved(cand_runners, xb, cfg.timing_rounds) if len(cand_runners) > 1 else {}
-                for k in cands:
-                    cands[k]["timing"] = timing.get(k)
-                passing = [k for k in cands if cands[k]["parity"].passed]
-                if passing:
-                    chosen = min(passing, key=lambda k: (timing.get(k) or {}).get("ms_per_image", 0.0))
-                    why = ("fastest candidate meeting the int8 threshold" if len(passing) > 1
-                           else "only candidate meeting the int8 threshold")
-                elif cands:
-                    chosen = max(cands, key=lambda k: cands[k]["parity"].min_cosine)
-                    why = "no candidate met the int8 threshold; best parity kept"
-                else:
-                    raise ExportError("int8: no quantisation scheme produced a model")
-                p8 = out / ARTIFACT_FILES["int8"]
-                shutil.copyfile(cands[chosen]["path"], p8)
-                res = cands[chosen]["parity"]
-                parity["int8"] = ParityResult(**{**res.__dict__, "artifact": "int8", "file": p8.name})
-                r8 = OrtRunner(p8, threads=cfg.threads)
-                runners["int8"] = r8.run
-                i8 = graph_info(p8)
-                cand_summary = {
-                    k: {"min_cosine": c["parity"].min_cosine, "pass": c["parity"].passed,
-                        "ms_per_image": (c.get("timing") or {}).get("ms_per_image"), **c["info"]}
-                    for k, c in cands.items()
-                }
-                artifacts["int8"] = _artifact_entry(
-                    p8, "int8", format="onnx", opset=i8.opset, domains=i8.domains, runtime="onnxruntime",
-                    **cands[chosen]["info"], chosen_because=why, fusions=fusions,
-                    candidates=cand_summary,
-                    timed_on={"batch_size": cfg.bench_batch, "threads": cfg.threads} if timing else None,
-                    calibration={"source": img_src, "count": int(cal.shape[0])} if chosen == "static_qdq" else None)
-                extra_parity["int8_candidates"] = {k: c["parity"].to_dict() for k, c in cands.items()}
-                steps.done()
+            steps.start(f"int8: time candidates (batch {cfg.bench_batch}, {cfg.threads} threads)")
+            xb = _bench_batch(inputs, cfg.bench_batch)
+            timing = _time_interleaved(cand_runners, xb, cfg.timing_rounds) if len(cand_runners) > 1 else {}
+            for k in cands:
+                cands[k]["timing"] = timing.get(k)
+            passing = [k for k in cands if cands[k]["parity"].passed]
+            if passing:
+                chosen = min(passing, key=lambda k: (timing.get(k) or {}).get("ms_per_image", 0.0))
+                why = ("fastest candidate meeting the int8 threshold" if len(passing) > 1
+                       else "only candidate meeting the int8 threshold")
+            elif cands:
+                chosen = max(cands, key=lambda k: cands[k]["parity"].min_cosine)
+                why = "no candidate met the int8 threshold; best parity kept"
+            else:
+                raise ExportError("int8: no quantisation scheme produced a model")
+            p8 = stage / ARTIFACT_FILES["int8"]
+            shutil.copyfile(cands[chosen]["path"], p8)
+            res = cands[chosen]["parity"]
+            parity["int8"] = ParityResult(**{**res.__dict__, "artifact": "int8", "file": p8.name})
+            r8 = OrtRunner(p8, threads=cfg.threads)
+            runners["int8"] = r8.run
+            i8 = graph_info(p8)
+            cand_summary = {
+                k: {"min_cosine": c["parity"].min_cosine, "pass": c["parity"].passed,
+                    "ms_per_image": (c.get("timing") or {}).get("ms_per_image"), **c["info"]}
+                for k, c in cands.items()
+            }
+            artifacts["int8"] = _artifact_entry(
+                p8, "int8", format="onnx", opset=i8.opset, domains=i8.domains, runtime="onnxruntime",
+                **cands[chosen]["info"], chosen_because=why, fusions=fusions,
+                candidates=cand_summary,
+                timed_on={"batch_size": cfg.bench_batch, "threads": cfg.threads} if timing else None,
+                calibration={"source": img_src, "count": int(cal.shape[0])} if chosen == "static_qdq" else None)
+            extra_parity["int8_candidates"] = {k: c["parity"].to_dict() for k, c in cands.items()}
+            steps.done()
 
-            # ---------------------------------------------------------------- TensorRT
-            if cfg.tensorrt:
-                steps.start(f"tensorrt: build fp16 engine (batch 1..{cfg.max_batch})")
-                from .tensorrt import build_engine
+        # ---------------------------------------------------------------- TensorRT
+        if cfg.tensorrt:
+            steps.start(f"tensorrt: build fp16 engine (batch 1..{cfg.max_batch})")
+            from .tensorrt import build_engine
 
-                plan = out / ARTIFACT_FILES["tensorrt_fp16"]
-                fp32_proto = load_proto(fp32_path)
-                tail = set(tail_nodes(fp32_proto))
-                keep = {o for n in fp32_proto.graph.node if n.name in tail for o in n.output}
-                h, w = model.clip.image_size
-                binfo = build_engine(fp32_path, plan, image_size=(h, w), max_batch=cfg.max_batch,
-                                     fp32_tensors=keep, timing_cache=out / "tensorrt.timing.cache")
-                from tki_sdk.runtime.embedder import TensorRTRunner
+            plan = stage / ARTIFACT_FILES["tensorrt_fp16"]
+            fp32_proto = load_proto(fp32_path)
+            tail = set(tail_nodes(fp32_proto))
+            keep = {o for n in fp32_proto.graph.node if n.name in tail for o in n.output}
+            h, w = model.clip.image_size
+            binfo = build_engine(fp32_path, plan, image_size=(h, w), max_batch=cfg.max_batch,
+                                 fp32_tensors=keep, timing_cache=out / "tensorrt.timing.cache")
+            from tki_sdk.runtime.embedder import TensorRTRunner
 
-                rt = TensorRTRunner(plan, "pixel_values", "embedding")
-                parity["tensorrt_fp16"] = validate_runner("tensorrt_fp16", plan.name, rt.run, inputs,
-                                                          max_batch=cfg.max_batch)
-                runners["tensorrt_fp16"] = rt.run
-                artifacts["tensorrt_fp16"] = _artifact_entry(plan, "fp16", format="tensorrt_plan",
-                                                             runtime="tensorrt", max_batch=cfg.max_batch, **binfo)
-                steps.done()
+            rt = TensorRTRunner(plan, "pixel_values", "embedding")
+            parity["tensorrt_fp16"] = validate_runner("tensorrt_fp16", plan.name, rt.run, inputs,
+                                                      max_batch=cfg.max_batch)
+            runners["tensorrt_fp16"] = rt.run
+            artifacts["tensorrt_fp16"] = _artifact_entry(plan, "fp16", format="tensorrt_plan",
+                                                         runtime="tensorrt", max_batch=cfg.max_batch, **binfo)
+            steps.done()
 
         # -------------------------------------------------------------------- timing of shipped artifacts
         steps.start(f"time artifacts (batch {cfg.bench_batch}, {cfg.threads} threads)")
@@ -410,10 +416,12 @@ def run_export(cfg: ExportConfig, model: Any | None = None) -> ExportResult:
                     },
                 },
             )
-            md.save(out)
+            md.save(stage)
+            _install(stage, out, [a["file"] for a in artifacts.values()])
         steps.done()
     finally:
         steps.close()
+        stage_ctx.cleanup()
 
     rows = []
     for k in ([*artifacts] if not cfg.time_torch else ["torch", *artifacts]):
@@ -494,6 +502,18 @@ def validate_export(
     if failures and raise_on_failure:
         raise ParityError(failures)
     return results
+
+
+def _install(stage: Path, out: Path, files: list[str]) -> None:
+    """Move the validated ``files`` and then ``tki.json`` from ``stage`` into ``out`` (``os.replace``: each file
+    is either the old or the new one, never partly written), then remove artifact files of an earlier export
+    that the new ``tki.json`` does not list."""
+    for name in files:
+        os.replace(stage / name, out / name)
+    os.replace(stage / METADATA_FILE, out / METADATA_FILE)
+    for name in ARTIFACT_FILES.values():
+        if name not in files:
+            (out / name).unlink(missing_ok=True)
 
 
 def _bench_batch(inputs: Any, n: int) -> np.ndarray:

@@ -305,3 +305,46 @@ def test_tki_head_without_head_nodes_fails_clearly(exported, tmp_path, monkeypat
                                 val_count=2, timing_rounds=1, time_torch=False, progress=False), model=exported["model"])
     assert not (tmp_path / "o" / "tki.json").exists()
     quantize.convert_fp16(src, tmp_path / "c.onnx", head="none")  # vanilla CLIP has no head to keep
+
+
+def test_failed_reexport_leaves_the_previous_export_untouched(exported, tmp_path, monkeypatch):
+    from tki_sdk.export import validate
+    from tki_sdk.export.calibration import NoImagesError
+
+    out = tmp_path / "models"
+    base = dict(out=out, calib_images=exported["calib"], calib_count=4, val_count=2, timing_rounds=1,
+                time_torch=False, progress=False)
+    run_export(ExportConfig(precisions=("fp32", "fp16"), **base), model=exported["model"])
+
+    def snapshot() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != "parity.json"}
+
+    before = snapshot()
+    assert {"tki.json", "model.onnx", "model.fp16.onnx"} <= set(before)
+    other = load_model(None, head="none", model_name="TKI-Tiny-ViT")  # a different model.onnx if it were written
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(NoImagesError):
+        run_export(ExportConfig(precisions=("fp32",), **{**base, "calib_images": bad}), model=other)
+    assert snapshot() == before
+
+    monkeypatch.setitem(validate.THRESHOLDS, "fp32", 1.5)  # cosine <= 1: fp32 cannot pass
+    with pytest.raises(ParityError):
+        run_export(ExportConfig(precisions=("fp32",), **base), model=other)
+    assert json.loads((out / "parity.json").read_text())["passed"] is False
+    monkeypatch.undo()
+    assert snapshot() == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".tki-export-")]
+    md = ModelMetadata.load(out)
+    assert md.head == "tki" and set(md.artifacts) == {"fp32", "fp16"}
+    res = validate_export(out, exported["model"], threads=1)
+    assert all(r.passed and not r.notes for r in res.values())
+
+    # a successful re-export replaces the files and drops artifacts the new tki.json does not list
+    run_export(ExportConfig(precisions=("fp32",), **base), model=other)
+    md = ModelMetadata.load(out)
+    assert md.head == "none" and set(md.artifacts) == {"fp32"}
+    assert not (out / "model.fp16.onnx").exists()
+    assert md.artifacts["fp32"]["sha256"] == hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
