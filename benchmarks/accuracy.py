@@ -20,7 +20,6 @@ says nothing about the method.
 from __future__ import annotations
 
 import argparse
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -336,32 +335,25 @@ def _resolve_dataset(args: argparse.Namespace) -> Path:
 def _embedder_methods(model_dir: Path, precisions: list[str] | None, batch_size: int) -> list[tuple[str, str, EmbedFn, dict[str, Any]]]:
     from .cli import BenchError
 
-    try:
-        from tki_sdk.runtime.metadata import ModelMetadata
-    except ImportError as e:  # pragma: no cover
-        raise BenchError(f"cannot read {model_dir}: {e}") from None
+    from tki_sdk.runtime import Embedder
+    from tki_sdk.runtime.metadata import ModelMetadata
+
     try:
         meta = ModelMetadata.load(model_dir)
     except (FileNotFoundError, ValueError) as e:
         raise BenchError(str(e)) from None
-    try:
-        from tki_sdk.runtime import Embedder  # type: ignore[attr-defined]
-    except ImportError:
-        raise BenchError("--model-dir needs tki_sdk.runtime.Embedder, which is not in this install yet; "
-                         "use --checkpoint / --vanilla (torch) meanwhile") from None
     avail = list(meta.artifacts) or [meta.default_precision]
     wanted = precisions or avail
     unknown = [p for p in wanted if p not in avail]
     if unknown:
         raise BenchError(f"{model_dir} has no {unknown} artifact(s); it holds {avail}")
-    takes_precision = "precision" in inspect.signature(Embedder).parameters
-    if len(wanted) > 1 and not takes_precision:
-        raise BenchError("this Embedder cannot choose a precision; pass one --precision matching the default "
-                         f"({meta.default_precision})")
     weights = describe_weights(meta.weights, meta.checkpoint)
     out = []
     for p in wanted:
-        emb = Embedder(model_dir, precision=p) if takes_precision else Embedder(model_dir)
+        try:
+            emb = Embedder(model_dir, precision=p)
+        except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
+            raise BenchError(f"{model_dir} ({p}): {e}") from None
         art = meta.artifacts.get(p, {})
         info = {"source": "runtime", "model_dir": str(model_dir), "precision": p, "head": meta.head,
                 "artifact": {"file": art.get("file"), "sha256": art.get("sha256")},

@@ -57,26 +57,26 @@ def test_no_arguments_prints_help_and_fails(capsys):
 
 
 def test_missing_suite_is_one_clear_line(monkeypatch, capsys, tmp_path):
-    monkeypatch.setitem(cli.SUITES, "future", ("tki_sdk.benchmarks._not_written_yet", "a suite still to come"))
-    assert cli.main(["future", "--out-dir", str(tmp_path)]) == cli.EXIT_MISSING
+    monkeypatch.setitem(cli.SUITES, "optional", ("tki_sdk.benchmarks._optional_not_installed", "an optional suite whose module is not installed"))
+    assert cli.main(["optional", "--out-dir", str(tmp_path)]) == cli.EXIT_MISSING
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "tki_sdk.benchmarks._not_written_yet is missing" in err[0]
+    assert len(err) == 1 and "tki_sdk.benchmarks._optional_not_installed is missing" in err[0]
     with pytest.raises(SystemExit):
-        cli.main(["future", "--help"])
+        cli.main(["optional", "--help"])
     assert "not available" in capsys.readouterr().out
 
 
 def test_all_runs_present_suites_and_lists_missing(monkeypatch, capsys, tmp_path):
-    monkeypatch.setitem(cli.SUITES, "future", ("tki_sdk.benchmarks._not_written_yet", "a suite still to come"))
+    monkeypatch.setitem(cli.SUITES, "optional", ("tki_sdk.benchmarks._optional_not_installed", "an optional suite whose module is not installed"))
     monkeypatch.setitem(search.QUICK_DEFAULTS, "sizes", [600])
     monkeypatch.setitem(search.QUICK_DEFAULTS, "dim", 16)
     monkeypatch.setitem(search.QUICK_DEFAULTS, "queries", 20)
     monkeypatch.setitem(search.QUICK_DEFAULTS, "expansion_search", [32])
-    code = cli.main(["all", "--quick", "--suites", "search,future", "--out-dir", str(tmp_path), "--no-progress"])
+    code = cli.main(["all", "--quick", "--suites", "search,optional", "--out-dir", str(tmp_path), "--no-progress"])
     assert code == 0
     cap = capsys.readouterr()
-    assert "skipped: suite 'future' is not available" in cap.err
-    assert "search: ok" in cap.out and "future: missing" in cap.out
+    assert "skipped: suite 'optional' is not available" in cap.err
+    assert "search: ok" in cap.out and "optional: missing" in cap.out
     doc = json.loads((tmp_path / "search" / "quick.json").read_text())
     assert doc["results"]["runs"][0]["n"] == 600
 

@@ -157,18 +157,9 @@ def test_embed_image_raises_per_item_error(emb):
     assert res.embeddings.shape == (0, TINY_DIM) and len(res.errors) == 2 and res.indices.size == 0
 
 
-def _export_cli():
-    """``tki-export``'s entry point (the DESIGN contract), or skip while the exporter is not in this tree."""
-    try:
-        from tki_sdk.export.cli import main
-    except ImportError as e:
-        pytest.skip(f"tki_sdk.export.cli not available yet ({e})")
-    return main
-
-
 def test_embedder_equals_tkimodel_encode_image(request, tmp_path, pacs_dir):
     torch = pytest.importorskip("torch")
-    export_main = _export_cli()
+    from tki_sdk.export.cli import main as export_main
     from tki_sdk.model import TKIModel
 
     tiny_checkpoint = request.getfixturevalue("tiny_checkpoint")
