@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Download the wheels the GPU suite needs (on a machine with PyPI access) and pack them, with a PACS
-# sample, into transfer parts of at most PART_MB MiB each for a GPU machine that has no network.
+# Download the wheels the GPU suite needs (on a machine with PyPI access) into one folder, with their
+# SHA256SUMS and an optional PACS sample, to copy to a GPU machine that has no network.
 #
-#   bash benchmarks/gpu/pack_wheels.sh [--out .gpuwheels] [--part-mb 50] [--pacs DIR] [--pacs-count 400] [--all]
+#   bash benchmarks/gpu/pack_wheels.sh [--out .gpuwheels] [--pacs DIR] [--pacs-count 400] [--all] [--part-mb N]
 #
-# Writes <out>/p1 ... <out>/pN (onnxruntime-gpu split with `split`, the small wheels and SHA256SUMS in the
-# last part) and <out>/../.gpudata/pacs (a PACS sample keeping <domain>/<class>/<file>). --all adds the
-# wheels only the gallery / search code needs (usearch, numkong, geoopt). See README.md beside this file.
+# Writes the wheels and SHA256SUMS to <out>/ and a PACS sample keeping <domain>/<class>/<file> to
+# <out>/../.gpudata/pacs. --all adds the wheels only the gallery / search code needs (usearch, numkong,
+# geoopt). --part-mb N (optional, for transfers limited in size): split wheels larger than N MiB with
+# `split` and spread everything over <out>/p1 ... <out>/pK of about N MiB each; run_gpu_suite.sh joins the
+# parts again. See README.md beside this file.
 set -euo pipefail
 
 OUT=.gpuwheels
-PART_MB=50
+PART_MB=0
 PACS=${TKI_PACS_DIR:-}
 PACS_COUNT=400
 ALL=0
@@ -22,7 +24,7 @@ while [ $# -gt 0 ]; do
     --pacs) PACS=$2; shift 2 ;;
     --pacs-count) PACS_COUNT=$2; shift 2 ;;
     --all) ALL=1; shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "pack_wheels.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -50,26 +52,31 @@ for spec in "${WANT[@]}"; do
 done
 (cd "$OUT/stage" && sha256sum *.whl > SHA256SUMS)
 
-# Split every wheel larger than one part; the parts fill p1..p(N-1), the rest goes to pN.
-n=0
-for f in "$OUT"/stage/*.whl; do
-  if [ "$(stat -c %s "$f")" -gt $((PART_MB * 1024 * 1024)) ]; then
-    split -b "${PART_MB}M" -a 2 "$f" "$f.part-"
-    for p in "$f".part-*; do
-      n=$((n + 1)); mkdir -p "$OUT/p$n"; mv "$p" "$OUT/p$n/"
-    done
-    rm -f "$f"
-  fi
-done
-n=$((n + 1)); mkdir -p "$OUT/p$n"
-mv "$OUT"/stage/*.whl "$OUT"/stage/SHA256SUMS "$OUT/p$n/" 2>/dev/null || mv "$OUT"/stage/SHA256SUMS "$OUT/p$n/"
-rmdir "$OUT/stage"
-# The last split part is small: the other wheels and the checksums ride with it when it fits.
-if [ "$n" -gt 1 ]; then
-  last=$((n - 1))
-  total=$(du -cb "$OUT/p$last" "$OUT/p$n" | tail -1 | cut -f1)
-  if [ "$total" -le $((PART_MB * 1024 * 1024 + 8 * 1024 * 1024)) ]; then
-    mv "$OUT/p$n"/* "$OUT/p$last/"; rmdir "$OUT/p$n"; n=$last
+if [ "$PART_MB" -le 0 ]; then
+  mv "$OUT"/stage/* "$OUT/"
+  rmdir "$OUT/stage"
+else
+  # Split every wheel larger than one part; the parts fill p1..p(K-1), the rest goes to pK.
+  n=0
+  for f in "$OUT"/stage/*.whl; do
+    if [ "$(stat -c %s "$f")" -gt $((PART_MB * 1024 * 1024)) ]; then
+      split -b "${PART_MB}M" -a 2 "$f" "$f.part-"
+      for p in "$f".part-*; do
+        n=$((n + 1)); mkdir -p "$OUT/p$n"; mv "$p" "$OUT/p$n/"
+      done
+      rm -f "$f"
+    fi
+  done
+  n=$((n + 1)); mkdir -p "$OUT/p$n"
+  mv "$OUT"/stage/*.whl "$OUT"/stage/SHA256SUMS "$OUT/p$n/" 2>/dev/null || mv "$OUT"/stage/SHA256SUMS "$OUT/p$n/"
+  rmdir "$OUT/stage"
+  # The last split part is small: the other wheels and the checksums go with it when they fit.
+  if [ "$n" -gt 1 ]; then
+    last=$((n - 1))
+    total=$(du -cb "$OUT/p$last" "$OUT/p$n" | tail -1 | cut -f1)
+    if [ "$total" -le $((PART_MB * 1024 * 1024 + 8 * 1024 * 1024)) ]; then
+      mv "$OUT/p$n"/* "$OUT/p$last/"; rmdir "$OUT/p$n"; n=$last
+    fi
   fi
 fi
 
@@ -89,5 +96,9 @@ for f in pick:
 print(f"PACS sample: {len(pick)} files -> {dst}")
 EOF
 fi
-echo "parts (carry one per call, in order):"
-for d in "$OUT"/p*; do echo "  $d $(du -sh "$d" | cut -f1): $(ls "$d" | tr '\n' ' ')"; done
+if [ "$PART_MB" -le 0 ]; then
+  echo "wheels: $OUT ($(du -sh "$OUT" | cut -f1)): $(ls "$OUT" | tr '\n' ' ')"
+else
+  echo "parts (copy all of them into one folder on the GPU machine):"
+  for d in "$OUT"/p*; do echo "  $d $(du -sh "$d" | cut -f1): $(ls "$d" | tr '\n' ' ')"; done
+fi

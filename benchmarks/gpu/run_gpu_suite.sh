@@ -69,7 +69,7 @@ if has install; then
       cat "$whl".part-* > "$whl.tmp" && mv "$whl.tmp" "$whl" && rm -f "$whl".part-*
     done
     if [ -f SHA256SUMS ]; then
-      sha256sum -c --quiet SHA256SUMS || { echo "wheels do not match SHA256SUMS: some transfer part is missing or broken (bring every part, see README.md)" >&2; exit 1; }
+      sha256sum -c --quiet SHA256SUMS || { echo "wheels do not match SHA256SUMS: a wheel or split part is missing or broken (copy them again, see README.md)" >&2; exit 1; }
     fi
   )
   log "pip install --no-index --no-deps --target $SITE"
