@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["IMAGE_EXTENSIONS", "DEFAULT_PACS_DIR", "ImageSet", "NoImagesError", "find_images", "load_images", "default_image_dir"]
+__all__ = ["IMAGE_EXTENSIONS", "DEFAULT_PACS_DIR", "ImageSet", "NoImagesError", "find_images", "load_images", "default_image_dir",
+           "default_image_source"]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 #: The PACS copy beside the repository (``../shared/data/pacs/images``); ``TKI_PACS_DIR`` overrides it.
@@ -38,13 +39,22 @@ class ImageSet:
         return {"source": self.source, "count": int(self.pixels.shape[0]), "skipped": len(self.skipped)}
 
 
-def default_image_dir() -> Path | None:
-    """``$TKI_PACS_DIR`` or the PACS copy beside the repository, when it exists."""
+def default_image_source() -> tuple[Path | None, str]:
+    """The image folder used when ``--calib-images`` is not given, and where it came from:
+    ``$TKI_PACS_DIR`` when it names a folder, else the PACS copy beside the repository (:data:`DEFAULT_PACS_DIR`)
+    when it exists, else ``(None, reason)`` (the export then uses generated images)."""
     env = os.environ.get("TKI_PACS_DIR")
-    for p in ([Path(env)] if env else []) + [DEFAULT_PACS_DIR]:
-        if p.is_dir():
-            return p
-    return None
+    if env and Path(env).is_dir():
+        return Path(env), "$TKI_PACS_DIR"
+    if DEFAULT_PACS_DIR.is_dir():
+        return DEFAULT_PACS_DIR, "PACS beside the repository"
+    why = f"$TKI_PACS_DIR={env} is not a folder" if env else "$TKI_PACS_DIR unset"
+    return None, f"no --calib-images, {why}, no PACS copy at {DEFAULT_PACS_DIR}"
+
+
+def default_image_dir() -> Path | None:
+    """``$TKI_PACS_DIR`` or the PACS copy beside the repository, when it exists (see :func:`default_image_source`)."""
+    return default_image_source()[0]
 
 
 def find_images(folder: str | os.PathLike, count: int | None = None, seed: int = 0) -> list[Path]:

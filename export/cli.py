@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "recorded; random init for --model without it)")
     p.add_argument("--tensorrt", action="store_true", help="also build model.plan (TensorRT fp16) and validate it")
     p.add_argument("--calib-images", type=Path,
-                   help=f"folder of images for int8 calibration and validation (default: PACS at {DEFAULT_PACS_DIR} "
-                        "when present, else generated images)")
+                   help="folder of images for int8 calibration and validation (default: $TKI_PACS_DIR, else PACS at "
+                        f"{DEFAULT_PACS_DIR} when present, else generated images; the summary names the source)")
     p.add_argument("--calib-count", type=int, default=64, help="images used to calibrate int8 (default 64)")
     p.add_argument("--val-count", type=int, default=16, help="real images used for validation (default 16)")
     p.add_argument("--int8-scheme", choices=["auto", "dynamic", "static_qdq"], default="auto",
@@ -245,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tki-export: warning: {w}", file=sys.stderr)
     print()
     print(summary_table(result.rows, cfg.bench_batch, cfg.threads))
+    if result.images:
+        print(f"\nimages (calibration / validation): {result.images['description']}")
     int8 = (result.metadata.artifacts if result.metadata else {}).get("int8")
     if int8 and int8.get("candidates"):
         parts = []

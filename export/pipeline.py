@@ -3,7 +3,8 @@
 :func:`run_export` is what ``tki-export`` runs. Steps, each checked before the next:
 
 1. build the model (``TKIModel.from_checkpoint`` or ``TKIModel.vanilla`` for ``head="none"``);
-2. real images (``calib_images``, else PACS beside the repository, else generated images) through the
+2. real images (``calib_images``, else ``$TKI_PACS_DIR``, else PACS beside the repository, else generated
+   images; the choice is printed, and recorded in ``tki.json`` and ``parity.json``) through the
    model's exact preprocessing: the first ``calib_count`` calibrate int8, ``val_count`` others (disjoint
    when the folder has enough) validate; plus as many standard-normal tensors; float64 references;
 3. ``model.onnx`` (standard ONNX, dynamic batch), validated;
@@ -106,6 +107,7 @@ class ExportResult:
     warnings: list[str] = field(default_factory=list)
     failures: list[ParityResult] = field(default_factory=list)
     seconds: float = 0.0
+    images: dict[str, Any] = field(default_factory=dict)
 
 
 #: Packages that shape an export beyond those :func:`tki_sdk.checkpoint.package_versions` records.
@@ -145,12 +147,18 @@ class _Steps:
         self.bar.close()
 
 
-def _images(cfg: ExportConfig, preprocess: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
-    """(calibration pixels, validation pixels, source description)."""
-    from .calibration import default_image_dir, find_images, load_images
+def _images(cfg: ExportConfig, preprocess: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(calibration pixels, validation pixels, image source). The source (recorded in ``tki.json`` and
+    ``parity.json`` and printed by ``tki-export``) says which images were used: ``folder`` (None for generated
+    images), ``origin`` (``--calib-images``, ``$TKI_PACS_DIR``, ``PACS beside the repository`` or
+    ``generated``), ``files`` in the folder, ``calibration`` / ``validation`` counts, and ``description``."""
+    from .calibration import default_image_source, find_images, load_images
     from .validate import generated_images
 
-    folder = cfg.calib_images or default_image_dir()
+    if cfg.calib_images is not None:
+        folder, origin = Path(cfg.calib_images), "--calib-images"
+    else:
+        folder, origin = default_image_source()
     want_cal = int(cfg.calib_count) if "int8" in cfg.precisions else 0
     want_val = int(cfg.val_count)
     if folder is not None:
@@ -161,10 +169,15 @@ def _images(cfg: ExportConfig, preprocess: dict[str, Any]) -> tuple[np.ndarray, 
             cal, val = px[:want_cal], px[want_cal:want_cal + want_val]
         else:  # small folder: validation overlaps calibration
             cal, val = px[:want_cal] if want_cal else px[:0], px[-want_val:] if want_val else px[:0]
-        src = f"{folder} ({n_files} images; {len(cal)} for calibration, {len(val)} for validation)"
-        return cal, val, src
+        desc = (f"{folder} ({origin}; {n_files} images; {len(cal)} for calibration, {len(val)} for validation"
+                + (", overlapping" if px.shape[0] < want_cal + want_val and want_cal else "") + ")")
+        return cal, val, {"folder": str(folder), "origin": origin, "files": n_files, "calibration": int(len(cal)),
+                          "validation": int(len(val)), "description": desc}
     gen = generated_images(want_cal + want_val, preprocess, seed=cfg.seed)
-    return gen[:want_cal], gen[want_cal:], f"generated images (no --calib-images and no PACS copy), seed {cfg.seed}"
+    cal, val = gen[:want_cal], gen[want_cal:]
+    desc = f"generated images, seed {cfg.seed} ({origin}); {len(cal)} for calibration, {len(val)} for validation"
+    return cal, val, {"folder": None, "origin": "generated", "files": 0, "calibration": int(len(cal)),
+                      "validation": int(len(val)), "description": desc}
 
 
 def _time_interleaved(runners: dict[str, Callable[[np.ndarray], Any]], x: np.ndarray, rounds: int) -> dict[str, dict[str, float]]:
@@ -213,7 +226,8 @@ def run_export(cfg: ExportConfig, model: Any | None = None) -> ExportResult:
         steps.done()
 
         steps.start("images + float64 reference")
-        cal, val, img_src = _images(cfg, fields["preprocess"])
+        cal, val, images = _images(cfg, fields["preprocess"])
+        img_src = images["description"]
         inputs = build_inputs(model, val, image_source=img_src, large_batch=min(8, cfg.max_batch), seed=cfg.seed)
         steps.done()
 
@@ -317,7 +331,9 @@ def run_export(cfg: ExportConfig, model: Any | None = None) -> ExportResult:
                 **cands[chosen]["info"], chosen_because=why, fusions=fusions,
                 candidates=cand_summary,
                 timed_on={"batch_size": cfg.bench_batch, "threads": cfg.threads} if timing else None,
-                calibration={"source": img_src, "count": int(cal.shape[0])} if chosen == "static_qdq" else None)
+                calibration={**images, "count": int(cal.shape[0]),
+                         "used_by": "static_qdq (activation ranges)" if chosen == "static_qdq"
+                         else "none (the shipped scheme needs no calibration)"})
             extra_parity["int8_candidates"] = {k: c["parity"].to_dict() for k, c in cands.items()}
             steps.done()
 
@@ -413,6 +429,7 @@ def run_export(cfg: ExportConfig, model: Any | None = None) -> ExportResult:
                         "fused": "pixel_values -> TKIModel.encode_image -> embedding",
                         "parity_file": PARITY_FILE,
                         "parity_passed": not failures,
+                        "images": images,
                     },
                 },
             )
@@ -436,7 +453,7 @@ def run_export(cfg: ExportConfig, model: Any | None = None) -> ExportResult:
                      "threshold": parity[k].threshold, "pass": parity[k].passed,
                      "ms_per_image": t and t["ms_per_image"]})
     result = ExportResult(out, md, parity, rows, warnings_, [r for r in parity.values() if not r.passed],
-                          time.perf_counter() - t_start)
+                          time.perf_counter() - t_start, images)
     if result.failures and not cfg.allow_parity_failure:
         raise ParityError(result.failures)
     if cfg.triton_repo is not None and md is not None:

@@ -115,8 +115,14 @@ def test_full_run_prints_summary(tiny_checkpoint, tmp_path, calib, capsys):
     assert "int8 candidates: dynamic: min cosine" in stdout
     assert set(rows) == {"fp32", "int8", "torch"}
     assert "pass" in rows["fp32"] and "int8 (dynamic)" in rows["int8"]
+    n_files = len(list(calib.iterdir()))
+    assert (f"images (calibration / validation): {calib} (--calib-images; {n_files} images; "
+            "4 for calibration, 2 for validation)") in stdout
     md = ModelMetadata.load(out)
     assert set(md.artifacts) == {"fp32", "int8"} and md.artifacts["int8"]["scheme"] == "dynamic"
+    c = md.artifacts["int8"]["calibration"]
+    assert (c["folder"], c["origin"], c["files"], c["count"]) == (str(calib), "--calib-images", n_files, 4)
+    assert c["used_by"].startswith("none")  # dynamic int8 reads no calibration data
     assert not (out / "model.fp16.onnx").exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".tki-export-")]  # temporary files removed
 

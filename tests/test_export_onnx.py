@@ -348,3 +348,34 @@ def test_failed_reexport_leaves_the_previous_export_untouched(exported, tmp_path
     assert md.head == "none" and set(md.artifacts) == {"fp32"}
     assert not (out / "model.fp16.onnx").exists()
     assert md.artifacts["fp32"]["sha256"] == hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
+
+
+def test_tki_json_names_the_image_source(exported):
+    md = ModelMetadata.load(exported["out"])
+    calib = exported["calib"]
+    c = md.artifacts["int8"]["calibration"]
+    n_files = len(list(calib.iterdir()))
+    assert (c["folder"], c["origin"], c["files"], c["count"], c["validation"]) == (str(calib), "--calib-images", n_files, 16, 8)
+    assert c["used_by"].startswith("static_qdq" if md.artifacts["int8"]["scheme"] == "static_qdq" else "none")
+    assert md.extra["export"]["images"] == {k: v for k, v in c.items() if k not in ("count", "used_by")}
+    groups = json.loads((exported["out"] / "parity.json").read_text())["groups"]
+    assert groups["images"]["source"] == c["description"] and str(calib) in c["description"]
+
+
+def test_default_images_come_from_tki_pacs_dir_else_are_generated(exported, tmp_path, monkeypatch):
+    from tki_sdk.export import calibration, pipeline
+
+    pre = exported["model"].metadata_fields()["preprocess"]
+    cfg = ExportConfig(out=tmp_path / "o", precisions=("fp32", "int8"), calib_count=3, val_count=2)
+    folder = image_folder(tmp_path / "pacs", None, n=5)
+    monkeypatch.setenv("TKI_PACS_DIR", str(folder))
+    assert calibration.default_image_source() == (folder, "$TKI_PACS_DIR")
+    cal, val, src = pipeline._images(cfg, pre)
+    assert (src["folder"], src["origin"], src["files"], len(cal), len(val)) == (str(folder), "$TKI_PACS_DIR", 5, 3, 2)
+    assert src["description"].startswith(f"{folder} ($TKI_PACS_DIR; 5 images")
+
+    monkeypatch.setenv("TKI_PACS_DIR", str(tmp_path / "missing"))
+    monkeypatch.setattr(calibration, "DEFAULT_PACS_DIR", tmp_path / "no_pacs")
+    cal, val, src = pipeline._images(cfg, pre)
+    assert src["folder"] is None and src["origin"] == "generated" and (len(cal), len(val)) == (3, 2)
+    assert src["description"].startswith("generated images") and "is not a folder" in src["description"]
