@@ -11,19 +11,17 @@ weights the retrieved classes are no better than chance: the demo shows the mach
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shlex
 import time
 from pathlib import Path
 
-DEFAULT_PACS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pacs" / "images"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=os.environ.get("TKI_PACS_DIR", str(DEFAULT_PACS)),
-                   help="PACS images folder <domain>/<class>/<file> (default ../shared/data/pacs/images)")
+    p.add_argument("--data", default=None,
+                   help="PACS images folder <domain>/<class>/<file> (default $TKI_PACS_DIR, else "
+                        "../shared/data/pacs/images beside the repository)")
     p.add_argument("--out", default="tki-demo", help="working folder for checkpoint, export and gallery")
     p.add_argument("--model", default="ViT-B-32", help="open_clip architecture (default ViT-B-32)")
     p.add_argument("--pretrained", default=None, help="open_clip tag or local weights file (default: random init)")
@@ -41,6 +39,8 @@ def _step(title: str, argv: list[str]) -> None:
 
 
 def _files(folder: Path) -> list[Path]:
+    from .runtime.images import IMAGE_SUFFIXES
+
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
@@ -63,7 +63,11 @@ def run(args: argparse.Namespace) -> int:
     from .cli import PACS_CLASSES, UsageError
     from .cli import main as tki_main
 
-    data = Path(args.data)
+    from .benchmarks.datasets import default_dataset_dir
+
+    data = Path(args.data) if args.data else default_dataset_dir()
+    if data is None:
+        raise UsageError("no PACS images found: pass --data <domain>/<class>/<image> folder or set TKI_PACS_DIR")
     for d in (args.gallery_domain, args.query_domain):
         if not (data / d).is_dir():
             raise UsageError(f"no {d!r} domain under {data}; pass --data with the PACS images folder "
