@@ -19,7 +19,6 @@ a gallery image is relevant when its class equals the query's.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,25 +46,7 @@ class ImageRecord:
     label: int
 
 
-#: Environment variable naming the default PACS image folder (``<domain>/<class>/<file>``).
-DATASET_ENV = "TKI_PACS_DIR"
-#: Default PACS location relative to the repository root (a ``shared`` folder beside the checkout).
-_REPO_RELATIVE_PACS = Path("..") / "shared" / "data" / "pacs" / "images"
-
-
-def default_dataset_dir() -> Path | None:
-    """The dataset folder benchmarks use when none is given, or ``None`` when there is none.
-
-    ``$TKI_PACS_DIR`` when set (returned only if it is a folder: a set variable is never silently replaced by
-    another location); otherwise ``<repository root>/../shared/data/pacs/images`` when that folder exists.
-    """
-    env = os.environ.get(DATASET_ENV)
-    if env:
-        p = Path(env).expanduser()
-        return p if p.is_dir() else None
-    repo = Path(__file__).resolve().parent.parent
-    cand = (repo / _REPO_RELATIVE_PACS).resolve()
-    return cand if cand.is_dir() else None
+from tki_sdk.datasets import DATASET_ENV, default_dataset_dir  # noqa: E402  (shared with demo and export)
 
 
 def _visible_dirs(p: Path) -> list[Path]:

@@ -14,12 +14,15 @@ from typing import Any
 
 import numpy as np
 
+from tki_sdk.datasets import REPO_PACS_DIR, default_dataset_source
+from tki_sdk.runtime.images import IMAGE_SUFFIXES
+
 __all__ = ["IMAGE_EXTENSIONS", "DEFAULT_PACS_DIR", "ImageSet", "NoImagesError", "find_images", "load_images", "default_image_dir",
            "default_image_source"]
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES  # the runtime's set: what a gallery indexes, calibration reads
 #: The PACS copy beside the repository (``../shared/data/pacs/images``); ``TKI_PACS_DIR`` overrides it.
-DEFAULT_PACS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pacs" / "images"
+DEFAULT_PACS_DIR = REPO_PACS_DIR
 
 
 class NoImagesError(ValueError):
@@ -41,15 +44,11 @@ class ImageSet:
 
 def default_image_source() -> tuple[Path | None, str]:
     """The image folder used when ``--calib-images`` is not given, and where it came from:
-    ``$TKI_PACS_DIR`` when it names a folder, else the PACS copy beside the repository (:data:`DEFAULT_PACS_DIR`)
-    when it exists, else ``(None, reason)`` (the export then uses generated images)."""
-    env = os.environ.get("TKI_PACS_DIR")
-    if env and Path(env).is_dir():
-        return Path(env), "$TKI_PACS_DIR"
-    if DEFAULT_PACS_DIR.is_dir():
-        return DEFAULT_PACS_DIR, "PACS beside the repository"
-    why = f"$TKI_PACS_DIR={env} is not a folder" if env else "$TKI_PACS_DIR unset"
-    return None, f"no --calib-images, {why}, no PACS copy at {DEFAULT_PACS_DIR}"
+    ``$TKI_PACS_DIR`` when set and a folder, else (variable unset) the PACS copy beside the repository
+    (:data:`DEFAULT_PACS_DIR`) when it exists, else ``(None, reason)``: the export then uses generated images
+    and says why (:func:`tki_sdk.datasets.default_dataset_source`)."""
+    folder, origin = default_dataset_source(DEFAULT_PACS_DIR)
+    return (folder, origin) if folder is not None else (None, f"no --calib-images, {origin}")
 
 
 def default_image_dir() -> Path | None:

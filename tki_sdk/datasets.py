@@ -9,6 +9,31 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+#: Environment variable naming the default PACS image folder (``<domain>/<class>/<image>``).
+DATASET_ENV = "TKI_PACS_DIR"
+#: The PACS copy in a ``shared`` folder beside the repository checkout.
+REPO_PACS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pacs" / "images"
+
+
+def default_dataset_source(repo_pacs: Path = REPO_PACS_DIR) -> tuple[Path | None, str]:
+    """The image folder to use when none is given, and where it came from (or why there is none).
+
+    ``$TKI_PACS_DIR`` when set (only if it is a folder: a set variable is never silently replaced by another
+    location), otherwise ``repo_pacs`` when it exists. Used by the demo, the benchmarks and export calibration.
+    """
+    env = os.environ.get(DATASET_ENV)
+    if env:
+        p = Path(env).expanduser()
+        return (p, f"${DATASET_ENV}") if p.is_dir() else (None, f"${DATASET_ENV}={env} is not a folder")
+    if repo_pacs.is_dir():
+        return repo_pacs.resolve(), "PACS beside the repository"
+    return None, f"${DATASET_ENV} unset and no PACS copy at {repo_pacs}"
+
+
+def default_dataset_dir() -> Path | None:
+    """The folder of :func:`default_dataset_source`, or None."""
+    return default_dataset_source()[0]
+
 
 def discover_classes(root: str | os.PathLike) -> list[str]:
     """Sorted class names of a dataset folder (union over domains)."""
