@@ -177,17 +177,21 @@ def parse_where(items: Sequence[str]) -> dict[str, list[Any]] | None:
 
 
 # ---------------------------------------------------------------------------------------------- embed
-def run_embed(args: argparse.Namespace) -> int:
-    """``tki embed``: returns the exit status."""
-    prog = "tki embed"
+def _guarded(prog: str, run: Any, args: argparse.Namespace, interrupted: str) -> int:
+    """Run a command; a :class:`CLIError` or Ctrl-C becomes one line on stderr and its exit status."""
     try:
-        return _run_embed(args)
+        return run(args)
     except CLIError as e:
         _err(prog, str(e))
         return e.code
     except KeyboardInterrupt:
-        _err(prog, "interrupted; nothing was written")
+        _err(prog, interrupted)
         return 130
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    """``tki embed``: returns the exit status."""
+    return _guarded("tki embed", _run_embed, args, "interrupted; nothing was written")
 
 
 def _check_out_writable(out: Path) -> None:
@@ -298,15 +302,7 @@ def _write_errors(f: Any, name: str | None, errors: Sequence[tuple[Any, str]], s
 # ---------------------------------------------------------------------------------------------- search
 def run_search(args: argparse.Namespace) -> int:
     """``tki search``: returns the exit status."""
-    prog = "tki search"
-    try:
-        return _run_search(args)
-    except CLIError as e:
-        _err(prog, str(e))
-        return e.code
-    except KeyboardInterrupt:
-        _err(prog, "interrupted")
-        return 130
+    return _guarded("tki search", _run_search, args, "interrupted")
 
 
 def _run_search(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 _CACHE: dict[str, Any] = {}
 
@@ -78,3 +79,14 @@ def torch_float64(model: Any, x: np.ndarray) -> np.ndarray:
     m = copy.deepcopy(model).double().eval()
     with torch.no_grad():
         return m.encode_image(torch.from_numpy(np.asarray(x, dtype=np.float64))).numpy()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: Any, tiny_checkpoint: Path, request: Any) -> dict[str, Any]:
+    """A tiny export (fp32, fp16, int8) per test module; PACS images for validation when present."""
+    pacs = None
+    try:
+        pacs = request.getfixturevalue("pacs_dir")
+    except pytest.skip.Exception:
+        pass
+    return tiny_export(tmp_path_factory, tiny_checkpoint, pacs)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from export_fixtures import cosines, image_folder, open_clip_pixels, tiny_export, torch_float64
+from export_fixtures import cosines, exported, image_folder, open_clip_pixels, tiny_export, torch_float64  # noqa: F401
 from tki_sdk.export.fused import (
     ClsOnlyLastBlock,
     ExportAttention,
@@ -29,14 +29,6 @@ from tki_sdk.export.validate import THRESHOLDS, OrtRunner, ParityError
 from tki_sdk.runtime.metadata import ModelMetadata
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, tiny_checkpoint, request):
-    pacs = None
-    try:
-        pacs = request.getfixturevalue("pacs_dir")
-    except pytest.skip.Exception:
-        pass
-    return tiny_export(tmp_path_factory, tiny_checkpoint, pacs)
 
 
 @pytest.fixture(scope="module")

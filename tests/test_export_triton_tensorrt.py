@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from export_fixtures import tiny_export
+from export_fixtures import exported  # noqa: F401  (fixture)
 from tki_sdk.export.tensorrt import TENSORRT_MISSING, build_engine, tensorrt_available, TensorRTBuildError
 from tki_sdk.export.triton import write_triton_repo
 from tki_sdk.runtime.metadata import ModelMetadata
@@ -96,14 +96,6 @@ def test_pbtxt_reader_rejects_malformed():
             parse_pbtxt(bad)
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, tiny_checkpoint, request):
-    pacs = None
-    try:
-        pacs = request.getfixturevalue("pacs_dir")
-    except pytest.skip.Exception:
-        pass
-    return tiny_export(tmp_path_factory, tiny_checkpoint, pacs)
 
 
 def test_triton_repository_is_well_formed(exported, tmp_path):
