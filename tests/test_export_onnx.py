@@ -14,7 +14,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from export_fixtures import cosines, exported, image_folder, open_clip_pixels, tiny_export, torch_float64  # noqa: F401
+from export_fixtures import cosines, exported, image_folder, open_clip_pixels, torch_float64  # noqa: F401  (fixture)
 from tki_sdk.export.fused import (
     ClsOnlyLastBlock,
     ExportAttention,
