@@ -51,11 +51,13 @@ def test_stage1_moves_only_domain_vectors_and_is_deterministic(tmp_path: Path) -
 
 def test_classes_per_step_and_options(tmp_path: Path) -> None:
     out = train(_cfg(tmp_path / "ck", steps_expand=4, steps_aggregate=4, classes_per_step=2,
-                     geometry="euclidean", agg_space="tangent_cosine", head_depth=3, curvature=0.5))
+                     geometry="euclidean", agg_space="tangent_cosine", head_depth=3, curvature=0.5,
+                     input_norm=False))
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["optim"]["classes_per_step"] == 2 and cfg["head"]["geometry"] == "euclidean"
+    assert cfg["head"]["input_norm"] is False
     model = TKIModel.from_checkpoint(out)
-    assert len(model.head.layers) == 3
+    assert len(model.head.layers) == 3 and model.head.config.input_norm is False
 
 
 def test_checkpoint_roundtrip_gives_identical_embeddings(tiny_checkpoint: Path) -> None:

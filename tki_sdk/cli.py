@@ -92,6 +92,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--curvature", type=float, default=1.0, help="c: the ball has curvature -c, radius 1/sqrt(c)")
     p.add_argument("--geometry", choices=["hyperbolic", "euclidean"], default="hyperbolic",
                    help="euclidean = same-size plain MLP (the paper's Table 7 ablation)")
+    p.add_argument("--no-input-norm", action="store_true",
+                   help="feed the raw CLIP feature to expmap0 (default: L2-normalise it first, because image and "
+                        "text features differ in norm and CLIP compares them by cosine)")
     p.add_argument("--agg-space", choices=["ball", "tangent_cosine"], default="ball",
                    help="what L_agg's dot product sees: raw ball points (eq. 6 as written) or "
                         "logmap0 + L2 normalisation")
@@ -132,6 +135,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         alpha=DEFAULT_ALPHA if args.alpha is None else args.alpha, mu=DEFAULT_MU if args.mu is None else args.mu,
         classes_per_step=args.classes_per_step, head_depth=args.head_depth, head_hidden=args.head_hidden,
         curvature=args.curvature, geometry=args.geometry, agg_space=args.agg_space, seed=args.seed,
+        input_norm=not args.no_input_norm,
         clip_init_seed=args.clip_init_seed, device=args.device, full_context=args.full_context,
         progress=not args.no_progress,
     )

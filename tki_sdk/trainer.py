@@ -55,6 +55,7 @@ class TrainConfig:
     curvature: float = 1.0
     geometry: str = "hyperbolic"
     activation: str = "relu"
+    input_norm: bool = True
     agg_space: str = "ball"
     seed: int = 0
     clip_init_seed: int = 0
@@ -138,7 +139,7 @@ def train(cfg: TrainConfig) -> Path:
         prompt_feats = bank.prompt_features(full_context=cfg.full_context, chunk=1024).float()
     head_cfg = HeadConfig(
         in_dim=clip.embed_dim, hidden_dim=cfg.head_hidden, depth=cfg.head_depth, curvature=cfg.curvature,
-        geometry=cfg.geometry, activation=cfg.activation,
+        geometry=cfg.geometry, activation=cfg.activation, input_norm=cfg.input_norm,
     )
     head = HyperbolicMLP(head_cfg).to(device)
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr_aggregate)
