@@ -58,6 +58,7 @@ SUITES: dict[str, tuple[str, str]] = {
     "throughput": ("tki_sdk.benchmarks.throughput", "img/s and latency percentiles per backend and batch size"),
     "search": ("tki_sdk.benchmarks.search", "usearch HNSW recall@10, QPS, build rate and memory vs exact search"),
     "train": ("tki_sdk.benchmarks.train", "stage-1 and stage-2 training step times"),
+    "embed": ("tki_sdk.benchmarks.embed", "end to end from image files vs decode and inference alone (runtime)"),
     "gpu": ("tki_sdk.benchmarks.gpu_throughput",
             "GPU parity, img/s and latency per backend (torch, ORT CUDA, TensorRT); end to end from JPEG"),
 }

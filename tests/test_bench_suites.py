@@ -53,3 +53,15 @@ def test_bad_option_values_are_one_line(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["train", "--model", "TKI-Tiny-ViT", "--prompts", "1", "--out-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "P >= 2" in err[0]
+
+
+def test_embed_quick_measures_files_against_tensors(tmp_path: Path, pacs_dir: Path) -> None:
+    rc = main(["embed", "--quick", "--images", "24", "--out-dir", str(tmp_path), "--no-progress",
+               "--dataset-dir", str(pacs_dir)])
+    assert rc == 0
+    res = _result(tmp_path, "embed")
+    assert res["images"] == 24 and set(res["rates"]) == {
+        "decode+preprocess (1 thread)", "inference (tensors)", "end to end (files)"}
+    assert all(v > 0 for v in res["rates"].values())
+    assert res["max_abs_diff_e2e_vs_tensors"] < 1e-5  # files and tensors give the same embeddings
+    _png(res["plots"][0])
