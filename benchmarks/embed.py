@@ -13,7 +13,6 @@ trained and exported first.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -45,15 +44,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from .plots import plot_grouped_bars
     from .results import markdown_table
 
-    tmp = None
-    model_dir = args.model_dir
-    if model_dir is None:
-        if not args.quick:
-            raise BenchError("embed needs --model-dir <export folder> (or --quick to export a tiny model)")
-        from .parity import _quick_export
+    from .parity import model_dir_or_quick_export
 
-        tmp = tempfile.TemporaryDirectory(prefix="tki-embed-")
-        model_dir = _quick_export(Path(tmp.name))
+    model_dir, tmp = model_dir_or_quick_export(args, "embed")
     n = args.images or (64 if args.quick else 1000)
     data = DomainDataset(_resolve_dataset(args))
     rng = np.random.default_rng(args.seed)

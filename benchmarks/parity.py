@@ -42,6 +42,19 @@ def _quick_export(workdir: Path) -> Path:
     return workdir / "model"
 
 
+def model_dir_or_quick_export(args: argparse.Namespace, suite: str) -> tuple[Path, Any]:
+    """``--model-dir``, or with ``--quick`` a tiny export in a temporary folder (returned so the caller can
+    ``cleanup()`` it; None otherwise). Without either, a one-line :class:`BenchError`."""
+    from .cli import BenchError
+
+    if args.model_dir is not None:
+        return Path(args.model_dir), None
+    if not args.quick:
+        raise BenchError(f"{suite} needs --model-dir <export folder> (or --quick to export a tiny model)")
+    tmp = tempfile.TemporaryDirectory(prefix=f"tki-{suite}-")
+    return _quick_export(Path(tmp.name)), tmp
+
+
 def _digits(cos: float) -> float:
     return 16.0 if cos >= 1.0 else -math.log10(max(1.0 - cos, 1e-16))
 
@@ -59,13 +72,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from .plots import plot_grouped_bars
     from .results import markdown_table
 
-    tmp = None
-    model_dir = args.model_dir
-    if model_dir is None:
-        if not args.quick:
-            raise BenchError("parity needs --model-dir <export folder> (or --quick to export a tiny model)")
-        tmp = tempfile.TemporaryDirectory(prefix="tki-parity-")
-        model_dir = _quick_export(Path(tmp.name))
+    model_dir, tmp = model_dir_or_quick_export(args, "parity")
     try:
         meta = ModelMetadata.load(model_dir)
     except (FileNotFoundError, ValueError) as e:
