@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import importlib.util
 import sys
 import time
 from collections.abc import Sequence

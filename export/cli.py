@@ -3,7 +3,6 @@ against PyTorch. Exit status: 0 success, 1 export or parity failure, 2 bad input
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from collections.abc import Sequence

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import os
 from collections.abc import Iterator
 from typing import Any

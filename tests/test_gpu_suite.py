@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from runtime_fixtures import TINY_DIM, TINY_SIZE, make_tiny_export, tiny_reference
+from runtime_fixtures import TINY_SIZE, make_tiny_export, tiny_reference
 
 from tki_sdk.benchmarks import cli
 from tki_sdk.benchmarks import gpu_throughput as gt
