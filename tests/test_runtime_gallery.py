@@ -224,7 +224,11 @@ def test_i8_rescore_recall_and_exact_distances(galleries, data):
     r_rescored = recall(keys, truth)
     assert r_rescored >= 0.99
     np.testing.assert_allclose(dist, _exact_cos(x, q, keys), atol=1e-3)
-    np.testing.assert_allclose(dist, tdist, atol=2e-3)  # the true top-k distances, up to float16 ties
+    # rows whose top k HNSW found completely carry the true top-k distances (up to float16 ties); the graph
+    # may miss a neighbour in a few rows (recall >= 0.99 above), which shifts that row's later distances
+    full = np.array([set(a.tolist()) == set(b.tolist()) for a, b in zip(keys, truth)])
+    assert full.mean() >= 0.9
+    np.testing.assert_allclose(dist[full], tdist[full], atol=2e-3)
     assert np.all(np.diff(dist, axis=1) >= 0)
     plain = Gallery(D, dtype="i8", rescore=False)
     plain.add(np.arange(N, dtype=np.uint64), x)
