@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tki_sdk.runtime.metadata import ModelMetadata
     from tki_sdk.runtime.preprocess import Preprocessor
 
-    from .accuracy import _resolve_dataset
+    from .accuracy import _resolve_dataset, describe_weights
     from .cli import BenchError
     from .datasets import DomainDataset
     from .plots import plot_grouped_bars
@@ -104,9 +104,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.suite_dir / f"{getattr(args, 'name', None) or ('quick' if args.quick else 'results')}.png",
         ylabel="-log10(1 - min cosine)", title=f"parity vs torch float64: {meta.model_name}",
     )
-    w = meta.weights or {}
-    weights = ("random init: parity is real, accuracy would carry no meaning" if w.get("source") == "random"
-               else f"{w.get('source')}: {w.get('ref')} (sha256 {w.get('sha256')})")
+    weights = describe_weights(meta.weights, meta.checkpoint)
     return {
         "model_dir": str(model_dir),
         "model_name": meta.model_name,

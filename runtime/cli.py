@@ -413,21 +413,18 @@ def describe(path: str | os.PathLike) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------- standalone
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not usage + error
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Standalone entry: ``embed``, ``search`` and ``info PATH``."""
-    parser = _OneLineParser(
+    from tki_sdk.cli import OneLineParser  # the tki console script's one-line-error parser (no torch import)
+
+    parser = OneLineParser(
         prog="tki",
         description="tki runtime commands (torch-free): embed folders into galleries, search them.",
         epilog="example:\n  tki embed --model export/ --images photos/ --out photos.gallery\n"
         "  tki search --gallery photos.gallery --model export/ --image q.jpg -k 5",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     register(sub)
     info = sub.add_parser("info", help="describe an export folder or a gallery",
                           epilog="example:\n  tki info export/", formatter_class=argparse.RawDescriptionHelpFormatter)
