@@ -99,7 +99,9 @@ class TKIModel(nn.Module):
             head.load_state_dict(head_state, strict=True)
         except RuntimeError as e:
             raise CheckpointError(f"{path}: head weights do not match config.json ({str(e).splitlines()[0]})") from None
-        ckpt = {"path": str(Path(path).resolve()), "sha256": sha256_file(Path(path) / "model.safetensors")}
+        # load_checkpoint verified the weights file against this hash; older checkpoints lack it
+        digest = config.get("weights_file_sha256") or sha256_file(Path(path) / "model.safetensors")
+        ckpt = {"path": str(Path(path).resolve()), "sha256": digest}
         model = cls(clip, head, tensors["domain_vectors"], config.get("classes"), config, ckpt)
         return model.to(device)
 
