@@ -320,20 +320,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _resolve_dataset(args: argparse.Namespace) -> Path:
-    from .cli import BenchError
-    from .datasets import DATASET_ENV, default_dataset_dir
+    from tki_sdk.common.cli import UsageError
+    from tki_sdk.common.imagefolders import DATASET_ENV, default_dataset_dir
 
     if args.dataset_dir is not None:
         return args.dataset_dir
     found = default_dataset_dir()
     if found is None:
-        raise BenchError(f"accuracy needs images: pass --dataset-dir <root>/<domain>/<class>/<image> "
+        raise UsageError(f"accuracy needs images: pass --dataset-dir <root>/<domain>/<class>/<image> "
                          f"or set {DATASET_ENV} to such a folder")
     return found
 
 
 def _embedder_methods(model_dir: Path, precisions: list[str] | None, batch_size: int) -> list[tuple[str, str, EmbedFn, dict[str, Any]]]:
-    from .cli import BenchError
+    from tki_sdk.common.cli import UsageError
 
     from tki_sdk.runtime import Embedder
     from tki_sdk.runtime.metadata import ModelMetadata
@@ -341,19 +341,19 @@ def _embedder_methods(model_dir: Path, precisions: list[str] | None, batch_size:
     try:
         meta = ModelMetadata.load(model_dir)
     except (FileNotFoundError, ValueError) as e:
-        raise BenchError(str(e)) from None
+        raise UsageError(str(e)) from None
     avail = list(meta.artifacts) or [meta.default_precision]
     wanted = precisions or avail
     unknown = [p for p in wanted if p not in avail]
     if unknown:
-        raise BenchError(f"{model_dir} has no {unknown} artifact(s); it holds {avail}")
+        raise UsageError(f"{model_dir} has no {unknown} artifact(s); it holds {avail}")
     weights = describe_weights(meta.weights, meta.checkpoint)
     out = []
     for p in wanted:
         try:
             emb = Embedder(model_dir, precision=p)
         except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
-            raise BenchError(f"{model_dir} ({p}): {e}") from None
+            raise UsageError(f"{model_dir} ({p}): {e}") from None
         art = meta.artifacts.get(p, {})
         info = {"source": "runtime", "model_dir": str(model_dir), "precision": p, "head": meta.head,
                 "artifact": {"file": art.get("file"), "sha256": art.get("sha256")},
@@ -364,7 +364,7 @@ def _embedder_methods(model_dir: Path, precisions: list[str] | None, batch_size:
 
 
 def _torch_methods(args: argparse.Namespace) -> list[tuple[str, str, EmbedFn, dict[str, Any]]]:
-    from .cli import BenchError
+    from tki_sdk.common.cli import UsageError
 
     out = []
     vanilla = args.vanilla
@@ -375,7 +375,7 @@ def _torch_methods(args: argparse.Namespace) -> list[tuple[str, str, EmbedFn, di
     try:
         from tki_sdk.model import TKIModel
     except ImportError as e:
-        raise BenchError(f"--vanilla / --checkpoint need the training extra ({e}); pip install 'tki-sdk[train]'") from None
+        raise UsageError(f"--vanilla / --checkpoint need the training extra ({e}); pip install 'tki-sdk[train]'") from None
     try:
         if vanilla is not None:
             m = TKIModel.vanilla(vanilla, args.pretrained, device=args.device)
@@ -387,27 +387,27 @@ def _torch_methods(args: argparse.Namespace) -> list[tuple[str, str, EmbedFn, di
                         torch_embed_fn(m, args.device),
                         {"source": "torch", "head": "tki", "checkpoint": m.checkpoint}))
     except (FileNotFoundError, ValueError) as e:  # ClipLoadError / CheckpointError are ValueErrors
-        raise BenchError(str(e).splitlines()[0]) from None
+        raise UsageError(str(e).splitlines()[0]) from None
     return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """``tki-bench accuracy``: see the module docstring."""
-    from .cli import BenchError
+    from tki_sdk.common.cli import UsageError
     from .plots import plot_grouped_bars
 
     root = _resolve_dataset(args)
     try:
         ds = DomainDataset(root, domains=args.domains.split(",") if args.domains else None)
     except (FileNotFoundError, ValueError) as e:
-        raise BenchError(str(e)) from None
+        raise UsageError(str(e)) from None
     if len(ds.domains) < 2:
-        raise BenchError(f"{root} has {len(ds.domains)} domain(s); cross-domain retrieval needs at least 2")
+        raise UsageError(f"{root} has {len(ds.domains)} domain(s); cross-domain retrieval needs at least 2")
     per_class = args.per_class if args.per_class is not None else (QUICK_PER_CLASS if args.quick else None)
     if per_class is not None and per_class < 1:
-        raise BenchError("--per-class must be >= 1")
+        raise UsageError("--per-class must be >= 1")
     if args.batch_size < 1 or args.k < 1:
-        raise BenchError("--batch-size and --k must be >= 1")
+        raise UsageError("--batch-size and --k must be >= 1")
     ds = ds.sample(per_class, seed=args.seed)
     precisions = [p.strip() for p in args.precision.split(",")] if args.precision else None
 
@@ -415,7 +415,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for md in args.model_dir or []:
         methods += _embedder_methods(md, precisions, args.batch_size)
     if not methods:
-        raise BenchError("accuracy needs a model: --model-dir DIR (tki-export output), --checkpoint CKPT or --vanilla MODEL")
+        raise UsageError("accuracy needs a model: --model-dir DIR (tki-export output), --checkpoint CKPT or --vanilla MODEL")
 
     progress = not getattr(args, "no_progress", False)
     tables = []

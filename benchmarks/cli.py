@@ -6,7 +6,7 @@ Each suite is a module ``tki_sdk.benchmarks.<suite>`` exposing
 
 * ``add_arguments(parser: argparse.ArgumentParser) -> None`` -- its own options (optional;
   do not declare required options: ``all`` runs every suite with defaults, so check
-  what is missing inside ``run`` and raise :class:`BenchError` with one line);
+  what is missing inside ``run`` and raise :class:`UsageError` with one line);
 * ``run(args: argparse.Namespace) -> dict`` -- does the measurement and returns a
   JSON-serialisable payload. ``args`` always carries ``quick`` (bool), ``out_dir``
   (Path), ``suite_dir`` (``out_dir/<suite>``, where the suite writes its PNGs),
@@ -20,7 +20,7 @@ The CLI writes ``<out_dir>/<suite>/<name>.json`` with the machine, package versi
 git commit (:func:`tki_sdk.benchmarks.results.write_result`).
 
 A suite whose module is not installed yet prints one line saying so; a user error
-(:class:`BenchError` or a bad option) prints one line and exits with status 2.
+(:class:`UsageError` or a bad option) prints one line and exits with status 2.
 """
 from __future__ import annotations
 
@@ -34,15 +34,18 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ["BenchError", "SUITES", "main", "build_parser", "load_suite"]
+from tki_sdk.common.cli import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_MISSING,
+    EXIT_USAGE,
+    OneLineParser,
+    UsageError,
+    one_line,
+)
 
-EXIT_USAGE = 2
-EXIT_MISSING = 3
-EXIT_FAILED = 1
+__all__ = ["SUITES", "main", "build_parser", "load_suite"]
 
-
-class BenchError(Exception):
-    """A user error: the message is one line saying what to do."""
 
 
 class SuiteMissing(Exception):
@@ -72,13 +75,6 @@ examples:
   tki-bench all --quick                          # every installed suite, CI-sized
 results go to <out-dir>/<suite>/<name>.json (+ .png); a Markdown table is printed at the end.
 """
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises on bad input instead of printing usage, so main prints one line."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise BenchError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def load_suite(name: str) -> ModuleType:
@@ -112,7 +108,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     ``tki-bench search`` never imports torch for another suite; ``selected=None`` imports all.
     Suites whose module is missing get a stub subcommand that says so.
     """
-    parser = _Parser(
+    parser = OneLineParser(
         prog="tki-bench",
         description="Benchmarks of tki-sdk: retrieval accuracy, export parity, throughput, vector search.",
         epilog=EPILOG,
@@ -148,7 +144,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
 
 
 def _suite_parser(name: str, mod: ModuleType) -> argparse.ArgumentParser:
-    p = _Parser(prog=f"tki-bench {name}")
+    p = OneLineParser(prog=f"tki-bench {name}")
     _add_common(p)
     if hasattr(mod, "add_arguments"):
         mod.add_arguments(p)
@@ -187,7 +183,7 @@ def _run_all(args: argparse.Namespace) -> int:
     wanted = [s.strip() for s in args.suites.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in SUITES]
     if unknown:
-        raise BenchError(f"unknown suite(s) {unknown}; choose from {', '.join(SUITES)}")
+        raise UsageError(f"unknown suite(s) {unknown}; choose from {', '.join(SUITES)}")
     status: list[tuple[str, str]] = []
     code = 0
     for name in wanted:
@@ -212,7 +208,7 @@ def _run_all(args: argparse.Namespace) -> int:
             path, payload = _run_suite(name, mod, sargs)
             _report(name, path, payload)
             status.append((name, "ok"))
-        except BenchError as e:
+        except UsageError as e:
             print(f"tki-bench all: skipped {name}: {e}", file=sys.stderr)
             status.append((name, f"skipped: {e}"))
         except Exception as e:  # noqa: BLE001 - one failing suite must not stop the others
@@ -245,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         args = parser.parse_args(argv)
         if args.suite is None:
-            raise BenchError("tki-bench: choose a suite (see tki-bench --help)")
+            raise UsageError("choose a suite (see tki-bench --help)")
         if args.suite == "all":
             return _run_all(args)
         if args._missing:
@@ -255,17 +251,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         path, payload = _run_suite(args.suite, mod, args)
         _report(args.suite, path, payload)
         return 0
-    except BenchError as e:
-        msg = str(e)
-        print(msg if msg.startswith("tki-bench") else f"tki-bench: error: {msg}", file=sys.stderr)
-        return EXIT_USAGE
+    except UsageError as e:
+        msg = one_line(e)  # a suite may name itself ("tki-bench gpu: skipped: ...")
+        print(msg if msg.startswith("tki-bench") else f"{e.prog or 'tki-bench'}: error: {msg}", file=sys.stderr)
+        return e.code
     except (ValueError, OSError) as e:  # bad option values, unreadable or unwritable paths
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"tki-bench: error: {first}", file=sys.stderr)
+        print(f"tki-bench: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("tki-bench: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,14 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tki_sdk.runtime.images import IMAGE_SUFFIXES
+from tki_sdk.common.imagefolders import DATASET_ENV, IMAGE_SUFFIXES, default_dataset_dir, list_images
 
 __all__ = [
     "IMAGE_EXTENSIONS", "ImageRecord", "DomainDataset", "cross_domain_pairs", "find_dataset_root",
     "default_dataset_dir", "DATASET_ENV",
 ]
 
-#: Suffixes of the files a dataset holds: the same set a gallery indexes (``tki_sdk.runtime.images.IMAGE_SUFFIXES``).
+#: Suffixes of the files a dataset holds: the one set (``tki_sdk.common.imagefolders.IMAGE_SUFFIXES``).
 IMAGE_EXTENSIONS = IMAGE_SUFFIXES
 
 
@@ -46,17 +46,13 @@ class ImageRecord:
     label: int
 
 
-from tki_sdk.datasets import DATASET_ENV, default_dataset_dir  # noqa: E402  (shared with demo and export)
-
-
 def _visible_dirs(p: Path) -> list[Path]:
     return sorted(c for c in p.iterdir() if c.is_dir() and not c.name.startswith("."))
 
 
 def _image_files(p: Path) -> list[Path]:
-    return sorted(
-        f for f in p.iterdir() if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    """Image files directly inside ``p`` (the common walker, one level)."""
+    return [f.path for f in list_images(p) if "/" not in f.rel]
 
 
 def _is_domain_dir(p: Path) -> bool:

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tki_sdk.runtime import Embedder
 
     from .accuracy import _resolve_dataset
-    from .cli import BenchError
+    from tki_sdk.common.cli import UsageError
     from .datasets import DomainDataset
     from .plots import plot_grouped_bars
     from .results import markdown_table
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         emb = Embedder(model_dir, precision=args.precision, threads=args.threads)
     except (FileNotFoundError, ValueError) as e:
-        raise BenchError(str(e)) from None
+        raise UsageError(str(e)) from None
 
     t0 = time.perf_counter()
     pixels = np.stack([emb.preprocessor.process(p) for p in paths])
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if tmp is not None:
         tmp.cleanup()
     if res.errors:
-        raise BenchError(f"{len(res.errors)} file(s) failed to embed, first: {res.errors[0]}")
+        raise UsageError(f"{len(res.errors)} file(s) failed to embed, first: {res.errors[0]}")
     ref = emb.embed_pixels(pixels)
     same = float(np.abs(res.embeddings - ref).max())
 

@@ -65,7 +65,6 @@ __all__ = [
     "measure",
     "add_arguments",
     "run",
-    "main",
     "summarize",
     "end_to_end",
     "pick_files",
@@ -249,7 +248,8 @@ def _ort_backends(paths: dict[str, Path], wanted: set[str], device: str, batches
                   trt_cache: Path | None = None, device_id: int = 0) -> list[Backend]:
     """The onnxruntime paths. ``device="cuda"`` on a GPU; ``"cpu"`` runs the same plumbing on the CPU provider
     (used by the tests)."""
-    from tki_sdk.runtime.ort_session import OrtSession, ProviderUnavailable, import_onnxruntime
+    from tki_sdk.runtime.native import import_onnxruntime
+    from tki_sdk.runtime.ort_session import OrtSession, ProviderUnavailable
 
     ort = import_onnxruntime()
     available = ort.get_available_providers()
@@ -377,7 +377,7 @@ def count_flops(model: Any, x1: np.ndarray) -> float | None:
 # ------------------------------------------------------------------------------------------------ data
 def _resolve_dataset(path: Path | None) -> Path | None:
     """``path`` (or its ``images`` subfolder) when given, else :func:`~tki_sdk.benchmarks.datasets.default_dataset_dir`."""
-    from .datasets import default_dataset_dir
+    from tki_sdk.common.imagefolders import default_dataset_dir
 
     c = path if path is not None else default_dataset_dir()
     if c is None or not c.is_dir():
@@ -388,12 +388,11 @@ def _resolve_dataset(path: Path | None) -> Path | None:
 def pick_files(root: Path, n: int, exts: Sequence[str] | None = None) -> list[Path]:
     """``n`` image files spread evenly over the sorted file list of ``root`` (all domains and classes);
     deterministic. Fewer when the folder holds fewer. ``exts``: suffixes to take (default
-    :data:`tki_sdk.runtime.images.IMAGE_SUFFIXES`, what a gallery indexes); hidden files are skipped."""
-    from tki_sdk.runtime.images import IMAGE_SUFFIXES
+    :data:`tki_sdk.common.imagefolders.IMAGE_SUFFIXES`, what a gallery indexes); hidden files are skipped."""
+    from tki_sdk.common.imagefolders import IMAGE_SUFFIXES, list_images
 
     want = frozenset(e.lower() for e in exts) if exts is not None else IMAGE_SUFFIXES
-    files = sorted(p for p in Path(root).rglob("*")
-                   if p.suffix.lower() in want and not p.name.startswith(".") and p.is_file())
+    files = sorted(f.path for f in list_images(root) if f.path.suffix.lower() in want)
     if not files or n <= 0:
         return []
     if n >= len(files):
@@ -538,14 +537,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cuda_or_skip() -> Any:
-    from .cli import BenchError
+    from tki_sdk.common.cli import UsageError
 
     try:
         import torch
     except ImportError:
-        raise BenchError("tki-bench gpu: skipped: torch is not installed (pip install 'tki-sdk[bench]')") from None
+        raise UsageError("tki-bench gpu: skipped: torch is not installed (pip install 'tki-sdk[bench]')") from None
     if not torch.cuda.is_available():
-        raise BenchError("tki-bench gpu: skipped: no CUDA device (torch.cuda.is_available() is False); "
+        raise UsageError("tki-bench gpu: skipped: no CUDA device (torch.cuda.is_available() is False); "
                          "run it on a machine with an NVIDIA GPU (see benchmarks/gpu/README.md)")
     return torch
 
@@ -557,7 +556,7 @@ def _device(torch: Any, device_id: int) -> Any:
 def _load_model(md: Any, checkpoint: Path | None, pretrained: str | None) -> Any:
     from tki_sdk.export.fused import load_model
 
-    from .cli import BenchError
+    from tki_sdk.common.cli import UsageError
 
     w = md.weights or {}
     if pretrained is None and w.get("source") in ("file", "tag"):
@@ -565,20 +564,20 @@ def _load_model(md: Any, checkpoint: Path | None, pretrained: str | None) -> Any
     if md.head == "tki":
         ck = checkpoint or (Path(md.checkpoint["path"]) if md.checkpoint and md.checkpoint.get("path") else None)
         if ck is None or not Path(ck).is_dir():
-            raise BenchError(f"gpu: the torch paths need the checkpoint of {md.model_name}; pass --checkpoint")
+            raise UsageError(f"gpu: the torch paths need the checkpoint of {md.model_name}; pass --checkpoint")
         return load_model(ck, head="tki", pretrained=pretrained)
     return load_model(None, head="none", model_name=md.model_name, pretrained=pretrained)
 
 
 def _ints(text: str, what: str) -> list[int]:
-    from .cli import BenchError
+    from tki_sdk.common.cli import UsageError
 
     try:
         vals = [int(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
-        raise BenchError(f"gpu: {what} must be comma-separated integers, got {text!r}") from None
+        raise UsageError(f"gpu: {what} must be comma-separated integers, got {text!r}") from None
     if not vals or min(vals) < 1:
-        raise BenchError(f"gpu: {what} must be positive integers, got {text!r}")
+        raise UsageError(f"gpu: {what} must be positive integers, got {text!r}")
     return vals
 
 
@@ -591,7 +590,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tki_sdk.runtime.metadata import ModelMetadata
     from tki_sdk.runtime.preprocess import Preprocessor
 
-    from .cli import BenchError
+    from tki_sdk.common.cli import UsageError
     from .plots import plot_latency, plot_throughput
 
     quick = bool(getattr(args, "quick", False))
@@ -603,14 +602,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     wanted = {b.strip() for b in str(args.backends).split(",") if b.strip()}
     unknown = sorted(wanted - set(ALL_BACKENDS))
     if unknown:
-        raise BenchError(f"gpu: unknown backend(s) {unknown}; choose from {', '.join(ALL_BACKENDS)}")
+        raise UsageError(f"gpu: unknown backend(s) {unknown}; choose from {', '.join(ALL_BACKENDS)}")
     if args.model_dir is None:
-        raise BenchError("gpu: pass --model-dir (a tki-export folder with model.onnx / model.fp16.onnx)")
+        raise UsageError("gpu: pass --model-dir (a tki-export folder with model.onnx / model.fp16.onnx)")
     md = ModelMetadata.load(args.model_dir)
     model_dir = Path(args.model_dir)
     data = _resolve_dataset(args.dataset_dir)
     if data is None:
-        raise BenchError("gpu: parity needs PACS images; pass --dataset-dir <root>/<domain>/<class>/<image> "
+        raise UsageError("gpu: parity needs PACS images; pass --dataset-dir <root>/<domain>/<class>/<image> "
                          "or set TKI_PACS_DIR")
     progress = not getattr(args, "no_progress", False)
 
@@ -633,7 +632,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pre = Preprocessor.from_metadata(md)
     par_files = pick_files(data, n_par)
     if not par_files:
-        raise BenchError(f"gpu: no images under {data}")
+        raise UsageError(f"gpu: no images under {data}")
     x_img = pre.batch(par_files)
     # whole chunks of PARITY_BATCH rows: the compiled / graphed paths then see only batch 1 and 32
     n_keep = max(PARITY_BATCH, (x_img.shape[0] // PARITY_BATCH) * PARITY_BATCH)
@@ -756,29 +755,3 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "markdown": _markdown(parity, records, e2e, summary, notes, gpu["name"]),
         "plots": plots,
     }
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tki_sdk.benchmarks.gpu_throughput [options]``: the suite through tki-bench's machinery
-    (result file ``<out-dir>/gpu/<name>.json``), also where ``gpu`` is not in tki-bench's suite list."""
-    from . import cli
-
-    mod = sys.modules[__name__]
-    try:
-        parser = cli._Parser(prog="tki-bench gpu", description=__doc__.splitlines()[0],
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
-        cli._add_common(parser)
-        add_arguments(parser)
-        parser.add_argument("--name", default=None, help="result file stem (default: quick or results)")
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-        path, payload = cli._run_suite(SUITE, mod, args)
-        cli._report(SUITE, path, payload)
-        return 0
-    except cli.BenchError as e:
-        msg = str(e)
-        print(msg if msg.startswith("tki-bench") else f"tki-bench gpu: error: {msg}", file=sys.stderr)
-        return cli.EXIT_USAGE
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -44,13 +44,13 @@ def _quick_export(workdir: Path) -> Path:
 
 def model_dir_or_quick_export(args: argparse.Namespace, suite: str) -> tuple[Path, Any]:
     """``--model-dir``, or with ``--quick`` a tiny export in a temporary folder (returned so the caller can
-    ``cleanup()`` it; None otherwise). Without either, a one-line :class:`BenchError`."""
-    from .cli import BenchError
+    ``cleanup()`` it; None otherwise). Without either, a one-line :class:`UsageError`."""
+    from tki_sdk.common.cli import UsageError
 
     if args.model_dir is not None:
         return Path(args.model_dir), None
     if not args.quick:
-        raise BenchError(f"{suite} needs --model-dir <export folder> (or --quick to export a tiny model)")
+        raise UsageError(f"{suite} needs --model-dir <export folder> (or --quick to export a tiny model)")
     tmp = tempfile.TemporaryDirectory(prefix=f"tki-{suite}-")
     return _quick_export(Path(tmp.name)), tmp
 
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tki_sdk.runtime.preprocess import Preprocessor
 
     from .accuracy import _resolve_dataset, describe_weights
-    from .cli import BenchError
+    from tki_sdk.common.cli import UsageError
     from .datasets import DomainDataset
     from .plots import plot_grouped_bars
     from .results import markdown_table
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         meta = ModelMetadata.load(model_dir)
     except (FileNotFoundError, ValueError) as e:
-        raise BenchError(str(e)) from None
+        raise UsageError(str(e)) from None
     per_class = args.per_class or (QUICK_PER_CLASS if args.quick else DEFAULT_PER_CLASS)
     data = DomainDataset(_resolve_dataset(args)).sample(per_class, seed=args.seed)
     prep = Preprocessor.from_metadata(meta)
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if tmp is not None:
         tmp.cleanup()
     if not results:
-        raise BenchError(f"{model_dir} lists no ONNX artifact to check")
+        raise UsageError(f"{model_dir} lists no ONNX artifact to check")
 
     rows, table = [], []
     for key, r in results.items():

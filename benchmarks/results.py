@@ -29,7 +29,6 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
-from importlib import metadata as _md
 from pathlib import Path
 from typing import Any
 
@@ -134,13 +133,10 @@ def machine_info() -> dict[str, Any]:
 
 def package_versions() -> dict[str, str | None]:
     """Installed versions (``None`` when absent) of the packages the benchmarks may use."""
-    out: dict[str, str | None] = {}
-    for dist, key in _DISTS.items():
-        try:
-            out[key] = _md.version(dist)
-        except _md.PackageNotFoundError:
-            out[key] = None
-    return out
+    from tki_sdk.common.versions import package_versions as installed
+
+    found = installed(_DISTS)
+    return {key: found.get(dist) for dist, key in _DISTS.items()}
 
 
 def git_info(path: str | Path | None = None) -> dict[str, Any]:

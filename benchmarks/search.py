@@ -182,9 +182,9 @@ def _search_keys(index: Any, queries: np.ndarray, k: int, threads: int, exact: b
 
 
 def _build_index(base: np.ndarray, dtype: str, connectivity: int, expansion_add: int, threads: int, progress: bool) -> tuple[Any, float]:
-    from usearch.index import Index
+    from tki_sdk.runtime.native import usearch_index
 
-    index = Index(ndim=base.shape[1], metric="cos", dtype=dtype, connectivity=connectivity, expansion_add=expansion_add)
+    index = usearch_index().Index(ndim=base.shape[1], metric="cos", dtype=dtype, connectivity=connectivity, expansion_add=expansion_add)
     n = base.shape[0]
     keys = np.arange(n, dtype=np.uint64)
     step = max(10_000, n // 20)
@@ -341,24 +341,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_npy(path: Path, what: str) -> np.ndarray:
-    from .cli import BenchError
+    from tki_sdk.common.cli import UsageError
 
     if not path.is_file():
-        raise BenchError(f"{what} file {path} not found; pass a .npy array of shape [N, D]")
+        raise UsageError(f"{what} file {path} not found; pass a .npy array of shape [N, D]")
     try:
         arr = np.load(path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
-        raise BenchError(f"cannot read {path} as .npy ({e}); save it with numpy.save") from None
+        raise UsageError(f"cannot read {path} as .npy ({e}); save it with numpy.save") from None
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
-        raise BenchError(f"{path} holds shape {arr.shape} dtype {arr.dtype}; expected a numeric [N, D] array")
+        raise UsageError(f"{path} holds shape {arr.shape} dtype {arr.dtype}; expected a numeric [N, D] array")
     if not np.isfinite(arr).all():
-        raise BenchError(f"{path} contains NaN or inf")
+        raise UsageError(f"{path} contains NaN or inf")
     return _normalize(arr)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """``tki-bench search``: see the module docstring. Writes the recall-vs-QPS PNG under ``args.suite_dir``."""
-    from .cli import BenchError
+    from tki_sdk.common.cli import UsageError
     from .plots import plot_recall_qps
 
     defaults = QUICK_DEFAULTS if getattr(args, "quick", False) else FULL_DEFAULTS
@@ -370,7 +370,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     threads = args.threads or _usable_cpus()
     progress = not getattr(args, "no_progress", False)
     if dim < 1 or nq < 1 or args.k < 1 or args.clusters < 1 or threads < 1:
-        raise BenchError("--dim, --queries, --k, --clusters and --threads must be positive")
+        raise UsageError("--dim, --queries, --k, --clusters and --threads must be positive")
 
     runs: list[dict[str, Any]] = []
     common = dict(k=args.k, dtypes=args.dtypes, connectivity=conn, expansion_add=args.expansion_add,
@@ -382,11 +382,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.query_vectors is not None:
             qv = _load_npy(args.query_vectors, "--query-vectors")
             if qv.shape[1] != vecs.shape[1]:
-                raise BenchError(f"--query-vectors has dimension {qv.shape[1]}, --vectors {vecs.shape[1]}")
+                raise UsageError(f"--query-vectors has dimension {qv.shape[1]}, --vectors {vecs.shape[1]}")
             base = vecs
         else:
             if vecs.shape[0] <= nq + args.k:
-                raise BenchError(f"{args.vectors} has {vecs.shape[0]} rows; need more than --queries {nq} + k")
+                raise UsageError(f"{args.vectors} has {vecs.shape[0]} rows; need more than --queries {nq} + k")
             base, qv = vecs[:-nq], vecs[-nq:]
         data_desc = {"source": "file", "vectors": str(args.vectors), "query_vectors": str(args.query_vectors) if args.query_vectors else "last rows held out"}
         runs.append(run_search_benchmark(base, qv, label=f"{args.vectors.name} n={base.shape[0]}", **common))

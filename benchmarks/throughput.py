@@ -72,9 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _bench_error(msg: str) -> Exception:
-    from .cli import BenchError
+    from tki_sdk.common.cli import UsageError
 
-    return BenchError(msg)
+    return UsageError(msg)
 
 
 def _loadavg() -> list[float] | None:

@@ -10,7 +10,7 @@ import argparse
 import time
 from typing import Any
 
-from tki_sdk.cli import PACS_CLASSES  # torch-free module
+from tki_sdk.common.imagefolders import PACS_CLASSES
 
 STAGE1_TARGET_S = 3.0
 

@@ -14,13 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from tki_sdk.datasets import REPO_PACS_DIR, default_dataset_source
-from tki_sdk.runtime.images import IMAGE_SUFFIXES
+from tki_sdk.common.imagefolders import IMAGE_SUFFIXES, REPO_PACS_DIR, default_dataset_source, list_images
 
 __all__ = ["IMAGE_EXTENSIONS", "DEFAULT_PACS_DIR", "ImageSet", "NoImagesError", "find_images", "load_images", "default_image_dir",
            "default_image_source"]
 
-IMAGE_EXTENSIONS = IMAGE_SUFFIXES  # the runtime's set: what a gallery indexes, calibration reads
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES  # the one set: what a gallery indexes, calibration reads
 #: The PACS copy beside the repository (``../shared/data/pacs/images``); ``TKI_PACS_DIR`` overrides it.
 DEFAULT_PACS_DIR = REPO_PACS_DIR
 
@@ -46,7 +45,7 @@ def default_image_source() -> tuple[Path | None, str]:
     """The image folder used when ``--calib-images`` is not given, and where it came from:
     ``$TKI_PACS_DIR`` when set and a folder, else (variable unset) the PACS copy beside the repository
     (:data:`DEFAULT_PACS_DIR`) when it exists, else ``(None, reason)``: the export then uses generated images
-    and says why (:func:`tki_sdk.datasets.default_dataset_source`)."""
+    and says why (:func:`tki_sdk.common.imagefolders.default_dataset_source`)."""
     folder, origin = default_dataset_source(DEFAULT_PACS_DIR)
     return (folder, origin) if folder is not None else (None, f"no --calib-images, {origin}")
 
@@ -63,11 +62,7 @@ def find_images(folder: str | os.PathLike, count: int | None = None, seed: int =
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
-    files = sorted(
-        p for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
+    files = [f.path for f in list_images(root)]
     if not files:
         raise NoImagesError(
             f"{root} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); point --calib-images at a folder of images"

@@ -8,10 +8,10 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from tki_sdk.common.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, OneLineParser, UsageError, one_line
+
 __all__ = ["main", "build_parser"]
 
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 EPILOG = """\
 examples:
@@ -30,20 +30,11 @@ TensorRT fp16 >= 0.999. A miss fails the export (exit 1) unless --allow-parity-f
 """
 
 
-class UsageError(Exception):
-    """Bad input: the message is one line saying what to do."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{message} (see tki-export --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from .calibration import DEFAULT_PACS_DIR
     from .onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
-    p = _Parser(
+    p = OneLineParser(
         prog="tki-export",
         description="Export the fused CLIP visual encoder + TKI head to ONNX (fp32, fp16, int8) and optionally "
                     "TensorRT, prove parity with PyTorch for each artifact, and write tki.json for the runtime.",
@@ -186,17 +177,6 @@ def summary_table(rows: list[dict], batch: int, threads: int) -> str:
     return "\n".join([line(head), line(["-" * w for w in widths]), *(line(b) for b in body)])
 
 
-def _one_line(e: BaseException) -> str:
-    """``e`` as one line: its first non-empty line (the type name when it has no message), and for an
-    ``OSError`` the file it names."""
-    if isinstance(e, OSError) and e.strerror:
-        msg = e.strerror + (f": {e.filename}" if e.filename else "")
-    else:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        msg = lines[0] if lines else type(e).__name__
-    return f"{msg} ({type(e).__name__})"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tki-export``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -208,8 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         cfg = _config(args)
     except UsageError as e:
-        print(f"tki-export: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        print(f"tki-export: error: {one_line(e)}", file=sys.stderr)
+        return e.code
 
     from tki_sdk.checkpoint import CheckpointError
     from tki_sdk.clip import ClipLoadError
@@ -235,11 +215,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tki-export: error: {e}", file=sys.stderr)
         return EXIT_FAILED
     except (ValueError, OSError, RuntimeError) as e:  # unreadable images, a full or read-only disk, ...
-        print(f"tki-export: error: {_one_line(e)}", file=sys.stderr)
+        print(f"tki-export: error: {one_line(e, with_type=True)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("tki-export: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     for w in result.warnings:
         print(f"tki-export: warning: {w}", file=sys.stderr)
     print()

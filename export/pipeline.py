@@ -26,7 +26,6 @@ written, unless ``allow_parity_failure`` keeps it with a warning.
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.metadata as _md
 import os
 import shutil
 import sys
@@ -110,22 +109,11 @@ class ExportResult:
     images: dict[str, Any] = field(default_factory=dict)
 
 
-#: Packages that shape an export beyond those :func:`tki_sdk.checkpoint.package_versions` records.
-_EXPORT_DISTS = ("onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "tensorrt")
-
-
 def _versions() -> dict[str, str]:
-    """Installed versions (distribution name -> version) of the training packages
-    (:func:`tki_sdk.checkpoint.package_versions`) and the export ones (:data:`_EXPORT_DISTS`)."""
-    from tki_sdk.checkpoint import package_versions
+    """Installed versions of the training and the export packages (recorded in ``tki.json``)."""
+    from tki_sdk.common.versions import EXPORT_DISTRIBUTIONS, TRAIN_DISTRIBUTIONS, package_versions
 
-    out = package_versions()
-    for dist in _EXPORT_DISTS:
-        try:
-            out[dist] = _md.version(dist)
-        except _md.PackageNotFoundError:
-            pass
-    return out
+    return package_versions(TRAIN_DISTRIBUTIONS + EXPORT_DISTRIBUTIONS)
 
 
 class _Steps:
@@ -556,8 +544,6 @@ def _clean(o: Any) -> Any:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    import json
+    from tki_sdk.common.atomic import atomic_write_json
 
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, _clean(obj))

@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["register", "describe", "main", "parse_where", "CLIError"]
+from tki_sdk.common.cli import EXIT_INTERRUPTED, OneLineParser, UsageError, print_error, run_main
+
+__all__ = ["register", "describe", "main", "parse_where"]
 
 EMBED_EXAMPLE = """example:
   tki embed --model export/ --images data/pacs/images --out pacs.gallery --batch-size 64 --threads 2 \\
@@ -30,14 +32,6 @@ SEARCH_EXAMPLE = """example:
 
 --where NAME=VALUE keeps gallery items whose metadata field NAME equals VALUE (VALUE may be a comma list:
 any of them); several --where options must all hold. --json prints one JSON object per query."""
-
-
-class CLIError(Exception):
-    """A user error: printed as one line on stderr, exit status ``code``."""
-
-    def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 # ---------------------------------------------------------------------------------------------- parsers
@@ -108,24 +102,20 @@ def register(subparsers: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _err(prog: str, msg: str) -> None:
-    print(f"{prog}: error: {msg}", file=sys.stderr)
-
-
 def _check_model_dir(path: str) -> Path:
     from .metadata import METADATA_FILE
 
     p = Path(path)
     if not p.exists():
-        raise CLIError(f"model folder {p} does not exist; pass the folder written by tki-export")
+        raise UsageError(f"model folder {p} does not exist; pass the folder written by tki-export")
     if p.is_dir() and not (p / METADATA_FILE).is_file():
-        raise CLIError(f"{p} has no {METADATA_FILE}; pass the folder written by tki-export")
+        raise UsageError(f"{p} has no {METADATA_FILE}; pass the folder written by tki-export")
     return p
 
 
 def _positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
-        raise CLIError(f"{name} must be >= 1 (got {value})")
+        raise UsageError(f"{name} must be >= 1 (got {value})")
 
 
 def _make_embedder(args: argparse.Namespace) -> Any:
@@ -140,7 +130,7 @@ def _make_embedder(args: argparse.Namespace) -> Any:
     try:
         emb = Embedder(model, backend=args.backend, precision=args.precision, threads=args.threads, preprocess=pre)
     except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
-        raise CLIError(str(e)) from None
+        raise UsageError(str(e)) from None
     print(
         f"model: {emb.metadata.model_name} ({emb.precision}, {emb.model_path.name}) on {emb.backend} / {emb.provider}",
         file=sys.stderr,
@@ -152,7 +142,7 @@ def parse_where(items: Sequence[str]) -> dict[str, list[Any]] | None:
     """``["domain=sketch", "class=dog,horse"]`` -> ``{"domain": ["sketch"], "class": ["dog", "horse"]}``.
 
     A value that reads as a JSON number or boolean also matches that number / boolean (``label=3`` matches
-    metadata ``"3"`` and ``3``). Raises :class:`CLIError` on a malformed item.
+    metadata ``"3"`` and ``3``). Raises :class:`UsageError` on a malformed item.
     """
     if not items:
         return None
@@ -161,11 +151,11 @@ def parse_where(items: Sequence[str]) -> dict[str, list[Any]] | None:
         name, sep, value = item.partition("=")
         name = name.strip()
         if not sep or not name or not value.strip():
-            raise CLIError(f"--where {item!r}: expected NAME=VALUE, e.g. --where domain=sketch")
+            raise UsageError(f"--where {item!r}: expected NAME=VALUE, e.g. --where domain=sketch")
         vals: list[Any] = where.setdefault(name, [])
         for v in (s.strip() for s in value.split(",")):
             if not v:
-                raise CLIError(f"--where {item!r}: empty value in the list")
+                raise UsageError(f"--where {item!r}: empty value in the list")
             vals.append(v)
             try:
                 parsed = json.loads(v)
@@ -178,15 +168,15 @@ def parse_where(items: Sequence[str]) -> dict[str, list[Any]] | None:
 
 # ---------------------------------------------------------------------------------------------- embed
 def _guarded(prog: str, run: Any, args: argparse.Namespace, interrupted: str) -> int:
-    """Run a command; a :class:`CLIError` or Ctrl-C becomes one line on stderr and its exit status."""
+    """Run a command; a :class:`UsageError` or Ctrl-C becomes one line on stderr and its exit status."""
     try:
         return run(args)
-    except CLIError as e:
-        _err(prog, str(e))
+    except UsageError as e:
+        print_error(prog, e)
         return e.code
     except KeyboardInterrupt:
-        _err(prog, interrupted)
-        return 130
+        print_error(prog, interrupted)
+        return EXIT_INTERRUPTED
 
 
 def run_embed(args: argparse.Namespace) -> int:
@@ -202,9 +192,9 @@ def _check_out_writable(out: Path) -> None:
             break
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise CLIError(f"--out {out}: {probe} is a file, not a folder; choose another --out")
+        raise UsageError(f"--out {out}: {probe} is a file, not a folder; choose another --out")
     if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
-        raise CLIError(f"--out {out}: folder {probe} is not writable; choose another --out")
+        raise UsageError(f"--out {out}: folder {probe} is not writable; choose another --out")
 
 
 def _open_errors_file(path: str) -> Any:
@@ -212,27 +202,28 @@ def _open_errors_file(path: str) -> Any:
     try:
         return open(path, "w")
     except OSError as e:
-        raise CLIError(f"cannot write --errors {path}: {e.strerror or e}") from None
+        raise UsageError(f"cannot write --errors {path}: {e.strerror or e}") from None
 
 
 def _run_embed(args: argparse.Namespace) -> int:
-    from .gallery import _is_empty_dir, is_gallery, scan_image_folder
+    from .gallery_store import is_empty_dir, is_gallery
+    from .ingest import scan_image_folder
 
     _positive("--batch-size", args.batch_size)
     _positive("--workers", args.workers)
     images = Path(args.images)
     if not images.is_dir():
-        raise CLIError(f"image folder {images} does not exist or is not a folder")
+        raise UsageError(f"image folder {images} does not exist or is not a folder")
     out = Path(args.out)
     if out.exists():
-        if not is_gallery(out) and not (out.is_dir() and _is_empty_dir(out)):
-            raise CLIError(f"--out {out} exists and is not a gallery; choose a new path")
+        if not is_gallery(out) and not (out.is_dir() and is_empty_dir(out)):
+            raise UsageError(f"--out {out} exists and is not a gallery; choose a new path")
         if is_gallery(out) and not args.overwrite:
-            raise CLIError(f"gallery {out} already exists; pass --overwrite to replace it")
+            raise UsageError(f"gallery {out} already exists; pass --overwrite to replace it")
     _check_out_writable(out)
     files = scan_image_folder(images)
     if not files:
-        raise CLIError(f"no image files under {images} (looked for .jpg, .png, .gif, .bmp, .tif, .webp, ...)")
+        raise UsageError(f"no image files under {images} (looked for .jpg, .png, .gif, .bmp, .tif, .webp, ...)")
     errors_f = _open_errors_file(args.errors) if args.errors else None
     try:
         return _embed_and_save(args, _make_embedder(args), files, images, out, errors_f)
@@ -246,23 +237,15 @@ def _run_embed(args: argparse.Namespace) -> int:
 
 def _embed_and_save(args: argparse.Namespace, emb: Any, files: list, images: Path, out: Path, errors_f: Any) -> int:
     """Embed ``files``, save the gallery to ``out``, then write the skipped files to ``errors_f``."""
-    from .gallery import Gallery, _model_info
+    from .gallery import Gallery
+    from .ingest import embed_into, gallery_options
 
     t0 = time.perf_counter()
     try:
-        gallery = Gallery(
-            emb.embedding_dim,
-            metric=emb.metadata.metric or "cos",
-            exact=args.exact,
-            dtype=args.dtype,
-            model_fingerprint=emb.model_fingerprint,
-            model_info=_model_info(emb),
-        )
+        gallery = Gallery(**gallery_options(emb, exact=args.exact, dtype=args.dtype))
     except ValueError as e:
-        raise CLIError(str(e)) from None
-    res = emb.embed_images([p for p, _ in files], batch_size=args.batch_size, workers=args.workers, progress=True)
-    if len(res.indices):
-        gallery.add(res.indices.astype("uint64"), res.embeddings, [files[i][1] for i in res.indices])
+        raise UsageError(str(e)) from None
+    res = embed_into(gallery, files, emb, batch_size=args.batch_size, workers=args.workers, progress=True)
     wall = time.perf_counter() - t0
     if res.errors:
         print(f"skipped {len(res.errors)} of {len(files)} files:", file=sys.stderr)
@@ -270,11 +253,11 @@ def _embed_and_save(args: argparse.Namespace, emb: Any, files: list, images: Pat
             print(f"  {item}: {reason}", file=sys.stderr)
     if not len(res.indices):
         _write_errors(errors_f, args.errors, res.errors)
-        raise CLIError(f"none of the {len(files)} files under {images} could be read; nothing was written", code=1)
+        raise UsageError(f"none of the {len(files)} files under {images} could be read; nothing was written", code=1)
     try:
         gallery.save(out)
     except OSError as e:
-        raise CLIError(f"cannot write gallery {out}: {e}", code=1) from None
+        raise UsageError(f"cannot write gallery {out}: {e}", code=1) from None
     s = res.stats
     print(
         f"indexed {len(res.indices)} of {len(files)} images into {out} in {wall:.1f} s "
@@ -296,7 +279,7 @@ def _write_errors(f: Any, name: str | None, errors: Sequence[tuple[Any, str]], s
         f.flush()
     except OSError as e:
         kept = f"; the gallery {saved} was saved" if saved is not None else ""
-        raise CLIError(f"cannot write --errors {name}: {e.strerror or e}{kept}", code=1) from None
+        raise UsageError(f"cannot write --errors {name}: {e.strerror or e}{kept}", code=1) from None
 
 
 # ---------------------------------------------------------------------------------------------- search
@@ -306,49 +289,50 @@ def run_search(args: argparse.Namespace) -> int:
 
 
 def _run_search(args: argparse.Namespace) -> int:
-    from .gallery import MISSING_KEY, Gallery, ModelMismatchError, is_gallery, scan_image_folder
+    from .gallery import MISSING_KEY, Gallery, ModelMismatchError, is_gallery
+    from .ingest import scan_image_folder
 
     _positive("-k", args.k)
     where = parse_where(args.where)
     gpath = Path(args.gallery)
     if not is_gallery(gpath):
-        raise CLIError(f"{gpath} is not a gallery; build one with tki embed")
+        raise UsageError(f"{gpath} is not a gallery; build one with tki embed")
     if args.images:
         qdir = Path(args.images)
         if not qdir.is_dir():
-            raise CLIError(f"query folder {qdir} does not exist or is not a folder")
+            raise UsageError(f"query folder {qdir} does not exist or is not a folder")
         queries: list[Path] = [p for p, _ in scan_image_folder(qdir)]
         if not queries:
-            raise CLIError(f"no image files under {qdir}")
+            raise UsageError(f"no image files under {qdir}")
     else:
         queries = [Path(q) for q in args.image]
         missing = [str(q) for q in queries if not q.is_file()]
         if missing:
-            raise CLIError(f"query image not found: {', '.join(missing)}")
+            raise UsageError(f"query image not found: {', '.join(missing)}")
     try:
         gallery = Gallery.view(gpath)
     except (OSError, ValueError) as e:
-        raise CLIError(f"cannot open gallery {gpath}: {e}") from None
+        raise UsageError(f"cannot open gallery {gpath}: {e}") from None
     from .metadata import ModelMetadata
 
     try:
         gallery.check_model(ModelMetadata.load(_check_model_dir(args.model)).fingerprint())
     except ModelMismatchError as e:
-        raise CLIError(str(e)) from None
+        raise UsageError(str(e)) from None
     except (OSError, ValueError) as e:
-        raise CLIError(str(e)) from None
+        raise UsageError(str(e)) from None
     emb = _make_embedder(args)
     if emb.embedding_dim != gallery.ndim:
-        raise CLIError(f"model embeds {emb.embedding_dim}-d vectors but the gallery holds {gallery.ndim}-d ones")
+        raise UsageError(f"model embeds {emb.embedding_dim}-d vectors but the gallery holds {gallery.ndim}-d ones")
     res = emb.embed_images(queries, progress=len(queries) > 64)
     for item, reason in res.errors:
         print(f"tki search: skipped query {item}: {reason}", file=sys.stderr)
     if not len(res.indices):
-        raise CLIError("no query image could be read", code=1)
+        raise UsageError("no query image could be read", code=1)
     try:
         keys, dists = gallery.search(res.embeddings, args.k, where=where, model_fingerprint=emb.model_fingerprint)
     except ValueError as e:
-        raise CLIError(str(e)) from None
+        raise UsageError(str(e)) from None
     flat = keys.reshape(-1)
     metas = gallery.get_metadata(flat[flat != MISSING_KEY])
     meta_of = dict(zip((int(k) for k in flat[flat != MISSING_KEY]), metas))
@@ -415,8 +399,6 @@ def describe(path: str | os.PathLike) -> str | None:
 # ---------------------------------------------------------------------------------------------- standalone
 def main(argv: Sequence[str] | None = None) -> int:
     """Standalone entry: ``embed``, ``search`` and ``info PATH``."""
-    from tki_sdk.cli import OneLineParser  # the tki console script's one-line-error parser (no torch import)
-
     parser = OneLineParser(
         prog="tki",
         description="tki runtime commands (torch-free): embed folders into galleries, search them.",
@@ -430,16 +412,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                           epilog="example:\n  tki info export/", formatter_class=argparse.RawDescriptionHelpFormatter)
     info.add_argument("path")
     info.set_defaults(func=_run_info)
-    args = parser.parse_args(argv)
-    if os.environ.get("TKI_LOG"):
-        logging.basicConfig(level=os.environ["TKI_LOG"].upper())
-    return int(args.func(args))
+    def body() -> int:
+        args = parser.parse_args(argv)
+        if os.environ.get("TKI_LOG"):
+            logging.basicConfig(level=os.environ["TKI_LOG"].upper())
+        return int(args.func(args))
+
+    return run_main("tki", body)
 
 
 def _run_info(args: argparse.Namespace) -> int:
     text = describe(args.path)
     if text is None:
-        _err("tki info", f"{args.path} is neither an export folder (tki.json) nor a gallery")
+        print_error("tki info", f"{args.path} is neither an export folder (tki.json) nor a gallery")
         return 2
     print(text)
     return 0

@@ -60,7 +60,7 @@ def available_backends() -> dict[str, Any]:
     """What this environment can run: onnxruntime providers and whether ``tensorrt`` imports."""
     out: dict[str, Any] = {"onnxruntime": None, "tensorrt": None}
     try:
-        from .ort_session import import_onnxruntime
+        from .native import import_onnxruntime
 
         ort = import_onnxruntime()
         out["onnxruntime"] = {"version": ort.__version__, "providers": ort.get_available_providers()}
@@ -193,7 +193,8 @@ class Embedder:
 
     def _init_onnxruntime(self, providers: Sequence[Any] | None, threads: int | None, spin: bool,
                           io_binding: bool | None, cuda_graph: bool) -> None:
-        from .ort_session import TENSORRT, OrtSession, import_onnxruntime
+        from .native import import_onnxruntime
+        from .ort_session import TENSORRT, OrtSession
 
         import_onnxruntime()  # refuses, in one line, an import order that would crash the process
         if threads is not None and int(threads) < 1:

@@ -23,57 +23,44 @@ Search contract -- ``search(vectors[Q, D], k, where=None) -> (keys[Q, k] uint64,
   the list) and queries still unsettled fall back to the exact path. A filter never returns fewer than
   ``min(k, matches)`` hits, and a selective one returns exactly the true top k among the matching items.
 
-On disk a gallery is a folder::
-
-    G/CURRENT                 name of the live version (replaced atomically)
-    G/.lock                   flock target: saves hold it exclusively, loads shared
-    G/v-<id>/gallery.json     ndim, metric, dtype, count, model fingerprint, ...
-    G/v-<id>/index.usearch    HNSW graph + vectors   (exact galleries: keys.npy + vectors.npy)
-    G/v-<id>/keys.npy, vectors.npy   re-ranking copy of an HNSW gallery (``rescore``: float16 vectors)
-    G/v-<id>/meta.sqlite      metadata
-
-``save`` writes a complete new version beside the old one (every file fsync'ed), renames it into place and
-only then swaps ``CURRENT`` (temp file, fsync, rename, fsync of the folder). A save killed at any point
-leaves the previous version loadable; old versions are removed after the swap.
+On disk a gallery is a versioned folder (:mod:`tki_sdk.runtime.gallery_store`) whose live version holds
+``gallery.json`` (:class:`tki_sdk.common.gallery_manifest.GalleryManifest`), the usearch index or flat
+matrix, and ``meta.sqlite`` (:class:`tki_sdk.runtime.metadata_store.MetadataStore`). Building a gallery from
+a folder of images is :mod:`tki_sdk.runtime.ingest`.
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import math
 import os
-import shutil
-import sqlite3
 import threading
 import time
-import uuid
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .images import IMAGE_SUFFIXES
+from tki_sdk.common.gallery_manifest import GalleryManifest
+
+from .gallery_store import (
+    INDEX_FILE,
+    KEYS_FILE,
+    META_FILE,
+    VECTORS_FILE,
+    is_gallery,
+    live_version,
+    read_current,
+    save_version,
+)
+from .metadata_store import MetadataStore
+from .native import usearch_index
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Gallery", "ModelMismatchError", "MISSING_KEY", "scan_image_folder", "IMAGE_EXTENSIONS"]
+__all__ = ["Gallery", "ModelMismatchError", "MISSING_KEY", "is_gallery"]
 
 #: Key used to pad result rows that have fewer than k hits (never a valid gallery key).
 MISSING_KEY = np.uint64(np.iinfo(np.uint64).max)
-
-FORMAT = "tki-gallery"
-FORMAT_VERSION = 1
-CURRENT_FILE = "CURRENT"
-LOCK_FILE = ".lock"
-INFO_FILE = "gallery.json"
-INDEX_FILE = "index.usearch"
-KEYS_FILE = "keys.npy"
-VECTORS_FILE = "vectors.npy"
-META_FILE = "meta.sqlite"
-
-#: Suffixes :func:`scan_image_folder` indexes (the one shared set, :data:`tki_sdk.runtime.images.IMAGE_SUFFIXES`).
-IMAGE_EXTENSIONS = IMAGE_SUFFIXES
 
 _METRICS = {"cos": "cos", "cosine": "cos", "ip": "ip", "inner": "ip", "l2sq": "l2sq", "l2": "l2sq"}
 _DTYPES = {"f32": np.float32, "f16": np.float16, "i8": np.int8}
@@ -81,234 +68,6 @@ _DTYPES = {"f32": np.float32, "f16": np.float16, "i8": np.int8}
 
 class ModelMismatchError(ValueError):
     """Query vectors come from a different model than the one that embedded the gallery."""
-
-
-# ---------------------------------------------------------------------------------------------- usearch
-def _usearch() -> Any:
-    """``usearch.index``, imported so that onnxruntime can still be imported afterwards.
-
-    usearch's compiled module carries its own static libstdc++ whose locale symbols are process-unique
-    (``STB_GNU_UNIQUE``): when it is the first C++ library in the process, a later ``import onnxruntime``
-    crashes the interpreter (SIGSEGV inside libstdc++). Loading the system libstdc++ with ``RTLD_GLOBAL``
-    first (what importing onnxruntime or torch first also does) avoids it.
-    """
-    import sys
-
-    if "usearch.compiled" not in sys.modules:
-        _preload_libstdcxx()
-    import usearch.index
-
-    return usearch.index
-
-
-_LIBSTDCXX_PRELOADED = False
-
-
-def _preload_libstdcxx() -> None:
-    global _LIBSTDCXX_PRELOADED
-    if _LIBSTDCXX_PRELOADED:
-        return
-    import ctypes
-    import sys
-
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libstdc++.so.6", mode=ctypes.RTLD_GLOBAL)
-            _LIBSTDCXX_PRELOADED = True
-            return
-        except OSError:
-            pass
-    try:  # no system libstdc++ to preload: onnxruntime first does the same
-        import onnxruntime  # noqa: F401
-
-        _LIBSTDCXX_PRELOADED = True
-    except ImportError:
-        pass
-
-
-# ---------------------------------------------------------------------------------------------- metadata
-def _signed(keys: np.ndarray) -> list[int]:
-    """uint64 keys -> Python ints of their int64 bit pattern (what SQLite's INTEGER holds)."""
-    return [int(k) for k in np.asarray(keys, dtype=np.uint64).view(np.int64)]
-
-
-def _attr_values(value: Any) -> list[Any]:
-    """Filterable values of one metadata field: scalars, or the scalar elements of a list."""
-    if isinstance(value, (list, tuple)):
-        return [v for v in value if isinstance(v, (str, int, float, bool))]
-    if isinstance(value, (str, int, float, bool)):
-        return [value]
-    return []
-
-
-class _MetaStore:
-    """Metadata in SQLite: ``items(key, meta JSON)`` + ``attrs(key, name, value)`` indexed for ``where``."""
-
-    def __init__(self, conn: sqlite3.Connection, create: bool) -> None:
-        self.conn = conn
-        if create:
-            conn.executescript(
-                """
-                CREATE TABLE IF NOT EXISTS items (key INTEGER PRIMARY KEY, meta TEXT NOT NULL);
-                CREATE TABLE IF NOT EXISTS attrs (key INTEGER NOT NULL, name TEXT NOT NULL, value);
-                CREATE INDEX IF NOT EXISTS attrs_nv ON attrs (name, value);
-                CREATE INDEX IF NOT EXISTS attrs_k ON attrs (key);
-                """
-            )
-
-    @classmethod
-    def memory(cls) -> "_MetaStore":
-        return cls(sqlite3.connect(":memory:", check_same_thread=False), create=True)
-
-    @classmethod
-    def copy_of(cls, path: Path) -> "_MetaStore":
-        src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        dst = sqlite3.connect(":memory:", check_same_thread=False)
-        try:
-            src.backup(dst)
-        finally:
-            src.close()
-        return cls(dst, create=True)
-
-    @classmethod
-    def readonly(cls, path: Path) -> "_MetaStore":
-        conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
-        return cls(conn, create=False)
-
-    def add(self, keys: np.ndarray, metas: Sequence[Mapping[str, Any] | None]) -> None:
-        sk = _signed(keys)
-        rows, attrs = [], []
-        for k, m in zip(sk, metas):
-            m = dict(m or {})
-            rows.append((k, json.dumps(m, sort_keys=True, default=str)))
-            for name, value in m.items():
-                for v in _attr_values(value):
-                    attrs.append((k, str(name), v))
-        with self.conn:
-            self.conn.executemany("INSERT INTO items (key, meta) VALUES (?, ?)", rows)
-            self.conn.executemany("INSERT INTO attrs (key, name, value) VALUES (?, ?, ?)", attrs)
-
-    def remove(self, keys: np.ndarray) -> None:
-        sk = [(k,) for k in _signed(keys)]
-        with self.conn:
-            self.conn.executemany("DELETE FROM items WHERE key = ?", sk)
-            self.conn.executemany("DELETE FROM attrs WHERE key = ?", sk)
-
-    def get(self, keys: np.ndarray) -> list[dict[str, Any] | None]:
-        sk = _signed(keys)
-        found: dict[int, dict[str, Any]] = {}
-        for s in range(0, len(sk), 900):
-            chunk = sk[s : s + 900]
-            q = f"SELECT key, meta FROM items WHERE key IN ({','.join('?' * len(chunk))})"
-            for k, m in self.conn.execute(q, chunk):
-                found[k] = json.loads(m)
-        return [found.get(k) for k in sk]
-
-    def match(self, where: Mapping[str, Any]) -> np.ndarray:
-        """Sorted uint64 keys whose metadata satisfies every ``name: value | [values]`` condition."""
-        parts, args = [], []
-        for name, want in where.items():
-            vals = list(want) if isinstance(want, (list, tuple, set, frozenset)) else [want]
-            if not vals:
-                return np.zeros(0, dtype=np.uint64)
-            for v in vals:
-                if not isinstance(v, (str, int, float, bool)):
-                    raise ValueError(f"where[{name!r}]: values must be str, int, float or bool, got {type(v).__name__}")
-            parts.append(f"SELECT key FROM attrs WHERE name = ? AND value IN ({','.join('?' * len(vals))})")
-            args.extend([str(name), *vals])
-        if not parts:
-            raise ValueError("where needs at least one field")
-        q = " INTERSECT ".join(parts)
-        keys = np.fromiter((r[0] for r in self.conn.execute(q, args)), dtype=np.int64)
-        return np.sort(keys.view(np.uint64))
-
-    def count(self) -> int:
-        return int(self.conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])
-
-    def backup_to(self, path: Path) -> None:
-        dst = sqlite3.connect(str(path))
-        try:
-            self.conn.backup(dst)
-        finally:
-            dst.close()
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-# ---------------------------------------------------------------------------------------------- files
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _folder_lock(root: Path, *, exclusive: bool) -> Iterator[None]:
-    """``flock`` on ``root/.lock``: exclusive for a save, shared for a load (no-op where unavailable).
-
-    A shared lock is taken only when the lock file exists and can be opened (a read-only gallery that
-    nobody saves into needs none).
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX platforms: saves are still atomic, not serialised
-        yield
-        return
-    lock = root / LOCK_FILE
-    try:
-        if exclusive:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        else:
-            fd = os.open(lock, os.O_RDONLY)
-    except OSError:
-        if exclusive:
-            raise
-        yield
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
-
-
-def _is_empty_dir(root: Path) -> bool:
-    """True when ``root`` holds nothing but the lock file and leftovers of interrupted saves."""
-    return not any(c.name != LOCK_FILE and not c.name.startswith(".tmp-") for c in root.iterdir())
-
-
-def _read_current(root: Path) -> Path:
-    cur = root / CURRENT_FILE
-    if not cur.is_file():
-        if (root / INFO_FILE).is_file():  # a bare version folder
-            return root
-        raise FileNotFoundError(f"{root} is not a gallery (no {CURRENT_FILE}); build one with tki embed")
-    name = cur.read_text().strip()
-    if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"{cur} is corrupt ({name!r})")
-    return root / name
-
-
-def is_gallery(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a gallery folder (holds ``CURRENT``) or a gallery version folder."""
-    p = Path(path)
-    return p.is_dir() and ((p / CURRENT_FILE).is_file() or ((p / INFO_FILE).is_file() and (p / META_FILE).is_file()))
 
 
 # ---------------------------------------------------------------------------------------------- gallery
@@ -386,7 +145,7 @@ class Gallery:
         self.readonly = False
         self.path: Path | None = None
         self._lock = threading.RLock()
-        self._meta = _MetaStore.memory()
+        self._meta = MetadataStore.memory()
         self._index: Any = None
         self._flat_keys = np.zeros(0, dtype=np.uint64)
         # Flat matrix: the vectors of an exact gallery, or the float16 re-ranking copy of an HNSW one.
@@ -399,7 +158,7 @@ class Gallery:
             self._index = self._new_index()
 
     def _new_index(self) -> Any:
-        Index = _usearch().Index
+        Index = usearch_index().Index
 
         return Index(
             ndim=self.ndim,
@@ -740,7 +499,7 @@ class Gallery:
 
     def _brute(self, q: np.ndarray, k: int, keys: np.ndarray, vecs: np.ndarray,
                out_k: np.ndarray, out_d: np.ndarray, rows: np.ndarray) -> None:
-        exact_search = _usearch().search
+        exact_search = usearch_index().search
 
         if keys.size == 0:
             return
@@ -816,91 +575,52 @@ class Gallery:
             cand = min(cap, cand * 4)
 
     # ------------------------------------------------------------------ persistence
+    def manifest(self) -> GalleryManifest:
+        """What ``gallery.json`` records for this gallery now."""
+        return GalleryManifest(
+            ndim=self.ndim, metric=self.metric, dtype=self.dtype, exact=self.exact, count=len(self),
+            connectivity=self.connectivity, expansion_add=self.expansion_add,
+            expansion_search=self.expansion_search, rescore=self.rescore,
+            rescore_oversample=self.rescore_oversample, model_fingerprint=self.model_fingerprint,
+            model=self.model_info, saved=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
+
     def info(self) -> dict[str, Any]:
-        """What ``gallery.json`` records."""
-        return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "count": len(self),
-            "ndim": self.ndim,
-            "metric": self.metric,
-            "dtype": self.dtype,
-            "exact": self.exact,
-            "connectivity": self.connectivity,
-            "expansion_add": self.expansion_add,
-            "expansion_search": self.expansion_search,
-            "rescore": self.rescore,
-            "rescore_oversample": self.rescore_oversample,
-            "model_fingerprint": self.model_fingerprint,
-            "model": self.model_info,
-            "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+        """What ``gallery.json`` records, as a dict."""
+        return self.manifest().to_dict()
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the gallery to folder ``path`` atomically (see the module docstring). Returns ``path``.
+        """Write the gallery to folder ``path`` atomically (:func:`~tki_sdk.runtime.gallery_store.save_version`).
+        Returns ``path``.
 
         The whole write + swap + cleanup runs under an exclusive ``flock`` on ``path/.lock``, so concurrent
         saves to one folder (threads or processes) serialise: the last one wins and ``CURRENT`` always names
         a complete version.
         """
         root = Path(path)
-        if root.exists() and not root.is_dir():
-            raise FileExistsError(f"{root} exists and is not a gallery folder; choose another --out")
-        if root.is_dir() and not _is_empty_dir(root) and not is_gallery(root):
-            raise FileExistsError(f"{root} is a non-empty folder that is not a gallery; refusing to write into it")
-        root.mkdir(parents=True, exist_ok=True)
-        with _folder_lock(root, exclusive=True):
-            if not _is_empty_dir(root) and not is_gallery(root):  # checked again now that we own the folder
-                raise FileExistsError(f"{root} is a non-empty folder that is not a gallery; refusing to write into it")
-            self._save_locked(root)
+
+        def write(d: Path) -> None:
+            with self._lock:
+                self._write_version(d)
+
+        save_version(root, write)
         self.path = root
         return root
 
-    def _save_locked(self, root: Path) -> None:
-        tmp = root / f".tmp-{uuid.uuid4().hex}"
-        tmp.mkdir()
-        try:
-            with self._lock:
-                self._write_version(tmp)
-            _fsync_dir(tmp)
-            final = root / f"v-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
-            os.rename(tmp, final)
-            _fsync_dir(root)
-            cur_tmp = root / f".{CURRENT_FILE}.{uuid.uuid4().hex}"
-            with open(cur_tmp, "w") as f:
-                f.write(final.name + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(cur_tmp, root / CURRENT_FILE)
-            _fsync_dir(root)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        # The new version is live: remove older versions and leftovers of interrupted saves.
-        for child in root.iterdir():
-            if child.name == final.name or child.name == CURRENT_FILE:
-                continue
-            if child.name.startswith(("v-", ".tmp-")) and child.is_dir():
-                shutil.rmtree(child, ignore_errors=True)
-            elif child.name.startswith(f".{CURRENT_FILE}."):
-                child.unlink(missing_ok=True)
-
     def _write_version(self, d: Path) -> None:
+        from tki_sdk.common.atomic import fsync_file
+
         if not self.exact:
             self._index.save(str(d / INDEX_FILE))
-            _fsync_file(d / INDEX_FILE)
+            fsync_file(d / INDEX_FILE)
         if self.exact or self.rescore:
             np.save(d / KEYS_FILE, self._flat_keys[: self._n])
             np.save(d / VECTORS_FILE, self._flat_vecs[: self._n])
-            _fsync_file(d / KEYS_FILE)
-            _fsync_file(d / VECTORS_FILE)
+            fsync_file(d / KEYS_FILE)
+            fsync_file(d / VECTORS_FILE)
         self._meta.backup_to(d / META_FILE)
-        _fsync_file(d / META_FILE)
-        with open(d / INFO_FILE, "w") as f:
-            json.dump(self.info(), f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
+        fsync_file(d / META_FILE)
+        self.manifest().save(d)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, threads: int = 0) -> "Gallery":
@@ -915,46 +635,29 @@ class Gallery:
     @staticmethod
     def read_info(path: str | os.PathLike) -> dict[str, Any]:
         """``gallery.json`` of the live version of the gallery at ``path``."""
-        d = _read_current(Path(path))
-        return json.loads((d / INFO_FILE).read_text())
+        return GalleryManifest.load(read_current(Path(path))).to_dict()
 
     @classmethod
     def _open(cls, root: Path, view: bool, threads: int) -> "Gallery":
-        if not root.exists():
-            raise FileNotFoundError(f"gallery {root} does not exist")
-        if root.is_dir() and (root / CURRENT_FILE).is_file():
-            with _folder_lock(root, exclusive=False):  # no save may swap or delete versions while we read
-                return cls._open_locked(root, view, threads)
-        return cls._open_locked(root, view, threads)
+        with live_version(root) as d:
+            return cls._open_version(root, d, view, threads)
 
     @classmethod
-    def _open_locked(cls, root: Path, view: bool, threads: int) -> "Gallery":
-        for attempt in range(3):  # a concurrent save may swap versions between reading CURRENT and opening
-            d = _read_current(root)
-            if d.is_dir():
-                break
-            time.sleep(0.05)
-        else:
-            raise FileNotFoundError(f"{root}/{CURRENT_FILE} names a missing version {d.name}; the gallery is damaged")
-        try:
-            info = json.loads((d / INFO_FILE).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{d / INFO_FILE} is unreadable ({e}); the gallery is damaged") from None
-        if info.get("format") != FORMAT or int(info.get("format_version", 0)) > FORMAT_VERSION:
-            raise ValueError(f"{root} is not a tki gallery this version understands ({info.get('format')!r})")
+    def _open_version(cls, root: Path, d: Path, view: bool, threads: int) -> "Gallery":
+        info = GalleryManifest.load(d)
         g = cls(
-            int(info["ndim"]),
-            metric=info["metric"],
-            exact=bool(info["exact"]),
-            dtype=info["dtype"],
-            connectivity=int(info.get("connectivity", 16)),
-            expansion_add=int(info.get("expansion_add", 128)),
-            expansion_search=int(info.get("expansion_search", 64)),
-            model_fingerprint=info.get("model_fingerprint"),
-            model_info=info.get("model") or {},
+            info.ndim,
+            metric=info.metric,
+            exact=info.exact,
+            dtype=info.dtype,
+            connectivity=info.connectivity,
+            expansion_add=info.expansion_add,
+            expansion_search=info.expansion_search,
+            model_fingerprint=info.model_fingerprint,
+            model_info=info.model,
             threads=threads,
-            rescore=bool(info.get("rescore", False)),  # galleries saved before re-ranking carry no copy
-            rescore_oversample=int(info.get("rescore_oversample", 4)),
+            rescore=info.rescore,
+            rescore_oversample=info.rescore_oversample,
         )
         if g.exact or g.rescore:
             mmap = "r" if view else None
@@ -974,11 +677,11 @@ class Gallery:
                 g._index.load(str(d / INDEX_FILE))
             g._index.expansion_search = g._expansion_search
         g._meta.close()
-        g._meta = _MetaStore.readonly(d / META_FILE) if view else _MetaStore.copy_of(d / META_FILE)
+        g._meta = MetadataStore.readonly(d / META_FILE) if view else MetadataStore.copy_of(d / META_FILE)
         if g.rescore and g._n != len(g):
             raise ValueError(f"{d} is damaged: the index holds {len(g)} items, the re-ranking copy {g._n}")
-        if len(g) != int(info["count"]):
-            raise ValueError(f"{d} is damaged: gallery.json says {info['count']} items, the index holds {len(g)}")
+        if len(g) != info.count:
+            raise ValueError(f"{d} is damaged: gallery.json says {info.count} items, the index holds {len(g)}")
         g.readonly = view
         g.path = root
         return g
@@ -1020,38 +723,16 @@ class Gallery:
         progress: Any = False,
         **gallery_kwargs: Any,
     ) -> tuple["Gallery", Any]:
-        """Embed every image file under ``folder`` into a new gallery.
+        """Embed every image file under ``folder`` into a new gallery (:mod:`tki_sdk.runtime.ingest`, the same
+        code ``tki embed`` runs). Returns ``(gallery, EmbedResult)``; the result's ``errors`` name
+        each skipped file with its reason."""
+        from .ingest import embed_into, gallery_options, scan_image_folder
 
-        ``<domain>/<class>/<file>`` fills metadata ``domain`` and ``class``; ``<class>/<file>`` fills ``class``
-        (see :func:`scan_image_folder`). Keys are positions in the sorted file list. Returns
-        ``(gallery, EmbedResult)``; the result's ``errors`` name each skipped file with its reason.
-        """
         files = scan_image_folder(folder)
         if not files:
-            raise ValueError(f"no image files under {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-        gallery_kwargs.setdefault("metric", getattr(embedder.metadata, "metric", "cos") or "cos")
-        g = cls(
-            embedder.embedding_dim,
-            model_fingerprint=embedder.model_fingerprint,
-            model_info=_model_info(embedder),
-            **gallery_kwargs,
-        )
-        res = embedder.embed_images([p for p, _ in files], batch_size=batch_size, workers=workers, progress=progress)
-        if len(res.indices):
-            g.add(res.indices.astype(np.uint64), res.embeddings, [files[i][1] for i in res.indices])
-        return g, res
-
-
-def _model_info(embedder: Any) -> dict[str, Any]:
-    md = embedder.metadata
-    return {
-        "model_name": md.model_name,
-        "head": md.head,
-        "output_space": md.output_space,
-        "embedding_dim": md.embedding_dim,
-        "precision": getattr(embedder, "precision", None),
-        "model_dir": str(getattr(embedder, "model_dir", "")),
-    }
+            raise ValueError(f"no image files under {folder}")
+        g = cls(**gallery_options(embedder, **gallery_kwargs))
+        return g, embed_into(g, files, embedder, batch_size=batch_size, workers=workers, progress=progress)
 
 
 def _unpack(res: Any, nq: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1071,32 +752,3 @@ def _fill(out_k: np.ndarray, out_d: np.ndarray, rows: np.ndarray, keys: np.ndarr
     valid = np.arange(m)[None, :] < np.minimum(counts, m)[:, None]
     out_k[rows, :m] = np.where(valid, keys[:, :m], MISSING_KEY)
     out_d[rows, :m] = np.where(valid, dists[:, :m], np.inf)
-
-
-def scan_image_folder(folder: str | os.PathLike) -> list[tuple[Path, dict[str, Any]]]:
-    """Image files under ``folder`` (by extension, hidden files skipped), sorted, with metadata.
-
-    Metadata: ``path`` (absolute), ``rel`` (relative to ``folder``), and from the folders between:
-    ``<domain>/<class>/<file>`` -> ``domain``, ``class``; ``<class>/<file>`` -> ``class``; deeper trees use
-    the two innermost folders.
-    """
-    root = Path(folder)
-    if not root.is_dir():
-        raise NotADirectoryError(f"{root} is not a folder")
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
-                continue
-            p = Path(dirpath) / name
-            rel = p.relative_to(root)
-            meta: dict[str, Any] = {"path": str(p.resolve()), "rel": rel.as_posix()}
-            parts = rel.parts[:-1]
-            if len(parts) >= 2:
-                meta["domain"], meta["class"] = parts[-2], parts[-1]
-            elif len(parts) == 1:
-                meta["class"] = parts[0]
-            out.append((p, meta))
-    out.sort(key=lambda t: t[1]["rel"])
-    return out

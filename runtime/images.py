@@ -31,13 +31,12 @@ from typing import Any, Callable, Union
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from tki_sdk.common.imagefolders import IMAGE_SUFFIXES as _IMAGE_SUFFIXES
+
 log = logging.getLogger(__name__)
 
-#: File suffixes (lower case) of the formats a gallery indexes, all decoded by Pillow: JPEG, PNG, GIF, BMP,
-#: TIFF, WebP and the Netpbm family. The one list shared by ``tki embed``, the benchmarks and calibration.
-IMAGE_SUFFIXES: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
-)
+#: The one suffix set (:data:`tki_sdk.common.imagefolders.IMAGE_SUFFIXES`), re-exported for runtime users.
+IMAGE_SUFFIXES = _IMAGE_SUFFIXES
 
 #: Pillow's own warning threshold when this module was imported (89,478,485 pixels unless changed).
 DEFAULT_MAX_PIXELS: int = int(Image.MAX_IMAGE_PIXELS or 89_478_485)

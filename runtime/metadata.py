@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tki_sdk.fileio import atomic_write_text, sha256_file
+from tki_sdk.common.atomic import atomic_write_text, sha256_file
 
 __all__ = ["ModelMetadata", "PreprocessConfig", "sha256_file", "METADATA_FILE", "INPUT_NAME", "OUTPUT_NAME"]
 

@@ -38,6 +38,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .native import import_onnxruntime
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -73,29 +75,6 @@ _NP_TYPES = {
 
 class ProviderUnavailable(ValueError):
     """The requested execution provider is not offered by the installed onnxruntime; one-line message."""
-
-
-def import_onnxruntime() -> Any:
-    """``import onnxruntime`` with the two failures users hit named in one line each.
-
-    The one guard against the crashing import order: when usearch's extension is loaded and neither
-    onnxruntime, torch nor a preloaded system libstdc++ came first, importing onnxruntime would crash the
-    interpreter, so this raises ``ImportError`` instead. ``Embedder`` and ``available_backends`` call it.
-    """
-    gallery = sys.modules.get("tki_sdk.runtime.gallery")
-    loaded = {m: sys.modules.get(m) is not None for m in ("onnxruntime", "usearch.compiled", "torch")}
-    if (loaded["usearch.compiled"] and not loaded["onnxruntime"] and not loaded["torch"]
-            and not getattr(gallery, "_LIBSTDCXX_PRELOADED", False)):
-        # Loading onnxruntime after usearch's extension crashes the interpreter (see runtime.gallery).
-        raise ImportError(
-            "usearch was imported before onnxruntime, and loading onnxruntime now would crash this process; "
-            "import tki_sdk.runtime.Embedder (or onnxruntime) before usearch"
-        )
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ImportError("onnxruntime is not installed; pip install 'tki-sdk[runtime]'") from None
-    return ort
 
 
 def _name(p: str | tuple[str, dict]) -> str:

@@ -102,7 +102,7 @@ def test_gallery_dataset_and_gpu_suite_see_the_same_image_files(tmp_path):
     from PIL import Image
 
     from tki_sdk.benchmarks.gpu_throughput import pick_files
-    from tki_sdk.runtime.gallery import scan_image_folder
+    from tki_sdk.runtime.ingest import scan_image_folder
     from tki_sdk.runtime.images import IMAGE_SUFFIXES, load_image
 
     folder = tmp_path / "photo" / "dog"
@@ -164,7 +164,7 @@ def test_accuracy_and_gpu_suites_use_the_default_dataset_dir(tmp_path, monkeypat
     assert acc._resolve_dataset(argparse.Namespace(dataset_dir=given)) == given
     monkeypatch.setenv("TKI_PACS_DIR", str(tmp_path / "missing"))
     assert gt._resolve_dataset(None) is None
-    from tki_sdk.benchmarks.cli import BenchError
+    from tki_sdk.common.cli import UsageError
 
-    with pytest.raises(BenchError, match="TKI_PACS_DIR"):
+    with pytest.raises(UsageError, match="TKI_PACS_DIR"):
         acc._resolve_dataset(argparse.Namespace(dataset_dir=None))

@@ -33,7 +33,7 @@ def test_train_and_info(tmp_path: Path) -> None:
 def test_classes_from_dataset_dir(tmp_path: Path) -> None:
     if not PACS_DIR.is_dir():
         pytest.skip("PACS not present")
-    from tki_sdk.datasets import discover_classes
+    from tki_sdk.common.imagefolders import discover_classes
 
     assert discover_classes(PACS_DIR) == ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person"]
     assert discover_classes(PACS_DIR.parent) == discover_classes(PACS_DIR)  # <root>/images/<domain>/<class>

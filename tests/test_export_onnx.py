@@ -135,7 +135,7 @@ def test_tki_json_fields(exported):
         assert art["parity_pass"] is True
     import importlib.metadata as im
 
-    from tki_sdk.checkpoint import package_versions
+    from tki_sdk.common.versions import package_versions
 
     assert package_versions().items() <= md.versions.items()  # the training packages, as checkpoints record them
     for dist in ("torch", "onnx", "onnxruntime"):

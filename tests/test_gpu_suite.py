@@ -23,7 +23,7 @@ def no_cuda(monkeypatch):
 
 
 def test_no_cuda_prints_one_line_and_writes_no_result(no_cuda, tmp_path, capsys):
-    code = gt.main(["--out-dir", str(tmp_path), "--model-dir", str(tmp_path / "nowhere")])
+    code = cli.main(["gpu", "--out-dir", str(tmp_path), "--model-dir", str(tmp_path / "nowhere")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == cli.EXIT_USAGE
     assert len(err) == 1 and err[0].startswith("tki-bench gpu: skipped: no CUDA device"), err

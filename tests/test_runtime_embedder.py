@@ -324,7 +324,7 @@ sys.modules["torch"] = None  # the runtime must not need it; also keeps torch's 
 import usearch.index  # no system libstdc++ loaded first: importing onnxruntime now would crash
 from tki_sdk.runtime import Embedder
 from tki_sdk.runtime.embedder import available_backends
-from tki_sdk.runtime.ort_session import import_onnxruntime
+from tki_sdk.runtime.native import import_onnxruntime
 for call in (lambda: Embedder(sys.argv[1]), import_onnxruntime):
     try:
         call()

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tki_sdk.runtime.gallery import MISSING_KEY, Gallery, ModelMismatchError, scan_image_folder
+from tki_sdk.runtime.gallery import MISSING_KEY, Gallery, ModelMismatchError
+from tki_sdk.runtime.ingest import scan_image_folder
 
 N, D, Q, K = 20_000, 128, 200, 10
 DOMAINS = ["art", "cartoon", "photo", "sketch"]

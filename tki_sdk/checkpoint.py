@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .fileio import atomic_write_bytes
+from .common.atomic import atomic_write_bytes
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -24,19 +24,6 @@ CHECKPOINT_FORMAT = 1
 
 class CheckpointError(ValueError):
     """A checkpoint folder is missing, incomplete or corrupt; the message says which file and why."""
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that shape a trained model's numbers."""
-    import importlib.metadata as md
-
-    out = {}
-    for name in ("tki-sdk", "torch", "open-clip-torch", "geoopt", "safetensors", "numpy"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return out
 
 
 def save_checkpoint(

@@ -10,7 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-PACS_CLASSES = ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person"]
+from .common.cli import EXIT_USAGE, OneLineParser, UsageError, one_line, run_main
+
 
 TRAIN_EXAMPLES = """\
 examples:
@@ -27,17 +28,6 @@ examples:
 """
 
 
-class UsageError(Exception):
-    """Bad input: printed as one line, exit status 2."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line (``prog: error: message (see --help)``), not a usage block."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def _read_classes(args: argparse.Namespace) -> list[str]:
     given = [a for a in (args.classes, args.classes_file, args.dataset_dir) if a]
     if len(given) != 1:
@@ -50,7 +40,7 @@ def _read_classes(args: argparse.Namespace) -> list[str]:
             raise UsageError(f"--classes-file {p} does not exist")
         classes = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     else:
-        from .datasets import discover_classes
+        from .common.imagefolders import discover_classes
 
         classes = discover_classes(args.dataset_dir)
     if not classes:
@@ -155,7 +145,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run
 
-    return run(args)
+    return run(args, tki_main=main)
 
 
 def describe_checkpoint(path: Path) -> str | None:
@@ -255,22 +245,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except UsageError as e:
-        print(f"tki: error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as e:
-        print(f"tki {args.command}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("tki: interrupted", file=sys.stderr)
-        return 130
+    """Entry point of ``tki``; returns the exit status (see :mod:`tki_sdk.common.cli`)."""
+
+    def body() -> int:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return EXIT_USAGE
+        try:
+            return int(args.func(args) or 0)
+        except (ValueError, OSError) as e:
+            raise UsageError(one_line(e), prog=f"tki {args.command}") from None
+
+    return run_main("tki", body)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ if "usearch.compiled" in sys.modules and "torch" not in sys.modules:
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from .fileio import sha256_file
+from .common.atomic import sha256_file
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False

@@ -14,6 +14,7 @@ import argparse
 import random
 import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -39,9 +40,9 @@ def _step(title: str, argv: list[str]) -> None:
 
 
 def _files(folder: Path) -> list[Path]:
-    from .runtime.images import IMAGE_SUFFIXES
+    from .common.imagefolders import list_images
 
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return [f.path for f in list_images(folder)]
 
 
 def _link_sample(data: Path, domain: str, per_class: int, dest: Path, rng: random.Random) -> int:
@@ -59,11 +60,10 @@ def _link_sample(data: Path, domain: str, per_class: int, dest: Path, rng: rando
     return n
 
 
-def run(args: argparse.Namespace) -> int:
-    from .cli import PACS_CLASSES, UsageError
-    from .cli import main as tki_main
-
-    from .benchmarks.datasets import default_dataset_dir
+def run(args: argparse.Namespace, tki_main: Callable[[list[str]], int]) -> int:
+    """Run the demo; ``tki_main`` is the ``tki`` entry point (each step is the command a user would type)."""
+    from .common.cli import UsageError
+    from .common.imagefolders import PACS_CLASSES, default_dataset_dir
 
     data = Path(args.data) if args.data else default_dataset_dir()
     if data is None:

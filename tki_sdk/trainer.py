@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from . import hyperbolic as H
-from .checkpoint import CURVES_FILE, package_versions, save_checkpoint
+from .checkpoint import CURVES_FILE, save_checkpoint
+from .common.versions import package_versions
 from .clip import load_clip
-from .fileio import atomic_write_text
+from .common.atomic import atomic_write_text
 from .head import HeadConfig, HyperbolicMLP
 from .losses import DEFAULT_ALPHA, DEFAULT_MU, DEFAULT_TAU, aggregation_loss, expansion_loss
 from .prompts import PromptBank

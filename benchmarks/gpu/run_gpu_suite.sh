@@ -11,7 +11,7 @@
 # test:    pytest -m gpu on tests/test_gpu_*.py;
 # train:   `tki train` on --model (random init: no hub) for a few steps on the GPU;
 # export:  `tki-export` fp32 + fp16 (+ --tensorrt when the tensorrt package imports), validated;
-# suite:   `tki-bench gpu` (python -m tki_sdk.benchmarks.gpu_throughput) -> <results>/gpu/<name>.json + PNGs.
+# suite:   `tki-bench gpu` (python -m tki_sdk.benchmarks.cli gpu) -> <results>/gpu/<name>.json + PNGs.
 # Steps can run in separate calls on the same machine: state lives in --work (env.sh there re-exports paths).
 # Logs, the export's parity.json / tki.json and the pytest log are copied to <results>/gpu/ as well.
 set -euo pipefail
@@ -157,7 +157,7 @@ if has suite; then
   log "tki-bench gpu $QUICK"
   DS=()
   [ -n "$IMAGES" ] && DS=(--dataset-dir "$IMAGES")
-  "$PY" -m tki_sdk.benchmarks.gpu_throughput --model-dir "$EXPORT" --checkpoint "$CKPT" "${DS[@]}" \
+  "$PY" -m tki_sdk.benchmarks.cli gpu --model-dir "$EXPORT" --checkpoint "$CKPT" "${DS[@]}" \
     --out-dir "$RESULTS" --name "$NAME" --compile-mode "$COMPILE_MODE" $QUICK 2>&1 | tee -a "$LOG"
 fi
 log "done; results in $RESULTS/gpu"

@@ -1,0 +1,13 @@
+"""The common floor: standard library and numpy only, imported by every other part of tki-sdk.
+
+It holds what every floor above shares and nothing that needs torch, onnxruntime, Pillow or usearch:
+
+- :mod:`.cli`: one user-error type (:class:`~.cli.UsageError`), one one-line argparse parser, ``one_line(exc)``;
+- :mod:`.atomic`: the one atomic writer (temporary file, fsync, rename, fsync of the folder) and ``sha256_file``;
+- :mod:`.imagefolders`: the image suffix set, the one folder walker, the default dataset location;
+- :mod:`.versions`: installed package versions for result and artifact records;
+- :mod:`.contract`, :mod:`.checkpoint_config`, :mod:`.model_metadata`, :mod:`.artifacts`,
+  :mod:`.gallery_manifest`: the on-disk contracts (``config.json``, ``tki.json``, ``gallery.json``).
+
+See ARCHITECTURE.md for the floors and the rule that nothing here imports upward.
+"""
