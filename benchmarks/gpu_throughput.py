@@ -317,7 +317,7 @@ def _tensorrt_backend(plan: Path, md: Any, device: Any, notes: dict[str, str]) -
     """``model.plan`` through the runtime's TensorRTRunner: host path for parity, torch buffers for speed."""
     import torch
 
-    from tki_sdk.runtime.embedder import TensorRTRunner
+    from tki_sdk.runtime.tensorrt_runner import TensorRTRunner
 
     try:
         runner = TensorRTRunner(plan, md.input_name, md.output_name)

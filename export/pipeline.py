@@ -38,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from tki_sdk.runtime.metadata import METADATA_FILE, ModelMetadata, PreprocessConfig, sha256_file
+from tki_sdk.common.artifacts import ARTIFACT_KINDS, ONNX, PARITY_FILE, PRECISIONS
+from tki_sdk.common.model_metadata import METADATA_FILE, ModelMetadata, PreprocessConfig, sha256_file
 
 from .onnx_export import DEFAULT_OPSET, ExportError, export_onnx, graph_info, load_proto, ort_fused_graph, tail_nodes
 from .validate import (
@@ -53,10 +54,8 @@ from .validate import (
 
 __all__ = ["ExportConfig", "ExportResult", "run_export", "validate_export", "PRECISIONS", "ARTIFACT_FILES", "PARITY_FILE"]
 
-PRECISIONS = ("fp32", "fp16", "int8")
-ARTIFACT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx",
-                  "tensorrt_fp16": "model.plan"}
-PARITY_FILE = "parity.json"
+#: File name of each artifact key (from the artifact table, :data:`tki_sdk.common.artifacts.ARTIFACT_KINDS`).
+ARTIFACT_FILES = {k: a.file for k, a in ARTIFACT_KINDS.items()}
 
 
 @dataclass
@@ -177,182 +176,198 @@ def _time_interleaved(runners: dict[str, Callable[[np.ndarray], Any]], x: np.nda
                 "rounds": len(v), "batch_size": int(n)} for k, v in times.items()}
 
 
-def _artifact_entry(path: Path, precision: str, **extra: Any) -> dict[str, Any]:
-    return {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path), "precision": precision,
-            **extra}
+class _ExportRun:
+    """One export in progress: the state the steps share, one method per step (see the module docstring).
 
+    Every artifact is built and validated in ``stage`` (inside ``out``, so the final moves are atomic renames
+    on one filesystem); only a fully validated export replaces what ``out`` holds, ``tki.json`` last.
+    """
 
-def run_export(cfg: ExportConfig, model: Any | None = None) -> ExportResult:
-    """Run the export described by ``cfg`` (see module docstring). ``model``: an in-memory ``TKIModel`` to
-    export instead of building one from ``cfg`` (checkpoint / head / model name are then ignored)."""
-    import torch
+    def __init__(self, cfg: ExportConfig, stage: Path, steps: _Steps) -> None:
+        self.cfg = cfg
+        self.stage = stage
+        self.work = stage / "work"
+        self.work.mkdir()
+        self.steps = steps
+        self.warnings: list[str] = []
+        self.parity: dict[str, ParityResult] = {}
+        self.artifacts: dict[str, dict[str, Any]] = {}
+        self.runners: dict[str, Callable[[np.ndarray], Any]] = {}
+        self.extra_parity: dict[str, Any] = {}
+        self.timing: dict[str, dict[str, float]] = {}
+        self.metadata: ModelMetadata | None = None
 
-    from .fused import load_model
-    from .quantize import convert_fp16, head_nodes, quantize_int8_dynamic, quantize_int8_static
+    def path(self, key: str) -> Path:
+        """Where artifact ``key`` is built (its file name from the artifact table)."""
+        return self.stage / ARTIFACT_KINDS[key].file
 
-    t_start = time.perf_counter()
-    out = cfg.out
-    out.mkdir(parents=True, exist_ok=True)
-    # Every artifact is built and validated in ``stage`` (inside ``out``, so the final moves are atomic renames
-    # on one filesystem); only a fully validated export replaces what ``out`` holds, ``tki.json`` last.
-    stage_ctx = tempfile.TemporaryDirectory(dir=out, prefix=".tki-export-")
-    stage = Path(stage_ctx.name)
-    tmp = stage / "work"
-    tmp.mkdir()
-    n_steps = 4 + ("fp16" in cfg.precisions) + 2 * ("int8" in cfg.precisions) + bool(cfg.tensorrt) + 1
-    steps = _Steps(n_steps, cfg.progress)
-    warnings_: list[str] = []
-    parity: dict[str, ParityResult] = {}
-    artifacts: dict[str, dict[str, Any]] = {}
-    runners: dict[str, Callable[[np.ndarray], Any]] = {}
-    extra_parity: dict[str, Any] = {}
-    try:
-        steps.start("load model")
-        if model is None:
-            model = load_model(cfg.checkpoint, head=cfg.head, model_name=cfg.model_name, pretrained=cfg.pretrained)
-        fields = model.metadata_fields()
-        steps.done()
+    def _record(self, key: str, path: Path, runner: Callable[[np.ndarray], Any], result: ParityResult,
+                **extra: Any) -> None:
+        kind = ARTIFACT_KINDS[key]
+        self.parity[key] = result
+        self.runners[key] = runner
+        self.artifacts[key] = {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path),
+                               "precision": kind.precision, "format": kind.format, "runtime": kind.runtime,
+                               **extra}
 
-        steps.start("images + float64 reference")
-        cal, val, images = _images(cfg, fields["preprocess"])
-        img_src = images["description"]
-        inputs = build_inputs(model, val, image_source=img_src, large_batch=min(8, cfg.max_batch), seed=cfg.seed)
-        steps.done()
+    # ---------------------------------------------------------------- steps
+    def load(self, model: Any | None) -> None:
+        from .fused import load_model
 
-        # ---------------------------------------------------------------- fp32
-        steps.start(f"fp32: export ONNX (opset {cfg.opset})")
-        fp32_path = stage / ARTIFACT_FILES["fp32"]
-        info = export_onnx(model, fp32_path, opset=cfg.opset)
-        rewrites = dict(info.extra.get("rewrites", {}))
+        cfg = self.cfg
+        self.steps.start("load model")
+        self.model = model if model is not None else load_model(
+            cfg.checkpoint, head=cfg.head, model_name=cfg.model_name, pretrained=cfg.pretrained)
+        self.fields = self.model.metadata_fields()
+        self.steps.done()
+
+    def reference(self) -> None:
+        cfg = self.cfg
+        self.steps.start("images + float64 reference")
+        self.cal, val, self.images = _images(cfg, self.fields["preprocess"])
+        self.inputs = build_inputs(self.model, val, image_source=self.images["description"],
+                                   large_batch=min(8, cfg.max_batch), seed=cfg.seed)
+        self.steps.done()
+
+    def fp32(self) -> None:
+        from .quantize import head_nodes
+
+        cfg = self.cfg
+        self.steps.start(f"fp32: export ONNX (opset {cfg.opset})")
+        p = self.path("fp32")
+        self.info = info = export_onnx(self.model, p, opset=cfg.opset)
+        self.rewrites = dict(info.extra.get("rewrites", {}))
         if set(cfg.precisions) - {"fp32"} or cfg.tensorrt:  # the head must be findable to stay float32
-            head_nodes(load_proto(fp32_path), fields["head"], "model.onnx")
-        r32 = OrtRunner(fp32_path, threads=cfg.threads)
-        parity["fp32"] = validate_runner("fp32", fp32_path.name, r32.run, inputs)
-        runners["fp32"] = r32.run
-        artifacts["fp32"] = _artifact_entry(
-            fp32_path, "fp32", format="onnx", opset=info.opset, domains=info.domains, runtime="onnxruntime",
-            standard_ops_only=info.standard, input_shape=info.input_shape, output_shape=info.output_shape)
-        steps.done()
+            head_nodes(load_proto(p), self.fields["head"], "model.onnx")
+        r = OrtRunner(p, threads=cfg.threads)
+        self._record("fp32", p, r.run, validate_runner("fp32", p.name, r.run, self.inputs),
+                     opset=info.opset, domains=info.domains, standard_ops_only=info.standard,
+                     input_shape=info.input_shape, output_shape=info.output_shape)
+        self.steps.done()
 
-        # ---------------------------------------------------------------- fp16
-        if "fp16" in cfg.precisions:
-            steps.start("fp16: convert (fp32 I/O and head)")
-            p16 = stage / ARTIFACT_FILES["fp16"]
-            conv = convert_fp16(fp32_path, p16, head=fields["head"])
-            r16 = OrtRunner(p16, threads=cfg.threads)
-            parity["fp16"] = validate_runner("fp16", p16.name, r16.run, inputs)
-            runners["fp16"] = r16.run
-            i16 = graph_info(p16)
-            artifacts["fp16"] = _artifact_entry(p16, "fp16", format="onnx", opset=i16.opset, domains=i16.domains,
-                                                runtime="onnxruntime", io_dtype="float32", **conv)
-            steps.done()
+    def fp16(self) -> None:
+        from .quantize import convert_fp16
 
-        # ---------------------------------------------------------------- int8
-        if "int8" in cfg.precisions:
-            steps.start("int8: onnxruntime fusions + quantise")
-            src = tmp / "fused_fp32.onnx"
-            fusions: dict[str, int] = {}
-            try:
-                fusions = ort_fused_graph(fp32_path, src)
-                if not tail_nodes(load_proto(src)) and tail_nodes(load_proto(fp32_path)):
-                    raise ExportError("fusion lost the head's node scopes")
-                check = validate_runner("fp32", "fused", OrtRunner(src, threads=cfg.threads).run, inputs)
-                if not check.passed:
-                    raise ExportError(check.failure_line())
-            except Exception as e:  # noqa: BLE001 - fall back to the standard graph
-                warnings_.append(f"int8: onnxruntime fusions skipped ({type(e).__name__}: {str(e)[:160]}); "
+        self.steps.start("fp16: convert (fp32 I/O and head)")
+        p = self.path("fp16")
+        conv = convert_fp16(self.path("fp32"), p, head=self.fields["head"])
+        r = OrtRunner(p, threads=self.cfg.threads)
+        i16 = graph_info(p)
+        self._record("fp16", p, r.run, validate_runner("fp16", p.name, r.run, self.inputs),
+                     opset=i16.opset, domains=i16.domains, io_dtype="float32", **conv)
+        self.steps.done()
+
+    def _int8_source(self) -> tuple[Path, dict[str, int]]:
+        """The onnxruntime-fused fp32 graph (validated), or the standard graph when fusion fails."""
+        fp32_path, src = self.path("fp32"), self.work / "fused_fp32.onnx"
+        try:
+            fusions = ort_fused_graph(fp32_path, src)
+            if not tail_nodes(load_proto(src)) and tail_nodes(load_proto(fp32_path)):
+                raise ExportError("fusion lost the head's node scopes")
+            check = validate_runner("fp32", "fused", OrtRunner(src, threads=self.cfg.threads).run, self.inputs)
+            if not check.passed:
+                raise ExportError(check.failure_line())
+            return src, fusions
+        except Exception as e:  # noqa: BLE001 - fall back to the standard graph
+            self.warnings.append(f"int8: onnxruntime fusions skipped ({type(e).__name__}: {str(e)[:160]}); "
                                  "quantising the standard graph")
-                shutil.copyfile(fp32_path, src)
-                fusions = {}
-            cands: dict[str, dict[str, Any]] = {}
-            cand_runners: dict[str, Callable[[np.ndarray], Any]] = {}
-            for scheme in cfg.int8_schemes:
-                p = tmp / f"int8_{scheme}.onnx"
-                try:
-                    if scheme == "dynamic":
-                        qinfo = quantize_int8_dynamic(src, p, per_channel=False, head=fields["head"])
-                    elif scheme == "static_qdq":
-                        if cal.shape[0] == 0:
-                            continue
-                        qinfo = quantize_int8_static(src, p, cal, per_channel=True, head=fields["head"])
-                    else:
-                        raise ValueError(f"unknown int8 scheme {scheme!r}")
-                except Exception as e:  # noqa: BLE001 - one scheme failing leaves the other
-                    warnings_.append(f"int8 {scheme}: quantisation failed ({type(e).__name__}: {str(e)[:160]})")
-                    continue
-                rq = OrtRunner(p, threads=cfg.threads)
-                res = validate_runner(f"int8:{scheme}", p.name, rq.run, inputs)
-                cands[scheme] = {"path": p, "info": qinfo, "parity": res}
-                if res.passed:
-                    cand_runners[scheme] = rq.run
-            steps.done()
+            shutil.copyfile(fp32_path, src)
+            return src, {}
 
-            steps.start(f"int8: time candidates (batch {cfg.bench_batch}, {cfg.threads} threads)")
-            xb = _bench_batch(inputs, cfg.bench_batch)
-            timing = _time_interleaved(cand_runners, xb, cfg.timing_rounds) if len(cand_runners) > 1 else {}
-            for k in cands:
-                cands[k]["timing"] = timing.get(k)
-            passing = [k for k in cands if cands[k]["parity"].passed]
-            if passing:
-                chosen = min(passing, key=lambda k: (timing.get(k) or {}).get("ms_per_image", 0.0))
-                why = ("fastest candidate meeting the int8 threshold" if len(passing) > 1
-                       else "only candidate meeting the int8 threshold")
-            elif cands:
-                chosen = max(cands, key=lambda k: cands[k]["parity"].min_cosine)
-                why = "no candidate met the int8 threshold; best parity kept"
-            else:
-                raise ExportError("int8: no quantisation scheme produced a model")
-            p8 = stage / ARTIFACT_FILES["int8"]
-            shutil.copyfile(cands[chosen]["path"], p8)
-            res = cands[chosen]["parity"]
-            parity["int8"] = ParityResult(**{**res.__dict__, "artifact": "int8", "file": p8.name})
-            r8 = OrtRunner(p8, threads=cfg.threads)
-            runners["int8"] = r8.run
-            i8 = graph_info(p8)
-            cand_summary = {
-                k: {"min_cosine": c["parity"].min_cosine, "pass": c["parity"].passed,
-                    "ms_per_image": (c.get("timing") or {}).get("ms_per_image"), **c["info"]}
-                for k, c in cands.items()
-            }
-            artifacts["int8"] = _artifact_entry(
-                p8, "int8", format="onnx", opset=i8.opset, domains=i8.domains, runtime="onnxruntime",
-                **cands[chosen]["info"], chosen_because=why, fusions=fusions,
-                candidates=cand_summary,
-                timed_on={"batch_size": cfg.bench_batch, "threads": cfg.threads} if timing else None,
-                calibration={**images, "count": int(cal.shape[0]),
+    def int8(self) -> None:
+        from .quantize import quantize_int8_dynamic, quantize_int8_static
+
+        cfg = self.cfg
+        self.steps.start("int8: onnxruntime fusions + quantise")
+        src, fusions = self._int8_source()
+        cands: dict[str, dict[str, Any]] = {}
+        cand_runners: dict[str, Callable[[np.ndarray], Any]] = {}
+        for scheme in cfg.int8_schemes:
+            p = self.work / f"int8_{scheme}.onnx"
+            try:
+                if scheme == "dynamic":
+                    qinfo = quantize_int8_dynamic(src, p, per_channel=False, head=self.fields["head"])
+                elif scheme == "static_qdq":
+                    if self.cal.shape[0] == 0:
+                        continue
+                    qinfo = quantize_int8_static(src, p, self.cal, per_channel=True, head=self.fields["head"])
+                else:
+                    raise ValueError(f"unknown int8 scheme {scheme!r}")
+            except Exception as e:  # noqa: BLE001 - one scheme failing leaves the other
+                self.warnings.append(f"int8 {scheme}: quantisation failed ({type(e).__name__}: {str(e)[:160]})")
+                continue
+            rq = OrtRunner(p, threads=cfg.threads)
+            res = validate_runner(f"int8:{scheme}", p.name, rq.run, self.inputs)
+            cands[scheme] = {"path": p, "info": qinfo, "parity": res}
+            if res.passed:
+                cand_runners[scheme] = rq.run
+        self.steps.done()
+
+        self.steps.start(f"int8: time candidates (batch {cfg.bench_batch}, {cfg.threads} threads)")
+        xb = _bench_batch(self.inputs, cfg.bench_batch)
+        timing = _time_interleaved(cand_runners, xb, cfg.timing_rounds) if len(cand_runners) > 1 else {}
+        for k in cands:
+            cands[k]["timing"] = timing.get(k)
+        passing = [k for k in cands if cands[k]["parity"].passed]
+        if passing:
+            chosen = min(passing, key=lambda k: (timing.get(k) or {}).get("ms_per_image", 0.0))
+            why = ("fastest candidate meeting the int8 threshold" if len(passing) > 1
+                   else "only candidate meeting the int8 threshold")
+        elif cands:
+            chosen = max(cands, key=lambda k: cands[k]["parity"].min_cosine)
+            why = "no candidate met the int8 threshold; best parity kept"
+        else:
+            raise ExportError("int8: no quantisation scheme produced a model")
+        p8 = self.path("int8")
+        shutil.copyfile(cands[chosen]["path"], p8)
+        res = cands[chosen]["parity"]
+        i8 = graph_info(p8)
+        cand_summary = {
+            k: {"min_cosine": c["parity"].min_cosine, "pass": c["parity"].passed,
+                "ms_per_image": (c.get("timing") or {}).get("ms_per_image"), **c["info"]}
+            for k, c in cands.items()
+        }
+        self._record(
+            "int8", p8, OrtRunner(p8, threads=cfg.threads).run,
+            ParityResult(**{**res.__dict__, "artifact": "int8", "file": p8.name}),
+            opset=i8.opset, domains=i8.domains, **cands[chosen]["info"], chosen_because=why, fusions=fusions,
+            candidates=cand_summary,
+            timed_on={"batch_size": cfg.bench_batch, "threads": cfg.threads} if timing else None,
+            calibration={**self.images, "count": int(self.cal.shape[0]),
                          "used_by": "static_qdq (activation ranges)" if chosen == "static_qdq"
                          else "none (the shipped scheme needs no calibration)"})
-            extra_parity["int8_candidates"] = {k: c["parity"].to_dict() for k, c in cands.items()}
-            steps.done()
+        self.extra_parity["int8_candidates"] = {k: c["parity"].to_dict() for k, c in cands.items()}
+        self.steps.done()
 
-        # ---------------------------------------------------------------- TensorRT
-        if cfg.tensorrt:
-            steps.start(f"tensorrt: build fp16 engine (batch 1..{cfg.max_batch})")
-            from .tensorrt import build_engine
+    def tensorrt(self) -> None:
+        from tki_sdk.runtime.tensorrt_runner import TensorRTRunner
 
-            plan = stage / ARTIFACT_FILES["tensorrt_fp16"]
-            fp32_proto = load_proto(fp32_path)
-            tail = set(tail_nodes(fp32_proto))
-            keep = {o for n in fp32_proto.graph.node if n.name in tail for o in n.output}
-            h, w = model.clip.image_size
-            binfo = build_engine(fp32_path, plan, image_size=(h, w), max_batch=cfg.max_batch,
-                                 fp32_tensors=keep, timing_cache=out / "tensorrt.timing.cache")
-            from tki_sdk.runtime.embedder import TensorRTRunner
+        from .tensorrt import build_engine
 
-            rt = TensorRTRunner(plan, "pixel_values", "embedding")
-            parity["tensorrt_fp16"] = validate_runner("tensorrt_fp16", plan.name, rt.run, inputs,
-                                                      max_batch=cfg.max_batch)
-            runners["tensorrt_fp16"] = rt.run
-            artifacts["tensorrt_fp16"] = _artifact_entry(plan, "fp16", format="tensorrt_plan",
-                                                         runtime="tensorrt", max_batch=cfg.max_batch, **binfo)
-            steps.done()
+        cfg = self.cfg
+        self.steps.start(f"tensorrt: build fp16 engine (batch 1..{cfg.max_batch})")
+        plan, fp32_path = self.path("tensorrt_fp16"), self.path("fp32")
+        fp32_proto = load_proto(fp32_path)
+        tail = set(tail_nodes(fp32_proto))
+        keep = {o for n in fp32_proto.graph.node if n.name in tail for o in n.output}
+        h, w = self.model.clip.image_size
+        binfo = build_engine(fp32_path, plan, image_size=(h, w), max_batch=cfg.max_batch,
+                             fp32_tensors=keep, timing_cache=cfg.out / "tensorrt.timing.cache")
+        rt = TensorRTRunner(plan, "pixel_values", "embedding")
+        self._record("tensorrt_fp16", plan, rt.run,
+                     validate_runner("tensorrt_fp16", plan.name, rt.run, self.inputs, max_batch=cfg.max_batch),
+                     max_batch=cfg.max_batch, **binfo)
+        self.steps.done()
 
-        # -------------------------------------------------------------------- timing of shipped artifacts
-        steps.start(f"time artifacts (batch {cfg.bench_batch}, {cfg.threads} threads)")
-        xb = _bench_batch(inputs, cfg.bench_batch)
-        timed = dict(runners)
+    def time_artifacts(self) -> None:
+        import torch
+
+        cfg = self.cfg
+        self.steps.start(f"time artifacts (batch {cfg.bench_batch}, {cfg.threads} threads)")
+        xb = _bench_batch(self.inputs, cfg.bench_batch)
+        timed = dict(self.runners)
         if cfg.time_torch:
-            def torch_run(x: np.ndarray, _m: Any = model) -> Any:
+            def torch_run(x: np.ndarray, _m: Any = self.model) -> Any:
                 with torch.inference_mode():
                     return _m.encode_image(torch.from_numpy(x))
 
@@ -361,93 +376,120 @@ def run_export(cfg: ExportConfig, model: Any | None = None) -> ExportResult:
         torch.set_num_threads(cfg.threads)
         try:
             cpu_runners = {k: v for k, v in timed.items() if k != "tensorrt_fp16"}
-            timing_all = _time_interleaved(cpu_runners, xb, cfg.timing_rounds)
+            self.timing = _time_interleaved(cpu_runners, xb, cfg.timing_rounds)
             if "tensorrt_fp16" in timed:
-                timing_all.update(_time_interleaved({"tensorrt_fp16": timed["tensorrt_fp16"]}, xb, cfg.timing_rounds))
+                self.timing.update(_time_interleaved({"tensorrt_fp16": timed["tensorrt_fp16"]}, xb,
+                                                     cfg.timing_rounds))
         finally:
             torch.set_num_threads(prev_threads)
-        for k, t in timing_all.items():
-            if k in artifacts:
-                artifacts[k]["ms_per_image"] = round(t["ms_per_image"], 4)
-        steps.done()
+        for k, t in self.timing.items():
+            if k in self.artifacts:
+                self.artifacts[k]["ms_per_image"] = round(t["ms_per_image"], 4)
+        self.steps.done()
 
-        # -------------------------------------------------------------------- parity.json / tki.json
-        steps.start("write tki.json + parity.json")
-        failures = [r for r in parity.values() if not r.passed]
-        for k, r in parity.items():
-            artifacts[k]["parity_min_cosine"] = r.min_cosine
-            artifacts[k]["parity_pass"] = r.passed
-        _write_json(out / PARITY_FILE, {
+    def write(self) -> None:
+        """``parity.json`` always; ``tki.json`` and the artifacts into ``out`` only when parity passed (or
+        ``allow_parity_failure``)."""
+        cfg, fields = self.cfg, self.fields
+        self.steps.start("write tki.json + parity.json")
+        failures = [r for r in self.parity.values() if not r.passed]
+        for k, r in self.parity.items():
+            self.artifacts[k]["parity_min_cosine"] = r.min_cosine
+            self.artifacts[k]["parity_pass"] = r.passed
+        _write_json(cfg.out / PARITY_FILE, {
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            **inputs.describe(),
+            **self.inputs.describe(),
             "thresholds": THRESHOLDS,
             "passed": not failures,
-            "artifacts": {k: r.to_dict() for k, r in parity.items()},
-            **extra_parity,
+            "artifacts": {k: r.to_dict() for k, r in self.parity.items()},
+            **self.extra_parity,
         })
-        md: ModelMetadata | None = None
         if not failures or cfg.allow_parity_failure:
             for r in failures:
-                warnings_.append(f"kept despite failed parity (--allow-parity-failure): {r.failure_line()}")
-            h, w = model.clip.image_size
-            md = ModelMetadata(
+                self.warnings.append(f"kept despite failed parity (--allow-parity-failure): {r.failure_line()}")
+            self.metadata = md = ModelMetadata(
                 model_name=fields["model_name"],
                 embedding_dim=int(fields["embedding_dim"]),
                 preprocess=PreprocessConfig.from_dict(fields["preprocess"]),
                 head=fields["head"],
                 output_space=fields["output_space"],
                 metric=fields["metric"],
-                curvature=fields["curvature"],
                 head_config=fields["head_config"],
                 weights=fields["weights"],
                 checkpoint=fields["checkpoint"],
-                opset=info.opset,
-                artifacts=_clean(artifacts),
+                opset=self.info.opset,
+                artifacts=_clean(self.artifacts),
                 default_precision="fp32",
                 versions=_versions(),
                 extra={
-                    "image_size": [int(h), int(w)],
-                    "precisions": list(artifacts),
                     "export": {
                         "tool": "tki-export",
                         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                        "exporter": "torch.onnx.export(dynamo=True)" if info.opset >= 18
+                        "exporter": "torch.onnx.export(dynamo=True)" if self.info.opset >= 18
                         else "torch.onnx.export(dynamo=False)",
-                        "rewrites": rewrites,
+                        "rewrites": self.rewrites,
                         "fused": "pixel_values -> TKIModel.encode_image -> embedding",
                         "parity_file": PARITY_FILE,
                         "parity_passed": not failures,
-                        "images": images,
+                        "images": self.images,
                     },
                 },
             )
-            md.save(stage)
-            _install(stage, out, [a["file"] for a in artifacts.values()])
-        steps.done()
+            md.save(self.stage)
+            _install(self.stage, cfg.out, [a["file"] for a in self.artifacts.values()])
+        self.steps.done()
+
+    def summary_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for k in ([*self.artifacts] if not self.cfg.time_torch else ["torch", *self.artifacts]):
+            t = self.timing.get(k)
+            if k == "torch":
+                rows.append({"artifact": "torch eager fp32 (reference)", "file": "-", "bytes": None,
+                             "min_cosine": None, "pass": None, "ms_per_image": t and t["ms_per_image"]})
+                continue
+            a = self.artifacts[k]
+            label = k + (f" ({a['scheme']})" if k == "int8" else "")
+            rows.append({"artifact": label, "file": a["file"], "bytes": a["bytes"],
+                         "min_cosine": self.parity[k].min_cosine, "threshold": self.parity[k].threshold,
+                         "pass": self.parity[k].passed, "ms_per_image": t and t["ms_per_image"]})
+        return rows
+
+
+def run_export(cfg: ExportConfig, model: Any | None = None) -> ExportResult:
+    """Run the export described by ``cfg`` (see module docstring), one step per artifact. ``model``: an
+    in-memory ``TKIModel`` to export instead of building one from ``cfg`` (checkpoint / head / model name are
+    then ignored)."""
+    t_start = time.perf_counter()
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    stage_ctx = tempfile.TemporaryDirectory(dir=cfg.out, prefix=".tki-export-")
+    n_steps = 4 + ("fp16" in cfg.precisions) + 2 * ("int8" in cfg.precisions) + bool(cfg.tensorrt) + 1
+    steps = _Steps(n_steps, cfg.progress)
+    run = _ExportRun(cfg, Path(stage_ctx.name), steps)
+    try:
+        run.load(model)
+        run.reference()
+        run.fp32()
+        if "fp16" in cfg.precisions:
+            run.fp16()
+        if "int8" in cfg.precisions:
+            run.int8()
+        if cfg.tensorrt:
+            run.tensorrt()
+        run.time_artifacts()
+        run.write()
     finally:
         steps.close()
         stage_ctx.cleanup()
 
-    rows = []
-    for k in ([*artifacts] if not cfg.time_torch else ["torch", *artifacts]):
-        t = timing_all.get(k) if "timing_all" in locals() else None
-        if k == "torch":
-            rows.append({"artifact": "torch eager fp32 (reference)", "file": "-", "bytes": None,
-                         "min_cosine": None, "pass": None, "ms_per_image": t and t["ms_per_image"]})
-            continue
-        a = artifacts[k]
-        label = k + (f" ({a['scheme']})" if k == "int8" else "")
-        rows.append({"artifact": label, "file": a["file"], "bytes": a["bytes"], "min_cosine": parity[k].min_cosine,
-                     "threshold": parity[k].threshold, "pass": parity[k].passed,
-                     "ms_per_image": t and t["ms_per_image"]})
-    result = ExportResult(out, md, parity, rows, warnings_, [r for r in parity.values() if not r.passed],
-                          time.perf_counter() - t_start, images)
-    if result.failures and not cfg.allow_parity_failure:
-        raise ParityError(result.failures)
-    if cfg.triton_repo is not None and md is not None:
+    failures = [r for r in run.parity.values() if not r.passed]
+    result = ExportResult(cfg.out, run.metadata, run.parity, run.summary_rows(), run.warnings, failures,
+                          time.perf_counter() - t_start, run.images)
+    if failures and not cfg.allow_parity_failure:
+        raise ParityError(failures)
+    if cfg.triton_repo is not None and run.metadata is not None:
         from .triton import write_triton_repo
 
-        write_triton_repo(cfg.triton_repo, out, max_batch=cfg.max_batch)
+        write_triton_repo(cfg.triton_repo, cfg.out, max_batch=cfg.max_batch)
     return result
 
 
@@ -490,13 +532,14 @@ def validate_export(
         if precisions and key not in precisions:
             continue
         f = export_dir / str(art.get("file", ""))
-        if not str(f).endswith(".onnx"):
+        fmt = art.get("format") or ARTIFACT_KINDS.get(key, ARTIFACT_KINDS["fp32"]).format
+        if fmt != ONNX:
             continue
         try:
             runner = OrtRunner(f, threads=threads)
         except Exception as e:  # noqa: BLE001 - an unloadable file is a failed artifact
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            results[key] = ParityResult(key, f.name, THRESHOLDS.get(key, THRESHOLDS["fp32"]), float("nan"),
+            results[key] = ParityResult(key, f.name, THRESHOLDS.get(key.split(":", 1)[0], THRESHOLDS["fp32"]), float("nan"),
                                         float("nan"), float("nan"), False, "-", {}, [1, 8], error=first[:300])
             continue
         res = validate_runner(key, f.name, runner.run, inputs)

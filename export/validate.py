@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from tki_sdk.runtime.metadata import OUTPUT_NAME
+from tki_sdk.common.artifacts import ARTIFACT_KINDS
+from tki_sdk.common.model_metadata import OUTPUT_NAME
 
 __all__ = [
     "THRESHOLDS",
@@ -33,14 +34,14 @@ __all__ = [
     "generated_images",
     "compare",
     "validate_runner",
-    "ort_session",
     "OrtRunner",
     "time_runner",
     "measure_interleaved",
 ]
 
-#: Minimum per-embedding cosine to torch float64, per artifact kind (DESIGN.md "export parity").
-THRESHOLDS: dict[str, float] = {"fp32": 0.99999, "fp16": 0.999, "int8": 0.99, "tensorrt_fp16": 0.999}
+#: Minimum per-embedding cosine to torch float64, per artifact kind: the artifact table's thresholds
+#: (:data:`tki_sdk.common.artifacts.ARTIFACT_KINDS`), as a dict a caller may adjust.
+THRESHOLDS: dict[str, float] = {k: a.parity_threshold for k, a in ARTIFACT_KINDS.items()}
 
 
 def threshold_for(artifact: str) -> float:
@@ -179,31 +180,24 @@ def build_inputs(
 
 
 # ------------------------------------------------------------------------------------------------ running
-def ort_session(path: str | os.PathLike, threads: int | None = 2, providers: Sequence[str] | None = None) -> Any:
-    """An onnxruntime session with all graph optimisations, ``threads`` intra-op threads, 1 inter-op."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=so, providers=list(providers or ["CPUExecutionProvider"]))
-
-
 class OrtRunner:
-    """``run(x[N,3,H,W] float32) -> [N,D] float32`` through onnxruntime."""
+    """``run(x[N,3,H,W] float32) -> [N,D] float32`` through the runtime's
+    :class:`~tki_sdk.runtime.ort_session.OrtSession` (the code path the Embedder runs): all graph
+    optimisations, ``threads`` intra-op threads, one inter-op thread; CPU unless ``providers`` say otherwise."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = 2, providers: Sequence[str] | None = None) -> None:
+        from tki_sdk.runtime.ort_session import OrtSession, SessionConfig
+
         self.path = Path(path)
-        self.session = ort_session(path, threads, providers)
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
+        cfg = SessionConfig(device="auto" if providers else "cpu", providers=list(providers) if providers else None,
+                            threads=int(threads) if threads else None, io_binding=False)
+        self.ort = OrtSession(path, cfg)
+        self.session = self.ort.session
+        self.input_name = self.ort.input_name
+        self.output_name = self.ort.output_name
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        y = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
-        return np.asarray(y, dtype=np.float32)
+        return np.asarray(self.ort.run(np.ascontiguousarray(x, dtype=np.float32)), dtype=np.float32)
 
 
 def _cosines(y: np.ndarray, r: np.ndarray) -> np.ndarray:

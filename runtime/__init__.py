@@ -24,7 +24,8 @@ _LAZY = {
     "Gallery": "gallery",
     "ModelMismatchError": "gallery",
     "MISSING_KEY": "gallery",
-    "scan_image_folder": "gallery",
+    "scan_image_folder": "ingest",
+    "TensorRTRunner": "tensorrt_runner",
     "load_image": "images",
     "ImageLoadError": "images",
 }

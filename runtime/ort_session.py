@@ -33,6 +33,7 @@ import os
 import sys
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "OrtSession",
+    "SessionConfig",
     "ProviderUnavailable",
     "select_providers",
     "import_onnxruntime",
@@ -237,6 +239,43 @@ class _Bound:
         return self.output if self.output is not None else self.binding.get_outputs()[0]
 
 
+@dataclass(frozen=True)
+class SessionConfig:
+    """Every option of an :class:`OrtSession`, grouped (see the class docstring for each one's effect).
+
+    ``OrtSession(path, SessionConfig(device="cpu", threads=2))`` and ``OrtSession(path, device="cpu",
+    threads=2)`` are the same; keywords given beside a config override its fields.
+    """
+
+    device: str = "auto"
+    providers: Sequence[str | tuple[str, dict]] | None = None
+    device_id: int = 0
+    io_binding: bool | None = None
+    cuda_graph: bool = False
+    graph_batch_sizes: Sequence[int] | None = None
+    max_graphs: int = 4
+    static_shapes: bool = False
+    threads: int | None = None
+    spin: bool = False
+    trt_max_batch: int = 256
+    trt_opt_batch: int | None = None
+    trt_fp16: bool = True
+    trt_cache_dir: str | os.PathLike | None = None
+    cuda_options: dict[str, Any] | None = None
+    input_name: str | None = None
+    output_name: str | None = None
+    batch_dim_name: str | None = None
+    log_severity: int = 3
+
+    @classmethod
+    def build(cls, config: "SessionConfig | None", options: dict[str, Any]) -> "SessionConfig":
+        """``config`` (default: all defaults) with ``options`` replacing fields; unknown names are a TypeError."""
+        unknown = sorted(set(options) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise TypeError(f"OrtSession got unknown option(s) {unknown}")
+        return replace(config or cls(), **options)
+
+
 class OrtSession:
     """One model on onnxruntime: ``run(x[N,...]) -> y[N,...]`` with the GPU techniques of the module docstring.
 
@@ -265,30 +304,16 @@ class OrtSession:
     with their own session).
     """
 
-    def __init__(
-        self,
-        model_path: str | os.PathLike,
-        *,
-        device: str = "auto",
-        providers: Sequence[str | tuple[str, dict]] | None = None,
-        device_id: int = 0,
-        io_binding: bool | None = None,
-        cuda_graph: bool = False,
-        graph_batch_sizes: Sequence[int] | None = None,
-        max_graphs: int = 4,
-        static_shapes: bool = False,
-        threads: int | None = None,
-        spin: bool = False,
-        trt_max_batch: int = 256,
-        trt_opt_batch: int | None = None,
-        trt_fp16: bool = True,
-        trt_cache_dir: str | os.PathLike | None = None,
-        cuda_options: dict[str, Any] | None = None,
-        input_name: str | None = None,
-        output_name: str | None = None,
-        batch_dim_name: str | None = None,
-        log_severity: int = 3,
-    ) -> None:
+    def __init__(self, model_path: str | os.PathLike, config: SessionConfig | None = None, **options: Any) -> None:
+        cfg = SessionConfig.build(config, options)
+        self.config = cfg
+        device, providers, device_id, io_binding = cfg.device, cfg.providers, cfg.device_id, cfg.io_binding
+        cuda_graph, graph_batch_sizes, max_graphs = cfg.cuda_graph, cfg.graph_batch_sizes, cfg.max_graphs
+        static_shapes, threads, spin = cfg.static_shapes, cfg.threads, cfg.spin
+        trt_max_batch, trt_opt_batch, trt_fp16, trt_cache_dir = (cfg.trt_max_batch, cfg.trt_opt_batch, cfg.trt_fp16,
+                                                                 cfg.trt_cache_dir)
+        cuda_options, input_name, output_name = cfg.cuda_options, cfg.input_name, cfg.output_name
+        batch_dim_name, log_severity = cfg.batch_dim_name, cfg.log_severity
         ort = import_onnxruntime()
         self._ort = ort
         self.path = Path(model_path)

@@ -111,16 +111,18 @@ def test_tki_json_fields(exported):
     out, model = exported["out"], exported["model"]
     md = ModelMetadata.load(out)
     raw = json.loads((out / "tki.json").read_text())
-    for key in ("model_name", "weights", "checkpoint", "head", "head_config", "curvature", "output_space", "metric",
+    for key in ("model_name", "weights", "checkpoint", "head", "head_config", "output_space", "metric",
                 "embedding_dim", "preprocess", "input_name", "output_name", "opset", "artifacts",
-                "default_precision", "versions", "image_size"):
+                "default_precision", "versions"):
         assert key in raw, key
+    for copy in ("curvature", "image_size", "precisions"):  # each fact is stored once (head_config, preprocess)
+        assert copy not in raw, copy
     assert md.model_name == "TKI-Tiny-ViT"
     assert md.head == "tki" and md.output_space == "ball_l2" and md.metric == "cos"
     assert md.embedding_dim == model.embedding_dim == model.head.out_dim
     assert md.curvature == model.head.config.curvature
     assert md.preprocess.to_dict() == {**model.clip.preprocess_cfg, "size": list(model.clip.image_size)}
-    assert raw["image_size"] == list(model.clip.image_size)
+    assert raw["preprocess"]["size"] == list(model.clip.image_size)
     ck = exported["checkpoint"] / "model.safetensors"
     assert md.checkpoint["sha256"] == hashlib.sha256(ck.read_bytes()).hexdigest()
     assert md.opset >= 17 and md.input_name == "pixel_values" and md.output_name == "embedding"
@@ -131,7 +133,7 @@ def test_tki_json_fields(exported):
         assert f.is_file()
         assert art["bytes"] == f.stat().st_size
         assert art["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
-        assert art["precision"] == key
+        assert art["precision"] == key and art["format"] == "onnx" and art["runtime"] == "onnxruntime"
         assert art["parity_pass"] is True
     import importlib.metadata as im
 

@@ -146,7 +146,7 @@ def test_tensorrt_engine_meets_parity(exported, tmp_path):
     pytest.importorskip("tensorrt")
     from tki_sdk.export.onnx_export import load_proto, tail_nodes
     from tki_sdk.export.validate import build_inputs, generated_images, validate_runner
-    from tki_sdk.runtime.embedder import TensorRTRunner
+    from tki_sdk.runtime.tensorrt_runner import TensorRTRunner
 
     onnx_path = exported["out"] / "model.onnx"
     proto = load_proto(onnx_path)

@@ -150,13 +150,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def describe_checkpoint(path: Path) -> str | None:
     """Human-readable summary of a ``tki train`` folder, or None when ``path`` is not one."""
-    cfg_path = path / "config.json"
-    if not (path.is_dir() and cfg_path.is_file() and (path / "model.safetensors").is_file()):
+    from .common.checkpoint_config import CONFIG_FILE, WEIGHTS_FILE, CheckpointConfig
+    from .common.contract import ContractError
+
+    if not (path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()):
         return None
     try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{cfg_path} is corrupt ({e})") from None
+        cfg = CheckpointConfig.load(path).to_dict()
+    except ContractError as e:
+        raise UsageError(str(e)) from None
     w = cfg.get("weights", {})
     weights = {"random": f"random init (seed {w.get('init_seed', 0)}): accuracy numbers carry no meaning",
                "file": f"file {w.get('ref')} (sha256 {str(w.get('sha256'))[:16]}...)",

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CheckpointError, load_checkpoint
+from .common.checkpoint_config import CheckpointConfig
 from .clip import ClipLoadError, LoadedClip, load_clip, sha256_file
 from .head import HeadConfig, HyperbolicMLP
 
@@ -59,7 +60,7 @@ class TKIModel(nn.Module):
         head: HyperbolicMLP | None,
         domain_vectors: torch.Tensor | None = None,
         classes: list[str] | None = None,
-        config: dict[str, Any] | None = None,
+        config: CheckpointConfig | None = None,
         checkpoint: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -67,7 +68,7 @@ class TKIModel(nn.Module):
         self.visual = clip.model.visual
         self.head = head
         self.classes = list(classes or [])
-        self.config = dict(config or {})
+        self.config = config  # the checkpoint's config.json (None for vanilla CLIP)
         self.checkpoint = checkpoint
         if domain_vectors is not None:
             self.register_buffer("domain_vectors", domain_vectors.detach().clone())
@@ -87,22 +88,22 @@ class TKIModel(nn.Module):
         whose SHA-256 differs, another tag, weights for a random-init checkpoint or another seed.
         """
         tensors, config = load_checkpoint(path)
-        w = config.get("weights", {}) or {}
+        w = config.weights or {}
         init_seed = int(w.get("init_seed", 0))
         if pretrained is None and w.get("source") != "random":
             pretrained = w.get("ref")
-        clip = load_clip(config["model_name"], pretrained, device=device, init_seed=init_seed)
+        clip = load_clip(config.model_name, pretrained, device=device, init_seed=init_seed)
         _check_same_weights(w, clip.weights, path)
-        head = HyperbolicMLP(HeadConfig.from_dict(config["head"]))
+        head = HyperbolicMLP(HeadConfig.from_dict(config.head))
         head_state = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
         try:
             head.load_state_dict(head_state, strict=True)
         except RuntimeError as e:
             raise CheckpointError(f"{path}: head weights do not match config.json ({str(e).splitlines()[0]})") from None
         # load_checkpoint verified the weights file against this hash; older checkpoints lack it
-        digest = config.get("weights_file_sha256") or sha256_file(Path(path) / "model.safetensors")
+        digest = config.weights_file_sha256 or sha256_file(Path(path) / "model.safetensors")
         ckpt = {"path": str(Path(path).resolve()), "sha256": digest}
-        model = cls(clip, head, tensors["domain_vectors"], config.get("classes"), config, ckpt)
+        model = cls(clip, head, tensors["domain_vectors"], config.classes, config, ckpt)
         return model.to(device)
 
     @classmethod
@@ -150,7 +151,6 @@ class TKIModel(nn.Module):
             "checkpoint": self.checkpoint,
             "head": "none" if self.head is None else "tki",
             "head_config": head_cfg,
-            "curvature": None if self.head is None or not self.head.hyperbolic else self.head.config.curvature,
             "output_space": self.output_space,
             "metric": "cos",
             "embedding_dim": self.embedding_dim,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from . import hyperbolic as H
-from .checkpoint import CURVES_FILE, save_checkpoint
+from .checkpoint import save_checkpoint
+from .common.checkpoint_config import CURVES_FILE, RUN_KEYS, CheckpointConfig
 from .common.versions import package_versions
 from .clip import load_clip
 from .common.atomic import atomic_write_text
@@ -159,28 +160,24 @@ def train(cfg: TrainConfig) -> Path:
             bar.update()
     curves["aggregate_seconds_per_step"] = (time.perf_counter() - t_stage) / max(cfg.steps_aggregate, 1)
 
-    config = {
-        "model_name": cfg.model_name,
-        "weights": clip.weights,
-        "classes": list(cfg.classes),
-        "prompts": cfg.prompts,
-        "prompt_template": "a [DOMAIN] style of [CLASS].",
-        "losses": {
-            "tau": cfg.tau, "lambda": cfg.lam, "alpha": cfg.alpha, "mu": cfg.mu, "agg_space": cfg.agg_space,
-        },
-        "optim": {
+    config = CheckpointConfig(
+        model_name=cfg.model_name,
+        weights=clip.weights,
+        classes=list(cfg.classes),
+        prompts=cfg.prompts,
+        prompt_template="a [DOMAIN] style of [CLASS].",
+        losses={"tau": cfg.tau, "lambda": cfg.lam, "alpha": cfg.alpha, "mu": cfg.mu, "agg_space": cfg.agg_space},
+        optim={
             "optimizer": "Adam", "lr_expand": cfg.lr_expand, "lr_aggregate": cfg.lr_aggregate,
             "steps_expand": cfg.steps_expand, "steps_aggregate": cfg.steps_aggregate,
             "classes_per_step": cfg.classes_per_step, "seed": cfg.seed,
         },
-        "head": head_cfg.to_dict(),
-        "curvature": cfg.curvature,
-        "preprocess": clip.preprocess_cfg,
-        "embedding_dim": head.out_dim,
-        "versions": package_versions(),
-        "curves": CURVES_FILE,
-        "train_config": {k: v for k, v in asdict(cfg).items() if k not in ("classes", "extra", "progress")},
-    }
+        head=head_cfg.to_dict(),
+        preprocess=clip.preprocess_cfg,
+        versions=package_versions(),
+        curves=CURVES_FILE,
+        run={k: getattr(cfg, k) for k in RUN_KEYS},
+    )
     tensors = {"domain_vectors": bank.domain_vectors.detach().float()}
     tensors.update({f"head.{k}": v for k, v in head.state_dict().items()})
     out = save_checkpoint(cfg.out, tensors, config)

@@ -31,7 +31,7 @@ def read_json_object(path: str | os.PathLike, what: str, fix: str) -> dict[str, 
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ContractError(f"{p} is not valid JSON ({e.msg} at line {e.lineno}); {fix}") from None
+        raise ContractError(f"{p} is corrupt (not valid JSON: {e.msg} at line {e.lineno}); {fix}") from None
     if not isinstance(data, dict):
         raise ContractError(f"{p} holds a JSON {type(data).__name__}, not a {what} object; {fix}")
     return data

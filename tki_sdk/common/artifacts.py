@@ -1,0 +1,61 @@
+"""The artifact table: every kind of exported model file, in one place.
+
+``key -> ArtifactKind(file, format, precision, parity_threshold, runtime)``. ``tki-export`` names its files
+from it, the validator takes each threshold from it, the runtime ``Embedder`` chooses its backend from
+``format`` (never from a file suffix), and the GPU suite lists its backends from it.
+
+Parity: an artifact passes when every embedding's cosine with the float64 torch reference is at least
+``parity_threshold`` (fp32 0.99999, fp16 0.999, int8 0.99, TensorRT fp16 0.999).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ArtifactKind", "ARTIFACT_KINDS", "ONNX", "TENSORRT_PLAN", "PRECISIONS", "artifact_kind",
+           "parity_threshold", "PARITY_FILE"]
+
+ONNX = "onnx"
+TENSORRT_PLAN = "tensorrt_plan"
+#: ``parity.json``: the validation report written beside the artifacts.
+PARITY_FILE = "parity.json"
+
+
+@dataclass(frozen=True)
+class ArtifactKind:
+    """One kind of exported file: ``key`` in ``tki.json``'s ``artifacts``, the ``file`` name, its ``format``
+    (``"onnx"`` or ``"tensorrt"``), numeric ``precision``, ``parity_threshold`` (min cosine vs torch) and the
+    ``runtime`` that executes it (``"onnxruntime"`` or ``"tensorrt"``)."""
+
+    key: str
+    file: str
+    format: str
+    precision: str
+    parity_threshold: float
+    runtime: str
+
+
+ARTIFACT_KINDS: dict[str, ArtifactKind] = {
+    k.key: k for k in (
+        ArtifactKind("fp32", "model.onnx", ONNX, "fp32", 0.99999, "onnxruntime"),
+        ArtifactKind("fp16", "model.fp16.onnx", ONNX, "fp16", 0.999, "onnxruntime"),
+        ArtifactKind("int8", "model.int8.onnx", ONNX, "int8", 0.99, "onnxruntime"),
+        ArtifactKind("tensorrt_fp16", "model.plan", TENSORRT_PLAN, "fp16", 0.999, "tensorrt"),
+    )
+}
+
+#: The ONNX precisions ``tki-export --precision`` accepts, in build order (fp32 first: the others derive from it).
+PRECISIONS: tuple[str, ...] = tuple(k for k, a in ARTIFACT_KINDS.items() if a.format == ONNX)
+
+
+def artifact_kind(key: str) -> ArtifactKind:
+    """The kind of an artifact key; candidates such as ``int8:dynamic`` use their base key's (``int8``)."""
+    base = key.split(":", 1)[0]
+    try:
+        return ARTIFACT_KINDS[base]
+    except KeyError:
+        raise KeyError(f"unknown artifact {key!r}; known: {', '.join(ARTIFACT_KINDS)}") from None
+
+
+def parity_threshold(key: str) -> float:
+    """Min cosine against the torch reference that the artifact ``key`` must reach."""
+    return artifact_kind(key).parity_threshold
