@@ -37,8 +37,10 @@ def _quick_export(workdir: Path) -> Path:
 
     ckpt = train(TrainConfig(model_name="TKI-Tiny-ViT", classes=["dog", "horse", "house"], out=str(workdir / "ckpt"),
                              prompts=4, steps_expand=3, steps_aggregate=10, progress=False))
+    # both int8 schemes: on a CPU without VNNI the tiny model's dynamic int8 alone reached min cosine 0.959 on
+    # one PACS image (per-batch activation ranges), static QDQ 0.9997
     run_export(ExportConfig(out=workdir / "model", checkpoint=ckpt, precisions=("fp32", "fp16", "int8"),
-                            time_torch=False, progress=False, int8_schemes=("dynamic",)))
+                            time_torch=False, progress=False))
     return workdir / "model"
 
 
