@@ -35,7 +35,7 @@ End to end from JPEG files (separately): ``Embedder(model_dir, precision="fp16")
 decode + preprocess rate alone (same threads) and the inference rate alone (host arrays, same batch), so the
 slower of the two is named as the limit.
 
-Targets (DESIGN.md): the best exported path >= 20,000 img/s at batch 256 on one H100 and ahead of the best
+Targets (ARCHITECTURE.md, "Targets"): the best exported path >= 20,000 img/s at batch 256 on one H100 and ahead of the best
 torch path; parity >= 0.999 for fp16 / TensorRT.
 
 Without CUDA (``torch.cuda.is_available()`` false) the suite prints one line and writes nothing.

@@ -16,7 +16,7 @@ What it measures, for every size ``n`` (and for real embeddings from a ``.npy`` 
   in one ``search`` call, ``threads`` workers, repeated until ``--min-time``).
 * Speed-up = HNSW QPS / exact QPS, against the *faster* of the two exact baselines.
 
-Target (DESIGN.md): recall@10 >= 0.99 at >= 50x exact-search QPS at 1M x 512. The
+Target (ARCHITECTURE.md, "Targets"): recall@10 >= 0.99 at >= 50x exact-search QPS at 1M x 512. The
 summary says whether some configuration reaches it at the largest size run (and that
 the target's size is 1M when the largest size run is smaller).
 

@@ -15,7 +15,7 @@ What it measures (``tki-bench throughput``):
   (median ``head.embed`` time over the median ``visual`` time on the same batch) and in the deployed fp32 /
   int8 ONNX graphs (onnxruntime's per-node profile: kernel time of the tail nodes over the rest).
 
-Targets (DESIGN.md): int8 >= 5x and fp32 ONNX >= 1.5x torch eager img/s at batch 16 with 2 threads; the head
+Targets (ARCHITECTURE.md, "Targets"): int8 >= 5x and fp32 ONNX >= 1.5x torch eager img/s at batch 16 with 2 threads; the head
 <= 1% of encoder latency. The summary reports each with its measured value; ``machine.loadavg`` is recorded
 before and after (the ratios come from one interleaved run, so a busy machine slows all backends, but torch's
 OpenMP threads suffer more from a core taken by another process than onnxruntime's pool).

@@ -2,7 +2,7 @@
 
 Stage 1 runs the text transformer on P×C + P prompts per step with gradients to ν; the truncated context
 (the shortest that holds the longest prompt) is the SDK's default, the full 77-token context is what a
-plain ``encode_text`` would run. Target (DESIGN.md): ViT-B-32, P=20, C=7, ≤ 3 s per step on 2 CPU cores.
+plain ``encode_text`` would run. Target (ARCHITECTURE.md, "Targets"): ViT-B-32, P=20, C=7, ≤ 3 s per step on 2 CPU cores.
 """
 from __future__ import annotations
 

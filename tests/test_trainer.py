@@ -67,7 +67,7 @@ def test_checkpoint_roundtrip_gives_identical_embeddings(tiny_checkpoint: Path) 
         za, zb = a.encode_image(x), b.encode_image(x)
     assert torch.equal(za, zb)
     torch.testing.assert_close(za.norm(dim=-1), torch.ones(3))
-    # encode_image is h applied to CLIP's visual feature, normalised (DESIGN.md "Retrieval embedding")
+    # encode_image is h applied to CLIP's visual feature, normalised (ARCHITECTURE.md, "From tki train to a search hit")
     with torch.no_grad():
         z = a.head(a.clip.model.encode_image(x))
     torch.testing.assert_close(za, z / z.norm(dim=-1, keepdim=True))

@@ -1,6 +1,6 @@
 """``TKIModel``: frozen CLIP + learned domain vectors + head h, as one ``nn.Module``.
 
-``encode_image(pixels)`` is the retrieval embedding of DESIGN.md ("Retrieval embedding"), exactly what the
+``encode_image(pixels)`` is the retrieval embedding (ARCHITECTURE.md, "From tki train to a search hit"), exactly what the
 exported graphs compute::
 
     head "tki":  z = h(expmap0(I(x)/||I(x)||));  embedding = z/||z||     (output_space "ball_l2")
