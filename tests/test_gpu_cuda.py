@@ -93,7 +93,9 @@ def test_gpu_suite_on_a_tiny_export(tiny_checkpoint, tmp_path, pacs_dir):
     out = tmp_path / "export"
     run_export(ExportConfig(out=out, checkpoint=tiny_checkpoint, precisions=("fp32", "fp16"), calib_images=pacs_dir,
                             val_count=8, time_torch=False, progress=False))
-    code = gt.main(["--model-dir", str(out), "--checkpoint", str(tiny_checkpoint), "--dataset-dir", str(pacs_dir),
+    from tki_sdk.benchmarks import cli
+
+    code = cli.main(["gpu", "--model-dir", str(out), "--checkpoint", str(tiny_checkpoint), "--dataset-dir", str(pacs_dir),
                     "--out-dir", str(tmp_path / "res"), "--name", "tiny", "--batch-sizes", "1,8",
                     "--seconds", "0.1", "--warmup", "2", "--parity-images", "32", "--e2e-images", "64",
                     "--e2e-batch-size", "16", "--no-progress",
