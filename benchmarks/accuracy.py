@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .datasets import DomainDataset, cross_domain_pairs
+from .datasets import DomainDataset, cross_domain_pairs, dataset_dir
 from .metrics import retrieval_metrics
 from .results import markdown_table
 
@@ -319,19 +319,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="cpu", help="torch device for --checkpoint / --vanilla (default cpu)")
 
 
-def _resolve_dataset(args: argparse.Namespace) -> Path:
-    from tki_sdk.common.cli import UsageError
-    from tki_sdk.common.imagefolders import DATASET_ENV, default_dataset_dir
-
-    if args.dataset_dir is not None:
-        return args.dataset_dir
-    found = default_dataset_dir()
-    if found is None:
-        raise UsageError(f"accuracy needs images: pass --dataset-dir <root>/<domain>/<class>/<image> "
-                         f"or set {DATASET_ENV} to such a folder")
-    return found
-
-
 def _embedder_methods(model_dir: Path, precisions: list[str] | None, batch_size: int) -> list[tuple[str, str, EmbedFn, dict[str, Any]]]:
     from tki_sdk.common.cli import UsageError
 
@@ -396,7 +383,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tki_sdk.common.cli import UsageError
     from .plots import plot_grouped_bars
 
-    root = _resolve_dataset(args)
+    root = dataset_dir(args.dataset_dir, required_by="accuracy")
     try:
         ds = DomainDataset(root, domains=args.domains.split(",") if args.domains else None)
     except (FileNotFoundError, ValueError) as e:

@@ -29,7 +29,7 @@ from tki_sdk.common.imagefolders import DATASET_ENV, IMAGE_SUFFIXES, default_dat
 
 __all__ = [
     "IMAGE_EXTENSIONS", "ImageRecord", "DomainDataset", "cross_domain_pairs", "find_dataset_root",
-    "default_dataset_dir", "DATASET_ENV",
+    "default_dataset_dir", "DATASET_ENV", "dataset_dir",
 ]
 
 #: Suffixes of the files a dataset holds: the one set (``tki_sdk.common.imagefolders.IMAGE_SUFFIXES``).
@@ -44,6 +44,22 @@ class ImageRecord:
     domain: str
     class_name: str
     label: int
+
+
+def dataset_dir(given: Path | None, required_by: str | None = None) -> Path | None:
+    """The image folder a suite reads: ``given`` (``--dataset-dir``) when set, else the default location
+    (:func:`tki_sdk.common.imagefolders.default_dataset_dir`: ``$TKI_PACS_DIR``, else PACS beside the
+    repository). None when there is none, unless ``required_by`` names the suite: then a one-line
+    :class:`~tki_sdk.common.cli.UsageError` saying how to give one."""
+    if given is not None:
+        return Path(given)
+    found = default_dataset_dir()
+    if found is None and required_by is not None:
+        from tki_sdk.common.cli import UsageError
+
+        raise UsageError(f"{required_by} needs images: pass --dataset-dir <root>/<domain>/<class>/<image> "
+                         f"or set {DATASET_ENV} to such a folder")
+    return found
 
 
 def _visible_dirs(p: Path) -> list[Path]:

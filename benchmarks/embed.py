@@ -38,9 +38,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from tki_sdk.runtime import Embedder
 
-    from .accuracy import _resolve_dataset
     from tki_sdk.common.cli import UsageError
-    from .datasets import DomainDataset
+    from .datasets import DomainDataset, dataset_dir
     from .plots import plot_grouped_bars
     from .results import markdown_table
 
@@ -48,7 +47,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     model_dir, tmp = model_dir_or_quick_export(args, "embed")
     n = args.images or (64 if args.quick else 1000)
-    data = DomainDataset(_resolve_dataset(args))
+    data = DomainDataset(dataset_dir(args.dataset_dir, required_by="embed"))
     rng = np.random.default_rng(args.seed)
     records = data.records()
     paths = [records[i].path for i in sorted(rng.choice(len(records), size=min(n, len(records)), replace=False))]

@@ -66,6 +66,7 @@ from .gpu_backends import (
     count_flops,
     measure,
 )
+from .datasets import dataset_dir
 from .results import markdown_table
 
 __all__ = [
@@ -93,16 +94,6 @@ FP16_PEAKS = (("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H
 
 
 # ------------------------------------------------------------------------------------------------ data
-def _resolve_dataset(path: Path | None) -> Path | None:
-    """``path`` (or its ``images`` subfolder) when given, else :func:`~tki_sdk.benchmarks.datasets.default_dataset_dir`."""
-    from tki_sdk.common.imagefolders import default_dataset_dir
-
-    c = path if path is not None else default_dataset_dir()
-    if c is None or not c.is_dir():
-        return None
-    return c / "images" if (c / "images").is_dir() else c
-
-
 def pick_files(root: Path, n: int, exts: Sequence[str] | None = None) -> list[Path]:
     """``n`` image files spread evenly over the sorted file list of ``root`` (all domains and classes);
     deterministic. Fewer when the folder holds fewer. ``exts``: suffixes to take (default
@@ -325,7 +316,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError("gpu: pass --model-dir (a tki-export folder with model.onnx / model.fp16.onnx)")
     md = ModelMetadata.load(args.model_dir)
     model_dir = Path(args.model_dir)
-    data = _resolve_dataset(args.dataset_dir)
+    data = dataset_dir(args.dataset_dir)
     if data is None:
         raise UsageError("gpu: parity needs PACS images; pass --dataset-dir <root>/<domain>/<class>/<image> "
                          "or set TKI_PACS_DIR")

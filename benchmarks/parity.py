@@ -68,9 +68,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tki_sdk.runtime.metadata import ModelMetadata
     from tki_sdk.runtime.preprocess import Preprocessor
 
-    from .accuracy import _resolve_dataset, describe_weights
+    from .accuracy import describe_weights
     from tki_sdk.common.cli import UsageError
-    from .datasets import DomainDataset
+    from .datasets import DomainDataset, dataset_dir
     from .plots import plot_grouped_bars
     from .results import markdown_table
 
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
     per_class = args.per_class or (QUICK_PER_CLASS if args.quick else DEFAULT_PER_CLASS)
-    data = DomainDataset(_resolve_dataset(args)).sample(per_class, seed=args.seed)
+    data = DomainDataset(dataset_dir(args.dataset_dir, required_by="parity")).sample(per_class, seed=args.seed)
     prep = Preprocessor.from_metadata(meta)
     records = data.records()
     images = prep.batch([r.path for r in records])

@@ -150,21 +150,18 @@ def test_benchmarks_carry_no_absolute_dataset_paths():
         assert "/work/" not in text and "TKI_DATASET_DIR" not in text, mod.__name__
 
 
-def test_accuracy_and_gpu_suites_use_the_default_dataset_dir(tmp_path, monkeypatch):
-    import argparse
-
-    import tki_sdk.benchmarks.accuracy as acc
-    import tki_sdk.benchmarks.gpu_throughput as gt
+def test_suites_use_the_default_dataset_dir(tmp_path, monkeypatch):
+    from tki_sdk.benchmarks.datasets import dataset_dir
 
     monkeypatch.setenv("TKI_PACS_DIR", str(tmp_path))
-    assert acc._resolve_dataset(argparse.Namespace(dataset_dir=None)) == tmp_path
-    assert gt._resolve_dataset(None) == tmp_path
+    assert dataset_dir(None, required_by="accuracy") == tmp_path
+    assert dataset_dir(None) == tmp_path
     given = tmp_path / "given"
     given.mkdir()
-    assert acc._resolve_dataset(argparse.Namespace(dataset_dir=given)) == given
+    assert dataset_dir(given, required_by="accuracy") == given
     monkeypatch.setenv("TKI_PACS_DIR", str(tmp_path / "missing"))
-    assert gt._resolve_dataset(None) is None
+    assert dataset_dir(None) is None
     from tki_sdk.common.cli import UsageError
 
     with pytest.raises(UsageError, match="TKI_PACS_DIR"):
-        acc._resolve_dataset(argparse.Namespace(dataset_dir=None))
+        dataset_dir(None, required_by="accuracy")

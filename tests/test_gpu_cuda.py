@@ -87,7 +87,6 @@ def test_gpu_suite_on_a_tiny_export(tiny_checkpoint, tmp_path, pacs_dir):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch sees no CUDA device")
-    from tki_sdk.benchmarks import gpu_throughput as gt
     from tki_sdk.export.pipeline import ExportConfig, run_export
 
     out = tmp_path / "export"
