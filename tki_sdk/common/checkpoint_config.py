@@ -25,12 +25,10 @@ run facts nothing else records are kept in ``run``.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .contract import ContractError, check_version, read_json_object, require
+from .contract import ContractError, JsonContract, check_version, require
 
 __all__ = ["CheckpointConfig", "CHECKPOINT_FORMAT", "CONFIG_FILE", "WEIGHTS_FILE", "CURVES_FILE"]
 
@@ -46,8 +44,12 @@ RUN_KEYS = ("device", "full_context", "clip_init_seed", "out")
 
 
 @dataclass
-class CheckpointConfig:
+class CheckpointConfig(JsonContract):
     """Parsed ``config.json`` (see the module docstring). Unknown keys are kept in ``extra``."""
+
+    FILE = CONFIG_FILE
+    WHAT = "checkpoint config"
+    FIX = _FIX
 
     model_name: str
     head: dict[str, Any]
@@ -99,14 +101,4 @@ class CheckpointConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         extra = d.pop("extra")
-        out = {"format": d.pop("format"), **d}
-        out.update(extra)
-        return out
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "CheckpointConfig":
-        """Read ``config.json`` from a file or from the checkpoint folder holding it."""
-        p = Path(path)
-        if p.is_dir():
-            p = p / CONFIG_FILE
-        return cls.from_dict(read_json_object(p, "checkpoint config", _FIX), where=str(p))
+        return self.with_extra({"format": d.pop("format"), **d}, extra)

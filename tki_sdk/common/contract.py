@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-__all__ = ["ContractError", "read_json_object", "check_version", "require"]
+from .atomic import atomic_write_json
+
+__all__ = ["ContractError", "JsonContract", "read_json_object", "check_version", "require"]
 
 
 class ContractError(ValueError):
@@ -54,3 +56,34 @@ def require(d: dict[str, Any], keys: tuple[str, ...], what: str, fix: str) -> No
     missing = [k for k in keys if k not in d]
     if missing:
         raise ContractError(f"{what} lacks required field(s) {missing}; {fix}")
+
+
+class JsonContract:
+    """Load / save for a contract dataclass: ``FILE`` (its name in a folder), ``WHAT`` and ``FIX`` (for the
+    one-line errors); the dataclass gives ``from_dict(d, where)`` and ``to_dict()``. Unknown keys live in the
+    dataclass's ``extra`` and are written back after the known ones."""
+
+    FILE: ClassVar[str]
+    WHAT: ClassVar[str]
+    FIX: ClassVar[str]
+
+    @classmethod
+    def path_in(cls, path: str | os.PathLike) -> Path:
+        """``path`` itself, or ``path/FILE`` when ``path`` is a folder."""
+        p = Path(path)
+        return p / cls.FILE if p.is_dir() else p
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Any:
+        """Read the contract from a file or from the folder holding it."""
+        p = cls.path_in(path)
+        return cls.from_dict(read_json_object(p, cls.WHAT, cls.FIX), where=str(p))  # type: ignore[attr-defined]
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically to a file or into the folder ``path``."""
+        return atomic_write_json(self.path_in(path), self.to_dict())  # type: ignore[attr-defined]
+
+    @staticmethod
+    def with_extra(known: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        """The known fields followed by the unknown ones kept from the file."""
+        return {**known, **{k: v for k, v in extra.items() if k not in known}}

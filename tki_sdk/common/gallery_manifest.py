@@ -21,13 +21,10 @@ Unknown keys are kept in ``extra`` and written back unchanged (forward compatibi
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_json
-from .contract import ContractError, check_version, read_json_object, require
+from .contract import ContractError, JsonContract, check_version, require
 
 __all__ = ["GalleryManifest", "GALLERY_FORMAT", "GALLERY_FORMAT_VERSION", "MANIFEST_FILE"]
 
@@ -38,8 +35,12 @@ _FIX = "the gallery is damaged: rebuild it with tki embed"
 
 
 @dataclass
-class GalleryManifest:
+class GalleryManifest(JsonContract):
     """Parsed ``gallery.json`` (see the module docstring for each field)."""
+
+    FILE = MANIFEST_FILE
+    WHAT = "gallery manifest"
+    FIX = _FIX
 
     ndim: int
     metric: str
@@ -92,21 +93,4 @@ class GalleryManifest:
         d = asdict(self)
         extra = d.pop("extra")
         # the historical key order: format first
-        out = {"format": d.pop("format"), "format_version": d.pop("format_version"), **d}
-        out.update(extra)
-        return out
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "GalleryManifest":
-        """Read ``gallery.json`` from a file or from the version folder holding it."""
-        p = Path(path)
-        if p.is_dir():
-            p = p / MANIFEST_FILE
-        return cls.from_dict(read_json_object(p, "gallery manifest", _FIX), where=str(p))
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically to a file or into the version folder ``path``."""
-        p = Path(path)
-        if p.is_dir():
-            p = p / MANIFEST_FILE
-        return atomic_write_json(p, self.to_dict())
+        return self.with_extra({"format": d.pop("format"), "format_version": d.pop("format_version"), **d}, extra)

@@ -40,8 +40,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_text, sha256_file
-from .contract import ContractError, check_version, read_json_object, require
+from .atomic import sha256_file
+from .contract import ContractError, JsonContract, check_version, require
 
 __all__ = ["ModelMetadata", "PreprocessConfig", "sha256_file", "METADATA_FILE", "INPUT_NAME", "OUTPUT_NAME",
            "FORMAT_VERSION"]
@@ -94,8 +94,12 @@ class PreprocessConfig:
 
 
 @dataclass
-class ModelMetadata:
+class ModelMetadata(JsonContract):
     """Parsed ``tki.json``. Unknown keys are kept in ``extra`` and written back unchanged."""
+
+    FILE = METADATA_FILE
+    WHAT = "model description"
+    FIX = "re-export the model with tki-export"
 
     model_name: str
     embedding_dim: int
@@ -147,25 +151,15 @@ class ModelMetadata:
         d = asdict(self)
         d["preprocess"] = self.preprocess.to_dict()
         extra = d.pop("extra")
-        d.update(extra)
-        return d
+        return self.with_extra(d, extra)
 
     @classmethod
     def load(cls, path: str | Path) -> "ModelMetadata":
         """Read ``tki.json`` from a file or from the export folder that holds it."""
-        p = Path(path)
-        if p.is_dir():
-            p = p / METADATA_FILE
+        p = cls.path_in(path)
         if not p.is_file():
             raise FileNotFoundError(f"no {METADATA_FILE} at {p}; point at a folder written by tki-export")
-        return cls.from_dict(read_json_object(p, "model description", "re-export the model with tki-export"),
-                             where=str(p))
-
-    def save(self, path: str | Path) -> Path:
-        p = Path(path)
-        if p.is_dir():
-            p = p / METADATA_FILE
-        return atomic_write_text(p, json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+        return super().load(p)
 
     def fingerprint(self) -> str:
         """SHA-256 identifying the embedding function: what a gallery records and checks queries against.
