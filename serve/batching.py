@@ -3,7 +3,9 @@
 Contract: :meth:`MicroBatcher.submit` puts a :class:`Job` (``size`` queries) on a bounded queue and returns
 an ``asyncio.Future`` of its result. The inference thread takes the first waiting job, then keeps taking
 jobs while the batch holds fewer than ``max_batch`` queries, waiting at most ``max_wait_s`` after the first
-one for more to arrive (a job that would overflow the batch starts the next one). ``process(jobs)`` runs
+one for more to arrive (a job that would overflow the batch starts the next one). With ``upstream`` (the
+number of requests admitted but not queued yet, e.g. still decoding), the wait ends as soon as the queue
+is empty and nothing is upstream: a lone request never waits for company that is not coming. ``process(jobs)`` runs
 once per batch on that thread and must call :meth:`Job.resolve` or :meth:`Job.fail` for every job; a job
 whose caller gave up (timeout, disconnect) is dropped before processing. A full queue raises
 :class:`QueueFull` (the app answers 503). :meth:`stop` lets the thread finish every queued job first.
@@ -75,6 +77,7 @@ class MicroBatcher:
         max_wait_s: float,
         max_queue: int,
         observer: BatchObserver | None = None,
+        upstream: Callable[[], int] | None = None,
         name: str = "tki-inference",
     ) -> None:
         if max_batch < 1 or max_queue < 1 or max_wait_s < 0:
@@ -84,6 +87,7 @@ class MicroBatcher:
         self.max_wait_s = float(max_wait_s)
         self._queue: queue.Queue = queue.Queue(maxsize=int(max_queue))
         self._observer = observer
+        self._upstream = upstream
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._carry: Job | None = None
         self._stopping = False
@@ -133,12 +137,8 @@ class MicroBatcher:
             try:
                 job = self._queue.get_nowait()
             except queue.Empty:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                try:
-                    job = self._queue.get(timeout=remaining)
-                except queue.Empty:
+                job = self._wait_for_job(deadline)
+                if job is None:
                     break
             if job is _STOP or size + job.size > self.max_batch:
                 self._carry = job
@@ -146,6 +146,23 @@ class MicroBatcher:
             batch.append(job)
             size += job.size
         return batch
+
+    def _wait_for_job(self, deadline: float) -> Any:
+        """The next job arriving before ``deadline``; None at the deadline or when nothing is upstream."""
+        while True:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return None
+            if self._upstream is not None and self._upstream() <= 0:
+                try:
+                    return self._queue.get_nowait()
+                except queue.Empty:
+                    return None
+            try:
+                # poll in short steps so that the wait ends as soon as nothing is upstream any more
+                return self._queue.get(timeout=min(remaining, 0.0005 if self._upstream else remaining))
+            except queue.Empty:
+                continue
 
     def _run(self) -> None:
         while True:

@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="most queries per inference batch (default 32; 1 turns batching off)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
                    help="longest wait for more queries after the first of a batch (default 5)")
+    p.add_argument("--fixed-wait", action="store_true",
+                   help="always wait the full --max-wait-ms for a fuller batch (default: stop waiting as soon as "
+                        "no other request is being decoded)")
     p.add_argument("--workers", type=int, default=2, metavar="N", help="image decode threads (default 2)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="onnxruntime threads of the inference call (default: all cores)")
@@ -85,7 +88,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return ServeConfig(
         model=model, gallery=gallery, host=args.host, port=args.port,
         api_key=args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None,
-        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, workers=args.workers, threads=args.threads,
+        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, fixed_wait=args.fixed_wait, workers=args.workers, threads=args.threads,
         precision=args.precision, max_queue=args.max_queue, request_timeout_s=args.timeout,
         max_body_bytes=int(args.max_body_mb * 2**20), max_images=args.max_images,
         max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS,

@@ -16,7 +16,8 @@ class ServeConfig:
     """Settings of one service instance.
 
     Batching: concurrent queries are coalesced into one inference call of at most ``max_batch`` images or
-    vectors; the inference thread waits at most ``max_wait_ms`` after the first query of a batch for more.
+    vectors; the inference thread waits at most ``max_wait_ms`` after the first query of a batch for more,
+    and stops waiting early when no admitted request is still on its way (decoding) unless ``fixed_wait``.
     Admission: at most ``max_queue`` requests may wait for decoding or inference; one more gets 503 with
     ``Retry-After``. Each admitted request gets an answer within ``request_timeout_s`` (else 504).
     Limits: request bodies over ``max_body_bytes`` get 413; at most ``max_images`` images or vectors per
@@ -31,6 +32,7 @@ class ServeConfig:
     api_key: str | None = None
     max_batch: int = 32
     max_wait_ms: float = 5.0
+    fixed_wait: bool = False
     workers: int = 2
     threads: int | None = None
     precision: str | None = None

@@ -86,11 +86,12 @@ class SearchService:
         self.metrics.set_gallery(snap.version, snap.size)
         self.batcher = MicroBatcher(
             self.process_batch, max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000.0,
-            max_queue=config.max_queue, observer=self.metrics,
+            max_queue=config.max_queue, observer=self.metrics, upstream=None if config.fixed_wait else (lambda: self.in_flight - self.queued),
         )
         self.decode_pool = ThreadPoolExecutor(config.workers, thread_name_prefix="tki-decode")
         self.thumbnails = ThumbnailCache(config.thumbnail_px, config.max_pixels, config.thumbnail_cache)
-        self.in_flight = 0
+        self.in_flight = 0  # admitted requests not answered yet
+        self.queued = 0  # of those, the ones whose job is on the batcher
         self.draining = False
 
     # ------------------------------------------------------------------ life
@@ -158,6 +159,7 @@ class SearchService:
         except QueueFull as e:
             self.metrics.rejected.labels(reason="queue_full").inc()
             raise APIError(503, f"overloaded: {e}; retry after 1 s", {"Retry-After": "1"}) from None
+        self.queued += 1
         try:
             return await asyncio.wait_for(asyncio.shield(job.future), self.config.request_timeout_s)
         except asyncio.TimeoutError:
@@ -168,6 +170,8 @@ class SearchService:
         except asyncio.CancelledError:
             job.abandoned = True  # the client went away: the batch skips this job
             raise
+        finally:
+            self.queued -= 1
 
     # ------------------------------------------------------------------ inference thread
     def process_batch(self, jobs: list[Job]) -> None:

@@ -149,7 +149,7 @@ def test_overload_answers_503_with_retry_after_and_recovers(setup):
 
     async def main():
         # the first batch waits 400 ms for company, so the burst arrives while 4 requests are in flight
-        async with asgi_client(config(s, max_queue=4, max_batch=64, max_wait_ms=400)) as (_, c):
+        async with asgi_client(config(s, max_queue=4, max_batch=64, max_wait_ms=400, fixed_wait=True)) as (_, c):
             burst = await asyncio.gather(*(c.post("/v1/search", files=[image_part(q)], data={"k": "3"})
                                            for _ in range(24)))
             after = await c.post("/v1/search", files=[image_part(q)], data={"k": "3"})

@@ -125,7 +125,7 @@ def test_real_uvicorn_drains_in_flight_requests_on_sigterm_and_exits_0(setup):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     args = ["--model", str(s["model"]), "--gallery", str(s["gallery"]), "--max-batch", "64",
-            "--max-wait-ms", "1500", "--reload-interval", "0"]
+            "--max-wait-ms", "1500", "--fixed-wait", "--reload-interval", "0"]
     with uvicorn_process(args, port) as proc:
         results: list = [None] * 6
 
