@@ -320,3 +320,28 @@ def test_serve_cli_refuses_bad_input_in_one_line(setup, tmp_path, capsys):
     assert main(["serve", "--model", str(other), "--gallery", str(s["gallery"])]) == 2
     err = capsys.readouterr().err.strip()
     assert "gallery was built with" in err and len(err.splitlines()) == 1, err
+
+
+def test_a_lone_request_does_not_wait_for_a_batch_that_is_not_coming(setup):
+    s = setup
+    q = s["queries"][0]
+
+    async def timed(c, n=5):
+        times = []
+        for _ in range(n):
+            t0 = asyncio.get_running_loop().time()
+            r = await c.post("/v1/search", files=[image_part(q)], data={"k": "3"})
+            assert r.status_code == 200
+            times.append(asyncio.get_running_loop().time() - t0)
+        return min(times)
+
+    async def main():
+        async with asgi_client(config(s, max_wait_ms=600)) as (_, c):
+            adaptive = await timed(c)
+        async with asgi_client(config(s, max_wait_ms=600, fixed_wait=True)) as (_, c):
+            fixed = await timed(c, 2)
+        return adaptive, fixed
+
+    adaptive, fixed = run(main())
+    assert fixed >= 0.6  # the fixed wait holds a lone query for the whole max_wait_ms
+    assert adaptive < 0.3  # the default answers as soon as nothing else is on its way
