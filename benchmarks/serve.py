@@ -353,6 +353,19 @@ def _screenshot(base: str, query: Path, out: Path) -> Path:
     return out
 
 
+def _serve_versions() -> dict[str, str | None]:
+    """Versions of the web stack (the result envelope records the model stack)."""
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for dist in ("fastapi", "starlette", "uvicorn", "prometheus-client", "python-multipart"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from tki_sdk.runtime import Embedder, Gallery
 
@@ -484,6 +497,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                              "met": gain >= BATCHING_GAIN_TARGET},
         "search_qps_fraction_of_embed": {"concurrency": ref_c, "fraction": http_fraction,
                                          "target": HTTP_FRACTION_TARGET, "met": http_fraction >= HTTP_FRACTION_TARGET},
+        "serve_versions": _serve_versions(),
         "soak": soak, "server_exit_codes": exit_codes, "load_average_start": load_start,
         "load_average_end": load_end, "screenshot": shot, "markdown": md, "plots": [str(png)],
     }
