@@ -61,6 +61,7 @@ SUITES: dict[str, tuple[str, str]] = {
     "search": ("tki_sdk.benchmarks.search", "usearch HNSW recall@10, QPS, build rate and memory vs exact search"),
     "train": ("tki_sdk.benchmarks.train", "stage-1 and stage-2 training step times"),
     "embed": ("tki_sdk.benchmarks.embed", "end to end from image files vs decode and inference alone (runtime)"),
+    "serve": ("tki_sdk.benchmarks.serve", "tki serve on loopback: QPS and latency per concurrency, batching vs batch-1, soak"),
     "gpu": ("tki_sdk.benchmarks.gpu_throughput",
             "GPU parity, img/s and latency per backend (torch, ORT CUDA, TensorRT); end to end from JPEG"),
 }

@@ -226,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
         register = None
     if register is not None:
         register(sub)
+    try:
+        from .serve.cli import register as register_serve  # argparse only; the web stack loads when it runs
+    except ImportError:
+        register_serve = None
+    if register_serve is not None:
+        register_serve(sub)
     p = sub.add_parser(
         "demo",
         help="run the whole pipeline on PACS: train, export, embed a sample, search with sketches",
