@@ -10,6 +10,8 @@ schedules work itself)::
                                                      becomes a row with an error, never a failed task
       -> map_batches(EmbedActor, ActorPoolStrategy)  one Embedder per actor, intra-op threads set explicitly;
                                                      actors restart when lost and their batches are retried
+                                                     (Ray Data's defaults for actor pools: max_restarts and
+                                                     max_task_retries -1)
       -> iter_batches on the driver                  rows go to the run's Checkpointer, which writes Parquet
                                                      shards (:mod:`tki_sdk.runtime.shards`) carrying the model
                                                      fingerprint
@@ -157,9 +159,15 @@ def _pipeline(ray: Any, todo: Sequence[SourceFile], opts: RayOptions) -> Any:
     env = _worker_env()
     remote: dict[str, Any] = {"runtime_env": {"env_vars": env}} if env else {}
     blocks = max(1, min(math.ceil(len(todo) / opts.batch_size), 1000))
+    h, w = _preprocessor(opts.model_dir, json.dumps(opts.preprocess, sort_keys=True)).size
+    # A decode task holds a batch of decoded images and their pixels: reserve that memory. (Also what keeps
+    # Ray Data from fusing decode into the model actors when both reserve the same CPUs: decode must scale
+    # out over all CPUs on its own.)
+    decode_memory = opts.batch_size * 3 * h * w * 4 * 3
     ds = rd.from_items([{"key": s.key, "path": s.path, "rel": s.rel} for s in todo], override_num_blocks=blocks)
     ds = ds.map_batches(
         decode_batch, batch_size=opts.batch_size, batch_format="numpy", num_cpus=opts.decode_cpus,
+        memory=decode_memory,
         fn_kwargs={"model_dir": opts.model_dir, "preprocess_json": json.dumps(opts.preprocess, sort_keys=True)},
         **remote,
     )
@@ -168,8 +176,7 @@ def _pipeline(ray: Any, todo: Sequence[SourceFile], opts: RayOptions) -> Any:
         compute=rd.ActorPoolStrategy(size=opts.actors),
         fn_constructor_kwargs={"model_dir": opts.model_dir, "precision": opts.precision,
                                "threads": opts.actor_threads, "gpus": opts.gpus_per_actor},
-        num_cpus=opts.cpus_per_actor, num_gpus=opts.gpus_per_actor or None,
-        max_restarts=-1, max_task_retries=-1, **remote,
+        num_cpus=opts.cpus_per_actor, num_gpus=opts.gpus_per_actor or None, **remote,
     )
 
 
