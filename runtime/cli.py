@@ -1,4 +1,4 @@
-"""``tki embed`` and ``tki search`` (torch-free), plus ``describe(path)`` for ``tki info``.
+"""``tki embed``, ``tki index`` and ``tki search`` (torch-free), plus ``describe(path)`` for ``tki info``.
 
 The ``tki`` console script adds these with :func:`register`; :func:`main` runs them standalone
 (``python -m tki_sdk.runtime.cli embed ...``).
@@ -14,17 +14,31 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from tki_sdk.common.cli import EXIT_INTERRUPTED, OneLineParser, UsageError, print_error, run_main
+from tki_sdk.common.cli import EXIT_INTERRUPTED, OneLineParser, UsageError, print_error, printable, run_main
 
 __all__ = ["register", "describe", "main", "parse_where"]
 
 EMBED_EXAMPLE = """example:
   tki embed --model export/ --images data/pacs/images --out pacs.gallery --batch-size 64 --threads 2 \\
       --errors skipped.jsonl
+  tki embed --model export/ --images data/pacs/images --out pacs.gallery --prune      # later: only what changed
+  tki embed --model export/ --images /shared/photos --out /shared/photos.gallery --engine ray --actors 4
 
-Builds a gallery from every image file under --images. Folders <domain>/<class>/<file> fill the
-metadata fields "domain" and "class" (<class>/<file> fills "class"). Unreadable files are skipped and
-listed at the end with their reason; the exit status is 0 when at least one image was indexed."""
+Builds or updates a gallery from every image file under --images (or the paths in --manifest). Folders
+<domain>/<class>/<file> fill the metadata fields "domain" and "class" (<class>/<file> fills "class").
+An item's key is a hash of its path relative to --images, so a re-run embeds only new and changed files
+(size or modification time differ; with --hash: content differs) and --prune removes deleted ones.
+Progress is checkpointed into <out>/embed-run/ every --checkpoint-every images or --checkpoint-seconds:
+re-running a killed run resumes it. Unreadable files are skipped and listed at the end with their reason;
+the exit status is 0 when the gallery holds at least one image."""
+
+INDEX_EXAMPLE = """example:
+  tki index --from-parquet shards/ --gallery photos.gallery
+  tki index --from-parquet /shared/run1/shards --gallery photos.gallery --dtype i8
+
+Builds a gallery from embedding shards (Parquet files written by tki embed --shards, either engine), or
+updates an existing one: a row replaces the item of its key, later shards win over earlier ones, rows with
+an error are reported and remove the key's old item. Reads one batch of rows at a time."""
 
 SEARCH_EXAMPLE = """example:
   tki search --gallery pacs.gallery --model export/ --image query.jpg -k 5 --where domain=sketch
@@ -45,15 +59,59 @@ def _add_embed(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, metavar="DIR", help="export folder written by tki-export (holds tki.json)")
     p.add_argument("--images", required=True, metavar="DIR", help="folder of images (searched recursively)")
-    p.add_argument("--out", required=True, metavar="GALLERY", help="gallery folder to write")
+    p.add_argument("--out", required=True, metavar="GALLERY", help="gallery folder to write or update")
+    p.add_argument("--manifest", metavar="FILE",
+                   help="embed the paths listed in a CSV (column 'path', or one per line) or Parquet file "
+                   "(column 'path') instead of listing --images; relative paths are under --images")
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per model call (default 32)")
     _add_model_options(p)
     p.add_argument("--workers", type=int, default=None, metavar="N", help="decode threads (default min(8, cores))")
     p.add_argument("--errors", metavar="FILE", help="also write skipped files as JSON lines {path, reason}")
-    p.add_argument("--exact", action="store_true", help="flat index searched by brute force (no HNSW graph)")
-    p.add_argument("--dtype", default="f32", choices=["f32", "f16", "i8"], help="vector storage (default f32)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing gallery at --out")
+    p.add_argument("--exact", action="store_true", default=None,
+                   help="new gallery: flat index searched by brute force (no HNSW graph)")
+    p.add_argument("--dtype", default=None, choices=["f32", "f16", "i8"], help="new gallery: vector storage (default f32)")
+    p.add_argument("--overwrite", action="store_true", help="rebuild the gallery at --out from scratch")
+    g = p.add_argument_group("incremental runs and checkpoints")
+    g.add_argument("--hash", action="store_true",
+                   help="detect changed files by a SHA-256 of their content instead of size and modification time")
+    g.add_argument("--prune", action="store_true", help="remove items whose file is gone")
+    g.add_argument("--checkpoint-every", type=int, default=1000, metavar="N",
+                   help="write a checkpoint shard every N images (default 1000)")
+    g.add_argument("--checkpoint-seconds", type=float, default=60.0, metavar="T",
+                   help="... or every T seconds, whichever comes first (default 60)")
+    g.add_argument("--shards", metavar="DIR",
+                   help="write the embedding shards (Parquet) here and keep them (default: <out>/embed-run/shards, "
+                   "removed once the gallery is saved)")
+    g.add_argument("--restart", action="store_true", help="discard an unfinished run in <out>/embed-run")
+    r = p.add_argument_group("Ray Data engine (pip install 'tki-sdk[distributed]')")
+    r.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: this process (default); ray: Ray Data tasks decode, an actor pool runs the model")
+    r.add_argument("--address", default=None, metavar="ADDR",
+                   help="Ray cluster to attach to (e.g. ray://head:10001 or auto); default: $RAY_ADDRESS, else a "
+                   "local Ray on this machine")
+    r.add_argument("--actors", type=int, default=1, metavar="N", help="model actors (default 1)")
+    r.add_argument("--cpus-per-actor", type=float, default=1.0, metavar="C", help="CPUs reserved per actor (default 1)")
+    r.add_argument("--gpus-per-actor", type=float, default=0.0, metavar="G",
+                   help="GPUs per actor; > 0 runs the model on onnxruntime's CUDA provider (default 0)")
     p.set_defaults(func=run_embed)
+    return p
+
+
+def _add_index(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "index",
+        help="build or update a gallery from embedding shards (Parquet)",
+        description="Build or update a gallery from the Parquet shards written by tki embed (either engine).",
+        epilog=INDEX_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--from-parquet", required=True, metavar="DIR", dest="from_parquet",
+                   help="folder of shards (part-*.parquet)")
+    p.add_argument("--gallery", required=True, metavar="G", help="gallery folder to create or update")
+    p.add_argument("--exact", action="store_true", default=None, help="new gallery: flat index (brute force)")
+    p.add_argument("--dtype", default=None, choices=["f32", "f16", "i8"], help="new gallery: vector storage (default f32)")
+    p.add_argument("--errors", metavar="FILE", help="also write the failed rows as JSON lines {path, reason}")
+    p.set_defaults(func=run_index)
     return p
 
 
@@ -92,13 +150,14 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``embed`` and ``search`` subcommands to a ``tki`` argparse subparsers object.
+    """Add the ``embed``, ``search`` and ``index`` subcommands to a ``tki`` argparse subparsers object.
 
     Each sets ``func``; the caller runs ``sys.exit(args.func(args))``. Handlers print one line on stderr and
     return a non-zero status for bad input (they raise nothing).
     """
     _add_embed(subparsers)
     _add_search(subparsers)
+    _add_index(subparsers)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -118,17 +177,23 @@ def _positive(name: str, value: int | None) -> None:
         raise UsageError(f"{name} must be >= 1 (got {value})")
 
 
-def _make_embedder(args: argparse.Namespace) -> Any:
-    from .embedder import Embedder
-
-    model = _check_model_dir(args.model)
-    _positive("--threads", args.threads)
+def _preprocess_options(args: argparse.Namespace) -> dict[str, Any]:
     pre: dict[str, Any] = {"draft": bool(args.draft), "exif_transpose": bool(args.exif_transpose)}
     if args.max_pixels is not None:
         _positive("--max-pixels", args.max_pixels)
         pre["max_pixels"] = int(args.max_pixels)
+    return pre
+
+
+def _make_embedder(args: argparse.Namespace, cpu_only: bool = False) -> Any:
+    from .embedder import Embedder
+
+    model = _check_model_dir(args.model)
+    _positive("--threads", args.threads)
+    pre = _preprocess_options(args)
+    extra: dict[str, Any] = {"providers": ["CPUExecutionProvider"], "threads": 1} if cpu_only else {"threads": args.threads}
     try:
-        emb = Embedder(model, backend=args.backend, precision=args.precision, threads=args.threads, preprocess=pre)
+        emb = Embedder(model, backend=args.backend, precision=args.precision, preprocess=pre, **extra)
     except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
         raise UsageError(str(e)) from None
     print(
@@ -181,7 +246,7 @@ def _guarded(prog: str, run: Any, args: argparse.Namespace, interrupted: str) ->
 
 def run_embed(args: argparse.Namespace) -> int:
     """``tki embed``: returns the exit status."""
-    return _guarded("tki embed", _run_embed, args, "interrupted; nothing was written")
+    return _guarded("tki embed", _run_embed, args, "interrupted; re-run the same command to resume")
 
 
 def _check_out_writable(out: Path) -> None:
@@ -205,28 +270,66 @@ def _open_errors_file(path: str) -> Any:
         raise UsageError(f"cannot write --errors {path}: {e.strerror or e}") from None
 
 
-def _run_embed(args: argparse.Namespace) -> int:
-    from .gallery_store import is_empty_dir, is_gallery
-    from .ingest import scan_image_folder
-
+def _check_embed_args(args: argparse.Namespace) -> None:
     _positive("--batch-size", args.batch_size)
     _positive("--workers", args.workers)
+    _positive("--checkpoint-every", args.checkpoint_every)
+    _positive("--actors", args.actors)
+    if not args.checkpoint_seconds > 0:
+        raise UsageError(f"--checkpoint-seconds must be > 0 (got {args.checkpoint_seconds})")
+    if not args.cpus_per_actor > 0:
+        raise UsageError(f"--cpus-per-actor must be > 0 (got {args.cpus_per_actor})")
+    if args.gpus_per_actor < 0:
+        raise UsageError(f"--gpus-per-actor must be >= 0 (got {args.gpus_per_actor})")
+    if args.engine != "ray":
+        for flag, value, default in (("--address", args.address, None), ("--actors", args.actors, 1),
+                                     ("--gpus-per-actor", args.gpus_per_actor, 0.0)):
+            if value != default:
+                raise UsageError(f"{flag} needs --engine ray")
+    if args.manifest and not Path(args.manifest).is_file():
+        raise UsageError(f"--manifest {args.manifest} is not a file")
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    from tki_sdk.common.imagefolders import walk_images
+
+    from .embed_run import EmbedJob, print_report, run_job
+    from .gallery_store import is_empty_dir, is_gallery
+
+    _check_embed_args(args)
     images = Path(args.images)
     if not images.is_dir():
         raise UsageError(f"image folder {images} does not exist or is not a folder")
     out = Path(args.out)
-    if out.exists():
-        if not is_gallery(out) and not (out.is_dir() and is_empty_dir(out)):
-            raise UsageError(f"--out {out} exists and is not a gallery; choose a new path")
-        if is_gallery(out) and not args.overwrite:
-            raise UsageError(f"gallery {out} already exists; pass --overwrite to replace it")
+    if out.exists() and not is_gallery(out) and not (out.is_dir() and is_empty_dir(out)):
+        raise UsageError(f"--out {out} exists and is not a gallery; choose a new path")
     _check_out_writable(out)
-    files = scan_image_folder(images)
-    if not files:
+    if not args.manifest and not is_gallery(out) and next(iter(walk_images(images)), None) is None:
         raise UsageError(f"no image files under {images} (looked for .jpg, .png, .gif, .bmp, .tif, .webp, ...)")
+    if is_gallery(out) and not args.overwrite:
+        _check_same_model(out, args.model)
+    job = EmbedJob(
+        images=images, out=out, manifest=Path(args.manifest) if args.manifest else None, use_hash=args.hash,
+        prune=args.prune, overwrite=args.overwrite, restart=args.restart,
+        shards=Path(args.shards) if args.shards else None, every=args.checkpoint_every,
+        seconds=args.checkpoint_seconds, exact=args.exact, dtype=args.dtype, engine=args.engine, progress=True,
+    )
     errors_f = _open_errors_file(args.errors) if args.errors else None
     try:
-        return _embed_and_save(args, _make_embedder(args), files, images, out, errors_f)
+        emb = _make_embedder(args, cpu_only=args.engine == "ray")
+        info, new_gallery = _model_record(emb, args)
+        engine = _local_engine(emb, args) if args.engine == "local" else _ray_engine(emb, args)
+        try:
+            rep = run_job(job, info, engine, new_gallery)
+        except KeyboardInterrupt:
+            print_error("tki embed", f"interrupted; the checkpoints in {out}/embed-run are kept: re-run the same "
+                        "command to resume")
+            return EXIT_INTERRUPTED
+        except (ImportError, ValueError, OSError) as e:
+            raise UsageError(str(e), code=1) from None
+        print_report(rep, out)
+        _write_errors(errors_f, args.errors, rep.failed, saved=out)
+        return 0
     finally:
         if errors_f is not None:
             try:
@@ -235,38 +338,65 @@ def _run_embed(args: argparse.Namespace) -> int:
                 pass  # already reported by _write_errors
 
 
-def _embed_and_save(args: argparse.Namespace, emb: Any, files: list, images: Path, out: Path, errors_f: Any) -> int:
-    """Embed ``files``, save the gallery to ``out``, then write the skipped files to ``errors_f``."""
+def _check_same_model(gallery: Path, model: str) -> None:
+    """Refuse, before loading the model, to update a gallery another model built."""
     from .gallery import Gallery
-    from .ingest import embed_into, gallery_options
+    from .metadata import ModelMetadata
 
-    t0 = time.perf_counter()
     try:
-        gallery = Gallery(**gallery_options(emb, exact=args.exact, dtype=args.dtype))
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    res = embed_into(gallery, files, emb, batch_size=args.batch_size, workers=args.workers, progress=True)
-    wall = time.perf_counter() - t0
-    if res.errors:
-        print(f"skipped {len(res.errors)} of {len(files)} files:", file=sys.stderr)
-        for item, reason in res.errors:
-            print(f"  {item}: {reason}", file=sys.stderr)
-    if not len(res.indices):
-        _write_errors(errors_f, args.errors, res.errors)
-        raise UsageError(f"none of the {len(files)} files under {images} could be read; nothing was written", code=1)
-    try:
-        gallery.save(out)
-    except OSError as e:
-        raise UsageError(f"cannot write gallery {out}: {e}", code=1) from None
-    s = res.stats
-    print(
-        f"indexed {len(res.indices)} of {len(files)} images into {out} in {wall:.1f} s "
-        f"({len(res.indices) / max(wall, 1e-9):.1f} img/s; model {s['infer_s']:.1f} s, "
-        f"decode+preprocess {s['decode_s']:.1f} thread-s)",
-        file=sys.stderr,
+        found = Gallery.read_info(gallery).get("model_fingerprint")
+        want = ModelMetadata.load(_check_model_dir(model)).fingerprint()
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read {gallery} or {model}: {e}") from None
+    if found and found != want:
+        raise UsageError(f"gallery {gallery} was built with another model ({found[:12]}); "
+                         "pass --overwrite to rebuild it with this one")
+
+
+def _model_record(emb: Any, args: argparse.Namespace) -> tuple[Any, Any]:
+    """The shard metadata for ``emb``'s embeddings and a factory of an empty gallery for them."""
+    from .gallery import Gallery
+    from .ingest import gallery_options
+    from .shards import ShardInfo
+
+    opts = gallery_options(emb, exact=bool(args.exact), dtype=args.dtype or "f32")
+    info = ShardInfo(model_fingerprint=emb.model_fingerprint, embedding_dim=emb.embedding_dim, metric=opts["metric"],
+                     model=opts["model_info"], images_root=str(Path(args.images).resolve()), engine=args.engine)
+
+    def new_gallery() -> Any:
+        try:
+            return Gallery(**opts)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+
+    return info, new_gallery
+
+
+def _local_engine(emb: Any, args: argparse.Namespace) -> Any:
+    from .embed_run import embed_local
+
+    def engine(todo: Sequence[Any], checkpoints: Any) -> int:
+        return embed_local(todo, emb, checkpoints, batch_size=args.batch_size, workers=args.workers, progress=True)
+
+    return engine
+
+
+def _ray_engine(emb: Any, args: argparse.Namespace) -> Any:
+    from .distributed import RayOptions, embed_ray
+
+    opts = RayOptions(
+        model_dir=str(emb.model_dir), precision=emb.precision, preprocess=_preprocess_options(args),
+        address=args.address, actors=args.actors, cpus_per_actor=args.cpus_per_actor,
+        gpus_per_actor=args.gpus_per_actor, threads=args.threads, batch_size=args.batch_size,
     )
-    _write_errors(errors_f, args.errors, res.errors, saved=out)
-    return 0
+
+    def engine(todo: Sequence[Any], checkpoints: Any) -> int:
+        try:
+            return embed_ray(todo, checkpoints, opts, progress=True)
+        except ImportError as e:
+            raise UsageError(str(e), code=3) from None
+
+    return engine
 
 
 def _write_errors(f: Any, name: str | None, errors: Sequence[tuple[Any, str]], saved: Path | None = None) -> None:
@@ -280,6 +410,43 @@ def _write_errors(f: Any, name: str | None, errors: Sequence[tuple[Any, str]], s
     except OSError as e:
         kept = f"; the gallery {saved} was saved" if saved is not None else ""
         raise UsageError(f"cannot write --errors {name}: {e.strerror or e}{kept}", code=1) from None
+
+
+# ---------------------------------------------------------------------------------------------- index
+def run_index(args: argparse.Namespace) -> int:
+    """``tki index``: returns the exit status."""
+    return _guarded("tki index", _run_index, args, "interrupted; the gallery was not changed")
+
+
+def _run_index(args: argparse.Namespace) -> int:
+    from .embed_run import index_folder
+
+    src, gpath = Path(args.from_parquet), Path(args.gallery)
+    if not src.is_dir():
+        raise UsageError(f"--from-parquet {src} is not a folder of shards")
+    _check_out_writable(gpath)
+    errors_f = _open_errors_file(args.errors) if args.errors else None
+    try:
+        t0 = time.perf_counter()
+        try:
+            rep, gallery = index_folder(src, gpath, exact=args.exact, dtype=args.dtype, progress=True)
+        except ImportError as e:
+            raise UsageError(str(e), code=3) from None
+        except (OSError, ValueError) as e:
+            raise UsageError(str(e), code=1) from None
+        for path, reason in rep.failed:
+            print(f"  failed: {printable(path)}: {printable(reason)}", file=sys.stderr)
+        print(f"indexed {rep.rows} rows into {gpath} ({len(gallery)} items) in {time.perf_counter() - t0:.1f} s: "
+              f"added {rep.added}, updated {rep.updated}, unchanged {rep.unchanged}, failed {len(rep.failed)}",
+              file=sys.stderr)
+        _write_errors(errors_f, args.errors, rep.failed, saved=gpath)
+        return 0
+    finally:
+        if errors_f is not None:
+            try:
+                errors_f.close()
+            except OSError:
+                pass
 
 
 # ---------------------------------------------------------------------------------------------- search

@@ -8,6 +8,7 @@ On disk::
     G/v-<id>/index.usearch    HNSW graph + vectors   (exact galleries: keys.npy + vectors.npy)
     G/v-<id>/keys.npy, vectors.npy   re-ranking copy of an HNSW gallery (float16 vectors)
     G/v-<id>/meta.sqlite      metadata (:class:`~tki_sdk.runtime.metadata_store.MetadataStore`)
+    G/embed-run/              an unfinished ``tki embed`` run (:mod:`tki_sdk.runtime.embed_run`); saves keep it
 
 :func:`save_version` writes a complete new version beside the old one (every file fsync'ed by the writer),
 renames it into place and only then swaps ``CURRENT`` (the common atomic writer: temporary file, fsync,
@@ -30,7 +31,7 @@ from tki_sdk.common.atomic import atomic_write_text, fsync_dir
 from tki_sdk.common.gallery_manifest import MANIFEST_FILE
 
 __all__ = [
-    "CURRENT_FILE", "LOCK_FILE", "MANIFEST_FILE", "INDEX_FILE", "KEYS_FILE", "VECTORS_FILE", "META_FILE",
+    "CURRENT_FILE", "LOCK_FILE", "RUN_DIR", "MANIFEST_FILE", "INDEX_FILE", "KEYS_FILE", "VECTORS_FILE", "META_FILE",
     "folder_lock", "is_empty_dir", "read_current", "is_gallery", "save_version", "live_version",
 ]
 
@@ -40,6 +41,8 @@ INDEX_FILE = "index.usearch"
 KEYS_FILE = "keys.npy"
 VECTORS_FILE = "vectors.npy"
 META_FILE = "meta.sqlite"
+#: Folder of an unfinished embedding run inside a gallery folder (not part of any version).
+RUN_DIR = "embed-run"
 
 
 @contextlib.contextmanager
@@ -73,8 +76,9 @@ def folder_lock(root: Path, *, exclusive: bool) -> Iterator[None]:
 
 
 def is_empty_dir(root: Path) -> bool:
-    """True when ``root`` holds nothing but the lock file and leftovers of interrupted saves."""
-    return not any(c.name != LOCK_FILE and not c.name.startswith(".tmp-") for c in root.iterdir())
+    """True when ``root`` holds nothing but the lock file, an unfinished embedding run and leftovers of
+    interrupted saves."""
+    return not any(c.name not in (LOCK_FILE, RUN_DIR) and not c.name.startswith(".tmp-") for c in root.iterdir())
 
 
 def read_current(root: Path) -> Path:

@@ -113,7 +113,10 @@ def test_bad_inputs_give_one_line_and_nonzero_exit(setup, gallery, tmp_path, cap
                              str(tmp_path / "o")], "tki.json")
     _one_line_error(capsys, ["embed", "--model", str(export), "--images", str(tmp_path / "empty"), "--out",
                              str(tmp_path / "o")], "no image files")
-    _one_line_error(capsys, ["embed", "--model", str(export), "--images", str(images), "--out", str(gallery)],
+    _one_line_error(capsys, ["embed", "--model", str(export), "--images", str(images), "--out", str(tmp_path / "junk")],
+                    "is not a gallery")
+    other_model, _ = make_tiny_export(tmp_path / "other_model", seed=7)
+    _one_line_error(capsys, ["embed", "--model", str(other_model), "--images", str(images), "--out", str(gallery)],
                     "--overwrite")
     _one_line_error(capsys, ["embed", "--model", str(export), "--images", str(images), "--out", str(tmp_path / "o"),
                              "--batch-size", "0"], "--batch-size must be >= 1")
