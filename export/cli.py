@@ -1,5 +1,6 @@
 """``tki-export``: fused CLIP visual encoder + TKI head -> ONNX fp32 / fp16 / int8 (+ TensorRT), each checked
-against PyTorch. Exit status: 0 success, 1 export or parity failure, 2 bad input."""
+against PyTorch. Exit status: 0 success, 1 export or parity failure, 2 bad input (also an ``--out`` that is
+not an export folder, without ``--overwrite``)."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +24,8 @@ examples:
   tki-export --head none --model ViT-B-32 --pretrained openai --out models/clip-b32
   # TensorRT fp16 engine (GPU + `pip install 'tki-sdk[gpu]'`) and a Triton model repository
   tki-export --checkpoint ckpt/pacs --out models/pacs --tensorrt --max-batch 256 --triton-repo triton/
+  # into a folder that holds other files: only model*.onnx, model.plan, tki.json, parity.json are replaced
+  tki-export --checkpoint ckpt/pacs --out shared/models --overwrite
 
 every artifact is compared with TKIModel.encode_image in float64 on real images and random tensors
 (batch 1 and a larger batch); thresholds: fp32 cosine >= 0.99999, fp16 >= 0.999, int8 >= 0.99,
@@ -43,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", type=Path, help="`tki train` output folder (needed for --head tki)")
     p.add_argument("--out", type=Path, required=True, help="output folder (created); an earlier export there is replaced only "
-                        "when every new artifact passes parity")
+                        "when every new artifact passes parity; a folder that is not an export is refused")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --out that is not an export: replaces or removes only the files tki-export "
+                        "writes (model.onnx, model.fp16.onnx, model.int8.onnx, model.plan, tki.json, parity.json)")
     p.add_argument("--precision", default="fp32,fp16,int8",
                    help="comma-separated artifacts: fp32, fp16, int8 (default all; fp32 is always written)")
     p.add_argument("--head", choices=["tki", "none"], default="tki",
@@ -137,6 +143,12 @@ def _config(args: argparse.Namespace):  # -> ExportConfig
             raise UsageError(f"--calib-images: {e}") from None
     if args.tensorrt and tensorrt_available() is None:
         raise UsageError(TENSORRT_MISSING)
+    from .pipeline import OutFolderError, check_out_folder
+
+    try:
+        check_out_folder(args.out, args.overwrite)
+    except OutFolderError as e:
+        raise UsageError(str(e)) from None
     _check_writable(args.out, "output folder")
     if args.triton_repo is not None:
         _check_writable(args.triton_repo, "Triton repository")
@@ -146,7 +158,7 @@ def _config(args: argparse.Namespace):  # -> ExportConfig
         pretrained=args.pretrained, tensorrt=args.tensorrt, calib_images=args.calib_images,
         calib_count=args.calib_count, val_count=args.val_count, opset=args.opset, max_batch=args.max_batch,
         triton_repo=args.triton_repo, allow_parity_failure=args.allow_parity_failure, int8_schemes=schemes,
-        threads=args.threads, time_torch=not args.no_timing, progress=not args.no_progress,
+        threads=args.threads, time_torch=not args.no_timing, progress=not args.no_progress, overwrite=args.overwrite,
     )
 
 

@@ -18,14 +18,23 @@
 
 Every artifact is built and validated in a temporary folder inside ``out`` (``out/.tki-export-*``, removed
 afterwards). Only when all of them passed are they moved into ``out`` with ``os.replace``, ``tki.json`` last
-(artifact files of an earlier export that the new ``tki.json`` does not list are then removed). So a failed
+(artifact files the earlier ``tki.json`` listed and the new one does not are then removed). So a failed
 re-export leaves a working export in ``out`` as it was: its artifacts and ``tki.json`` are untouched.
+
+``out`` must be new, empty, or an export (it holds ``tki.json`` or ``parity.json``); any other folder is
+refused (:class:`OutFolderError`) unless ``overwrite``, and even then only the files tki-export writes are
+replaced or removed (the artifact table's file names, ``tki.json``, ``parity.json``): a user's other files
+stay. Staging folders: each export holds an exclusive ``flock`` on ``<stage>/.lock`` while it runs; a new
+export first removes every ``.tki-export-*`` folder whose lock nobody holds (its export was killed), and
+lock-less ones (from older versions) once they are an hour old (:func:`clean_stale_staging`).
 A failed artifact raises :class:`~.validate.ParityError` after ``parity.json`` (the failed run's report) is
 written, unless ``allow_parity_failure`` keeps it with a warning.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import json
 import os
 import shutil
 import sys
@@ -52,10 +61,98 @@ from .validate import (
     validate_runner,
 )
 
-__all__ = ["ExportConfig", "ExportResult", "run_export", "validate_export", "PRECISIONS", "ARTIFACT_FILES", "PARITY_FILE"]
+__all__ = ["ExportConfig", "ExportResult", "run_export", "validate_export", "PRECISIONS", "ARTIFACT_FILES", "PARITY_FILE",
+           "OutFolderError", "check_out_folder", "clean_stale_staging", "WRITTEN_FILES"]
 
 #: File name of each artifact key (from the artifact table, :data:`tki_sdk.common.artifacts.ARTIFACT_KINDS`).
 ARTIFACT_FILES = {k: a.file for k, a in ARTIFACT_KINDS.items()}
+#: Every file name tki-export writes into ``out``: the only ones it ever replaces or removes there.
+WRITTEN_FILES = frozenset({*ARTIFACT_FILES.values(), METADATA_FILE, PARITY_FILE})
+STAGING_PREFIX = ".tki-export-"
+STAGING_LOCK = ".lock"
+#: Age (seconds) after which a staging folder without a lock file (older tki-export) counts as stale.
+STALE_UNLOCKED_AGE_S = 3600
+
+
+class OutFolderError(ValueError):
+    """``--out`` is a folder that is not an export (and ``overwrite`` was not given)."""
+
+
+def check_out_folder(out: Path, overwrite: bool = False) -> None:
+    """Refuse an ``out`` that is a file, or a non-empty folder that is not an export, unless ``overwrite``.
+
+    An export folder holds ``tki.json`` or ``parity.json`` (written by tki-export, also by a failed run);
+    staging folders and the TensorRT timing cache do not count as content.
+    """
+    if out.exists() and not out.is_dir():
+        raise OutFolderError(f"--out {out} is a file, not a folder; choose another --out")
+    if not out.is_dir() or overwrite:
+        return
+    names = [c.name for c in out.iterdir()
+             if not c.name.startswith((STAGING_PREFIX, ".tki-write-test-")) and c.name != "tensorrt.timing.cache"]
+    if not names or METADATA_FILE in names or PARITY_FILE in names:
+        return
+    mine = sorted(n for n in names if n in WRITTEN_FILES)
+    shown = ", ".join(sorted(names)[:4]) + (", ..." if len(names) > 4 else "")
+    raise OutFolderError(
+        f"--out {out} is not an export folder (no {METADATA_FILE}) and holds other files ({shown}); choose a new "
+        f"or empty folder, or pass --overwrite to replace only the files tki-export writes"
+        + (f" (here: {', '.join(mine)})" if mine else "") + "; other files are kept")
+
+
+def clean_stale_staging(out: Path) -> list[Path]:
+    """Remove staging folders of killed exports under ``out`` (see the module docstring); returns them."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX: only the age rule
+        fcntl = None  # type: ignore[assignment]
+    removed = []
+    for d in sorted(out.glob(STAGING_PREFIX + "*")):
+        if d.is_symlink() or not d.is_dir():
+            continue
+        lock = d / STAGING_LOCK
+        if lock.is_file() and fcntl is not None:
+            try:
+                fd = os.open(lock, os.O_RDWR)
+            except OSError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # a running export holds it
+                shutil.rmtree(d, ignore_errors=True)
+            finally:
+                os.close(fd)
+        else:
+            try:
+                age = time.time() - d.stat().st_mtime
+            except OSError:
+                continue
+            if age <= STALE_UNLOCKED_AGE_S:
+                continue  # may be an export that is just starting
+            shutil.rmtree(d, ignore_errors=True)
+        if not d.exists():
+            removed.append(d)
+    return removed
+
+
+@contextlib.contextmanager
+def _staging(out: Path):
+    """A new staging folder inside ``out``, locked (``flock`` on ``.lock``) for as long as the export runs."""
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=STAGING_PREFIX))
+    fd = os.open(stage / STAGING_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover
+            pass
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        os.close(fd)
 
 
 @dataclass
@@ -83,6 +180,7 @@ class ExportConfig:
     time_torch: bool = True
     progress: bool = True
     seed: int = 0
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -436,7 +534,7 @@ class _ExportRun:
                 },
             )
             md.save(self.stage)
-            _install(self.stage, cfg.out, [a["file"] for a in self.artifacts.values()])
+            _install(self.stage, cfg.out, [a["file"] for a in self.artifacts.values()], overwrite=cfg.overwrite)
         self.steps.done()
 
     def summary_rows(self) -> list[dict[str, Any]]:
@@ -460,26 +558,30 @@ def run_export(cfg: ExportConfig, model: Any | None = None) -> ExportResult:
     in-memory ``TKIModel`` to export instead of building one from ``cfg`` (checkpoint / head / model name are
     then ignored)."""
     t_start = time.perf_counter()
+    check_out_folder(cfg.out, cfg.overwrite)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    stage_ctx = tempfile.TemporaryDirectory(dir=cfg.out, prefix=".tki-export-")
+    stale = clean_stale_staging(cfg.out)
     n_steps = 4 + ("fp16" in cfg.precisions) + 2 * ("int8" in cfg.precisions) + bool(cfg.tensorrt) + 1
     steps = _Steps(n_steps, cfg.progress)
-    run = _ExportRun(cfg, Path(stage_ctx.name), steps)
-    try:
-        run.load(model)
-        run.reference()
-        run.fp32()
-        if "fp16" in cfg.precisions:
-            run.fp16()
-        if "int8" in cfg.precisions:
-            run.int8()
-        if cfg.tensorrt:
-            run.tensorrt()
-        run.time_artifacts()
-        run.write()
-    finally:
-        steps.close()
-        stage_ctx.cleanup()
+    with _staging(cfg.out) as stage:
+        run = _ExportRun(cfg, stage, steps)
+        if stale:
+            run.warnings.append(f"removed {len(stale)} staging folder(s) of killed exports: "
+                                + ", ".join(d.name for d in stale))
+        try:
+            run.load(model)
+            run.reference()
+            run.fp32()
+            if "fp16" in cfg.precisions:
+                run.fp16()
+            if "int8" in cfg.precisions:
+                run.int8()
+            if cfg.tensorrt:
+                run.tensorrt()
+            run.time_artifacts()
+            run.write()
+        finally:
+            steps.close()
 
     failures = [r for r in run.parity.values() if not r.passed]
     result = ExportResult(cfg.out, run.metadata, run.parity, run.summary_rows(), run.warnings, failures,
@@ -552,16 +654,26 @@ def validate_export(
     return results
 
 
-def _install(stage: Path, out: Path, files: list[str]) -> None:
+def _listed_files(folder: Path) -> set[str]:
+    """Artifact file names the ``tki.json`` in ``folder`` lists (only names of the artifact table)."""
+    try:
+        arts = json.loads((folder / METADATA_FILE).read_text(encoding="utf-8")).get("artifacts") or {}
+        return {a.get("file") for a in arts.values() if isinstance(a, dict)} & set(ARTIFACT_FILES.values())
+    except (OSError, ValueError, AttributeError):
+        return set()
+
+
+def _install(stage: Path, out: Path, files: list[str], overwrite: bool = False) -> None:
     """Move the validated ``files`` and then ``tki.json`` from ``stage`` into ``out`` (``os.replace``: each file
-    is either the old or the new one, never partly written), then remove artifact files of an earlier export
-    that the new ``tki.json`` does not list."""
+    is either the old or the new one, never partly written), then remove the artifact files the earlier
+    ``tki.json`` listed and the new one does not (with ``overwrite``: every artifact-table file the new one
+    does not list). Files tki-export does not write are never touched."""
+    stale = _listed_files(out) | (set(ARTIFACT_FILES.values()) if overwrite else set())
     for name in files:
         os.replace(stage / name, out / name)
     os.replace(stage / METADATA_FILE, out / METADATA_FILE)
-    for name in ARTIFACT_FILES.values():
-        if name not in files:
-            (out / name).unlink(missing_ok=True)
+    for name in sorted(stale - set(files)):
+        (out / name).unlink(missing_ok=True)
 
 
 def _bench_batch(inputs: Any, n: int) -> np.ndarray:

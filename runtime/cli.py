@@ -14,9 +14,18 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from tki_sdk.common.cli import EXIT_INTERRUPTED, OneLineParser, UsageError, print_error, printable, run_main
+from tki_sdk.common.cli import (
+    EXIT_DAMAGED,
+    EXIT_INTERRUPTED,
+    OneLineParser,
+    UsageError,
+    one_line,
+    print_error,
+    printable,
+    run_main,
+)
 
-__all__ = ["register", "describe", "main", "parse_where"]
+__all__ = ["register", "describe", "describe_or_refuse", "main", "parse_where", "INFO_EXAMPLE", "VERIFY_HELP"]
 
 EMBED_EXAMPLE = """example:
   tki embed --model export/ --images data/pacs/images --out pacs.gallery --batch-size 64 --threads 2 \\
@@ -45,7 +54,21 @@ SEARCH_EXAMPLE = """example:
   tki search --gallery pacs.gallery --model export/ --images queries/ --where class=dog,horse --json
 
 --where NAME=VALUE keeps gallery items whose metadata field NAME equals VALUE (VALUE may be a comma list:
-any of them); several --where options must all hold. --json prints one JSON object per query."""
+any of them); several --where options must all hold (at most 32 fields, 900 values). --json prints one JSON
+object per query. -k is at most 100,000 and capped by the gallery size. Paths and metadata are printed with
+control characters escaped (\n, \x1b). Exit status: 0 results printed, 1 no query could be read, 2 bad input,
+4 the gallery or the model file is damaged (the message names the file)."""
+
+
+INFO_EXAMPLE = """example:
+  tki info export/
+  tki info --verify pacs.gallery
+
+Checks every file against what tki.json / gallery.json records: sizes (galleries up to 64 MiB: SHA-256 too)
+by default, SHA-256 of every file with --verify. Exit status: 0 described (and verified), 2 not a checkpoint,
+export or gallery, 4 a file is damaged or changed (the message names it and what to do)."""
+
+VERIFY_HELP = "check the SHA-256 of every file against tki.json / gallery.json (reads them all once)"
 
 
 # ---------------------------------------------------------------------------------------------- parsers
@@ -128,7 +151,8 @@ def _add_search(sub: Any) -> argparse.ArgumentParser:
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--image", nargs="+", metavar="FILE", help="query image file(s)")
     q.add_argument("--images", metavar="DIR", help="folder of query images")
-    p.add_argument("-k", type=int, default=10, metavar="N", help="hits per query (default 10)")
+    p.add_argument("-k", type=int, default=10, metavar="N",
+                   help="hits per query (default 10; at most 100,000, capped by the gallery size)")
     p.add_argument("--where", action="append", default=[], metavar="NAME=VALUE",
                    help="metadata filter, e.g. domain=sketch or class=dog,horse (repeatable: all must hold)")
     p.add_argument("--json", action="store_true", help="print one JSON object per query instead of text")
@@ -186,6 +210,7 @@ def _preprocess_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _make_embedder(args: argparse.Namespace, cpu_only: bool = False) -> Any:
+    from .artifact_check import ArtifactCheckError
     from .embedder import Embedder
 
     model = _check_model_dir(args.model)
@@ -194,6 +219,8 @@ def _make_embedder(args: argparse.Namespace, cpu_only: bool = False) -> Any:
     extra: dict[str, Any] = {"providers": ["CPUExecutionProvider"], "threads": 1} if cpu_only else {"threads": args.threads}
     try:
         emb = Embedder(model, backend=args.backend, precision=args.precision, preprocess=pre, **extra)
+    except ArtifactCheckError as e:
+        raise UsageError(str(e), code=EXIT_DAMAGED) from None
     except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
         raise UsageError(str(e)) from None
     print(
@@ -271,7 +298,11 @@ def _open_errors_file(path: str) -> Any:
 
 
 def _check_embed_args(args: argparse.Namespace) -> None:
+    from .embedder import MAX_BATCH_SIZE
+
     _positive("--batch-size", args.batch_size)
+    if args.batch_size > MAX_BATCH_SIZE:
+        raise UsageError(f"--batch-size must be at most {MAX_BATCH_SIZE:,} (got {args.batch_size:,})")
     _positive("--workers", args.workers)
     _positive("--checkpoint-every", args.checkpoint_every)
     _positive("--actors", args.actors)
@@ -325,7 +356,11 @@ def _run_embed(args: argparse.Namespace) -> int:
             print_error("tki embed", f"interrupted; the checkpoints in {out}/embed-run are kept: re-run the same "
                         "command to resume")
             return EXIT_INTERRUPTED
-        except (ImportError, ValueError, OSError) as e:
+        except OSError as e:  # a full disk, an I/O error while checkpointing or saving
+            kept = "the gallery is unchanged" if is_gallery(out) else "no gallery was written"
+            raise UsageError(f"cannot write gallery {out}: {one_line(e)}; {kept}; completed checkpoints in "
+                             f"{out}/embed-run are kept for the next run", code=1) from None
+        except (ImportError, ValueError) as e:
             raise UsageError(str(e), code=1) from None
         print_report(rep, out)
         _write_errors(errors_f, args.errors, rep.failed, saved=out)
@@ -456,11 +491,17 @@ def run_search(args: argparse.Namespace) -> int:
 
 
 def _run_search(args: argparse.Namespace) -> int:
-    from .gallery import MISSING_KEY, Gallery, ModelMismatchError, is_gallery
-    from .ingest import scan_image_folder
+    from tki_sdk.common.imagefolders import SkippedEntry, list_images
+
+    from .gallery import MAX_K, MISSING_KEY, Gallery, GalleryDamagedError, ModelMismatchError, is_gallery
+    from .metadata_store import MAX_WHERE_FIELDS
 
     _positive("-k", args.k)
+    if args.k > MAX_K:
+        raise UsageError(f"-k {args.k:,} is too large: k must be at most {MAX_K:,}")
     where = parse_where(args.where)
+    if where and len(where) > MAX_WHERE_FIELDS:
+        raise UsageError(f"--where names {len(where)} fields; a filter may name at most {MAX_WHERE_FIELDS} fields")
     gpath = Path(args.gallery)
     if not is_gallery(gpath):
         raise UsageError(f"{gpath} is not a gallery; build one with tki embed")
@@ -468,18 +509,23 @@ def _run_search(args: argparse.Namespace) -> int:
         qdir = Path(args.images)
         if not qdir.is_dir():
             raise UsageError(f"query folder {qdir} does not exist or is not a folder")
-        queries: list[Path] = [p for p, _ in scan_image_folder(qdir)]
+        skipped: list[SkippedEntry] = []
+        queries: list[Path] = [f.path for f in list_images(qdir, skipped)]
+        for entry in skipped:
+            print(f"tki search: skipped {printable(entry.path)}: {printable(entry.reason)}", file=sys.stderr)
         if not queries:
             raise UsageError(f"no image files under {qdir}")
     else:
         queries = [Path(q) for q in args.image]
-        missing = [str(q) for q in queries if not q.is_file()]
+        missing = [printable(q) for q in queries if not q.is_file()]
         if missing:
             raise UsageError(f"query image not found: {', '.join(missing)}")
     try:
         gallery = Gallery.view(gpath)
+    except GalleryDamagedError as e:
+        raise UsageError(str(e), code=EXIT_DAMAGED) from None
     except (OSError, ValueError) as e:
-        raise UsageError(f"cannot open gallery {gpath}: {e}") from None
+        raise UsageError(f"cannot open gallery {gpath}: {one_line(e)}") from None
     from .metadata import ModelMetadata
 
     try:
@@ -493,15 +539,17 @@ def _run_search(args: argparse.Namespace) -> int:
         raise UsageError(f"model embeds {emb.embedding_dim}-d vectors but the gallery holds {gallery.ndim}-d ones")
     res = emb.embed_images(queries, progress=len(queries) > 64)
     for item, reason in res.errors:
-        print(f"tki search: skipped query {item}: {reason}", file=sys.stderr)
+        print(f"tki search: skipped query {printable(item)}: {printable(reason)}", file=sys.stderr)
     if not len(res.indices):
         raise UsageError("no query image could be read", code=1)
     try:
         keys, dists = gallery.search(res.embeddings, args.k, where=where, model_fingerprint=emb.model_fingerprint)
+        flat = keys.reshape(-1)
+        metas = gallery.get_metadata(flat[flat != MISSING_KEY])
+    except GalleryDamagedError as e:
+        raise UsageError(str(e), code=EXIT_DAMAGED) from None
     except ValueError as e:
         raise UsageError(str(e)) from None
-    flat = keys.reshape(-1)
-    metas = gallery.get_metadata(flat[flat != MISSING_KEY])
     meta_of = dict(zip((int(k) for k in flat[flat != MISSING_KEY]), metas))
     for row, qi in enumerate(res.indices):
         hits = []
@@ -512,22 +560,31 @@ def _run_search(args: argparse.Namespace) -> int:
             hits.append({"rank": rank, "key": int(k), "distance": float(d), **{f: m.get(f) for f in ("path", "domain", "class")},
                          "metadata": m})
         query = str(queries[int(qi)])
-        if args.json:
+        if args.json:  # json.dumps escapes control characters itself (\n, \u001b)
             print(json.dumps({"query": query, "hits": hits}))
         else:
-            print(f"{query}")
+            print(printable(query))
             if not hits:
                 print("  (no gallery item matches)")
             for h in hits:
                 label = "/".join(str(h[f]) for f in ("domain", "class") if h.get(f) is not None)
                 where_txt = h.get("path") or f"key {h['key']}"
-                print(f"  {h['rank']:>3}. {h['distance']:.4f}  {where_txt}" + (f"  [{label}]" if label else ""))
+                print(f"  {h['rank']:>3}. {h['distance']:.4f}  {printable(where_txt)}"
+                      + (f"  [{printable(label)}]" if label else ""))
     return 0
 
 
 # ---------------------------------------------------------------------------------------------- info
-def describe(path: str | os.PathLike) -> str | None:
-    """Text description of an export folder / ``tki.json`` or of a gallery; ``None`` when it is neither."""
+def describe(path: str | os.PathLike, verify: bool = False) -> str | None:
+    """Text description of an export folder / ``tki.json`` or of a gallery; ``None`` when it is neither.
+
+    Files are checked against what ``tki.json`` / ``gallery.json`` record: sizes (and, for galleries up to
+    64 MiB, SHA-256) by default, SHA-256 of everything with ``verify``. A damaged file raises
+    :class:`~tki_sdk.runtime.gallery_store.GalleryDamagedError` or
+    :class:`~tki_sdk.runtime.artifact_check.ArtifactCheckError` (one line naming the file; ``tki info``
+    exits 4).
+    """
+    from .artifact_check import checked_artifact_path
     from .gallery import Gallery, is_gallery
     from .metadata import METADATA_FILE, ModelMetadata
 
@@ -550,16 +607,19 @@ def describe(path: str | os.PathLike) -> str | None:
             lines.append(f"  opset:        {md.opset}")
         for key, art in sorted(md.artifacts.items()):
             f = folder / str(art.get("file", ""))
-            size = f.stat().st_size if f.is_file() else None
-            status = f"{size / 1e6:.1f} MB" if size is not None else "MISSING"
+            if f.is_file() or not isinstance(art, dict):
+                _, checked = checked_artifact_path(folder, key, art if isinstance(art, dict) else {},
+                                                   "sha256" if verify else "size")
+                size = f.stat().st_size
+                status = f"{size / 1e6:.1f} MB, " + ("sha256 ok" if checked == "sha256" else
+                                                      "size ok" if checked.startswith("size") else checked)
+            else:
+                status = "MISSING"
             default = "  (default)" if key == md.default_precision else ""
-            lines.append(f"  artifact:     {key:<14} {art.get('file')}  {status}{default}")
+            lines.append(f"  artifact:     {key:<14} {printable(art.get('file'))}  {status}{default}")
         return "\n".join(lines)
     if is_gallery(p):
-        try:
-            return Gallery.view(p).describe()
-        except (OSError, ValueError) as e:
-            return f"gallery: {p}\n  damaged: {e}"
+        return Gallery.view(p, verify="sha256" if verify else "auto").describe()
     return None
 
 
@@ -576,8 +636,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     register(sub)
     info = sub.add_parser("info", help="describe an export folder or a gallery",
-                          epilog="example:\n  tki info export/", formatter_class=argparse.RawDescriptionHelpFormatter)
+                          epilog=INFO_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     info.add_argument("path")
+    info.add_argument("--verify", action="store_true", help=VERIFY_HELP)
     info.set_defaults(func=_run_info)
     def body() -> int:
         args = parser.parse_args(argv)
@@ -588,8 +649,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_main("tki", body)
 
 
+def describe_or_refuse(path: str | os.PathLike, verify: bool = False) -> str | None:
+    """:func:`describe`, with a damaged gallery or model file as a :class:`UsageError` of exit status 4."""
+    from .artifact_check import ArtifactCheckError
+    from .gallery_store import GalleryDamagedError
+
+    try:
+        return describe(path, verify=verify)
+    except (GalleryDamagedError, ArtifactCheckError) as e:
+        raise UsageError(str(e), code=EXIT_DAMAGED, prog="tki info") from None
+
+
 def _run_info(args: argparse.Namespace) -> int:
-    text = describe(args.path)
+    try:
+        text = describe_or_refuse(args.path, verify=args.verify)
+    except UsageError as e:
+        print_error("tki info", e)
+        return e.code
     if text is None:
         print_error("tki info", f"{args.path} is neither an export folder (tki.json) nor a gallery")
         return 2

@@ -42,6 +42,7 @@ import numpy as np
 from tki_sdk.common.atomic import atomic_write_json
 from tki_sdk.common.cli import EXIT_FAILED, UsageError
 from tki_sdk.common.contract import ContractError, check_version, read_json_object
+from tki_sdk.common.imagefolders import SkippedEntry
 
 from .gallery_store import RUN_DIR
 from .ingest import SourceFile, iter_chunks, scan_sources, stored_signature
@@ -461,7 +462,11 @@ def run_job(job: EmbedJob, model: ShardInfo, engine: Engine, new_gallery: Callab
     out_existed = out.exists()
     run_dir = out / RUN_DIR
     shard_dir = Path(job.shards) if job.shards is not None else run_dir / SHARDS_DIR
-    sources, listing_failed = scan_sources(job.images, use_hash=job.use_hash, manifest=job.manifest)
+    skipped: list[SkippedEntry] = []
+    sources, listing_failed = scan_sources(job.images, use_hash=job.use_hash, manifest=job.manifest,
+                                           skipped=skipped)
+    # entries the walker never opened (FIFOs, sockets, devices, link loops, unreadable folders) are failures
+    listing_failed = listing_failed + [(str(e.path), e.reason) for e in skipped]
     if not sources and not listing_failed and not is_gallery(out):
         raise UsageError(f"no image files under {job.images} (looked for .jpg, .png, .gif, .bmp, .tif, .webp, ...)")
 
@@ -489,7 +494,9 @@ def run_job(job: EmbedJob, model: ShardInfo, engine: Engine, new_gallery: Callab
             raise UsageError(f"none of the {len(sources) + len(listing_failed)} files under {job.images} could be "
                              "read; nothing was written", code=EXIT_FAILED)
         if changed:
-            gallery.save(out)
+            # a gallery this run creates is created exclusively: when another run created one at ``out``
+            # meanwhile, this one refuses instead of replacing it (unless --overwrite)
+            _save(gallery, out, overwrite=job.overwrite or not is_new)
     except UsageError as e:
         if e.code == EXIT_FAILED and not out_existed:
             shutil.rmtree(out, ignore_errors=True)
@@ -501,6 +508,19 @@ def run_job(job: EmbedJob, model: ShardInfo, engine: Engine, new_gallery: Callab
         shards_written=len(ckpt.written), gallery_items=len(gallery), saved=changed,
         wall_s=time.perf_counter() - t0, embed_s=t2 - t1, index_s=t3 - t2,
     )
+
+
+def _save(gallery: Any, out: Path, overwrite: bool) -> None:
+    """``gallery.save`` with its two failures as one-line user errors (exit 2: another run created the
+    gallery; exit 1: the write failed, the previous version is kept)."""
+    from .gallery_store import GalleryExistsError
+
+    try:
+        gallery.save(out, overwrite=overwrite)
+    except GalleryExistsError as e:
+        raise UsageError(str(e)) from None
+    except OSError as e:
+        raise UsageError(f"cannot write gallery {out}: {e}", code=EXIT_FAILED) from None
 
 
 def _open_gallery(job: EmbedJob, model: ShardInfo, new_gallery: Callable[[], Any], Gallery: Any, exists: bool) -> Any:
@@ -570,7 +590,7 @@ def index_folder(
     rep = index_shards(gallery, shards, progress=progress)
     if len(gallery) == 0:
         raise UsageError(f"the shards in {shard_dir} hold no embedded file; nothing was written", code=EXIT_FAILED)
-    gallery.save(gallery_path)
+    _save(gallery, Path(gallery_path), overwrite=is_gallery(gallery_path))
     return rep, gallery
 
 

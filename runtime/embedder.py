@@ -29,15 +29,19 @@ import numpy as np
 from .images import ImageItem, ImageLoadError
 from tki_sdk.common.artifacts import ONNX, TENSORRT_PLAN, artifact_kind
 
+from .artifact_check import VERIFY_MODES, checked_artifact_path
 from .metadata import METADATA_FILE, ModelMetadata
 from .preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Embedder", "EmbedResult", "available_backends"]
+__all__ = ["Embedder", "EmbedResult", "available_backends", "MAX_BATCH_SIZE"]
 
 #: Largest batch of the optimisation profile given to onnxruntime's TensorRT provider (embed_pixels chunks).
 _TRT_EP_MAX_BATCH = 256
+#: Largest ``batch_size`` of :meth:`Embedder.embed_images` (its buffers hold ``3 * batch_size`` preprocessed
+#: images: ~1.8 GB at 224 px); :meth:`Embedder.embed_pixels` runs larger inputs in chunks of this size.
+MAX_BATCH_SIZE = 1024
 
 
 @dataclass
@@ -106,12 +110,18 @@ class Embedder:
         cuda_graph: capture one CUDA graph per batch size and replay it (CUDA provider only; ignored with a
             warning elsewhere). The first batch of each size costs two extra runs; a smaller batch is padded to
             a captured size when that at most doubles its work.
+        verify: how the model file is checked against ``tki.json`` before it is opened
+            (:mod:`~tki_sdk.runtime.artifact_check`): ``"sha256"`` (default: size and full hash) or ``"size"``
+            (skips the hash, so a same-size file with other weights goes undetected). Either way a ``file``
+            outside the export folder (absolute, ``..``) is refused. Failures raise
+            :class:`~tki_sdk.runtime.artifact_check.ArtifactCheckError` (a ``ValueError``).
 
     Attributes: ``metadata``, ``preprocessor``, ``backend``, ``precision``, ``model_path``, ``provider`` (what
     actually runs: e.g. ``"CPUExecutionProvider"``, ``"CUDAExecutionProvider"``, ``"TensorRT"``),
     ``io_binding`` and ``cuda_graph`` (as in effect; onnxruntime only),
     ``embedding_dim``, ``model_fingerprint`` (:meth:`ModelMetadata.fingerprint`: identifies the model for
-    galleries). All methods are safe to call from several threads at once.
+    galleries), ``verified`` (what was checked of the model file: ``"sha256"``, ``"size (sha256 skipped)"``,
+    ...). All methods are safe to call from several threads at once.
     """
 
     def __init__(
@@ -125,7 +135,12 @@ class Embedder:
         spin: bool = False,
         io_binding: bool | None = None,
         cuda_graph: bool = False,
+        verify: str = "sha256",
     ) -> None:
+        if verify not in VERIFY_MODES:
+            raise ValueError(f"verify={verify!r} unknown; use one of {', '.join(VERIFY_MODES)}")
+        self._verify = verify
+        self.verified = "nothing recorded"
         if backend not in ("auto", "onnxruntime", "tensorrt"):
             raise ValueError(f"backend {backend!r} unknown; use auto, onnxruntime or tensorrt")
         p = Path(model_dir)
@@ -183,14 +198,15 @@ class Embedder:
                     precision = "fp32"
         if not arts:
             if precision == "fp32" and (self.model_dir / "model.onnx").is_file():
+                self.verified = "nothing recorded"
                 return precision, self.model_dir / "model.onnx"
             raise ValueError(f"{self.model_dir / METADATA_FILE} lists no model artifacts; re-export the model")
         if precision not in arts:
             raise ValueError(f"precision {precision!r} not in this export; available: {', '.join(sorted(arts))}")
-        fname = arts[precision].get("file")
-        if not fname:
+        entry = arts[precision]
+        if not isinstance(entry, dict) or not entry.get("file"):
             raise ValueError(f"artifact {precision!r} in tki.json has no 'file' entry; re-export the model")
-        path = self.model_dir / fname
+        path, self.verified = checked_artifact_path(self.model_dir, precision, entry, self._verify)
         if not path.is_file():
             raise FileNotFoundError(f"model file {path} (precision {precision}) is missing; re-export or copy it")
         return precision, path
@@ -253,8 +269,8 @@ class Embedder:
         if n == 0:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
         x = np.ascontiguousarray(x, dtype=self._input_dtype)
-        step = self._fixed_batch or self._max_batch
-        if step is None or n == step:
+        step = self._fixed_batch or self._max_batch or MAX_BATCH_SIZE
+        if n == step or (n < step and not self._fixed_batch):
             out = self._run(x)
         else:
             parts = []
@@ -287,12 +303,16 @@ class Embedder:
         Decoding and preprocessing run in a pool of ``workers`` threads (default ``min(8, cpu_count)``) over a
         bounded window of ``prefetch_batches * batch_size`` items, while the calling thread runs the model on
         the previous batch; input order is kept. ``progress``: ``True`` for a tqdm bar, or a callable
-        ``(done, total)``.
+        ``(done, total)``. ``1 <= batch_size <= MAX_BATCH_SIZE`` (1,024).
         """
-        items = list(items)
-        total = len(items)
+        batch_size = int(batch_size)
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if batch_size > MAX_BATCH_SIZE:
+            raise ValueError(f"batch size {batch_size:,} is too large: use at most {MAX_BATCH_SIZE:,} "
+                             "(larger batches only cost memory)")
+        items = list(items)
+        total = len(items)
         workers = int(workers) if workers else min(8, os.cpu_count() or 1)
         h, w = self.input_size
         t0 = time.perf_counter()

@@ -11,11 +11,19 @@ Search contract -- ``search(vectors[Q, D], k, where=None) -> (keys[Q, k] uint64,
   lets f16 / i8 storage quantise well;
 - rows are best first (smallest distance); distances are usearch's: ``cos``: ``1 - cos(q, x)``;
   ``ip``: ``1 - q.x``; ``l2sq``: ``|q - x|^2``;
-- when fewer than ``k`` items exist (or match ``where``) the row is padded with :data:`MISSING_KEY`
+- ``k`` is at most :data:`MAX_K` (100,000; larger values raise ``ValueError``) and is capped by the gallery
+  size: the result has ``min(k, len(gallery))`` columns, so the memory of one search is proportional to
+  ``Q * min(k, len(gallery))`` whatever ``k`` was asked for;
+- when fewer than that many items match ``where``, the row is padded with :data:`MISSING_KEY`
   (``2**64 - 1``, a key ``add`` refuses) and distance ``+inf``;
+- query vectors holding NaN or inf are refused (``ValueError`` naming the row); a search whose index
+  returns NaN distances raises :class:`~tki_sdk.runtime.gallery_store.GalleryDamagedError` (a damaged
+  index never answers with NaN);
 - ``exact=True`` galleries store a flat matrix and search it by brute force (usearch's exact kernels), so
   they are also the reference for recall; ``exact=False`` galleries use a usearch HNSW graph;
-- ``where={"domain": "sketch", "class": ["dog", "horse"]}``: items whose metadata has ``domain == "sketch"``
+- ``where={"domain": "sketch", "class": ["dog", "horse"]}`` (at most
+  :data:`~tki_sdk.runtime.metadata_store.MAX_WHERE_FIELDS` fields and
+  :data:`~tki_sdk.runtime.metadata_store.MAX_WHERE_VALUES` values): items whose metadata has ``domain == "sketch"``
   AND ``class`` in the list (a list-valued metadata field matches when any element matches). The result is
   the top ``k`` among the matching items: when at most ``filter_exact_limit`` items match (default 50,000)
   it is computed exactly over just those items; otherwise the HNSW result is over-fetched
@@ -24,8 +32,12 @@ Search contract -- ``search(vectors[Q, D], k, where=None) -> (keys[Q, k] uint64,
   ``min(k, matches)`` hits, and a selective one returns exactly the true top k among the matching items.
 
 On disk a gallery is a versioned folder (:mod:`tki_sdk.runtime.gallery_store`) whose live version holds
-``gallery.json`` (:class:`tki_sdk.common.gallery_manifest.GalleryManifest`), the usearch index or flat
-matrix, and ``meta.sqlite`` (:class:`tki_sdk.runtime.metadata_store.MetadataStore`). Building a gallery from
+``gallery.json`` (:class:`tki_sdk.common.gallery_manifest.GalleryManifest`, with the size and SHA-256 of
+every other file), the usearch index or flat matrix, and ``meta.sqlite``
+(:class:`tki_sdk.runtime.metadata_store.MetadataStore`). ``load`` / ``view`` check the files against
+``gallery.json`` before reading them (``verify``: ``"auto"`` by default, see
+:data:`~tki_sdk.runtime.gallery_store.VERIFY_MODES`); a damaged gallery raises
+:class:`~tki_sdk.runtime.gallery_store.GalleryDamagedError`, one line naming the file and what to do. Building a gallery from
 a folder of images is :mod:`tki_sdk.runtime.ingest`.
 """
 from __future__ import annotations
@@ -33,6 +45,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -40,27 +53,35 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from tki_sdk.common.gallery_manifest import GalleryManifest
+from tki_sdk.common.cli import one_line, printable
+from tki_sdk.common.contract import ContractError
+from tki_sdk.common.gallery_manifest import MANIFEST_FILE, GalleryManifest
 
 from .gallery_store import (
     INDEX_FILE,
     KEYS_FILE,
     META_FILE,
     VECTORS_FILE,
+    GalleryDamagedError,
+    damaged,
+    file_records,
     is_gallery,
     live_version,
     read_current,
     save_version,
+    verify_files,
 )
 from .metadata_store import MetadataStore
 from .native import usearch_index
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Gallery", "ModelMismatchError", "MISSING_KEY", "is_gallery"]
+__all__ = ["Gallery", "ModelMismatchError", "GalleryDamagedError", "MISSING_KEY", "MAX_K", "is_gallery"]
 
 #: Key used to pad result rows that have fewer than k hits (never a valid gallery key).
 MISSING_KEY = np.uint64(np.iinfo(np.uint64).max)
+#: Largest ``k`` a search accepts (the result has ``min(k, len(gallery))`` columns).
+MAX_K = 100_000
 
 _METRICS = {"cos": "cos", "cosine": "cos", "ip": "ip", "inner": "ip", "l2sq": "l2sq", "l2": "l2sq"}
 _DTYPES = {"f32": np.float32, "f16": np.float16, "i8": np.int8}
@@ -144,6 +165,8 @@ class Gallery:
         self.filter_exact_limit = int(filter_exact_limit)
         self.readonly = False
         self.path: Path | None = None
+        #: How the files were checked when loaded: "sha256", "size", "none" (nothing recorded); None in memory.
+        self.verified: str | None = None
         self._lock = threading.RLock()
         self._meta = MetadataStore.memory()
         self._index: Any = None
@@ -360,7 +383,10 @@ class Gallery:
         """Metadata dicts for keys (``None`` for unknown keys and for :data:`MISSING_KEY`)."""
         k = np.atleast_1d(np.asarray(keys)).astype(np.uint64).reshape(-1)
         with self._lock:
-            return self._meta.get(k)
+            try:
+                return self._meta.get(k)
+            except sqlite3.DatabaseError as e:
+                raise damaged(self.path or "(in memory)", f"{META_FILE}: {one_line(e)}") from None
 
     def get_vectors(self, keys: Sequence[int] | np.ndarray) -> np.ndarray:
         """Stored vectors ``[n, ndim]`` as float32 (dequantised for f16 / i8, from the float16 re-ranking
@@ -385,7 +411,10 @@ class Gallery:
     def match(self, where: Mapping[str, Any]) -> np.ndarray:
         """Sorted uint64 keys whose metadata satisfies ``where`` (see the module docstring)."""
         with self._lock:
-            return self._meta.match(where)
+            try:
+                return self._meta.match(where)
+            except sqlite3.DatabaseError as e:
+                raise damaged(self.path or "(in memory)", f"{META_FILE}: {one_line(e)}") from None
 
     # ------------------------------------------------------------------ search
     def check_model(self, model_fingerprint: str | None) -> None:
@@ -413,6 +442,8 @@ class Gallery:
         A single vector ``[D]`` is treated as ``[1, D]``. Short rows are padded with :data:`MISSING_KEY` and
         ``+inf``. ``model_fingerprint``: the fingerprint of the model that embedded the queries
         (``Embedder.model_fingerprint``); a mismatch with the gallery's raises :class:`ModelMismatchError`.
+        ``1 <= k <= MAX_K`` (100,000); the result has ``min(k, len(self))`` columns. Queries with NaN or inf
+        are refused (``ValueError``).
         """
         self.check_model(model_fingerprint)
         q = np.asarray(vectors)
@@ -420,10 +451,20 @@ class Gallery:
             q = q[None]
         if q.ndim != 2 or q.shape[1] != self.ndim:
             raise ValueError(f"query vectors must be [Q, {self.ndim}], got {list(q.shape)}")
-        q = self._prepare(np.ascontiguousarray(q, dtype=np.float32))
         k = int(k)
         if k < 1:
             raise ValueError("k must be >= 1")
+        if k > MAX_K:
+            raise ValueError(f"k = {k:,} is too large: k must be at most {MAX_K:,} (the result has "
+                             "min(k, gallery size) columns)")
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        finite = np.isfinite(q).all(axis=1)
+        if not finite.all():
+            i = int(np.flatnonzero(~finite)[0])
+            raise ValueError(f"query vector {i} contains NaN or inf values; search with finite vectors "
+                             f"({int((~finite).sum())} of {len(q)} rows are not)")
+        q = self._prepare(q)
+        k = min(k, len(self))
         nq = q.shape[0]
         out_k = np.full((nq, k), MISSING_KEY, dtype=np.uint64)
         out_d = np.full((nq, k), np.inf, dtype=np.float32)
@@ -437,7 +478,7 @@ class Gallery:
                 self._exact_subset(q, k, match, out_k, out_d, np.arange(nq))
             else:
                 self._widened(q, k, match, out_k, out_d)
-            return out_k, out_d
+            return self._checked(out_k, out_d)
         if self.exact:
             with self._lock:
                 keys, vecs = self._flat_keys[: self._n], self._flat_vecs[: self._n]
@@ -454,7 +495,14 @@ class Gallery:
             with self._lock:
                 res = self._index.search(q, k, threads=self.threads)
             _fill(out_k, out_d, np.arange(nq), *_unpack(res, nq))
-        return out_k, out_d
+        return self._checked(out_k, out_d)
+
+    def _checked(self, keys: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Refuse results with NaN distances: finite queries on intact vectors never give one."""
+        if np.isnan(dist).any():
+            raise damaged(self.path or "(in memory)", "the index returned NaN distances for finite queries; "
+                          "check it with tki info --verify")
+        return keys, dist
 
     def _rerank_keys(self, q: np.ndarray, cand: np.ndarray, out_k: np.ndarray, out_d: np.ndarray,
                      rows: np.ndarray) -> None:
@@ -589,13 +637,17 @@ class Gallery:
         """What ``gallery.json`` records, as a dict."""
         return self.manifest().to_dict()
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
         """Write the gallery to folder ``path`` atomically (:func:`~tki_sdk.runtime.gallery_store.save_version`).
         Returns ``path``.
 
         The whole write + swap + cleanup runs under an exclusive ``flock`` on ``path/.lock``, so concurrent
         saves to one folder (threads or processes) serialise: the last one wins and ``CURRENT`` always names
-        a complete version.
+        a complete version. ``overwrite=False`` makes creation exclusive: when ``path`` is already a gallery
+        (also one another process created while this one was working) the save raises
+        :class:`~tki_sdk.runtime.gallery_store.GalleryExistsError` (a ``FileExistsError``) and replaces
+        nothing. A failed write (a full disk) raises
+        :class:`~tki_sdk.runtime.gallery_store.GalleryWriteError` (an ``OSError``) and keeps the live version.
         """
         root = Path(path)
 
@@ -603,7 +655,7 @@ class Gallery:
             with self._lock:
                 self._write_version(d)
 
-        save_version(root, write)
+        save_version(root, write, overwrite=overwrite)
         self.path = root
         return root
 
@@ -620,17 +672,23 @@ class Gallery:
             fsync_file(d / VECTORS_FILE)
         self._meta.backup_to(d / META_FILE)
         fsync_file(d / META_FILE)
-        self.manifest().save(d)
+        manifest = self.manifest()
+        manifest.files = file_records(d)  # sizes and hashes of what was just written, gallery.json last
+        manifest.save(d)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, threads: int = 0) -> "Gallery":
-        """Load a saved gallery into memory (modifiable)."""
-        return cls._open(Path(path), view=False, threads=threads)
+    def load(cls, path: str | os.PathLike, *, threads: int = 0, verify: str = "auto") -> "Gallery":
+        """Load a saved gallery into memory (modifiable). ``verify``: how the files are checked against
+        ``gallery.json`` first (``"auto"``, ``"size"``, ``"sha256"``; see
+        :data:`~tki_sdk.runtime.gallery_store.VERIFY_MODES`). A damaged gallery raises
+        :class:`~tki_sdk.runtime.gallery_store.GalleryDamagedError`."""
+        return cls._open(Path(path), view=False, threads=threads, verify=verify)
 
     @classmethod
-    def view(cls, path: str | os.PathLike, *, threads: int = 0) -> "Gallery":
-        """Open a saved gallery memory-mapped and read-only (fast to open, shares pages between processes)."""
-        return cls._open(Path(path), view=True, threads=threads)
+    def view(cls, path: str | os.PathLike, *, threads: int = 0, verify: str = "auto") -> "Gallery":
+        """Open a saved gallery memory-mapped and read-only (fast to open, shares pages between processes);
+        ``verify`` as in :meth:`load`."""
+        return cls._open(Path(path), view=True, threads=threads, verify=verify)
 
     @staticmethod
     def read_info(path: str | os.PathLike) -> dict[str, Any]:
@@ -638,13 +696,31 @@ class Gallery:
         return GalleryManifest.load(read_current(Path(path))).to_dict()
 
     @classmethod
-    def _open(cls, root: Path, view: bool, threads: int) -> "Gallery":
+    def _open(cls, root: Path, view: bool, threads: int, verify: str = "auto") -> "Gallery":
         with live_version(root) as d:
-            return cls._open_version(root, d, view, threads)
+            return cls._open_version(root, d, view, threads, verify)
 
     @classmethod
-    def _open_version(cls, root: Path, d: Path, view: bool, threads: int) -> "Gallery":
-        info = GalleryManifest.load(d)
+    def _open_version(cls, root: Path, d: Path, view: bool, threads: int, verify: str = "auto") -> "Gallery":
+        try:
+            info = GalleryManifest.load(d)
+        except ContractError as e:
+            reason = str(e).replace(f"; {GalleryManifest.FIX}", "")
+            raise damaged(root, reason if MANIFEST_FILE in reason else f"{MANIFEST_FILE}: {reason}") from None
+        checked = verify_files(root, d, info.files, verify)
+        try:
+            g = cls._read_version(root, d, info, view, threads)
+        except _ReadError as e:
+            raise damaged(root, f"{e.file} cannot be read ({e.reason})") from None
+        except (ValueError, TypeError) as e:  # the manifest's values do not fit (e.g. an unknown metric)
+            if isinstance(e, GalleryDamagedError):
+                raise
+            raise damaged(root, f"{MANIFEST_FILE}: {one_line(e)}") from None
+        g.verified = checked
+        return g
+
+    @classmethod
+    def _read_version(cls, root: Path, d: Path, info: GalleryManifest, view: bool, threads: int) -> "Gallery":
         g = cls(
             info.ndim,
             metric=info.metric,
@@ -661,52 +737,71 @@ class Gallery:
         )
         if g.exact or g.rescore:
             mmap = "r" if view else None
-            keys = np.load(d / KEYS_FILE, mmap_mode=mmap)
-            vecs = np.load(d / VECTORS_FILE, mmap_mode=mmap)
+            keys = _read(KEYS_FILE, lambda: np.load(d / KEYS_FILE, mmap_mode=mmap))
+            vecs = _read(VECTORS_FILE, lambda: np.load(d / VECTORS_FILE, mmap_mode=mmap))
+            if keys.ndim != 1 or keys.dtype != np.uint64:
+                raise damaged(root, f"{KEYS_FILE} holds {keys.dtype} {list(keys.shape)}, not uint64 keys")
             if vecs.shape != (keys.shape[0], g.ndim):
-                raise ValueError(f"{d} is damaged: {keys.shape[0]} keys but vectors {vecs.shape}")
+                raise damaged(root, f"{keys.shape[0]} keys in {KEYS_FILE} but {VECTORS_FILE} is {list(vecs.shape)}")
             if not view:
                 keys, vecs = np.array(keys, dtype=np.uint64), np.array(vecs)
             if vecs.dtype != g._flat_dtype:
-                raise ValueError(f"{d} is damaged: vectors are {vecs.dtype}, expected {np.dtype(g._flat_dtype)}")
+                raise damaged(root, f"{VECTORS_FILE} holds {vecs.dtype}, expected {np.dtype(g._flat_dtype)}")
             g._flat_keys, g._flat_vecs, g._n = keys, vecs, int(keys.shape[0])
         if not g.exact:
             if view:
-                g._index.view(str(d / INDEX_FILE))
+                _read(INDEX_FILE, lambda: g._index.view(str(d / INDEX_FILE)))
             else:
-                g._index.load(str(d / INDEX_FILE))
+                _read(INDEX_FILE, lambda: g._index.load(str(d / INDEX_FILE)))
             g._index.expansion_search = g._expansion_search
+            if g._index.ndim != g.ndim:
+                raise damaged(root, f"{INDEX_FILE} holds {g._index.ndim}-d vectors, gallery.json says {g.ndim}")
         g._meta.close()
-        g._meta = MetadataStore.readonly(d / META_FILE) if view else MetadataStore.copy_of(d / META_FILE)
+        if not (d / META_FILE).is_file():
+            raise damaged(root, f"{META_FILE} is missing")
+        g._meta = _read(META_FILE, lambda: MetadataStore.readonly(d / META_FILE) if view
+                        else MetadataStore.copy_of(d / META_FILE))
+        n_meta = _read(META_FILE, g._meta.count)
         if g.rescore and g._n != len(g):
-            raise ValueError(f"{d} is damaged: the index holds {len(g)} items, the re-ranking copy {g._n}")
+            raise damaged(root, f"{INDEX_FILE} holds {len(g)} items, the re-ranking copy {g._n}")
         if len(g) != info.count:
-            raise ValueError(f"{d} is damaged: gallery.json says {info.count} items, the index holds {len(g)}")
+            raise damaged(root, f"gallery.json says {info.count} items, the index holds {len(g)}")
+        if n_meta != info.count:
+            raise damaged(root, f"{META_FILE} holds {n_meta} items, gallery.json says {info.count}")
         g.readonly = view
         g.path = root
         return g
 
     def describe(self) -> str:
-        """Human-readable summary (for ``tki info``)."""
+        """Human-readable summary (for ``tki info``); metadata values are escaped (:func:`printable`), so
+        none can print control characters or extra lines."""
         kind = "exact (brute force)" if self.exact else (
             f"HNSW (M={self.connectivity}, ef_add={self.expansion_add}, ef_search={self.expansion_search})"
             + (f", re-ranked on a float16 copy (x{self.rescore_oversample} candidates)" if self.rescore else "")
         )
         lines = [
-            f"gallery: {self.path}" if self.path else "gallery (in memory)",
+            f"gallery: {printable(self.path)}" if self.path else "gallery (in memory)",
             f"  items:        {len(self):,}",
             f"  vectors:      {self.ndim}-d {self.dtype}, metric {self.metric}",
             f"  index:        {kind}",
-            f"  model:        {self.model_info.get('model_name', '?')} "
-            f"({(self.model_fingerprint or 'unknown')[:12]})",
+            f"  model:        {printable(self.model_info.get('model_name', '?'))} "
+            f"({printable((self.model_fingerprint or 'unknown')[:12])})",
         ]
+        checks = {"sha256": "sha256 and size of every file verified",
+                  "size": "sizes of every file verified (sha256 skipped; tki info --verify checks them)",
+                  "none": "not recorded (saved before checksums)"}
+        if self.verified in checks:
+            lines.append(f"  integrity:    {checks[self.verified]}")
         for field in ("domain", "class"):
             with self._lock:
-                rows = self._meta.conn.execute(
-                    "SELECT value, COUNT(*) FROM attrs WHERE name = ? GROUP BY value ORDER BY value", (field,)
-                ).fetchall()
+                try:
+                    rows = self._meta.conn.execute(
+                        "SELECT value, COUNT(*) FROM attrs WHERE name = ? GROUP BY value ORDER BY value", (field,)
+                    ).fetchall()
+                except sqlite3.DatabaseError as e:
+                    raise damaged(self.path or "(in memory)", f"{META_FILE}: {one_line(e)}") from None
             if rows:
-                shown = ", ".join(f"{v} ({c})" for v, c in rows[:12])
+                shown = ", ".join(f"{printable(v)} ({c})" for v, c in rows[:12])
                 more = f", ... {len(rows) - 12} more" if len(rows) > 12 else ""
                 lines.append(f"  {field + ':':<13} {shown}{more}")
         return "\n".join(lines)
@@ -733,6 +828,24 @@ class Gallery:
             raise ValueError(f"no image files under {folder}")
         g = cls(**gallery_options(embedder, **gallery_kwargs))
         return g, embed_into(g, files, embedder, batch_size=batch_size, workers=workers, progress=progress)
+
+
+class _ReadError(Exception):
+    """Reading one file of a version failed (wrapped by :meth:`Gallery._open_version` into one line)."""
+
+    def __init__(self, file: str, reason: str) -> None:
+        super().__init__(f"{file}: {reason}")
+        self.file, self.reason = file, reason
+
+
+def _read(file: str, fn: Any) -> Any:
+    """``fn()``, with any reader error (usearch, numpy, sqlite, OS) as :class:`_ReadError` naming ``file``."""
+    try:
+        return fn()
+    except GalleryDamagedError:
+        raise
+    except (OSError, ValueError, RuntimeError, sqlite3.Error, KeyError, EOFError, TypeError, MemoryError) as e:
+        raise _ReadError(file, one_line(e)) from None
 
 
 def _unpack(res: Any, nq: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

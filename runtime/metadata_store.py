@@ -6,7 +6,9 @@ gives one row per scalar element). Keys are uint64 stored as the int64 of the sa
 
 ``match(where)`` returns the keys whose metadata satisfies every condition: ``{"domain": "sketch"}`` means
 ``domain == "sketch"``, ``{"class": ["dog", "horse"]}`` means ``class`` is any of them (for list fields: any
-element is), several fields must all hold (SQL ``INTERSECT``).
+element is), several fields must all hold (SQL ``INTERSECT``). A filter holds at most
+:data:`MAX_WHERE_FIELDS` fields and :data:`MAX_WHERE_VALUES` values in all (``ValueError`` beyond): SQLite
+caps a compound SELECT at 500 terms and, in older builds, a statement at 999 parameters.
 """
 from __future__ import annotations
 
@@ -17,7 +19,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["MetadataStore"]
+__all__ = ["MetadataStore", "MAX_WHERE_FIELDS", "MAX_WHERE_VALUES"]
+
+#: Most fields one ``where`` filter may name.
+MAX_WHERE_FIELDS = 32
+#: Most values one ``where`` filter may list, over all its fields.
+MAX_WHERE_VALUES = 900
 
 
 def _signed(keys: np.ndarray) -> list[int]:
@@ -99,6 +106,12 @@ class MetadataStore:
 
     def match(self, where: Mapping[str, Any]) -> np.ndarray:
         """Sorted uint64 keys whose metadata satisfies every ``name: value | [values]`` condition."""
+        if len(where) > MAX_WHERE_FIELDS:
+            raise ValueError(f"where names {len(where)} fields; a filter may name at most {MAX_WHERE_FIELDS} fields")
+        n_values = sum(len(w) if isinstance(w, (list, tuple, set, frozenset)) else 1 for w in where.values())
+        if n_values > MAX_WHERE_VALUES:
+            raise ValueError(f"where lists {n_values} values; a filter may list at most {MAX_WHERE_VALUES} values "
+                             "in all")
         parts, args = [], []
         for name, want in where.items():
             vals = list(want) if isinstance(want, (list, tuple, set, frozenset)) else [want]

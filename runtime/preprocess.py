@@ -21,7 +21,9 @@ see in the training framework:
    ``(c - s) // 2``, right/bottom ``(c - s + 1) // 2``) with ``ImageOps.expand`` in the image's own mode
    (fill ``0``; ``fill_color`` in ``longest`` mode, as open_clip's ``CenterCropOrPad``), then cropped at
    ``top = int(round((h - H) / 2))``, ``left = int(round((w - W) / 2))``.
-3. **RGB**: ``image.convert("RGB")`` (open_clip's ``_convert_to_rgb``), whatever the source mode.
+3. **RGB**: ``image.convert("RGB")`` (open_clip's ``_convert_to_rgb``), whatever the source mode -- except
+   16-bit grey, which is first scaled to 8 bits (:func:`~tki_sdk.runtime.images.to_8bit`; open_clip clips
+   it to white).
 4. **scale and normalise**: ``x = (u8 / 255 - mean[c]) / std[c]`` in float32, channels first.
    Computed through a 256-entry float32 table per channel, built with exactly that float32 arithmetic.
 
@@ -48,7 +50,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from .images import DEFAULT_MAX_PIXELS, ImageItem, ImageLoadError, load_image
+from .images import DEFAULT_MAX_PIXELS, ImageItem, ImageLoadError, load_image, to_8bit
 from .metadata import ModelMetadata, PreprocessConfig
 
 __all__ = ["Preprocessor", "MAX_RESIZE_PIXELS"]
@@ -194,6 +196,7 @@ class Preprocessor:
         """Resize, pad / crop and convert to RGB: the PIL image open_clip hands to ``ToTensor``."""
         if not isinstance(image, Image.Image):
             raise TypeError(f"expected a PIL image, got {type(image).__name__}; use Preprocessor.process for paths")
+        image = to_8bit(image)  # 16-bit grey is scaled, not clipped to white by convert("RGB")
         if self.exif_transpose:
             image = ImageOps.exif_transpose(image)
         w, h = image.size

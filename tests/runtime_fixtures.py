@@ -192,4 +192,48 @@ def build_hostile_folder(dst: Path, pacs_files: list[Path]) -> dict[str, str | N
     expect["jpeg_named.png"] = None
     photo.convert("L").save(dst / "gray.jpg")
     expect["gray.jpg"] = None
+    (dst / "truncated_rows.png").write_bytes(png_rows_cut(40, 4000, rows=10))
+    expect["truncated_rows.png"] = "truncated"
     return expect
+
+
+def png_rows_cut(width: int, height: int, rows: int, value: int = 200) -> bytes:
+    """A well-formed RGB PNG (complete zlib stream, IEND) whose pixel data stops after ``rows`` of ``height``
+    rows: Pillow alone decodes it without a word, padding the missing rows with black."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    raw = b"".join(b"\x00" + bytes([value]) * (width * 3) for _ in range(rows))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def build_hostile_entries(dst: Path, image: bytes) -> dict[str, str]:
+    """Folder entries that must never be opened, under ``dst``; returns ``{relative path: reason keyword}``.
+
+    A FIFO and a Unix socket named like images, a symbolic link loop (``a.jpg -> b.jpg -> a.jpg``), a dangling
+    link, a link to a character device, and an unreadable sub-folder (``locked/``, mode 000, holding a real
+    image; only unreadable to a non-root user). ``image`` (encoded bytes) also goes in as ``good.jpg``.
+    """
+    import os
+    import socket
+
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / "good.jpg").write_bytes(image)
+    os.mkfifo(dst / "fifo.jpg")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(dst / "sock.png"))
+    finally:
+        sock.close()
+    os.symlink("b.jpg", dst / "a.jpg")
+    os.symlink("a.jpg", dst / "b.jpg")
+    os.symlink("nowhere.jpg", dst / "dangling.jpg")
+    os.symlink("/dev/null", dst / "device.jpg")
+    locked = dst / "locked"
+    locked.mkdir()
+    (locked / "inside.jpg").write_bytes(image)
+    locked.chmod(0)
+    return {"fifo.jpg": "FIFO", "sock.png": "socket", "a.jpg": "loop", "b.jpg": "loop",
+            "dangling.jpg": "No such file", "device.jpg": "device", "locked": "cannot list folder"}

@@ -153,7 +153,9 @@ def test_padding_when_fewer_than_k(galleries, data):
     small = Gallery(4, exact=False)
     small.add([10, 11], np.eye(4, dtype=np.float32)[:2])
     keys, dist = small.search(np.eye(4, dtype=np.float32)[:1], 3)
-    assert keys.tolist() == [[10, 11, int(MISSING_KEY)]] and np.isinf(dist[0, 2])
+    assert keys.tolist() == [[10, 11]]  # k is capped by the gallery size (min(k, len) columns)
+    keys, dist = small.search(np.eye(4, dtype=np.float32)[:1], 3, where={"nothing": "here"})
+    assert keys.tolist() == [[int(MISSING_KEY)] * 2] and np.isinf(dist).all()
 
 
 def test_add_remove_contains_and_validation():

@@ -196,10 +196,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     text = describe_checkpoint(path)
     if text is None:
         try:
-            from .runtime.cli import describe
+            from .runtime.cli import describe_or_refuse
         except ImportError:
-            describe = None
-        text = describe(path) if describe else None
+            describe_or_refuse = None
+        text = describe_or_refuse(path, verify=args.verify) if describe_or_refuse else None
     if text is None:
         raise UsageError(f"{path} is not a checkpoint (config.json + model.safetensors), an export folder "
                          "(tki.json) or a gallery")
@@ -245,9 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     _demo_args(p)
     p.set_defaults(func=_cmd_demo)
+    try:
+        from .runtime.cli import INFO_EXAMPLE, VERIFY_HELP
+    except ImportError:
+        INFO_EXAMPLE, VERIFY_HELP = "example:\n  tki info ckpt/pacs", "check file hashes (export and gallery)"
     p = sub.add_parser("info", help="describe a checkpoint, an export folder or a gallery",
-                       epilog="example:\n  tki info ckpt/pacs", formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=INFO_EXAMPLE.replace("tki info export/", "tki info ckpt/pacs\n  tki info export/"),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("path", help="checkpoint folder, export folder or gallery")
+    p.add_argument("--verify", action="store_true", help=VERIFY_HELP)
     p.set_defaults(func=_cmd_info)
     return parser
 

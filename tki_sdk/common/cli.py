@@ -8,6 +8,8 @@ status; never a traceback, never a usage block. Exit statuses:
 ``1``     the work ran and failed (a parity failure, a failed suite)
 ``2``     bad input or a condition the user must fix (:data:`EXIT_USAGE`)
 ``3``     an optional part is not installed (:data:`EXIT_MISSING`)
+``4``     a file on disk failed its integrity check: a damaged gallery, or a model file that differs from
+          what ``tki.json`` records (:data:`EXIT_DAMAGED`); the message names the file and what to do
 ``130``   interrupted (Ctrl-C)
 ========  ==========================================================
 """
@@ -18,7 +20,7 @@ import sys
 from collections.abc import Callable
 
 __all__ = [
-    "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_MISSING", "EXIT_INTERRUPTED",
+    "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_MISSING", "EXIT_DAMAGED", "EXIT_INTERRUPTED",
     "UsageError", "OneLineParser", "one_line", "printable", "print_error", "run_main",
 ]
 
@@ -26,6 +28,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_MISSING = 3
+EXIT_DAMAGED = 4
 EXIT_INTERRUPTED = 130
 
 

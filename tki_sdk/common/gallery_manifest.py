@@ -14,8 +14,13 @@ Layout (``format`` ``"tki-gallery"``, ``format_version`` 1)::
       "model_fingerprint": "<sha256>" | null,   # ModelMetadata.fingerprint() of the model that embedded it
       "model": {"model_name": ..., "head": ..., "output_space": ..., "embedding_dim": ..., "precision": ...,
                 "model_dir": ...},
-      "saved": "2026-11-30T00:17:43+0000"
+      "saved": "2026-11-30T00:17:43+0000",
+      "files": {"index.usearch": {"bytes": 40960, "sha256": "<hex>"}, "meta.sqlite": {...}, ...}
     }
+
+``files`` records the size and SHA-256 of every other file of the version folder, written after them;
+loaders compare sizes (fast) or hashes (full) before reading. Optional: galleries saved before it carry
+none and load unchecked.
 
 Unknown keys are kept in ``extra`` and written back unchanged (forward compatibility within a major version).
 """
@@ -55,6 +60,7 @@ class GalleryManifest(JsonContract):
     model_fingerprint: str | None = None
     model: dict[str, Any] = field(default_factory=dict)
     saved: str | None = None
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
     format: str = GALLERY_FORMAT
     format_version: int = GALLERY_FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
@@ -80,6 +86,7 @@ class GalleryManifest(JsonContract):
                 model_fingerprint=d.get("model_fingerprint"),
                 model=dict(d.get("model") or {}),
                 saved=d.get("saved"),
+                files=_files(d.get("files"), where),
                 format_version=version,
                 extra={k: v for k, v in d.items() if k not in known},
             )
@@ -91,6 +98,25 @@ class GalleryManifest(JsonContract):
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if not d["files"]:
+            d.pop("files")  # a manifest built in memory before the files exist
         extra = d.pop("extra")
         # the historical key order: format first
         return self.with_extra({"format": d.pop("format"), "format_version": d.pop("format_version"), **d}, extra)
+
+
+def _files(value: Any, where: str) -> dict[str, dict[str, Any]]:
+    """``files``: ``{name: {"bytes": int, "sha256": hex}}``; absent in galleries saved before checksums."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ContractError(f"{where}: 'files' is not an object; {_FIX}")
+    out: dict[str, dict[str, Any]] = {}
+    for name, rec in value.items():
+        ok = (isinstance(name, str) and name and "/" not in name and not name.startswith(".")
+              and isinstance(rec, dict) and isinstance(rec.get("bytes"), int) and rec["bytes"] >= 0
+              and isinstance(rec.get("sha256"), str) and len(rec["sha256"]) == 64)
+        if not ok:
+            raise ContractError(f"{where}: 'files' entry {name!r} is malformed; {_FIX}")
+        out[name] = {"bytes": int(rec["bytes"]), "sha256": str(rec["sha256"])}
+    return out
