@@ -16,8 +16,11 @@ Definitions:
   ``R_k = 0``. ``k=None`` (or ``k >= G``) ranks the whole gallery, which is the usual
   (uninterpolated) average precision: ``sklearn.metrics.average_precision_score`` gives
   the same value when there are no ties.
-* ``Prec@k = R_k / min(k, G)``: the fraction of the retrieved list that is relevant.
-  When ``k`` exceeds the gallery size the list holds ``G`` items, so the divisor is ``G``.
+* ``Prec@k = R_k / k``: relevant items within the top k, divided by k, as the paper's
+  protocol does on full datasets (every gallery there holds far more than k = 200 items).
+  The divisor stays ``k`` when the gallery holds fewer than ``k`` items: a small sampled
+  run then reports at most ``G / k``, never the inflated ``R_k / G`` (10/70 instead of
+  10/200). Compare sampled runs with the paper only when ``G >= k``.
 * mAP, mAP@k, Prec@k: the mean of the per-query values over all queries.
 
 Self-matches: in the paper's cross-domain protocol query and gallery come from different
@@ -141,12 +144,16 @@ def ap_from_relevance(rel: np.ndarray) -> np.ndarray:
     return np.divide(num, n_rel, out=np.zeros_like(num), where=n_rel > 0)
 
 
-def precision_from_relevance(rel: np.ndarray) -> np.ndarray:
-    """``Prec = sum_j rel(j) / len(list)`` per row of a ranked relevance matrix."""
+def precision_from_relevance(rel: np.ndarray, k: int | None = None) -> np.ndarray:
+    """``Prec@k = sum_{j<=k} rel(j) / k`` per row of a ranked relevance matrix (``k=None``: the list length).
+
+    The list may be shorter than ``k`` (a gallery smaller than ``k``); the divisor is still ``k``.
+    """
     rel = np.asarray(rel, dtype=bool)
-    if rel.shape[1] == 0:
+    k = rel.shape[1] if k is None else int(k)
+    if k == 0:
         return np.zeros(rel.shape[0])
-    return rel.sum(axis=1, dtype=np.float64) / rel.shape[1]
+    return rel[:, :k].sum(axis=1, dtype=np.float64) / k
 
 
 def average_precision(
@@ -163,13 +170,14 @@ def average_precision(
 
 
 def precision_at_k(scores: np.ndarray, query_labels: Any, gallery_labels: Any, k: int) -> np.ndarray:
-    """Per-query ``Prec@k = (relevant items within the top k) / min(k, G)``, shape ``[Q]``, float64.
+    """Per-query ``Prec@k = (relevant items within the top k) / k``, shape ``[Q]``, float64.
 
+    Divides by ``k`` also when the gallery holds fewer than ``k`` items (see the module docstring).
     Same ranking as :func:`average_precision` (stable ties by gallery order).
     """
     if k is None:
         raise ValueError("precision_at_k needs an integer k")
-    return precision_from_relevance(ranked_relevance(scores, query_labels, gallery_labels, k))
+    return precision_from_relevance(ranked_relevance(scores, query_labels, gallery_labels, k), k)
 
 
 def _normalize_rows(x: np.ndarray) -> np.ndarray:
@@ -240,7 +248,7 @@ def retrieval_metrics(
             per_query["mAP"][start:stop] = ap_from_relevance(rel)
         for k in ks:
             per_query[f"mAP@{k}"][start:stop] = ap_from_relevance(rel[:, :k])
-            per_query[f"Prec@{k}"][start:stop] = precision_from_relevance(rel[:, :k])
+            per_query[f"Prec@{k}"][start:stop] = precision_from_relevance(rel[:, :k], k)
 
     out: dict[str, Any] = {name: float(v.mean()) if n_q else float("nan") for name, v in per_query.items()}
     out["n_queries"] = n_q
