@@ -198,10 +198,17 @@ def retrieval_metrics(
     exclude_self: bool = False,
     normalize: bool = True,
     return_per_query: bool = False,
+    metric: str = "cos",
+    curvature: float | None = None,
 ) -> dict[str, Any]:
-    """mAP (whole gallery), mAP@k and Prec@k for every k in ``ks``, by cosine similarity.
+    """mAP (whole gallery), mAP@k and Prec@k for every k in ``ks``, by ``metric``.
 
-    Scores are ``cos(q, g)``: rows are L2-normalised (``normalize=True``; pass False for
+    ``metric``: ``"cos"`` (default) scores ``cos(q, g)``; ``"ip"`` the raw inner product ``q . g``
+    (no normalisation); ``"poincare"`` minus the Poincaré-ball distance ``-d_c(q, g)``
+    (:func:`tki_sdk.runtime.poincare.distance`, ``curvature`` c of the ball of curvature -c), so
+    the nearest point in the ball ranks first.
+
+    For cos, rows are L2-normalised (``normalize=True``; pass False for
     embeddings already unit-norm to skip the copy) and ``scores = Q_chunk @ G.T`` is formed
     one query chunk at a time, so memory is ``O(chunk * G)``, never ``O(Q * G)``; ``chunk=None``
     picks the largest chunk within ~256 MiB. Results equal :func:`average_precision` /
@@ -228,7 +235,14 @@ def retrieval_metrics(
     ks = [int(k) for k in ks]
     for k in ks:
         _check_k(k)
-    if normalize:
+    if metric not in ("cos", "ip", "poincare"):
+        raise ValueError(f"metric must be cos, ip or poincare, got {metric!r}")
+    if metric == "poincare":
+        from tki_sdk.runtime.poincare import check_in_ball, distance
+
+        check_in_ball(qe, curvature, "query embeddings")
+        check_in_ball(ge, curvature, "gallery embeddings")
+    if normalize and metric == "cos":
         qe, ge = _normalize_rows(qe), _normalize_rows(ge)
     else:
         qe, ge = qe.astype(np.float32, copy=False), ge.astype(np.float32, copy=False)
@@ -242,7 +256,7 @@ def retrieval_metrics(
     per_query = {name: np.zeros(n_q) for name in names}
     for start in range(0, n_q, chunk):
         stop = min(n_q, start + chunk)
-        s = qe[start:stop] @ ge.T
+        s = -distance(qe[start:stop], ge, curvature) if metric == "poincare" else qe[start:stop] @ ge.T
         rel = ranked_relevance(s, ql[start:stop], gl, kmax, exclude_self=exclude_self, self_offset=start)
         if full_map:
             per_query["mAP"][start:stop] = ap_from_relevance(rel)
