@@ -1,4 +1,4 @@
-"""``tki-bench``: accuracy | parity | throughput | search | train | all.
+"""``tki-bench``: accuracy | parity | throughput | search | train | embed | paper | gpu | all.
 
 Suite registry
 --------------
