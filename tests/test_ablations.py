@@ -74,12 +74,10 @@ def test_stage1_optimises_exactly_the_chosen_losses(tmp_path: Path) -> None:
         assert (got[a] - got[b]).abs().max() > 1e-5
 
 
-def _independent_overlap(word: str, label: str) -> bool:
-    """Same word up to case, separators and a plural s/es (a narrower rule than the generator's)."""
-    def forms(s: str) -> set[str]:
-        s = s.lower().replace("_", " ").replace("-", " ").strip()
-        return {s, s + "s", s + "es", s[:-1] if s.endswith("s") else s, s[:-2] if s.endswith("es") else s}
-    return bool(forms(word) & forms(label))
+def _forms(s: str) -> set[str]:
+    """A word up to case, separators and a plural s/es (a narrower rule than the generator's)."""
+    s = s.lower().replace("_", " ").replace("-", " ").strip()
+    return {s, s + "s", s + "es", s[:-1] if s.endswith("s") else s, s[:-2] if s.endswith("es") else s}
 
 
 def test_random_labels_never_emit_a_true_label() -> None:
@@ -87,16 +85,17 @@ def test_random_labels_never_emit_a_true_label() -> None:
     assert len(words) == len(set(words)) >= 200
     # True classes that are themselves list words, in other spellings (case, plural, separators).
     true = [w.upper() for w in words[:60]] + [w + "s" for w in words[60:100]] + ["sea-shell", "Light_House", "dog"]
+    true_forms = set().union(*(_forms(c) for c in true))
     seen = set()
-    for seed in range(200):
+    for seed in range(40):
         got = random_labels(true, seed)
         assert len(got) == len(true) == len(set(got))
         assert all(w in words for w in got)
-        assert not any(_independent_overlap(w, c) for w in got for c in true)
+        assert not any(_forms(w) & true_forms for w in got)
         assert "lighthouse" not in got and "seashell" not in got  # contained / joined forms count as overlap
         assert random_labels(true, seed) == got  # seeded
         seen.add(tuple(got))
-    assert len(seen) > 150  # seeds give different draws
+    assert len(seen) == 40  # seeds give different draws
     with pytest.raises(ValueError, match="--labels true"):
         random_labels(words[:200], 0)  # too few words left
 

@@ -13,6 +13,7 @@ drawn equals the number of classes; the i-th word stands in for the i-th class i
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 from collections.abc import Sequence
@@ -41,14 +42,15 @@ def word_list_sha256() -> str:
     return hashlib.sha256(_text().encode("utf-8")).hexdigest()
 
 
-def _tokens(label: str) -> set[str]:
+@functools.lru_cache(maxsize=4096)
+def _tokens(label: str) -> frozenset[str]:
     out = set()
     for tok in label.lower().replace("_", " ").replace("-", " ").split():
         out.add(tok)
         for suffix in ("es", "s"):
             if tok.endswith(suffix) and len(tok) - len(suffix) >= 3:
                 out.add(tok[: -len(suffix)])
-    return out
+    return frozenset(out)
 
 
 def overlaps(word: str, label: str) -> bool:
