@@ -16,6 +16,16 @@ compared side by side (with the mAP each artifact loses against torch).
 Every table names the weights it ran on: the CLIP weights file and SHA-256 (or tag), or
 "random init: numbers carry no meaning" -- an accuracy figure without real CLIP weights
 says nothing about the method.
+
+The retrieval metric is measured, not assumed: a method whose embeddings are raw ball points
+(a ``--checkpoint``, or an export made with ``tki-export --embedding ball``) is scored on the
+same embeddings by cosine, inner product and Poincaré distance (``--metrics``), and the
+payload's ``metric_choice`` names the best by mAP@k (on random weights that pick means nothing).
+
+The shipped path is in the loop: every exact table is also scored through a built
+:class:`~tki_sdk.runtime.gallery.Gallery` (HNSW, ``--gallery f16,i8``; Poincaré galleries
+re-rank their HNSW candidates exactly) and the gap to exact search is reported (mAP@k and
+Prec@k, which need only the top k).
 """
 from __future__ import annotations
 
@@ -165,12 +175,15 @@ def cross_domain_table(
     chunk: int | None = None,
     full_map: bool = True,
     info: Mapping[str, Any] | None = None,
+    metric: str = "cos",
+    curvature: float | None = None,
 ) -> AccuracyTable:
     """The paper's table for one method from per-domain ``(embeddings, labels)``.
 
     ``pairs`` defaults to every ordered pair of distinct domains (:func:`cross_domain_pairs`).
     ``full_map=False`` skips the whole-gallery mAP (which sorts every gallery row) and keeps
     only mAP@k / Prec@k (top-k partial sorts): the choice for DomainNet-sized galleries.
+    ``metric`` / ``curvature``: how embeddings are compared (:func:`~.metrics.retrieval_metrics`).
     """
     domains = list(embeddings)
     pairs = list(pairs) if pairs is not None else cross_domain_pairs(domains)
@@ -179,10 +192,95 @@ def cross_domain_table(
     for q, g in pairs:
         qe, ql = embeddings[q]
         ge, gl = embeddings[g]
-        res = retrieval_metrics(qe, ql, ge, gl, ks=ks, chunk=chunk, full_map=full_map, exclude_self=(q == g))
+        res = retrieval_metrics(qe, ql, ge, gl, ks=ks, chunk=chunk, full_map=full_map, exclude_self=(q == g),
+                                metric=metric, curvature=curvature)
         cells.setdefault(q, {})[g] = {m: res[m] for m in metrics}
-    full_info = {"images": {d: int(len(embeddings[d][1])) for d in domains}, **dict(info or {})}
+    full_info = {"images": {d: int(len(embeddings[d][1])) for d in domains}, **dict(info or {}), "metric": metric}
     return AccuracyTable(method, weights, domains, cells, metrics, full_info)
+
+
+def gallery_table(
+    embeddings: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    method: str,
+    weights: str,
+    dtype: str,
+    k: int = 200,
+    metric: str = "cos",
+    curvature: float | None = None,
+    pairs: Sequence[tuple[str, str]] | None = None,
+    info: Mapping[str, Any] | None = None,
+) -> AccuracyTable:
+    """The table through the shipped search path: per gallery domain a HNSW :class:`Gallery` (``dtype`` f32 /
+    f16 / i8, ``metric``; default HNSW settings, i8 and poincare re-ranked as the Gallery does by default),
+    searched for the top ``k`` of every query; mAP@k and Prec@k from the returned ranking (a padded slot is
+    not relevant). The gap to :func:`cross_domain_table` on the same embeddings is what the index costs."""
+    from tki_sdk.runtime.gallery import MISSING_KEY, Gallery
+
+    from .metrics import ap_from_relevance, precision_from_relevance
+
+    domains = list(embeddings)
+    pairs = list(pairs) if pairs is not None else cross_domain_pairs(domains)
+    built: dict[str, Any] = {}
+    cells: dict[str, dict[str, dict[str, float]]] = {}
+    for q, g in pairs:
+        ge, gl = embeddings[g]
+        if g not in built:
+            gal = Gallery(ge.shape[1], metric=metric, dtype=dtype, curvature=curvature)
+            gal.add(np.arange(len(gl), dtype=np.uint64), ge)
+            built[g] = gal
+        qe, ql = embeddings[q]
+        keys, _ = built[g].search(qe, k)
+        valid = keys != MISSING_KEY
+        idx = np.where(valid, keys, 0).astype(np.int64)
+        rel = valid & (np.asarray(gl)[idx] == np.asarray(ql)[:, None])
+        cells.setdefault(q, {})[g] = {f"mAP@{k}": float(ap_from_relevance(rel).mean()),
+                                      f"Prec@{k}": float(precision_from_relevance(rel, k).mean())}
+    full_info = {"images": {d: int(len(embeddings[d][1])) for d in domains}, **dict(info or {}),
+                 "metric": metric, "search": f"Gallery HNSW {dtype}"}
+    return AccuracyTable(method, weights, domains, cells, [f"mAP@{k}", f"Prec@{k}"], full_info)
+
+
+def render_gallery_gap(pairs_of_tables: Sequence[tuple[AccuracyTable, AccuracyTable]], k: int) -> str:
+    """Exact vs shipped gallery, per (exact table, gallery table): mAP@k and Prec@k averages (%), the gap in
+    percentage points, and the largest per-pair gap of mAP@k."""
+    headers = ["Method", "search", f"mAP@{k} exact", f"mAP@{k} gallery", "Δ (pp)", f"Prec@{k} exact",
+               f"Prec@{k} gallery", "Δ (pp)", f"max pair Δ mAP@{k} (pp)"]
+    rows = []
+    for exact, gal in pairs_of_tables:
+        m, p = f"mAP@{k}", f"Prec@{k}"
+        worst = max((abs(gal.cells[q][g][m] - exact.cells[q][g][m]) for q, g in gal.pairs()), default=float("nan"))
+        rows.append([exact.method, gal.info.get("search", "gallery"), _pct(exact.average(m)), _pct(gal.average(m)),
+                     f"{100 * (gal.average(m) - exact.average(m)):+.2f}", _pct(exact.average(p)), _pct(gal.average(p)),
+                     f"{100 * (gal.average(p) - exact.average(p)):+.2f}", f"{100 * worst:.2f}"])
+    return "Shipped search path (usearch HNSW Gallery) against exact search on the same embeddings\n\n" + \
+        markdown_table(headers, rows, align=["l", "l"] + ["r"] * 7)
+
+
+def metric_choice(tables: Sequence[AccuracyTable], by: str) -> dict[str, Any] | None:
+    """Among exact tables of one method scored by several metrics (``info["metric_of"]`` names the method),
+    the metric with the highest average ``by``; None when no method was scored by more than one metric."""
+    groups: dict[str, dict[str, float]] = {}
+    meaningful = True
+    for t in tables:
+        base = t.info.get("metric_of")
+        if base is not None and by in t.metrics:
+            groups.setdefault(base, {})[t.info["metric"]] = t.average(by)
+            meaningful = meaningful and t.meaningful
+    groups = {b: v for b, v in groups.items() if len(v) > 1}
+    if not groups:
+        return None
+    out = {}
+    for base, scores in groups.items():
+        pick = max(scores, key=lambda m: scores[m])
+        out[base] = {"by": by, "averages": scores, "pick": pick}
+    note = ("" if meaningful else "random-init CLIP weights: this pick says nothing about which metric suits "
+            "real weights")
+    return {"methods": out, "numbers_meaningful": meaningful, "note": note}
+
+
+#: Metrics each output space can be scored by (tki.json ``output_space``).
+METRICS_FOR_SPACE = {"ball": ("cos", "ip", "poincare"), "euclidean": ("cos", "ip")}
 
 
 def _pct(v: float) -> str:
@@ -317,6 +415,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-full-map", action="store_true",
                    help="skip whole-gallery mAP (sorts every gallery row); keep mAP@k / Prec@k -- for DomainNet-sized galleries")
     g.add_argument("--device", default="cpu", help="torch device for --checkpoint / --vanilla (default cpu)")
+    g.add_argument("--metrics", default="cos,ip,poincare",
+                   help="how raw ball embeddings (--checkpoint, or an export made with --embedding ball) are scored, "
+                        "each on the same embeddings (default cos,ip,poincare; unit-vector exports: cos only)")
+    g.add_argument("--gallery", default="f16,i8",
+                   help="also search through a built HNSW Gallery of these storage types and report the gap to "
+                        "exact search (default f16,i8; 'none' to skip)")
 
 
 def _embedder_methods(model_dir: Path, precisions: list[str] | None, batch_size: int) -> list[tuple[str, str, EmbedFn, dict[str, Any]]]:
@@ -343,6 +447,7 @@ def _embedder_methods(model_dir: Path, precisions: list[str] | None, batch_size:
             raise UsageError(f"{model_dir} ({p}): {e}") from None
         art = meta.artifacts.get(p, {})
         info = {"source": "runtime", "model_dir": str(model_dir), "precision": p, "head": meta.head,
+                "output_space": meta.output_space, "curvature": meta.curvature,
                 "artifact": {"file": art.get("file"), "sha256": art.get("sha256")},
                 "backend": getattr(emb, "backend", None)}
         label = f"{model_dir.name}:{p}" + ("" if meta.head == "tki" else f" ({meta.head})")
@@ -370,9 +475,11 @@ def _torch_methods(args: argparse.Namespace) -> list[tuple[str, str, EmbedFn, di
                         {"source": "torch", "head": "none", "model_name": vanilla}))
         if args.checkpoint is not None:
             m = TKIModel.from_checkpoint(args.checkpoint, args.pretrained, device=args.device)
+            m.set_embedding("ball")  # raw head output: scored by each of --metrics on the same embeddings
             out.append((f"TKI {args.checkpoint.name} (torch)", describe_weights(m.clip.weights, m.checkpoint),
                         torch_embed_fn(m, args.device),
-                        {"source": "torch", "head": "tki", "checkpoint": m.checkpoint}))
+                        {"source": "torch", "head": "tki", "checkpoint": m.checkpoint, "output_space": m.output_space,
+                         "curvature": m.head.config.curvature if m.head.hyperbolic else None}))
     except (FileNotFoundError, ValueError) as e:  # ClipLoadError / CheckpointError are ValueErrors
         raise UsageError(str(e).splitlines()[0]) from None
     return out
@@ -404,18 +511,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not methods:
         raise UsageError("accuracy needs a model: --model-dir DIR (tki-export output), --checkpoint CKPT or --vanilla MODEL")
 
+    wanted_metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    bad = [m for m in wanted_metrics if m not in ("cos", "ip", "poincare")]
+    if bad or not wanted_metrics:
+        raise UsageError(f"--metrics: unknown {bad or args.metrics!r}; choose from cos, ip, poincare")
+    dtypes = [] if args.gallery.strip() == "none" else [d.strip() for d in args.gallery.split(",") if d.strip()]
+    if any(d not in ("f32", "f16", "i8") for d in dtypes):
+        raise UsageError(f"--gallery {args.gallery!r}: choose from f32, f16, i8 (comma-separated) or none")
+
     progress = not getattr(args, "no_progress", False)
-    tables = []
+    tables, gallery_pairs = [], []
+    ref = 0
     for label, weights, fn, info in methods:
         embs = embed_dataset(ds, fn, batch_size=args.batch_size, progress=progress, desc=label)
-        tables.append(cross_domain_table(embs, method=label, weights=weights, ks=(args.k,),
-                                         full_map=not args.no_full_map, info=info))
-
-    # Reference for the comparison: the torch TKI model if present (exported artifacts vs torch), else the first.
-    ref = next((i for i, (_, _, _, info) in enumerate(methods) if info.get("source") == "torch" and info.get("head") == "tki"), 0)
+        space_metrics = METRICS_FOR_SPACE.get(info.get("output_space", ""), ("cos",))
+        scored = [m for m in space_metrics if m in wanted_metrics] or ["cos"]
+        for metric in scored:
+            many = len(space_metrics) > 1
+            name = label if not many else f"{label} [{metric}]"
+            minfo = {**info, **({"metric_of": label} if many else {})}
+            curv = info.get("curvature") if metric == "poincare" else None
+            if info.get("source") == "torch" and info.get("head") == "tki" and metric == "cos" and ref == 0:
+                ref = len(tables)  # reference for the comparison: torch TKI by cosine (artifacts vs torch)
+            t = cross_domain_table(embs, method=name, weights=weights, ks=(args.k,), full_map=not args.no_full_map,
+                                   info=minfo, metric=metric, curvature=curv)
+            tables.append(t)
+            for dt in dtypes:
+                gallery_pairs.append((t, gallery_table(embs, method=name, weights=weights, dtype=dt, k=args.k,
+                                                       metric=metric, curvature=curv, info=minfo)))
     metrics = _metric_names((args.k,), not args.no_full_map)
     paper_md = render_paper_table(tables, metrics)
     cmp_md = render_comparison(tables, ref, metrics)
+    gap_md = render_gallery_gap(gallery_pairs, args.k) if gallery_pairs else ""
+    choice = metric_choice(tables, f"mAP@{args.k}")
+    choice_md = ""
+    if choice:
+        choice_md = "\n".join(
+            f"Metric choice for {b}: {c['pick']} (average mAP@{args.k}: "
+            + ", ".join(f"{m} {100 * v:.2f}%" for m, v in c["averages"].items()) + ")"
+            for b, c in choice["methods"].items()) + (f"\n{choice['note']}" if choice["note"] else "")
     warn = "" if all(t.meaningful for t in tables) else "\n\nWARNING: random-init CLIP weights: these numbers carry no meaning."
     name = getattr(args, "name", None) or ("quick" if args.quick else f"{Path(root).name}_{per_class or 'all'}")
     pair_labels = [f"{q}->{g}" for q, g in tables[0].pairs()]
@@ -430,6 +564,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "k": args.k,
         "reference": tables[ref].method,
         "tables": [t.to_dict() for t in tables],
+        "gallery_tables": [g.to_dict() for _, g in gallery_pairs],
+        "metric_choice": choice,
         "plots": [str(png)],
-        "markdown": paper_md + "\n\n" + cmp_md + warn,
+        "markdown": paper_md + "\n\n" + cmp_md + ("\n\n" + gap_md if gap_md else "")
+        + ("\n\n" + choice_md if choice_md else "") + warn,
     }

@@ -1,4 +1,4 @@
-"""``tki-bench``: accuracy | parity | throughput | search | train | all.
+"""``tki-bench``: accuracy | parity | throughput | search | train | embed | paper | gpu | all.
 
 Suite registry
 --------------
@@ -62,6 +62,8 @@ SUITES: dict[str, tuple[str, str]] = {
     "train": ("tki_sdk.benchmarks.train", "stage-1 and stage-2 training step times"),
     "embed": ("tki_sdk.benchmarks.embed", "end to end from image files vs decode and inference alone (runtime)"),
     "serve": ("tki_sdk.benchmarks.serve", "tki serve on loopback: QPS and latency per concurrency, batching vs batch-1, soak"),
+    "paper": ("tki_sdk.benchmarks.paper",
+              "the paper's PACS tables 3, 5, 6, 7 and figures 3, 5: ablation runs, our numbers beside the paper's"),
     "gpu": ("tki_sdk.benchmarks.gpu_throughput",
             "GPU parity, img/s and latency per backend (torch, ORT CUDA, TensorRT); end to end from JPEG"),
 }
@@ -73,6 +75,8 @@ examples:
   tki-bench search --vectors emb.npy             # real embeddings, last 1000 rows as queries
   tki-bench accuracy --model-dir out/ --dataset-dir data/pacs --per-class 50
   tki-bench throughput --quick
+  tki-bench paper --pretrained ViT-B-32-openai.pt --model ViT-B-32-quickgelu --dataset-dir data/pacs
+  tki-bench paper --quick                        # tiny random model end to end (numbers mean nothing)
   tki-bench all --quick                          # every installed suite, CI-sized
 results go to <out-dir>/<suite>/<name>.json (+ .png); a Markdown table is printed at the end.
 """

@@ -16,8 +16,11 @@ Definitions:
   ``R_k = 0``. ``k=None`` (or ``k >= G``) ranks the whole gallery, which is the usual
   (uninterpolated) average precision: ``sklearn.metrics.average_precision_score`` gives
   the same value when there are no ties.
-* ``Prec@k = R_k / min(k, G)``: the fraction of the retrieved list that is relevant.
-  When ``k`` exceeds the gallery size the list holds ``G`` items, so the divisor is ``G``.
+* ``Prec@k = R_k / k``: relevant items within the top k, divided by k, as the paper's
+  protocol does on full datasets (every gallery there holds far more than k = 200 items).
+  The divisor stays ``k`` when the gallery holds fewer than ``k`` items: a small sampled
+  run then reports at most ``G / k``, never the inflated ``R_k / G`` (10/70 instead of
+  10/200). Compare sampled runs with the paper only when ``G >= k``.
 * mAP, mAP@k, Prec@k: the mean of the per-query values over all queries.
 
 Self-matches: in the paper's cross-domain protocol query and gallery come from different
@@ -141,12 +144,16 @@ def ap_from_relevance(rel: np.ndarray) -> np.ndarray:
     return np.divide(num, n_rel, out=np.zeros_like(num), where=n_rel > 0)
 
 
-def precision_from_relevance(rel: np.ndarray) -> np.ndarray:
-    """``Prec = sum_j rel(j) / len(list)`` per row of a ranked relevance matrix."""
+def precision_from_relevance(rel: np.ndarray, k: int | None = None) -> np.ndarray:
+    """``Prec@k = sum_{j<=k} rel(j) / k`` per row of a ranked relevance matrix (``k=None``: the list length).
+
+    The list may be shorter than ``k`` (a gallery smaller than ``k``); the divisor is still ``k``.
+    """
     rel = np.asarray(rel, dtype=bool)
-    if rel.shape[1] == 0:
+    k = rel.shape[1] if k is None else int(k)
+    if k == 0:
         return np.zeros(rel.shape[0])
-    return rel.sum(axis=1, dtype=np.float64) / rel.shape[1]
+    return rel[:, :k].sum(axis=1, dtype=np.float64) / k
 
 
 def average_precision(
@@ -163,13 +170,14 @@ def average_precision(
 
 
 def precision_at_k(scores: np.ndarray, query_labels: Any, gallery_labels: Any, k: int) -> np.ndarray:
-    """Per-query ``Prec@k = (relevant items within the top k) / min(k, G)``, shape ``[Q]``, float64.
+    """Per-query ``Prec@k = (relevant items within the top k) / k``, shape ``[Q]``, float64.
 
+    Divides by ``k`` also when the gallery holds fewer than ``k`` items (see the module docstring).
     Same ranking as :func:`average_precision` (stable ties by gallery order).
     """
     if k is None:
         raise ValueError("precision_at_k needs an integer k")
-    return precision_from_relevance(ranked_relevance(scores, query_labels, gallery_labels, k))
+    return precision_from_relevance(ranked_relevance(scores, query_labels, gallery_labels, k), k)
 
 
 def _normalize_rows(x: np.ndarray) -> np.ndarray:
@@ -190,10 +198,17 @@ def retrieval_metrics(
     exclude_self: bool = False,
     normalize: bool = True,
     return_per_query: bool = False,
+    metric: str = "cos",
+    curvature: float | None = None,
 ) -> dict[str, Any]:
-    """mAP (whole gallery), mAP@k and Prec@k for every k in ``ks``, by cosine similarity.
+    """mAP (whole gallery), mAP@k and Prec@k for every k in ``ks``, by ``metric``.
 
-    Scores are ``cos(q, g)``: rows are L2-normalised (``normalize=True``; pass False for
+    ``metric``: ``"cos"`` (default) scores ``cos(q, g)``; ``"ip"`` the raw inner product ``q . g``
+    (no normalisation); ``"poincare"`` minus the Poincaré-ball distance ``-d_c(q, g)``
+    (:func:`tki_sdk.runtime.poincare.distance`, ``curvature`` c of the ball of curvature -c), so
+    the nearest point in the ball ranks first.
+
+    For cos, rows are L2-normalised (``normalize=True``; pass False for
     embeddings already unit-norm to skip the copy) and ``scores = Q_chunk @ G.T`` is formed
     one query chunk at a time, so memory is ``O(chunk * G)``, never ``O(Q * G)``; ``chunk=None``
     picks the largest chunk within ~256 MiB. Results equal :func:`average_precision` /
@@ -220,7 +235,14 @@ def retrieval_metrics(
     ks = [int(k) for k in ks]
     for k in ks:
         _check_k(k)
-    if normalize:
+    if metric not in ("cos", "ip", "poincare"):
+        raise ValueError(f"metric must be cos, ip or poincare, got {metric!r}")
+    if metric == "poincare":
+        from tki_sdk.runtime.poincare import check_in_ball, distance
+
+        check_in_ball(qe, curvature, "query embeddings")
+        check_in_ball(ge, curvature, "gallery embeddings")
+    if normalize and metric == "cos":
         qe, ge = _normalize_rows(qe), _normalize_rows(ge)
     else:
         qe, ge = qe.astype(np.float32, copy=False), ge.astype(np.float32, copy=False)
@@ -234,13 +256,13 @@ def retrieval_metrics(
     per_query = {name: np.zeros(n_q) for name in names}
     for start in range(0, n_q, chunk):
         stop = min(n_q, start + chunk)
-        s = qe[start:stop] @ ge.T
+        s = -distance(qe[start:stop], ge, curvature) if metric == "poincare" else qe[start:stop] @ ge.T
         rel = ranked_relevance(s, ql[start:stop], gl, kmax, exclude_self=exclude_self, self_offset=start)
         if full_map:
             per_query["mAP"][start:stop] = ap_from_relevance(rel)
         for k in ks:
             per_query[f"mAP@{k}"][start:stop] = ap_from_relevance(rel[:, :k])
-            per_query[f"Prec@{k}"][start:stop] = precision_from_relevance(rel[:, :k])
+            per_query[f"Prec@{k}"][start:stop] = precision_from_relevance(rel[:, :k], k)
 
     out: dict[str, Any] = {name: float(v.mean()) if n_q else float("nan") for name, v in per_query.items()}
     out["n_queries"] = n_q

@@ -20,6 +20,8 @@ examples:
   tki-export --checkpoint ckpt/pacs --out models/pacs
   # int8 calibrated on your own images (real photos through the model's exact preprocessing)
   tki-export --checkpoint ckpt/pacs --out models/pacs --precision fp32,int8 --calib-images data/pacs/images/photo
+  # raw Poincaré-ball embeddings, searched by Poincaré distance (HNSW candidates re-ranked exactly)
+  tki-export --checkpoint ckpt/pacs --out models/pacs-ball --embedding ball
   # vanilla CLIP (the paper's baseline), no checkpoint needed
   tki-export --head none --model ViT-B-32 --pretrained openai --out models/clip-b32
   # TensorRT fp16 engine (GPU + `pip install 'tki-sdk[gpu]'`) and a Triton model repository
@@ -55,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", choices=["tki", "none"], default="tki",
                    help="tki: CLIP + hyperbolic head (default); none: vanilla CLIP, L2-normalised")
     p.add_argument("--model", dest="model_name", help="open_clip architecture for --head none without a checkpoint")
+    p.add_argument("--embedding", choices=["cosine", "ball"], default="cosine",
+                   help="what the embedding is: cosine (default): h(.) divided by its L2 norm, compared by cosine; "
+                        "ball: the raw Poincare-ball point h(.), compared by Poincare distance (or --metric ip). "
+                        "Recorded in tki.json (output_space, metric); galleries follow it")
+    p.add_argument("--metric", choices=["cos", "ip", "poincare"], default=None,
+                   help="how embeddings are compared (default: cos for --embedding cosine, poincare for ball; "
+                        "ip for ball from a euclidean head)")
     p.add_argument("--pretrained", help="CLIP weights: open_clip tag or local file (default: what the checkpoint "
                                          "recorded; random init for --model without it)")
     p.add_argument("--tensorrt", action="store_true", help="also build model.plan (TensorRT fp16) and validate it")
@@ -121,6 +130,11 @@ def _config(args: argparse.Namespace):  # -> ExportConfig
                          "for vanilla CLIP use --head none --model NAME")
     if args.head == "none" and args.checkpoint is None and not args.model_name:
         raise UsageError("--head none without --checkpoint needs --model NAME (an open_clip architecture, e.g. ViT-B-32)")
+    if args.embedding == "ball" and args.head == "none":
+        raise UsageError("--embedding ball needs a TKI head (vanilla CLIP has no ball); use --embedding cosine")
+    if args.metric is not None and (args.embedding == "cosine") != (args.metric == "cos"):
+        raise UsageError(f"--metric {args.metric} does not go with --embedding {args.embedding}: cosine uses cos; "
+                         "ball uses poincare or ip")
     if args.checkpoint is not None:
         ck = args.checkpoint
         if not ck.exists():
@@ -159,6 +173,7 @@ def _config(args: argparse.Namespace):  # -> ExportConfig
         calib_count=args.calib_count, val_count=args.val_count, opset=args.opset, max_batch=args.max_batch,
         triton_repo=args.triton_repo, allow_parity_failure=args.allow_parity_failure, int8_schemes=schemes,
         threads=args.threads, time_torch=not args.no_timing, progress=not args.no_progress, overwrite=args.overwrite,
+        embedding=args.embedding, metric=args.metric,
     )
 
 

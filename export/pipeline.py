@@ -181,6 +181,10 @@ class ExportConfig:
     progress: bool = True
     seed: int = 0
     overwrite: bool = False
+    #: What the embedding is (``TKIModel.set_embedding``): "cosine" (unit vectors) or "ball" (raw ball point).
+    embedding: str = "cosine"
+    #: How embeddings are compared: None = the embedding's default ("cos"; "poincare" for "ball"), or "ip".
+    metric: str | None = None
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -316,6 +320,7 @@ class _ExportRun:
         self.steps.start("load model")
         self.model = model if model is not None else load_model(
             cfg.checkpoint, head=cfg.head, model_name=cfg.model_name, pretrained=cfg.pretrained)
+        self.model.set_embedding(cfg.embedding, cfg.metric)  # output_space and metric of tki.json
         self.fields = self.model.metadata_fields()
         self.steps.done()
 

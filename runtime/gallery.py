@@ -10,7 +10,12 @@ Search contract -- ``search(vectors[Q, D], k, where=None) -> (keys[Q, k] uint64,
 - ``cos`` galleries store unit vectors (normalised on ``add``; queries too), which changes no distance and
   lets f16 / i8 storage quantise well;
 - rows are best first (smallest distance); distances are usearch's: ``cos``: ``1 - cos(q, x)``;
-  ``ip``: ``1 - q.x``; ``l2sq``: ``|q - x|^2``;
+  ``ip``: ``1 - q.x``; ``l2sq``: ``|q - x|^2``; ``poincare``: the Poincaré-ball geodesic distance
+  (:mod:`tki_sdk.runtime.poincare`, curvature ``-c`` from the gallery's ``curvature``);
+- ``poincare`` galleries hold raw ball points (``tki-export --embedding ball``); vectors outside the ball
+  are refused. Their HNSW graph is built on ``l2sq`` and every search re-ranks its
+  ``k * rescore_oversample`` candidates by the exact Poincaré distance on a float32 copy (the re-rank hook
+  :meth:`Gallery._rerank`); exact ones compute the Poincaré distance to every item;
 - ``k`` is at most :data:`MAX_K` (100,000; larger values raise ``ValueError``) and is capped by the gallery
   size: the result has ``min(k, len(gallery))`` columns, so the memory of one search is proportional to
   ``Q * min(k, len(gallery))`` whatever ``k`` was asked for;
@@ -71,6 +76,7 @@ from .gallery_store import (
     save_version,
     verify_files,
 )
+from . import poincare
 from .metadata_store import MetadataStore
 from .native import usearch_index
 
@@ -83,7 +89,8 @@ MISSING_KEY = np.uint64(np.iinfo(np.uint64).max)
 #: Largest ``k`` a search accepts (the result has ``min(k, len(gallery))`` columns).
 MAX_K = 100_000
 
-_METRICS = {"cos": "cos", "cosine": "cos", "ip": "ip", "inner": "ip", "l2sq": "l2sq", "l2": "l2sq"}
+_METRICS = {"cos": "cos", "cosine": "cos", "ip": "ip", "inner": "ip", "l2sq": "l2sq", "l2": "l2sq",
+            "poincare": "poincare"}
 _DTYPES = {"f32": np.float32, "f16": np.float16, "i8": np.int8}
 
 
@@ -97,7 +104,8 @@ class Gallery:
 
     Args:
         ndim: vector length.
-        metric: ``"cos"`` (default; ``1 - cosine``), ``"ip"`` (``1 - dot``) or ``"l2sq"``.
+        metric: ``"cos"`` (default; ``1 - cosine``), ``"ip"`` (``1 - dot``), ``"l2sq"`` or ``"poincare"``
+            (Poincaré distance of raw ball points; needs ``curvature``).
         exact: brute-force search over a flat matrix instead of an HNSW graph.
         dtype: storage precision, ``"f32"``, ``"f16"`` or ``"i8"`` (i8: HNSW only).
         connectivity, expansion_add, expansion_search: HNSW parameters (usearch's ``M``, ``efConstruction``,
@@ -115,6 +123,8 @@ class Gallery:
             searches re-rank too (their exact path reads the copy). Costs ``2 * ndim + 8`` bytes per item in
             memory and on disk (saved in the same version folder as the graph).
         rescore_oversample: candidates fetched per wanted hit when re-ranking (default 4, >= 1).
+        curvature: c of the Poincaré ball (curvature -c) of a ``poincare`` gallery; HNSW ``poincare``
+            galleries always re-rank, on a float32 copy.
 
     Thread-safe: searches may run from several threads, also while another thread adds.
     """
@@ -135,18 +145,25 @@ class Gallery:
         filter_exact_limit: int = 50_000,
         rescore: bool | None = None,
         rescore_oversample: int = 4,
+        curvature: float | None = None,
     ) -> None:
         if int(ndim) < 1:
             raise ValueError("ndim must be >= 1")
         if metric not in _METRICS:
-            raise ValueError(f"metric {metric!r} unknown; use cos, ip or l2sq")
+            raise ValueError(f"metric {metric!r} unknown; use cos, ip, l2sq or poincare")
+        is_poincare = _METRICS[metric] == "poincare"
+        if is_poincare and not (curvature is not None and float(curvature) > 0):
+            raise ValueError("metric poincare needs curvature c > 0 (the ball's curvature is -c; tki.json's head_config)")
+        if is_poincare and rescore is False and not exact:
+            raise ValueError("HNSW poincare galleries always re-rank their candidates by the exact distance; "
+                             "leave rescore unset")
         if dtype not in _DTYPES:
             raise ValueError(f"dtype {dtype!r} unknown; use f32, f16 or i8")
         if exact and dtype == "i8":
             raise ValueError("exact galleries store f32 or f16 vectors; use dtype='f32' or 'f16' (or exact=False for i8)")
         if rescore is None:
-            rescore = dtype == "i8" and not exact
-        if rescore and (exact or dtype == "f32"):
+            rescore = (dtype == "i8" or is_poincare) and not exact
+        if rescore and (exact or (dtype == "f32" and not is_poincare)):
             raise ValueError("rescore re-ranks quantised HNSW galleries; use it with dtype='i8' or 'f16' and exact=False")
         if int(rescore_oversample) < 1:
             raise ValueError("rescore_oversample must be >= 1")
@@ -154,6 +171,7 @@ class Gallery:
         self.rescore_oversample = int(rescore_oversample)
         self.ndim = int(ndim)
         self.metric = _METRICS[metric]
+        self.curvature = float(curvature) if is_poincare else None
         self.exact = bool(exact)
         self.dtype = dtype
         self.connectivity = int(connectivity)
@@ -172,7 +190,7 @@ class Gallery:
         self._index: Any = None
         self._flat_keys = np.zeros(0, dtype=np.uint64)
         # Flat matrix: the vectors of an exact gallery, or the float16 re-ranking copy of an HNSW one.
-        self._flat_dtype = np.float16 if self.rescore else _DTYPES[dtype]
+        self._flat_dtype = (np.float32 if is_poincare else np.float16) if self.rescore else _DTYPES[dtype]
         self._flat_vecs = np.zeros((0, self.ndim), dtype=self._flat_dtype)
         self._n = 0
         self._pos: dict[int, int] | None = None  # flat: key -> row, built lazily
@@ -185,7 +203,7 @@ class Gallery:
 
         return Index(
             ndim=self.ndim,
-            metric=self.metric,
+            metric="l2sq" if self.metric == "poincare" else self.metric,  # candidates; re-ranked exactly
             dtype=self.dtype,
             connectivity=self.connectivity,
             expansion_add=self.expansion_add,
@@ -310,7 +328,11 @@ class Gallery:
         return k
 
     def _prepare(self, v: np.ndarray) -> np.ndarray:
-        """cos galleries store and search unit vectors: same distances, and i8 / f16 quantise them well."""
+        """cos galleries store and search unit vectors: same distances, and i8 / f16 quantise them well.
+        poincare galleries refuse points outside their ball."""
+        if self.metric == "poincare":
+            poincare.check_in_ball(v, self.curvature)
+            return v
         if self.metric != "cos":
             return v
         norm = np.linalg.norm(v, axis=1, keepdims=True)
@@ -535,6 +557,8 @@ class Gallery:
             dist = 1.0 - np.divide(dot, den, out=np.zeros_like(dot), where=den > 0)
         elif self.metric == "ip":
             dist = 1.0 - dot
+        elif self.metric == "poincare":
+            dist = poincare.distance_rows(qq, v, self.curvature)
         else:
             dist = np.sum((v - qq[:, None, :]) ** 2, axis=2)
         dist = np.where(ok, dist, np.inf).astype(np.float32)
@@ -552,6 +576,9 @@ class Gallery:
         if keys.size == 0:
             return
         qq = q[rows]
+        if self.metric == "poincare":
+            self._brute_poincare(qq, k, keys, vecs, out_k, out_d, rows)
+            return
         if vecs.dtype != np.float32 and vecs.dtype != qq.dtype:
             qq = qq.astype(vecs.dtype)
         res = exact_search(vecs, qq, min(k, keys.size), self.metric, exact=True, threads=self.threads)
@@ -560,6 +587,17 @@ class Gallery:
         valid = np.arange(pos.shape[1])[None, :] < counts[:, None]
         mapped = np.where(valid, keys[np.clip(pos, 0, keys.size - 1)], MISSING_KEY)
         _fill(out_k, out_d, rows, mapped, dist, counts)
+
+    def _brute_poincare(self, qq: np.ndarray, k: int, keys: np.ndarray, vecs: np.ndarray,
+                        out_k: np.ndarray, out_d: np.ndarray, rows: np.ndarray) -> None:
+        """Exact Poincaré top ``k`` of queries ``qq`` over ``(keys, vecs)``, ties by position (stable sort)."""
+        m = min(k, keys.size)
+        step = max(1, (1 << 23) // max(1, keys.size))  # ~64 MB of float64 distances per chunk
+        for s in range(0, len(rows), step):
+            dist = poincare.distance(qq[s : s + step], vecs, self.curvature)
+            order = np.argsort(dist, axis=1, kind="stable")[:, :m]
+            out_k[rows[s : s + step], :m] = keys[order]
+            out_d[rows[s : s + step], :m] = np.take_along_axis(dist, order, 1).astype(np.float32)
 
     def _exact_subset(self, q: np.ndarray, k: int, match: np.ndarray,
                       out_k: np.ndarray, out_d: np.ndarray, rows: np.ndarray) -> None:
@@ -629,7 +667,8 @@ class Gallery:
             ndim=self.ndim, metric=self.metric, dtype=self.dtype, exact=self.exact, count=len(self),
             connectivity=self.connectivity, expansion_add=self.expansion_add,
             expansion_search=self.expansion_search, rescore=self.rescore,
-            rescore_oversample=self.rescore_oversample, model_fingerprint=self.model_fingerprint,
+            rescore_oversample=self.rescore_oversample, curvature=self.curvature,
+            model_fingerprint=self.model_fingerprint,
             model=self.model_info, saved=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
 
@@ -734,6 +773,7 @@ class Gallery:
             threads=threads,
             rescore=info.rescore,
             rescore_oversample=info.rescore_oversample,
+            curvature=info.curvature,
         )
         if g.exact or g.rescore:
             mmap = "r" if view else None

@@ -233,6 +233,8 @@ def gallery_options(embedder: Any, **gallery_kwargs: Any) -> dict[str, Any]:
     unless given), ``model_fingerprint`` and ``model_info``, plus ``gallery_kwargs``."""
     opts = dict(gallery_kwargs)
     opts.setdefault("metric", getattr(embedder.metadata, "metric", "cos") or "cos")
+    if opts["metric"] == "poincare":
+        opts.setdefault("curvature", embedder.metadata.curvature)
     return {"ndim": embedder.embedding_dim, "model_fingerprint": embedder.model_fingerprint,
             "model_info": model_info(embedder), **opts}
 

@@ -99,7 +99,7 @@ def test_embed_dataset_with_a_path_based_embedding_function(tmp_path):
     embs = embed_dataset(ds, one_hot_from_path, batch_size=5, progress=False)
     assert list(embs) == ["art", "photo"] and embs["art"][0].shape == (12, 3)
     t = cross_domain_table(embs, method="oracle", weights="test", ks=(200,))
-    assert t.average("mAP") == 1.0 and t.average("Prec@200") == pytest.approx(4 / 12)
+    assert t.average("mAP") == 1.0 and t.average("Prec@200") == pytest.approx(4 / 200)
 
     with pytest.raises(ValueError, match="shape"):
         embed_dataset(ds, lambda paths: np.zeros((1, 3)), progress=False)
@@ -136,7 +136,7 @@ def test_quick_run_tiny_vanilla_model_on_pacs(tmp_path, capsys, pacs_dir):
     for q, g in (("photo", "sketch"), ("sketch", "photo")):
         cell = table["cells"][q][g]
         assert 0.0 <= cell["mAP"] <= 1.0
-        assert cell["Prec@200"] == pytest.approx(1 / 7)  # 3 of 21 gallery images share the class; k > 21
+        assert cell["Prec@200"] == pytest.approx(3 / 200)  # 3 of 21 gallery images share the class; Prec@k divides by k
     assert (tmp_path / "accuracy" / "quick.png").read_bytes()[:4] == b"\x89PNG"
     assert "carry no meaning" in capsys.readouterr().out
 
@@ -177,3 +177,73 @@ def test_model_dir_through_the_runtime_equals_a_numpy_reference(tmp_path, pacs_d
     for q, g in ref.pairs():
         for m in ref.metrics:
             assert table["cells"][q][g][m] == pytest.approx(ref.cells[q][g][m], abs=1e-9)
+
+
+def _ball_domains(rng, n=60, classes=4, dim=8):
+    """Class clusters inside the unit ball at different depths (so the metrics rank differently)."""
+    out = {}
+    centres = rng.standard_normal((classes, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    for d in ("a", "b", "c"):
+        lab = rng.integers(0, classes, n)
+        x = centres[lab] + 0.8 * rng.standard_normal((n, dim))
+        x *= rng.uniform(0.05, 0.98, (n, 1)) / np.linalg.norm(x, axis=1, keepdims=True)
+        out[d] = (x, lab)
+    return out
+
+
+def test_the_three_metrics_on_the_same_embeddings_against_brute_force():
+    import geoopt
+    import torch
+
+    embs = _ball_domains(np.random.default_rng(5))
+    ball = geoopt.PoincareBall(c=1.0)
+    tables = {m: cross_domain_table(embs, method=f"x [{m}]", weights="test", ks=(10,), metric=m,
+                                    curvature=1.0 if m == "poincare" else None, info={"metric_of": "x"})
+              for m in ("cos", "ip", "poincare")}
+    for q, g in tables["cos"].pairs():
+        (qe, ql), (ge, gl) = embs[q], embs[g]
+        scores = {
+            "cos": (qe / np.linalg.norm(qe, axis=1, keepdims=True)) @ (ge / np.linalg.norm(ge, axis=1, keepdims=True)).T,
+            "ip": qe @ ge.T,
+            "poincare": -ball.dist(torch.from_numpy(qe)[:, None], torch.from_numpy(ge)[None]).numpy(),
+        }
+        for m, s in scores.items():
+            assert tables[m].cells[q][g]["mAP"] == pytest.approx(average_precision(s, ql, gl).mean(), abs=1e-9)
+            assert tables[m].cells[q][g]["Prec@10"] == pytest.approx(precision_at_k(s, ql, gl, 10).mean(), abs=1e-9)
+    assert len({round(t.average("mAP"), 6) for t in tables.values()}) == 3  # the metrics do rank differently
+    from tki_sdk.benchmarks.accuracy import metric_choice
+
+    choice = metric_choice(list(tables.values()), "mAP@10")
+    best = max(tables, key=lambda m: tables[m].average("mAP@10"))
+    assert choice["methods"]["x"]["pick"] == best and choice["numbers_meaningful"]
+
+
+@pytest.mark.parametrize("metric", ["cos", "ip", "poincare"])
+def test_gallery_table_matches_exact_search_on_small_galleries(metric):
+    from tki_sdk.benchmarks.accuracy import gallery_table
+
+    embs = _ball_domains(np.random.default_rng(6))
+    c = 1.0 if metric == "poincare" else None
+    exact = cross_domain_table(embs, method="x", weights="test", ks=(10,), metric=metric, curvature=c)
+    for dtype in ("f32", "f16", "i8"):
+        gal = gallery_table(embs, method="x", weights="test", dtype=dtype, k=10, metric=metric, curvature=c)
+        assert gal.metrics == ["mAP@10", "Prec@10"]
+        for q, g in exact.pairs():
+            # 60 items per gallery: HNSW finds the true top 10; quantisation may swap near-ties only.
+            tol = 1e-6 if dtype == "f32" else 0.05
+            assert gal.cells[q][g]["Prec@10"] == pytest.approx(exact.cells[q][g]["Prec@10"], abs=tol)
+            assert gal.cells[q][g]["mAP@10"] == pytest.approx(exact.cells[q][g]["mAP@10"], abs=tol)
+
+
+def test_checkpoint_run_compares_metrics_and_scores_the_shipped_gallery(tmp_path, tiny_checkpoint, pacs_dir):
+    code = cli.main(["accuracy", "--checkpoint", str(tiny_checkpoint), "--dataset-dir", str(pacs_dir),
+                     "--domains", "photo,sketch", "--per-class", "3", "--out-dir", str(tmp_path), "--no-progress",
+                     "--name", "ck"])
+    assert code == 0
+    res = json.loads((tmp_path / "accuracy" / "ck.json").read_text())["results"]
+    assert [t["info"]["metric"] for t in res["tables"]] == ["cos", "ip", "poincare"]
+    assert len(res["gallery_tables"]) == 6  # each metric through f16 and i8 galleries
+    choice = res["metric_choice"]
+    assert choice["numbers_meaningful"] is False and "says nothing" in choice["note"]
+    assert "Shipped search path" in res["markdown"] and "Metric choice" in res["markdown"]

@@ -103,3 +103,12 @@ def test_damaged_gallery_manifest_is_one_line(tmp_path, text):
     with pytest.raises(ContractError) as e:
         GalleryManifest.load(tmp_path)
     assert "rebuild" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_format2_config_without_the_ablation_records_loads_with_the_old_behaviour():
+    raw = CheckpointConfig.load(FIX / "config.json").to_dict()
+    for key in ("stage1_losses", "labels", "aggregation"):
+        raw.pop(key)
+    cfg = CheckpointConfig.from_dict(raw)
+    assert cfg.stage1_losses == "both" and cfg.labels == {"strategy": "true"} and cfg.aggregation == {}
+    assert CheckpointConfig.from_dict(cfg.to_dict()) == cfg

@@ -22,6 +22,11 @@ examples:
   tki train --model ViT-B-32-quickgelu --pretrained ViT-B-32-openai.pt \\
       --dataset-dir /data/pacs --out ckpt/pacs
 
+  # ablations: L_max only (Table 5), random non-overlapping labels (Table 6), Euclidean head (Table 7)
+  tki train --model ViT-B-32 --dataset-dir /data/pacs --losses max --out ckpt/lmax
+  tki train --model ViT-B-32 --dataset-dir /data/pacs --labels random --label-seed 0 --out ckpt/random-labels
+  tki train --model ViT-B-32 --dataset-dir /data/pacs --geometry euclidean --out ckpt/euclidean
+
   # DomainNet's 345 classes, 64 classes per step to bound memory, on a GPU
   tki train --model ViT-B-32 --pretrained openai --classes-file domainnet.txt \\
       --classes-per-step 64 --device cuda --out ckpt/domainnet
@@ -88,6 +93,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--agg-space", choices=["ball", "tangent_cosine"], default="ball",
                    help="what L_agg's dot product sees: raw ball points (eq. 6 as written) or "
                         "logmap0 + L2 normalisation")
+    abl = p.add_argument_group("ablations (the paper's Tables 5-7; each is recorded in config.json)")
+    abl.add_argument("--losses", choices=["both", "min", "max", "none"], default="both",
+                     help="what stage 1 optimises: L_min + lambda*L_max (both, default), L_min only, lambda*L_max "
+                          "only, or nothing (stage 1 skipped, the domain vectors keep their initialisation)")
+    abl.add_argument("--labels", choices=["true", "random"], default="true",
+                     help="class labels in the prompts: the true class names (default), or seeded random words "
+                          "from the package's word list that overlap none of them (Table 6, strategy 2)")
+    abl.add_argument("--label-seed", type=int, default=0, help="seed of --labels random (default 0)")
+    abl.add_argument("--temperature-rule", choices=["matched", "as_written"], default="matched",
+                     help="matched (default): a euclidean head with --agg-space ball is compared by cosine at "
+                          "tau*c, so its logits have the hyperbolic head's bound 1/(c*tau); as_written: raw dot "
+                          "products at tau for both geometries (the euclidean logits are then unbounded)")
     p.add_argument("--seed", type=int, default=0, help="seed for domain vectors, head init, class sampling")
     p.add_argument("--clip-init-seed", type=int, default=0, help="seed of random-init CLIP (no --pretrained)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
@@ -125,6 +142,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         alpha=DEFAULT_ALPHA if args.alpha is None else args.alpha, mu=DEFAULT_MU if args.mu is None else args.mu,
         classes_per_step=args.classes_per_step, head_depth=args.head_depth, head_hidden=args.head_hidden,
         curvature=args.curvature, geometry=args.geometry, agg_space=args.agg_space, seed=args.seed,
+        losses=args.losses, labels=args.labels, label_seed=args.label_seed, temperature_rule=args.temperature_rule,
         input_norm=not args.no_input_norm,
         clip_init_seed=args.clip_init_seed, device=args.device, full_context=args.full_context,
         progress=not args.no_progress,
@@ -176,6 +194,8 @@ def describe_checkpoint(path: Path) -> str | None:
         f"out {head.get('out_dim') or head.get('in_dim')}, curvature c={head.get('curvature')}, "
         f"activation {head.get('activation')}",
         f"  losses         {cfg.get('losses')}",
+        f"  ablations      stage 1 optimised {cfg.get('stage1_losses', 'both')}; labels "
+        f"{(cfg.get('labels') or {}).get('strategy', 'true')}; L_agg {cfg.get('aggregation') or 'eq. 6 as written'}",
         f"  optimiser      {cfg.get('optim')}",
         f"  versions       {cfg.get('versions')}",
     ]

@@ -103,3 +103,54 @@ def aggregation_loss(z: torch.Tensor, tau: float = DEFAULT_TAU) -> torch.Tensor:
     positive = (cls[:, None] == cls[None, :]) & (dom[:, None] != dom[None, :])
     log_num = torch.logsumexp(logits.masked_fill(~positive, float("-inf")), dim=1)
     return -(log_num - log_denom).mean()
+
+
+#: What stage 1 optimises (paper Table 5): ``both`` L_min + λ·L_max (eq. 5), ``min`` L_min alone,
+#: ``max`` λ·L_max alone, ``none`` nothing (stage 1 is skipped; ν keeps its initialisation).
+STAGE1_LOSSES = ("both", "min", "max", "none")
+
+
+def stage1_objective(l_min: torch.Tensor, l_max: torch.Tensor, losses: str = "both", lam: float = 1.0) -> torch.Tensor:
+    r"""The stage-1 loss for the ``losses`` switch: ``both`` :math:`L_{min} + \lambda L_{max}` (eq. 5),
+    ``min`` :math:`L_{min}`, ``max`` :math:`\lambda L_{max}`. ``none`` has no objective (``ValueError``)."""
+    if losses == "both":
+        return l_min + lam * l_max
+    if losses == "min":
+        return l_min
+    if losses == "max":
+        return lam * l_max
+    raise ValueError(f"stage-1 losses {losses!r} has no objective; choose from {STAGE1_LOSSES[:3]}")
+
+
+#: How the geometry ablation (paper Table 7) sets L_agg's temperature. ``matched`` (default): the logits of
+#: the Euclidean head have the same bound as the hyperbolic head's; ``as_written``: eq. 6 at τ for both.
+TEMPERATURE_RULES = ("matched", "as_written")
+
+
+def aggregation_similarity(
+    geometry: str, agg_space: str, tau: float = DEFAULT_TAU, curvature: float = 1.0, rule: str = "matched"
+) -> dict[str, object]:
+    r"""Similarity and temperature L_agg uses, and the bound on its logits: ``{"similarity": "dot" |
+    "cosine", "tau": τ_agg, "logit_bound": B, "rule": rule}``.
+
+    The fair-temperature rule (``matched``). L_agg's logits are ``sim(z, z')/τ_agg``. A hyperbolic head
+    with ``agg_space="ball"`` (eq. 6 as written) outputs points of the ball of radius :math:`1/\sqrt{c}`,
+    so its raw dot products lie in :math:`(-1/c, 1/c)` and its logits in :math:`(-B, B)` with
+    :math:`B = 1/(c\,\tau)`, approached as the points near the boundary, where the dot product becomes
+    :math:`\cos/c`. A Euclidean head's raw dot products are unbounded: it can lower its effective temperature
+    by growing its output norm, which mixes geometry with temperature. Under ``matched`` the Euclidean head
+    with ``agg_space="ball"`` is compared by cosine at :math:`\tau_{agg} = c\,\tau`: its logits
+    :math:`\cos/(c\,\tau)` have exactly the hyperbolic bound :math:`B = 1/(c\,\tau)` and equal the hyperbolic
+    logits of points at the boundary, whatever the output norm. With ``agg_space="tangent_cosine"`` both
+    geometries already use cosine at τ (bound :math:`1/\tau`), and the rule changes nothing. ``as_written``
+    keeps eq. 6 at τ for the Euclidean head too (no bound: ``logit_bound`` None).
+    """
+    if rule not in TEMPERATURE_RULES:
+        raise ValueError(f"temperature rule must be one of {TEMPERATURE_RULES}, got {rule!r}")
+    if agg_space == "tangent_cosine":
+        return {"similarity": "cosine", "tau": tau, "logit_bound": 1.0 / tau, "rule": rule}
+    if geometry == "hyperbolic":
+        return {"similarity": "dot", "tau": tau, "logit_bound": 1.0 / (curvature * tau), "rule": rule}
+    if rule == "matched":
+        return {"similarity": "cosine", "tau": curvature * tau, "logit_bound": 1.0 / (curvature * tau), "rule": rule}
+    return {"similarity": "dot", "tau": tau, "logit_bound": None, "rule": rule}

@@ -8,6 +8,13 @@ exported graphs compute::
 
 Embeddings are compared by cosine (= inner product, they are unit vectors). For ball points, cosine equals
 the cosine of their ``logmap0`` images, so "ball_l2" is also the L2-normalised tangent vector at the origin.
+
+The retrieval metric is a recorded choice (:meth:`TKIModel.set_embedding`, ``tki-export --embedding``)::
+
+    embedding "cosine" (default): the unit vectors above, metric "cos"
+    embedding "ball":  z = h(...) itself, the raw ball point (output_space "ball"), compared by the
+                       Poincaré distance (metric "poincare") or the inner product (metric "ip"); for a
+                       Euclidean head the raw output (output_space "euclidean"), metric "ip" only
 """
 from __future__ import annotations
 
@@ -51,6 +58,10 @@ def _check_same_weights(recorded: dict[str, Any], loaded: dict[str, Any], path: 
         )
 
 
+#: What ``encode_image`` returns (see the module docstring) and the metrics each allows (first = default).
+EMBEDDINGS = {"cosine": ("cos",), "ball": ("poincare", "ip")}
+
+
 class TKIModel(nn.Module):
     """The trained model. Build with :meth:`from_checkpoint` or :meth:`vanilla`."""
 
@@ -70,6 +81,7 @@ class TKIModel(nn.Module):
         self.classes = list(classes or [])
         self.config = config  # the checkpoint's config.json (None for vanilla CLIP)
         self.checkpoint = checkpoint
+        self.embedding, self.metric = "cosine", "cos"
         if domain_vectors is not None:
             self.register_buffer("domain_vectors", domain_vectors.detach().clone())
         else:
@@ -111,10 +123,32 @@ class TKIModel(nn.Module):
         """Vanilla CLIP (the paper's baseline): L2-normalised visual features, no head."""
         return cls(load_clip(model_name, pretrained, device=device), None).to(device)
 
+    def set_embedding(self, embedding: str = "cosine", metric: str | None = None) -> "TKIModel":
+        """Choose what :meth:`encode_image` returns and how it is compared (recorded in ``tki.json``):
+        ``"cosine"`` (unit vectors, metric ``cos``) or ``"ball"`` (raw head output; metric ``poincare``, the
+        default for a hyperbolic head, or ``ip``). ``ValueError`` for a combination that does not exist."""
+        if embedding not in EMBEDDINGS:
+            raise ValueError(f"embedding must be one of {sorted(EMBEDDINGS)}, got {embedding!r}")
+        allowed = EMBEDDINGS[embedding]
+        if embedding == "ball":
+            if self.head is None:
+                raise ValueError("--embedding ball needs a TKI head (vanilla CLIP has no ball); use --embedding cosine")
+            if not self.head.hyperbolic:
+                allowed = ("ip",)  # a Euclidean head's output is no ball point
+        metric = allowed[0] if metric is None else metric
+        if metric not in allowed:
+            raise ValueError(f"--embedding {embedding} with this head allows metric {', '.join(allowed)}, not {metric!r}")
+        self.embedding, self.metric = embedding, metric
+        return self
+
     # -- inference -------------------------------------------------------------------------------------
     @property
     def output_space(self) -> str:
-        return "clip_l2" if self.head is None else "ball_l2"
+        if self.head is None:
+            return "clip_l2"
+        if self.embedding == "ball":
+            return "ball" if self.head.hyperbolic else "euclidean"
+        return "ball_l2"
 
     @property
     def embedding_dim(self) -> int:
@@ -125,11 +159,12 @@ class TKIModel(nn.Module):
         return self.visual(pixels)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Retrieval embedding of preprocessed images ``pixels [N,3,H,W]`` -> ``[N, D]`` unit vectors."""
+        """Retrieval embedding of preprocessed images ``pixels [N,3,H,W]`` -> ``[N, D]``: unit vectors, or the
+        raw head output for ``embedding == "ball"``."""
         f = self.visual(pixels)
         if self.head is None:
             return F.normalize(f, dim=-1)
-        return self.head.embed(f)
+        return self.head(f) if self.embedding == "ball" else self.head.embed(f)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.encode_image(pixels)
@@ -139,7 +174,9 @@ class TKIModel(nn.Module):
         """Embed free text in the same space as images (text-to-image search): h applied to CLIP text features."""
         tok = self.clip.tokenizer(texts).to(next(self.clip.model.parameters()).device)
         f = self.clip.model.encode_text(tok)
-        return F.normalize(f, dim=-1) if self.head is None else self.head.embed(f)
+        if self.head is None:
+            return F.normalize(f, dim=-1)
+        return self.head(f) if self.embedding == "ball" else self.head.embed(f)
 
     # -- description -----------------------------------------------------------------------------------
     def metadata_fields(self) -> dict[str, Any]:
@@ -152,7 +189,7 @@ class TKIModel(nn.Module):
             "head": "none" if self.head is None else "tki",
             "head_config": head_cfg,
             "output_space": self.output_space,
-            "metric": "cos",
+            "metric": self.metric,
             "embedding_dim": self.embedding_dim,
             "preprocess": dict(self.clip.preprocess_cfg),
         }

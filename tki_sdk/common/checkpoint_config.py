@@ -15,8 +15,17 @@ Layout (``format`` 2)::
       "preprocess": {...open_clip PreprocessCfg...},
       "versions": {...}, "curves": "train_curves.json",
       "run": {"device": "cpu", "full_context": false, "clip_init_seed": 0, "out": "..."},
+      "stage1_losses": "both" | "min" | "max" | "none",          # what stage 1 optimised (Table 5)
+      "labels": {"strategy": "true"} | {"strategy": "random", "seed": 0, "prompt_labels": [...],
+                 "word_list": "label_words.txt", "word_list_sha256": ...},   # Table 6
+      "aggregation": {"agg_space": "ball", "similarity": "dot" | "cosine", "tau": 0.1,
+                      "logit_bound": 10.0, "rule": "matched" | "as_written"},  # L_agg as trained (Table 7)
       "weights_file_sha256": "<sha256 of model.safetensors>"
     }
+
+``stage1_losses``, ``labels`` and ``aggregation`` came later within format 2; files without them load with
+the values every earlier run had: both losses, the true class names, and ``aggregation`` empty (eq. 6 at
+``losses.tau`` on ``losses.agg_space``).
 
 The curvature and the embedding width are read from ``head`` (:attr:`CheckpointConfig.curvature`,
 :attr:`CheckpointConfig.embedding_dim`). Format 1 files (which also carried top-level ``curvature`` and
@@ -64,6 +73,9 @@ class CheckpointConfig(JsonContract):
     curves: str = CURVES_FILE
     run: dict[str, Any] = field(default_factory=dict)
     weights_file_sha256: str | None = None
+    stage1_losses: str = "both"
+    labels: dict[str, Any] = field(default_factory=lambda: {"strategy": "true"})
+    aggregation: dict[str, Any] = field(default_factory=dict)
     format: int = CHECKPOINT_FORMAT
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -6,7 +6,8 @@ Layout (``format`` ``"tki-gallery"``, ``format_version`` 1)::
       "format": "tki-gallery", "format_version": 1,
       "count": 24,                 # items in the index (checked against the index on load)
       "ndim": 512,                 # embedding width (tki.json's embedding_dim)
-      "metric": "cos" | "ip" | "l2sq",
+      "metric": "cos" | "ip" | "l2sq" | "poincare",
+      "curvature": 1.0,            # only for metric poincare: c of the ball (curvature -c)
       "dtype": "f32" | "f16" | "i8",
       "exact": false,              # true: flat matrix searched by brute force
       "connectivity": 16, "expansion_add": 128, "expansion_search": 64,   # HNSW M, efConstruction, ef
@@ -57,6 +58,7 @@ class GalleryManifest(JsonContract):
     expansion_search: int = 64
     rescore: bool = False
     rescore_oversample: int = 4
+    curvature: float | None = None
     model_fingerprint: str | None = None
     model: dict[str, Any] = field(default_factory=dict)
     saved: str | None = None
@@ -83,6 +85,7 @@ class GalleryManifest(JsonContract):
                 expansion_search=int(d.get("expansion_search", 64)),
                 rescore=bool(d.get("rescore", False)),  # galleries saved before re-ranking carry no copy
                 rescore_oversample=int(d.get("rescore_oversample", 4)),
+                curvature=None if d.get("curvature") is None else float(d["curvature"]),
                 model_fingerprint=d.get("model_fingerprint"),
                 model=dict(d.get("model") or {}),
                 saved=d.get("saved"),
@@ -101,6 +104,8 @@ class GalleryManifest(JsonContract):
         if not d["files"]:
             d.pop("files")  # a manifest built in memory before the files exist
         extra = d.pop("extra")
+        if d["curvature"] is None:  # written only for poincare galleries (files before it had none)
+            d.pop("curvature")
         # the historical key order: format first
         return self.with_extra({"format": d.pop("format"), "format_version": d.pop("format_version"), **d}, extra)
 

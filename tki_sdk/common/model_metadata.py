@@ -12,8 +12,11 @@ Layout (``format_version`` 2)::
       "checkpoint": {"path": "...", "sha256": "..."} | null,   # null for --head none
       "head": "tki" | "none",
       "head_config": {...} | null,             # the one head record: sizes, curvature, geometry (as config.json)
-      "output_space": "ball_l2" | "clip_l2",  # what `embedding` holds, see EmbeddingSpec
-      "metric": "cos",                         # how embeddings are compared
+      "output_space": "ball_l2" | "clip_l2" | "ball" | "euclidean",   # what `embedding` holds:
+                                               # unit vectors (TKI head / vanilla CLIP), or the raw head
+                                               # output (`tki-export --embedding ball`)
+      "metric": "cos" | "ip" | "poincare",     # how embeddings are compared (galleries follow it;
+                                               # poincare uses head_config's curvature)
       "embedding_dim": 512,
       "preprocess": {"size": [224, 224], "mode": "RGB", "mean": [...], "std": [...],
                      "interpolation": "bicubic", "resize_mode": "shortest", "fill_color": 0},
