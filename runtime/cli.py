@@ -396,6 +396,33 @@ def describe(path: str | os.PathLike) -> str | None:
     return None
 
 
+def describe_engine(model_dir: str | os.PathLike, threads: int | None = None) -> str:
+    """Which artifact and engine ``Embedder(model_dir, threads=threads)`` runs on this machine, and why (the
+    engine choice: measured now or read from its cache), with this CPU's facts and peak."""
+    from tki_sdk.common.cpu import cpu_info
+
+    from .embedder import Embedder, available_backends
+
+    emb = Embedder(model_dir, threads=threads)
+    cpu = cpu_info()
+    peak = cpu.peak()
+    engines = {k: (v or {}).get("version") for k, v in available_backends().items() if v}
+    lines = [
+        f"engine:       {emb.backend} ({emb.provider}), artifact {emb.precision} ({emb.model_path.name})",
+        f"  cpu:        {cpu.summary()}",
+        f"  peak:       fp32 {peak.fp32_isa}, int8 {peak.int8_isa}; {peak.method}",
+        f"  installed:  " + ", ".join(f"{k} {v}" for k, v in engines.items()),
+    ]
+    ch = emb.engine_choice
+    if ch is None:
+        lines.append("  why:        no measurement (a GPU provider is available)")
+    else:
+        lines.append(f"  why:        {ch.reason}" + (f" [{ch.source}" + (f", {ch.measured_at}]" if ch.measured_at else "]")))
+        for label, ips in sorted(ch.images_per_s.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  measured:   {label:<28} {ips:8.1f} img/s")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------- standalone
 def main(argv: Sequence[str] | None = None) -> int:
     """Standalone entry: ``embed``, ``search`` and ``info PATH``."""
@@ -409,8 +436,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     register(sub)
     info = sub.add_parser("info", help="describe an export folder or a gallery",
-                          epilog="example:\n  tki info export/", formatter_class=argparse.RawDescriptionHelpFormatter)
-    info.add_argument("path")
+                          epilog="example:\n  tki info export/\n  tki info --model export/   # engine chosen here, and why",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    info.add_argument("path", nargs="?")
+    info.add_argument("--model", help="export folder: also say which artifact and engine run here, and why")
+    info.add_argument("--threads", type=int, default=None, help="threads the engine choice assumes (default all)")
     info.set_defaults(func=_run_info)
     def body() -> int:
         args = parser.parse_args(argv)
@@ -422,12 +452,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    text = describe(args.path)
+    path = args.path or args.model
+    if path is None:
+        print_error("tki info", "give a path (export folder, gallery) or --model EXPORT")
+        return 2
+    text = describe(path)
     if text is None:
-        print_error("tki info", f"{args.path} is neither an export folder (tki.json) nor a gallery")
+        print_error("tki info", f"{path} is neither an export folder (tki.json) nor a gallery")
         return 2
     print(text)
+    if args.model:
+        print(engine_info(args.model, args.threads))
     return 0
+
+
+def engine_info(model: str | os.PathLike, threads: int | None) -> str:
+    """:func:`describe_engine`, with a user error (one line) for a folder that is not an export."""
+    from tki_sdk.common.cli import UsageError
+
+    if threads is not None and threads < 1:
+        raise UsageError("--threads must be >= 1")
+    try:
+        return describe_engine(model, threads)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"--model {model}: {e}") from None
 
 
 if __name__ == "__main__":  # pragma: no cover
