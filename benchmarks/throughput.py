@@ -85,6 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--precisions", default="fp32,fp16,int8", help="ONNX precisions to export / measure")
     g.add_argument("--no-profile", action="store_true", help="skip the onnxruntime per-node profile (head share)")
     g.add_argument("--keep-export", action="store_true", help="keep the export in <out-dir>/throughput/export_<model>")
+    g.add_argument("--int8-variants", action="store_true",
+                   help="also quantise the fp32 graph each way the int8 export could (dynamic / static QDQ, "
+                        "per-channel, U8S8 / S8S8, 7 / 8-bit weights) and report parity, img/s and profile of each")
 
 
 def _bench_error(msg: str) -> Exception:
@@ -357,6 +360,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if art and p in precisions:
                     profiles[p] = head_share_from_profile(export_dir / art["file"],
                                                           np.ascontiguousarray(xmax[: args.batch_size]), args.threads)
+        variants = None
+        if getattr(args, "int8_variants", False):
+            variants = _int8_variants(model, md, fp32_file, args)
         load_after = _loadavg()
 
         main = {r["backend"]: r for r in records if r["batch_size"] == args.batch_size}
@@ -406,7 +412,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         md_table = markdown_table(["engine:artifact", "batch", "img/s", "vs torch", "vs plain ORT fp32",
                                    "of peak", "parity", "p50 ms", "p95 ms"], rows)
         lines = [md_table, "", f"- CPU: {cpu.summary()} (peak: {peak.method})",
-                 f"- {flops['gflop_per_image']:.2f} GFLOP per image ({flops['method']})",
+                 f"- {flops['gflop_per_image']:.4g} GFLOP per image ({flops['method']})",
                  f"- auto picked {auto_label}: {choice.reason}"]
         for k, t in targets.items():
             v = t["value"]
@@ -418,6 +424,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         int8 = (md.artifacts or {}).get("int8") or {}
         if int8:
             lines.append(f"- int8 scheme shipped: {int8.get('scheme')} ({int8.get('chosen_because', '')})")
+        if variants:
+            lines += ["", markdown_table(
+                ["int8 variant (onnxruntime)", "min cosine", "img/s", "vs fp32", "top ops"],
+                [[k, f"{v['min_cosine']:.5f}", round(v["images_per_s"], 1), f"{v['vs_fp32']:.2f}x",
+                  ", ".join(f"{op} {100 * sh:.0f}%" for op, sh in list(v["op_share"].items())[:3])]
+                 for k, v in variants["variants"].items()])]
         lines.append(f"- load average before/after: {load_before} / {load_after} on {os.cpu_count()} CPUs")
         return {
             "name": name,
@@ -441,6 +453,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "artifacts": {k: {kk: v.get(kk) for kk in ("file", "bytes", "scheme", "runtime", "parity_min_cosine",
                                                         "engines", "weights", "activations")}
                           for k, v in (md.artifacts or {}).items()},
+            "int8_variants": variants,
             "export_seconds": export_seconds,
             "loadavg": {"before": load_before, "after": load_after},
             "seconds_total": time.perf_counter() - t_start,
@@ -450,6 +463,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if tmp_ctx is not None:
             tmp_ctx.cleanup()
+
+
+def _int8_variants(model: Any, md: Any, fp32_file: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`.int8_variants.run_variants` on 32 calibration and 16 validation images (the export's image source)."""
+    from tki_sdk.export.calibration import default_image_source, load_images
+    from tki_sdk.export.validate import generated_images
+
+    from .int8_variants import run_variants
+
+    folder, origin = default_image_source()
+    pre = md.preprocess.to_dict()
+    if folder is not None:
+        px = load_images(folder, pre, count=48, seed=0).pixels
+        source = f"{folder} ({origin})"
+    else:
+        px, source = generated_images(48, pre), "generated images"
+    return run_variants(model, fp32_file, md.head, px[:32], px[32:], source, args.threads, args.batch_size,
+                        max(3, (args.rounds or 20) // 2), lambda p, x, t: head_share_from_profile(p, x, t, runs=2))
 
 
 def _export_model(model: Any, out: Path, precisions: tuple[str, ...], args: argparse.Namespace) -> None:
