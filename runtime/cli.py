@@ -80,10 +80,12 @@ def _add_search(sub: Any) -> argparse.ArgumentParser:
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"],
-                   help="inference backend (default auto: TensorRT for a plan, onnxruntime otherwise)")
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino", "tensorrt"],
+                   help="inference engine (default auto: on a CPU the fastest artifact and engine that passed parity, "
+                        "measured once and cached; `tki info --model M` says which and why)")
     p.add_argument("--precision", default=None, metavar="P",
-                   help="model artifact from tki.json: fp32, fp16, int8, tensorrt_fp16 (default: the export's)")
+                   help="model artifact from tki.json: fp32, fp16, int8, openvino_int8, tensorrt_fp16 "
+                        "(default: the engine choice, else the export's default)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="inference threads on CPU")
     p.add_argument("--draft", action="store_true", help="fast reduced-scale JPEG decoding (slightly different pixels)")
     p.add_argument("--exif-transpose", action="store_true", help="apply EXIF orientation (open_clip does not)")
@@ -132,7 +134,9 @@ def _make_embedder(args: argparse.Namespace) -> Any:
     except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
         raise UsageError(str(e)) from None
     print(
-        f"model: {emb.metadata.model_name} ({emb.precision}, {emb.model_path.name}) on {emb.backend} / {emb.provider}",
+        f"model: {emb.metadata.model_name} ({emb.precision}, {emb.model_path.name}) on {emb.backend} / {emb.provider}"
+        + (f" ({emb.engine_choice.source}: {emb.engine_choice.reason})"
+           if emb.engine_choice is not None and emb.engine_choice.precision else ""),
         file=sys.stderr,
     )
     return emb
