@@ -157,6 +157,8 @@ class Embedder:
         self.preprocessor = Preprocessor.from_metadata(self.metadata, **(preprocess or {}))
         self.embedding_dim = int(self.metadata.embedding_dim)
         self.model_fingerprint = self.metadata.fingerprint()
+        if threads is not None and int(threads) < 1:
+            raise ValueError("threads must be >= 1")
         self.engine_choice = None
         if backend == "auto" and precision is None and providers is None and not _cuda_offered():
             from .engine_choice import choose_engine
@@ -193,8 +195,6 @@ class Embedder:
         elif backend == "openvino":
             from .openvino_runner import OpenVINORunner
 
-            if threads is not None and int(threads) < 1:
-                raise ValueError("threads must be >= 1")
             self.threads = threads
             self._runner = OpenVINORunner(self.model_path, threads, input_name=self.metadata.input_name,
                                           output_name=self.metadata.output_name)
