@@ -34,7 +34,7 @@ RESUME_TARGET = 0.05
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("embed")
     g.add_argument("--model-dir", type=Path, default=None, help="export folder written by tki-export")
-    g.add_argument("--precision", default=None, help="artifact to run (default: tki.json's default)")
+    g.add_argument("--precision", default=None, help="artifact to run (default: the engine choice of Embedder(backend=\"auto\"))")
     g.add_argument("--dataset-dir", type=Path, default=None,
                    help="images <root>/<domain>/<class>/<file> (default $TKI_PACS_DIR or PACS beside the repository)")
     g.add_argument("--images", type=int, default=None, help="number of files (default 1000; --quick 64)")
@@ -103,12 +103,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     md = markdown_table(["stage", "images/s"], [[k, f"{v:.1f}"] for k, v in rates.items()])
     md += (f"\n\nend to end = {fraction:.0%} of the inference rate (target >= {E2E_TARGET:.0%}: "
            f"{'met' if fraction >= E2E_TARGET else 'NOT met'}); limited by {limit}; "
-           f"{emb.metadata.model_name} {emb.precision} on {emb.provider}, {args.threads} threads, {n_img} files")
+           f"{emb.metadata.model_name} {emb.precision} on {emb.backend} ({emb.provider}), {args.threads} threads, {n_img} files")
     stem = getattr(args, "name", None) or ("quick" if args.quick else "results")
     png = plot_grouped_bars(list(rates), {"images/s": list(rates.values())}, args.suite_dir / f"{stem}.png",
                             ylabel="images / s", title=f"{emb.metadata.model_name} {emb.precision}: files to embeddings")
     return {
         "model_dir": str(model_dir), "model_name": emb.metadata.model_name, "precision": emb.precision,
+        "engine": emb.backend, "engine_choice": emb.engine_choice.to_dict() if emb.engine_choice else None,
         "provider": emb.provider, "threads": args.threads, "batch_size": args.batch_size, "images": n_img,
         "rates": rates, "e2e_fraction_of_inference": fraction, "target": E2E_TARGET,
         "target_met": fraction >= E2E_TARGET, "limited_by": limit, "embed_images_stats": res.stats,

@@ -7,6 +7,7 @@ Every result file has this envelope (the suite's own payload goes under ``"resul
       "timestamp": "2025-01-01T12:00:00+00:00",
       "command": "tki-bench search --quick",
       "machine": {"cpu_model": "...", "cpu_count": 2, "usable_cpus": 2, "torch_threads": 2 | null,
+                  "cpu": {vendor, model, ISA flags, cores, MHz, peak fp32 / int8 and how it was estimated},
                   "memory_gb": 23.4, "load_average_1_5_15min": [0.5, 0.4, 0.3], "gpus": [{"name": "...", "memory": "...", "driver": "..."}],
                   "platform": "Linux-...", "python": "3.11.x"},
       "versions": {"tki_sdk": "0.1.0", "numpy": "...", "torch": "..." | null, ...},
@@ -56,6 +57,8 @@ _DISTS = {
     "onnxruntime": "onnxruntime",
     "onnxruntime-gpu": "onnxruntime_gpu",
     "tensorrt": "tensorrt",
+    "openvino": "openvino",
+    "nncf": "nncf",
     "usearch": "usearch",
     "pillow": "pillow",
     "matplotlib": "matplotlib",
@@ -104,7 +107,10 @@ def _gpus() -> list[dict[str, str]]:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model, core counts, torch threads (if torch is loaded), memory, GPUs (nvidia-smi), platform."""
+    """CPU model, core counts, CPU facts and peak (:func:`tki_sdk.common.cpu.cpu_info`), torch threads (if torch
+    is loaded), memory, GPUs (nvidia-smi), platform."""
+    from tki_sdk.common.cpu import cpu_info
+
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -123,6 +129,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "usable_cpus": usable,
+        "cpu": cpu_info().to_dict(),
         "torch_threads": torch_threads,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "memory_gb": _memory_gb(),

@@ -28,10 +28,12 @@ examples:
   tki-export --checkpoint ckpt/pacs --out models/pacs --tensorrt --max-batch 256 --triton-repo triton/
   # into a folder that holds other files: only model*.onnx, model.plan, tki.json, parity.json are replaced
   tki-export --checkpoint ckpt/pacs --out shared/models --overwrite
+  # also an OpenVINO int8 artifact (NNCF, `pip install 'tki-sdk[openvino]'`); the runtime measures which is fastest
+  tki-export --checkpoint ckpt/pacs --out models/pacs --openvino
 
 every artifact is compared with TKIModel.encode_image in float64 on real images and random tensors
 (batch 1 and a larger batch); thresholds: fp32 cosine >= 0.99999, fp16 >= 0.999, int8 >= 0.99,
-TensorRT fp16 >= 0.999. A miss fails the export (exit 1) unless --allow-parity-failure.
+TensorRT fp16 >= 0.999, OpenVINO int8 >= 0.99. A miss fails the export (exit 1) unless --allow-parity-failure.
 """
 
 
@@ -67,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", help="CLIP weights: open_clip tag or local file (default: what the checkpoint "
                                          "recorded; random init for --model without it)")
     p.add_argument("--tensorrt", action="store_true", help="also build model.plan (TensorRT fp16) and validate it")
+    p.add_argument("--openvino", action="store_true",
+                   help="also validate model.onnx on OpenVINO and build model.ov.int8.onnx (NNCF int8 on the "
+                        "calibration images), validated and timed on OpenVINO")
     p.add_argument("--calib-images", type=Path,
                    help="folder of images for int8 calibration and validation (default: $TKI_PACS_DIR, else PACS at "
                         f"{DEFAULT_PACS_DIR} when present, else generated images; the summary names the source)")
@@ -163,13 +168,18 @@ def _config(args: argparse.Namespace):  # -> ExportConfig
         check_out_folder(args.out, args.overwrite)
     except OutFolderError as e:
         raise UsageError(str(e)) from None
+    if args.openvino:
+        from .openvino_int8 import OPENVINO_EXPORT_MISSING, openvino_export_available
+
+        if not openvino_export_available():
+            raise UsageError(OPENVINO_EXPORT_MISSING)
     _check_writable(args.out, "output folder")
     if args.triton_repo is not None:
         _check_writable(args.triton_repo, "Triton repository")
     schemes = ("dynamic", "static_qdq") if args.int8_scheme == "auto" else (args.int8_scheme,)
     return ExportConfig(
         out=args.out, checkpoint=args.checkpoint, precisions=precisions, head=args.head, model_name=args.model_name,
-        pretrained=args.pretrained, tensorrt=args.tensorrt, calib_images=args.calib_images,
+        pretrained=args.pretrained, tensorrt=args.tensorrt, openvino=args.openvino, calib_images=args.calib_images,
         calib_count=args.calib_count, val_count=args.val_count, opset=args.opset, max_batch=args.max_batch,
         triton_repo=args.triton_repo, allow_parity_failure=args.allow_parity_failure, int8_schemes=schemes,
         threads=args.threads, time_torch=not args.no_timing, progress=not args.no_progress, overwrite=args.overwrite,

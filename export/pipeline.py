@@ -13,6 +13,9 @@
    validated and timed (batch ``bench_batch``, ``threads`` threads, interleaved rounds); the fastest that
    meets the int8 threshold becomes ``model.int8.onnx``; ``tki.json`` records the scheme and all candidates;
 6. optionally ``model.plan`` (TensorRT fp16), validated with the runtime's TensorRT runner;
+6b. optionally (``openvino``) ``model.onnx`` validated on OpenVINO (recorded under the fp32 artifact's
+   ``engines``) and ``model.ov.int8.onnx`` quantised with NNCF on the calibration images
+   (:mod:`.openvino_int8`), validated and timed on OpenVINO;
 7. ``parity.json`` always; ``tki.json`` only when every artifact passed (or ``allow_parity_failure``);
    optionally a Triton repository.
 
@@ -47,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from tki_sdk.common.artifacts import ARTIFACT_KINDS, ONNX, PARITY_FILE, PRECISIONS
+from tki_sdk.common.artifacts import ARTIFACT_KINDS, ONNX, OPENVINO, PARITY_FILE, PRECISIONS
 from tki_sdk.common.model_metadata import METADATA_FILE, ModelMetadata, PreprocessConfig, sha256_file
 
 from .onnx_export import DEFAULT_OPSET, ExportError, export_onnx, graph_info, load_proto, ort_fused_graph, tail_nodes
@@ -166,6 +169,7 @@ class ExportConfig:
     model_name: str | None = None
     pretrained: str | None = None
     tensorrt: bool = False
+    openvino: bool = False
     calib_images: Path | None = None
     calib_count: int = 64
     val_count: int = 16
@@ -248,7 +252,7 @@ def _images(cfg: ExportConfig, preprocess: dict[str, Any]) -> tuple[np.ndarray, 
         folder, origin = Path(cfg.calib_images), "--calib-images"
     else:
         folder, origin = default_image_source()
-    want_cal = int(cfg.calib_count) if "int8" in cfg.precisions else 0
+    want_cal = int(cfg.calib_count) if "int8" in cfg.precisions or cfg.openvino else 0
     want_val = int(cfg.val_count)
     if folder is not None:
         n_files = len(find_images(folder))
@@ -462,6 +466,31 @@ class _ExportRun:
                      max_batch=cfg.max_batch, **binfo)
         self.steps.done()
 
+    def openvino_int8(self) -> None:
+        """``model.onnx`` validated on OpenVINO (an extra engine of the fp32 artifact; a miss only keeps it from
+        being chosen) and the NNCF int8 artifact, built, validated and run on OpenVINO."""
+        from tki_sdk.runtime.openvino_runner import OpenVINORunner
+
+        from .openvino_int8 import quantize_openvino_int8
+
+        cfg = self.cfg
+        self.steps.start(f"openvino: fp32 parity + NNCF int8 ({self.cal.shape[0]} calibration images)")
+        fp32_path = self.path("fp32")
+        ov32 = OpenVINORunner(fp32_path, cfg.threads)
+        r32 = validate_runner("fp32", f"{fp32_path.name} on OpenVINO", ov32.run, self.inputs)
+        self.artifacts["fp32"].setdefault("engines", {})[OPENVINO] = {
+            "parity_min_cosine": r32.min_cosine, "parity_pass": r32.passed, "version": ov32.version}
+        self.extra_parity["engines"] = {"fp32:openvino": r32.to_dict()}
+        if not r32.passed:
+            self.warnings.append(f"OpenVINO fp32 not offered to the engine choice: {r32.failure_line()}")
+        p = self.path("openvino_int8")
+        qinfo = quantize_openvino_int8(fp32_path, p, self.cal, head=self.fields["head"])
+        rq = OpenVINORunner(p, cfg.threads)
+        self._record("openvino_int8", p, rq.run, validate_runner("openvino_int8", p.name, rq.run, self.inputs),
+                     **qinfo, openvino=rq.version,
+                     calibration={**self.images, "count": int(self.cal.shape[0]), "used_by": "NNCF ranges"})
+        self.steps.done()
+
     def time_artifacts(self) -> None:
         import torch
 
@@ -566,7 +595,7 @@ def run_export(cfg: ExportConfig, model: Any | None = None) -> ExportResult:
     check_out_folder(cfg.out, cfg.overwrite)
     cfg.out.mkdir(parents=True, exist_ok=True)
     stale = clean_stale_staging(cfg.out)
-    n_steps = 4 + ("fp16" in cfg.precisions) + 2 * ("int8" in cfg.precisions) + bool(cfg.tensorrt) + 1
+    n_steps = 4 + ("fp16" in cfg.precisions) + 2 * ("int8" in cfg.precisions) + bool(cfg.tensorrt) + 1 + cfg.openvino
     steps = _Steps(n_steps, cfg.progress)
     with _staging(cfg.out) as stage:
         run = _ExportRun(cfg, stage, steps)
@@ -583,6 +612,8 @@ def run_export(cfg: ExportConfig, model: Any | None = None) -> ExportResult:
                 run.int8()
             if cfg.tensorrt:
                 run.tensorrt()
+            if cfg.openvino:
+                run.openvino_int8()
             run.time_artifacts()
             run.write()
         finally:
@@ -643,7 +674,12 @@ def validate_export(
         if fmt != ONNX:
             continue
         try:
-            runner = OrtRunner(f, threads=threads)
+            if (art.get("runtime") or ARTIFACT_KINDS.get(key, ARTIFACT_KINDS["fp32"]).runtime) == OPENVINO:
+                from tki_sdk.runtime.openvino_runner import OpenVINORunner
+
+                runner: Any = OpenVINORunner(f, threads)
+            else:
+                runner = OrtRunner(f, threads=threads)
         except Exception as e:  # noqa: BLE001 - an unloadable file is a failed artifact
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             results[key] = ParityResult(key, f.name, THRESHOLDS.get(key.split(":", 1)[0], THRESHOLDS["fp32"]), float("nan"),

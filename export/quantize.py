@@ -96,7 +96,7 @@ def quantize_int8_dynamic(src: str | os.PathLike, dst: str | os.PathLike, *, per
     with _quiet():
         quantize_dynamic(
             str(src), str(dst), op_types_to_quantize=["MatMul", "Attention"], per_channel=per_channel,
-            weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+            reduce_range=reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
             extra_options={"MatMulConstBOnly": True},
         )
     _finish(dst)
@@ -152,9 +152,11 @@ def quantize_int8_static(
     input_name: str = "pixel_values",
     head: str | None = None,
     reduce_range: bool = REDUCE_RANGE,
+    activations: str = "uint8",
 ) -> dict[str, Any]:
     """Static QDQ int8 quantisation of ``src`` into ``dst``, calibrated (MinMax) on ``calib_pixels``; ``head`` as
-    in :func:`convert_fp16`; ``reduce_range``: 7-bit weights (:data:`REDUCE_RANGE`)."""
+    in :func:`convert_fp16`; ``reduce_range``: 7-bit weights (:data:`REDUCE_RANGE`); ``activations``: ``uint8``
+    (U8S8 products, the default) or ``int8`` (S8S8)."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if calib_pixels is None or len(calib_pixels) == 0:
@@ -168,14 +170,16 @@ def quantize_int8_static(
         quantize_static(
             str(src), str(dst), Reader(calib_pixels, input_name), quant_format=QuantFormat.QDQ,
             op_types_to_quantize=["MatMul"], per_channel=per_channel, reduce_range=reduce_range,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+            activation_type=QuantType.QInt8 if activations == "int8" else QuantType.QUInt8,
+            weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True, "ActivationSymmetric": False,
                            "CalibStridedMinMax": 1},
         )
     _finish(dst)
     return {"scheme": "static_qdq", "weights": _weights(per_channel, reduce_range),
-            "activations": "uint8, ranges calibrated (MinMax)", "calibration_images": int(len(calib_pixels)),
+            "activations": f"{'int8' if activations == 'int8' else 'uint8'}, ranges calibrated (MinMax)",
+            "calibration_images": int(len(calib_pixels)),
             "excluded_nodes": len(exclude), "reduce_range": bool(reduce_range)}
 
 

@@ -162,10 +162,12 @@ def _add_search(sub: Any) -> argparse.ArgumentParser:
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"],
-                   help="inference backend (default auto: TensorRT for a plan, onnxruntime otherwise)")
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino", "tensorrt"],
+                   help="inference engine (default auto: on a CPU the fastest artifact and engine that passed parity, "
+                        "measured once and cached; `tki info --model M` says which and why)")
     p.add_argument("--precision", default=None, metavar="P",
-                   help="model artifact from tki.json: fp32, fp16, int8, tensorrt_fp16 (default: the export's)")
+                   help="model artifact from tki.json: fp32, fp16, int8, openvino_int8, tensorrt_fp16 "
+                        "(default: the engine choice, else the export's default)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="inference threads on CPU")
     p.add_argument("--draft", action="store_true", help="fast reduced-scale JPEG decoding (slightly different pixels)")
     p.add_argument("--exif-transpose", action="store_true", help="apply EXIF orientation (open_clip does not)")
@@ -224,7 +226,9 @@ def _make_embedder(args: argparse.Namespace, cpu_only: bool = False) -> Any:
     except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
         raise UsageError(str(e)) from None
     print(
-        f"model: {emb.metadata.model_name} ({emb.precision}, {emb.model_path.name}) on {emb.backend} / {emb.provider}",
+        f"model: {emb.metadata.model_name} ({emb.precision}, {emb.model_path.name}) on {emb.backend} / {emb.provider}"
+        + (f" ({emb.engine_choice.source}: {emb.engine_choice.reason})"
+           if emb.engine_choice is not None and emb.engine_choice.precision else ""),
         file=sys.stderr,
     )
     return emb
@@ -623,6 +627,33 @@ def describe(path: str | os.PathLike, verify: bool = False) -> str | None:
     return None
 
 
+def describe_engine(model_dir: str | os.PathLike, threads: int | None = None) -> str:
+    """Which artifact and engine ``Embedder(model_dir, threads=threads)`` runs on this machine, and why (the
+    engine choice: measured now or read from its cache), with this CPU's facts and peak."""
+    from tki_sdk.common.cpu import cpu_info
+
+    from .embedder import Embedder, available_backends
+
+    emb = Embedder(model_dir, threads=threads)
+    cpu = cpu_info()
+    peak = cpu.peak()
+    engines = {k: (v or {}).get("version") for k, v in available_backends().items() if v}
+    lines = [
+        f"engine:       {emb.backend} ({emb.provider}), artifact {emb.precision} ({emb.model_path.name})",
+        f"  cpu:        {cpu.summary()}",
+        f"  peak:       fp32 {peak.fp32_isa}, int8 {peak.int8_isa}; {peak.method}",
+        "  installed:  " + ", ".join(f"{k} {v}" for k, v in engines.items()),
+    ]
+    ch = emb.engine_choice
+    if ch is None:
+        lines.append("  why:        no measurement (a GPU provider is available)")
+    else:
+        lines.append(f"  why:        {ch.reason}" + (f" [{ch.source}" + (f", {ch.measured_at}]" if ch.measured_at else "]")))
+        for label, ips in sorted(ch.images_per_s.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  measured:   {label:<28} {ips:8.1f} img/s")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------- standalone
 def main(argv: Sequence[str] | None = None) -> int:
     """Standalone entry: ``embed``, ``search`` and ``info PATH``."""
@@ -636,9 +667,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     register(sub)
     info = sub.add_parser("info", help="describe an export folder or a gallery",
-                          epilog=INFO_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    info.add_argument("path")
+                          epilog=INFO_EXAMPLE + "\n  tki info --model export/   # engine chosen here, and why",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    info.add_argument("path", nargs="?")
     info.add_argument("--verify", action="store_true", help=VERIFY_HELP)
+    info.add_argument("--model", help="export folder: also say which artifact and engine run here, and why")
+    info.add_argument("--threads", type=int, default=None, help="threads the engine choice assumes (default all)")
     info.set_defaults(func=_run_info)
     def body() -> int:
         args = parser.parse_args(argv)
@@ -661,16 +695,34 @@ def describe_or_refuse(path: str | os.PathLike, verify: bool = False) -> str | N
 
 
 def _run_info(args: argparse.Namespace) -> int:
+    path = args.path or args.model
+    if path is None:
+        print_error("tki info", "give a path (export folder, gallery) or --model EXPORT")
+        return 2
     try:
-        text = describe_or_refuse(args.path, verify=args.verify)
+        text = describe_or_refuse(path, verify=args.verify)
     except UsageError as e:
         print_error("tki info", e)
         return e.code
     if text is None:
-        print_error("tki info", f"{args.path} is neither an export folder (tki.json) nor a gallery")
+        print_error("tki info", f"{path} is neither an export folder (tki.json) nor a gallery")
         return 2
     print(text)
+    if args.model:
+        print(engine_info(args.model, args.threads))
     return 0
+
+
+def engine_info(model: str | os.PathLike, threads: int | None) -> str:
+    """:func:`describe_engine`, with a user error (one line) for a folder that is not an export."""
+    from tki_sdk.common.cli import UsageError
+
+    if threads is not None and threads < 1:
+        raise UsageError("--threads must be >= 1")
+    try:
+        return describe_engine(model, threads)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"--model {model}: {e}") from None
 
 
 if __name__ == "__main__":  # pragma: no cover

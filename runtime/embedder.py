@@ -5,7 +5,7 @@ model file it names. No torch anywhere.
 
 ::
 
-    emb = Embedder("export_dir")                       # fp32 ONNX on the best onnxruntime provider
+    emb = Embedder("export_dir")                       # CPU: the fastest artifact + engine, measured once
     emb = Embedder("export_dir", precision="int8", threads=2)
     res = emb.embed_images(["a.jpg", b"...png bytes...", pil_image])
     res.embeddings   # float32 [M, D], one row per good item
@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .images import ImageItem, ImageLoadError
-from tki_sdk.common.artifacts import ONNX, TENSORRT_PLAN, artifact_kind
+from tki_sdk.common.artifacts import ONNX, ONNXRUNTIME, OPENVINO, TENSORRT_PLAN, artifact_kind
 
 from .artifact_check import VERIFY_MODES, checked_artifact_path
 from .metadata import METADATA_FILE, ModelMetadata
@@ -63,8 +63,8 @@ class EmbedResult:
 
 
 def available_backends() -> dict[str, Any]:
-    """What this environment can run: onnxruntime providers and whether ``tensorrt`` imports."""
-    out: dict[str, Any] = {"onnxruntime": None, "tensorrt": None}
+    """What this environment can run: onnxruntime providers, and whether ``openvino`` and ``tensorrt`` import."""
+    out: dict[str, Any] = {"onnxruntime": None, "openvino": None, "tensorrt": None}
     try:
         from .native import import_onnxruntime
 
@@ -72,6 +72,10 @@ def available_backends() -> dict[str, Any]:
         out["onnxruntime"] = {"version": ort.__version__, "providers": ort.get_available_providers()}
     except ImportError:
         pass
+    from .openvino_runner import openvino_version
+
+    if openvino_version():
+        out["openvino"] = {"version": openvino_version()}
     try:
         import tensorrt as trt  # noqa: F401
 
@@ -81,17 +85,32 @@ def available_backends() -> dict[str, Any]:
     return out
 
 
+def _cuda_offered() -> bool:
+    """onnxruntime offers the CUDA provider (onnxruntime-gpu): the GPU path keeps its own choice."""
+    try:
+        from .native import import_onnxruntime
+
+        return "CUDAExecutionProvider" in import_onnxruntime().get_available_providers()
+    except ImportError:
+        return False
+
+
 class Embedder:
     """Images -> embeddings with an exported TKI model.
 
     Args:
         model_dir: folder written by ``tki-export`` (holds ``tki.json``), or the ``tki.json`` path itself.
-        backend: ``"onnxruntime"`` (ONNX files), ``"tensorrt"`` (a serialized TensorRT plan, ``model.plan``;
-            needs the ``tensorrt`` and ``cuda-python`` packages and a GPU), or ``"auto"``: TensorRT when the
-            chosen artifact is a plan, onnxruntime otherwise.
-        precision: key of ``tki.json``'s ``artifacts`` (``"fp32"``, ``"fp16"``, ``"int8"``,
-            ``"tensorrt_fp16"``, ...); default ``default_precision`` (for ``backend="tensorrt"``: the first
-            ``tensorrt*`` artifact).
+        backend: ``"onnxruntime"`` (ONNX files), ``"openvino"`` (ONNX files on OpenVINO, the ``[openvino]``
+            extra), ``"tensorrt"`` (a serialized TensorRT plan, ``model.plan``; needs the ``tensorrt`` and
+            ``cuda-python`` packages and a GPU), or ``"auto"`` (default). ``auto`` with no ``precision`` and no
+            ``providers`` on a machine without CUDA runs the artifact and engine measured fastest here among
+            those that passed parity (:mod:`~tki_sdk.runtime.engine_choice`: measured at the first load, then
+            cached per CPU and package versions; ``engine_choice`` says what and why); otherwise the artifact's
+            recorded runtime (TensorRT for a plan, OpenVINO for ``openvino_int8``, onnxruntime else).
+        precision: key of ``tki.json``'s ``artifacts`` (``"fp32"``, ``"fp16"``, ``"int8"``, ``"openvino_int8"``,
+            ``"tensorrt_fp16"``, ...); default: the measured choice (above), else ``default_precision`` (for
+            ``backend="tensorrt"``: the first ``tensorrt*`` artifact; ``"openvino"``: ``openvino_int8`` when
+            exported).
         providers: onnxruntime execution providers, in order of preference. Default: CUDA when onnxruntime-gpu
             offers it, then CPU. TensorRT through onnxruntime (``"TensorrtExecutionProvider"``) builds an engine
             when the session starts (minutes for a ViT-B; cached after that), so it is used only when asked for
@@ -117,7 +136,9 @@ class Embedder:
             :class:`~tki_sdk.runtime.artifact_check.ArtifactCheckError` (a ``ValueError``).
 
     Attributes: ``metadata``, ``preprocessor``, ``backend``, ``precision``, ``model_path``, ``provider`` (what
-    actually runs: e.g. ``"CPUExecutionProvider"``, ``"CUDAExecutionProvider"``, ``"TensorRT"``),
+    actually runs: e.g. ``"CPUExecutionProvider"``, ``"CUDAExecutionProvider"``, ``"TensorRT"``,
+    ``"OpenVINO CPU"``), ``engine_choice`` (:class:`~tki_sdk.runtime.engine_choice.EngineChoice`: what
+    ``auto`` chose and why; ``None`` when backend or precision were given),
     ``io_binding`` and ``cuda_graph`` (as in effect; onnxruntime only),
     ``embedding_dim``, ``model_fingerprint`` (:meth:`ModelMetadata.fingerprint`: identifies the model for
     galleries), ``verified`` (what was checked of the model file: ``"sha256"``, ``"size (sha256 skipped)"``,
@@ -141,8 +162,8 @@ class Embedder:
             raise ValueError(f"verify={verify!r} unknown; use one of {', '.join(VERIFY_MODES)}")
         self._verify = verify
         self.verified = "nothing recorded"
-        if backend not in ("auto", "onnxruntime", "tensorrt"):
-            raise ValueError(f"backend {backend!r} unknown; use auto, onnxruntime or tensorrt")
+        if backend not in ("auto", "onnxruntime", "openvino", "tensorrt"):
+            raise ValueError(f"backend {backend!r} unknown; use auto, onnxruntime, openvino or tensorrt")
         p = Path(model_dir)
         if not p.exists():
             raise FileNotFoundError(f"model folder {p} does not exist; give the folder written by tki-export")
@@ -151,12 +172,25 @@ class Embedder:
         self.preprocessor = Preprocessor.from_metadata(self.metadata, **(preprocess or {}))
         self.embedding_dim = int(self.metadata.embedding_dim)
         self.model_fingerprint = self.metadata.fingerprint()
+        if threads is not None and int(threads) < 1:
+            raise ValueError("threads must be >= 1")
+        self.engine_choice = None
+        if backend == "auto" and precision is None and providers is None and not _cuda_offered():
+            from .engine_choice import choose_engine
+
+            self.engine_choice = choose_engine(self.metadata, self.model_dir, threads)
+            if self.engine_choice.precision is not None:
+                precision, backend = self.engine_choice.precision, str(self.engine_choice.engine)
         self.precision, self.model_path = self._pick_artifact(backend, precision)
         is_plan = self._artifact_format(self.precision) == TENSORRT_PLAN
+        runtime = self._artifact_runtime(self.precision)
         if backend == "auto":
-            backend = "tensorrt" if is_plan else "onnxruntime"
-        if backend == "onnxruntime" and is_plan:
+            backend = "tensorrt" if is_plan else ("openvino" if runtime == OPENVINO else "onnxruntime")
+        if backend in ("onnxruntime", "openvino") and is_plan:
             raise ValueError(f"{self.model_path.name} is a TensorRT plan; use backend='tensorrt' or an ONNX precision")
+        if backend == "onnxruntime" and runtime == OPENVINO:
+            raise ValueError(f"artifact {self.precision!r} was validated on OpenVINO; use backend='openvino' "
+                             "(pip install 'tki-sdk[openvino]') or another precision")
         if backend == "tensorrt" and not is_plan:
             raise ValueError(
                 f"artifact {self.precision!r} ({self.model_path.name}) is not a TensorRT plan; "
@@ -173,6 +207,16 @@ class Embedder:
             self._input_dtype = self._runner.input_dtype
             self._fixed_batch: int | None = None if self._runner.dynamic_batch else self._runner.max_batch
             self._max_batch = self._runner.max_batch
+        elif backend == "openvino":
+            from .openvino_runner import OpenVINORunner
+
+            self.threads = threads
+            self._runner = OpenVINORunner(self.model_path, threads, input_name=self.metadata.input_name,
+                                          output_name=self.metadata.output_name)
+            self.provider = self._runner.provider
+            self.io_binding, self.cuda_graph = False, False
+            self._input_dtype = self._runner.input_dtype
+            self._fixed_batch, self._max_batch = None, None
         else:
             self._init_onnxruntime(providers, threads, spin, io_binding, cuda_graph)
         log.info(
@@ -192,6 +236,8 @@ class Embedder:
                         "export one with tki-export --tensorrt"
                     )
                 precision = "tensorrt_fp16" if "tensorrt_fp16" in trt_keys else trt_keys[0]
+            elif backend == "openvino":
+                precision = "openvino_int8" if "openvino_int8" in arts else "fp32"
             else:
                 precision = self.metadata.default_precision or "fp32"
                 if backend == "onnxruntime" and precision in arts and self._artifact_format(precision) != ONNX:
@@ -220,6 +266,16 @@ class Embedder:
             return artifact_kind(key).format
         except KeyError:
             return ONNX
+
+    def _artifact_runtime(self, key: str) -> str:
+        """The artifact's recorded ``runtime``; exports that predate the field: the artifact table's."""
+        rt = (self.metadata.artifacts or {}).get(key, {}).get("runtime")
+        if rt:
+            return str(rt)
+        try:
+            return artifact_kind(key).runtime
+        except KeyError:
+            return ONNXRUNTIME
 
     def _init_onnxruntime(self, providers: Sequence[Any] | None, threads: int | None, spin: bool,
                           io_binding: bool | None, cuda_graph: bool) -> None:
@@ -287,6 +343,8 @@ class Embedder:
         if self.backend == "tensorrt":
             with self._lock:
                 return self._runner.run(x)
+        if self.backend == "openvino":
+            return self._runner.run(x)  # one infer request behind the runner's own lock
         # OrtSession: plain runs are onnxruntime's thread-safe call, bound buffers are locked.
         return self._ort.run(x)
 

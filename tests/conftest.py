@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,9 @@ import pytest
 # torch must be loaded before usearch: usearch's extension links libstdc++ statically and, loaded first,
 # breaks torch's C++ exception handling (torch.jit spins forever; pytorch/pytorch#109923).
 import torch  # noqa: F401,E402
+
+# The Embedder's engine choice caches its measurements; tests keep theirs out of the user's ~/.cache.
+os.environ.setdefault("TKI_CACHE_DIR", tempfile.mkdtemp(prefix="tki-test-cache-"))
 
 REPO = Path(__file__).resolve().parents[1]
 PACS_DIR = Path(os.environ.get("TKI_PACS_DIR", REPO.parent / "shared" / "data" / "pacs" / "images"))

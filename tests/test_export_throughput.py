@@ -29,16 +29,34 @@ def test_throughput_suite_on_tiny_model(tmp_path):
     args.suite_dir.mkdir()
     res = throughput.run(args)
     json.dumps(res)  # JSON-serialisable as tki-bench stores it
+    rows = {"torch", "ort-plain-fp32", "onnxruntime:fp32", "onnxruntime:int8"}
+    if "openvino" in res["engines"]:
+        rows |= {"openvino:fp32", "openvino:openvino_int8"}
+    rows.add(f"plain-{res['auto']}")
     recs = {(r["backend"], r["batch_size"]) for r in res["records"]}
-    assert recs == {(b, n) for b in ("torch", "ort-fp32", "ort-int8") for n in (2, 16)}
+    assert recs == {(b, n) for b in rows for n in (2, 16)}
+    assert res["auto"] in rows and sum(r["auto"] for r in res["records"]) == 2
+    gflop = res["flops"]["gflop_per_image"]
+    assert 0 < res["flops"]["activation_gflop"] < res["flops"]["weight_gflop"] < gflop
+    peak = res["cpu"]["peak"]
     for r in res["records"]:
         assert r["images_per_s"] > 0 and r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
-        base = next(x for x in res["records"] if x["backend"] == "torch" and x["batch_size"] == r["batch_size"])
+        same = [x for x in res["records"] if x["batch_size"] == r["batch_size"]]
+        base = next(x for x in same if x["backend"] == "torch")
+        plain = next(x for x in same if x["backend"] == "ort-plain-fp32")
         assert r["speedup_vs_torch"] == pytest.approx(r["images_per_s"] / base["images_per_s"])
-    assert set(res["targets"]) == {"int8_speedup", "fp32_speedup", "head_fraction"}
+        assert r["speedup_vs_plain_fp32"] == pytest.approx(r["images_per_s"] / plain["images_per_s"])
+        pk = peak["int8_gops"] if r["precision"] == "int8" else peak["fp32_gflops"]
+        assert r["fraction_of_peak"] == pytest.approx(gflop * r["images_per_s"] / pk)
+        if ":" in r["backend"] and not r["backend"].startswith("plain-"):
+            assert r["parity_min_cosine"] >= 0.99
+    assert {"auto_vs_plain_fp32", "auto_vs_torch", "auto_of_fastest", "embedder_vs_plain", "int8_fraction_of_peak",
+            "head_fraction"} == set(res["targets"])
+    assert res["engine_choice"]["source"] == "measured" and res["auto"] in res["markdown"]
     share = res["head_share"]["onnxruntime_profile"]["fp32"]
     assert share["head_fraction"] > 0 and share["tail_nodes"] > 0
-    assert "| backend" in res["markdown"] and all(p.endswith(".png") for p in res["plots"])
+    assert sum(res["op_share"]["int8"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert "| engine:artifact" in res["markdown"] and all(p.endswith(".png") for p in res["plots"])
 
 
 @pytest.mark.slow

@@ -210,7 +210,9 @@ def describe_checkpoint(path: Path) -> str | None:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    path = Path(args.path)
+    if args.path is None and args.model is None:
+        raise UsageError("tki info needs a path (checkpoint, export folder, gallery) or --model EXPORT")
+    path = Path(args.path or args.model)
     if not path.exists():
         raise UsageError(f"{path} does not exist")
     text = describe_checkpoint(path)
@@ -224,6 +226,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
         raise UsageError(f"{path} is not a checkpoint (config.json + model.safetensors), an export folder "
                          "(tki.json) or a gallery")
     print(text)
+    if args.model is not None:
+        from .runtime.cli import engine_info
+
+        print(engine_info(args.model, args.threads))
     return 0
 
 
@@ -270,10 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:
         INFO_EXAMPLE, VERIFY_HELP = "example:\n  tki info ckpt/pacs", "check file hashes (export and gallery)"
     p = sub.add_parser("info", help="describe a checkpoint, an export folder or a gallery",
-                       epilog=INFO_EXAMPLE.replace("tki info export/", "tki info ckpt/pacs\n  tki info export/"),
+                       epilog=INFO_EXAMPLE.replace("tki info export/", "tki info ckpt/pacs\n  tki info export/")
+                       + "\n  tki info --model models/pacs   # also: which artifact and engine run here, and why",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("path", help="checkpoint folder, export folder or gallery")
+    p.add_argument("path", nargs="?", help="checkpoint folder, export folder or gallery")
     p.add_argument("--verify", action="store_true", help=VERIFY_HELP)
+    p.add_argument("--model", help="export folder: also say which artifact and engine the Embedder runs on this "
+                                   "machine and why (measures once, then cached)")
+    p.add_argument("--threads", type=int, default=None, help="threads the engine choice assumes (default: all cores)")
     p.set_defaults(func=_cmd_info)
     return parser
 

@@ -2,20 +2,26 @@
 
 ``key -> ArtifactKind(file, format, precision, parity_threshold, runtime)``. ``tki-export`` names its files
 from it, the validator takes each threshold from it, the runtime ``Embedder`` chooses its backend from
-``format`` (never from a file suffix), and the GPU suite lists its backends from it.
+``format`` and ``runtime`` (never from a file suffix), and the GPU suite lists its backends from it.
 
 Parity: an artifact passes when every embedding's cosine with the float64 torch reference is at least
-``parity_threshold`` (fp32 0.99999, fp16 0.999, int8 0.99, TensorRT fp16 0.999).
+``parity_threshold`` (fp32 0.99999, fp16 0.999, int8 0.99, TensorRT fp16 0.999, OpenVINO int8 0.99).
+
+``openvino_int8`` is an ONNX graph with QuantizeLinear / DequantizeLinear pairs written by NNCF's
+post-training quantisation; it is validated, timed and run with OpenVINO (``runtime="openvino"``), and
+built only when asked for (``tki-export --openvino``), so it is not in :data:`PRECISIONS`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 __all__ = ["ArtifactKind", "ARTIFACT_KINDS", "ONNX", "TENSORRT_PLAN", "PRECISIONS", "artifact_kind",
-           "parity_threshold", "PARITY_FILE"]
+           "parity_threshold", "PARITY_FILE", "ONNXRUNTIME", "OPENVINO", "TENSORRT"]
 
 ONNX = "onnx"
 TENSORRT_PLAN = "tensorrt_plan"
+#: Runtimes (engines) an artifact can name.
+ONNXRUNTIME, OPENVINO, TENSORRT = "onnxruntime", "openvino", "tensorrt"
 #: ``parity.json``: the validation report written beside the artifacts.
 PARITY_FILE = "parity.json"
 
@@ -23,8 +29,8 @@ PARITY_FILE = "parity.json"
 @dataclass(frozen=True)
 class ArtifactKind:
     """One kind of exported file: ``key`` in ``tki.json``'s ``artifacts``, the ``file`` name, its ``format``
-    (``"onnx"`` or ``"tensorrt"``), numeric ``precision``, ``parity_threshold`` (min cosine vs torch) and the
-    ``runtime`` that executes it (``"onnxruntime"`` or ``"tensorrt"``)."""
+    (``"onnx"`` or ``"tensorrt_plan"``), numeric ``precision``, ``parity_threshold`` (min cosine vs torch) and
+    the ``runtime`` that executes it (``"onnxruntime"``, ``"openvino"`` or ``"tensorrt"``)."""
 
     key: str
     file: str
@@ -36,15 +42,17 @@ class ArtifactKind:
 
 ARTIFACT_KINDS: dict[str, ArtifactKind] = {
     k.key: k for k in (
-        ArtifactKind("fp32", "model.onnx", ONNX, "fp32", 0.99999, "onnxruntime"),
-        ArtifactKind("fp16", "model.fp16.onnx", ONNX, "fp16", 0.999, "onnxruntime"),
-        ArtifactKind("int8", "model.int8.onnx", ONNX, "int8", 0.99, "onnxruntime"),
-        ArtifactKind("tensorrt_fp16", "model.plan", TENSORRT_PLAN, "fp16", 0.999, "tensorrt"),
+        ArtifactKind("fp32", "model.onnx", ONNX, "fp32", 0.99999, ONNXRUNTIME),
+        ArtifactKind("fp16", "model.fp16.onnx", ONNX, "fp16", 0.999, ONNXRUNTIME),
+        ArtifactKind("int8", "model.int8.onnx", ONNX, "int8", 0.99, ONNXRUNTIME),
+        ArtifactKind("tensorrt_fp16", "model.plan", TENSORRT_PLAN, "fp16", 0.999, TENSORRT),
+        ArtifactKind("openvino_int8", "model.ov.int8.onnx", ONNX, "int8", 0.99, OPENVINO),
     )
 }
 
-#: The ONNX precisions ``tki-export --precision`` accepts, in build order (fp32 first: the others derive from it).
-PRECISIONS: tuple[str, ...] = tuple(k for k, a in ARTIFACT_KINDS.items() if a.format == ONNX)
+#: The onnxruntime precisions ``tki-export --precision`` accepts, in build order (fp32 first: the others derive
+#: from it). The OpenVINO int8 artifact has its own flag (``--openvino``).
+PRECISIONS: tuple[str, ...] = tuple(k for k, a in ARTIFACT_KINDS.items() if a.format == ONNX and a.runtime == ONNXRUNTIME)
 
 
 def artifact_kind(key: str) -> ArtifactKind:
