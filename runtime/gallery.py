@@ -142,6 +142,7 @@ class Gallery:
         self.model_info = dict(model_info or {})
         self.threads = int(threads)
         self.filter_exact_limit = int(filter_exact_limit)
+        self.tuned: dict[str, Any] | None = None  # what tune() chose and measured (gallery.json "tuned")
         self.readonly = False
         self.path: Path | None = None
         self._lock = threading.RLock()
@@ -574,6 +575,14 @@ class Gallery:
                 return
             cand = min(cap, cand * 4)
 
+    def tune(self, target_recall: float = 0.99, queries: np.ndarray | None = None, **options: Any) -> Any:
+        """Choose ``expansion_search`` for ``target_recall`` (recall@10) from held-out ``queries`` (default: a
+        leave-one-out sample of stored vectors) against exact search, and keep it (``gallery.json`` ``tuned``);
+        see :func:`tki_sdk.runtime.gallery_tuning.tune`. Returns its ``TuningResult``."""
+        from .gallery_tuning import tune
+
+        return tune(self, target_recall, queries, **options)
+
     # ------------------------------------------------------------------ persistence
     def manifest(self) -> GalleryManifest:
         """What ``gallery.json`` records for this gallery now."""
@@ -582,7 +591,7 @@ class Gallery:
             connectivity=self.connectivity, expansion_add=self.expansion_add,
             expansion_search=self.expansion_search, rescore=self.rescore,
             rescore_oversample=self.rescore_oversample, model_fingerprint=self.model_fingerprint,
-            model=self.model_info, saved=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            model=self.model_info, tuned=self.tuned, saved=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
 
     def info(self) -> dict[str, Any]:
@@ -682,6 +691,7 @@ class Gallery:
             raise ValueError(f"{d} is damaged: the index holds {len(g)} items, the re-ranking copy {g._n}")
         if len(g) != info.count:
             raise ValueError(f"{d} is damaged: gallery.json says {info.count} items, the index holds {len(g)}")
+        g.tuned = info.tuned
         g.readonly = view
         g.path = root
         return g
@@ -697,6 +707,9 @@ class Gallery:
             f"  items:        {len(self):,}",
             f"  vectors:      {self.ndim}-d {self.dtype}, metric {self.metric}",
             f"  index:        {kind}",
+            *([f"  tuned:        recall@{t.get('k')} ~ {t.get('recall_estimate')} (target {t.get('target_recall')}, "
+               f"{t.get('queries')} {t.get('method')} queries) at ef_search={t.get('expansion_search')}"]
+              if (t := self.tuned) else []),
             f"  model:        {self.model_info.get('model_name', '?')} "
             f"({(self.model_fingerprint or 'unknown')[:12]})",
         ]

@@ -11,6 +11,9 @@ Layout (``format`` ``"tki-gallery"``, ``format_version`` 1)::
       "exact": false,              # true: flat matrix searched by brute force
       "connectivity": 16, "expansion_add": 128, "expansion_search": 64,   # HNSW M, efConstruction, ef
       "rescore": true, "rescore_oversample": 4,                           # float16 re-ranking copy
+      "tuned": {"target_recall": 0.99, "recall_estimate": 0.994, "recall_lower_bound": 0.992,   # optional:
+                "expansion_search": 96, "connectivity": 16, "k": 10, "queries": 500,      # what self-tuning
+                "method": "held-out", "reached": true, "curve": [[16, 0.91], ...]} | null,  # chose (absent: never tuned)
       "model_fingerprint": "<sha256>" | null,   # ModelMetadata.fingerprint() of the model that embedded it
       "model": {"model_name": ..., "head": ..., "output_space": ..., "embedding_dim": ..., "precision": ...,
                 "model_dir": ...},
@@ -54,6 +57,7 @@ class GalleryManifest(JsonContract):
     rescore_oversample: int = 4
     model_fingerprint: str | None = None
     model: dict[str, Any] = field(default_factory=dict)
+    tuned: dict[str, Any] | None = None
     saved: str | None = None
     format: str = GALLERY_FORMAT
     format_version: int = GALLERY_FORMAT_VERSION
@@ -79,6 +83,7 @@ class GalleryManifest(JsonContract):
                 rescore_oversample=int(d.get("rescore_oversample", 4)),
                 model_fingerprint=d.get("model_fingerprint"),
                 model=dict(d.get("model") or {}),
+                tuned=dict(d["tuned"]) if isinstance(d.get("tuned"), dict) else None,
                 saved=d.get("saved"),
                 format_version=version,
                 extra={k: v for k, v in d.items() if k not in known},
