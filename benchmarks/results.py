@@ -59,6 +59,8 @@ _DISTS = {
     "usearch": "usearch",
     "pillow": "pillow",
     "matplotlib": "matplotlib",
+    "faiss-cpu": "faiss",
+    "threadpoolctl": "threadpoolctl",
 }
 
 

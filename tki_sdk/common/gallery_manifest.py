@@ -13,7 +13,7 @@ Layout (``format`` ``"tki-gallery"``, ``format_version`` 1)::
       "rescore": true, "rescore_oversample": 4,                           # float16 re-ranking copy
       "tuned": {"target_recall": 0.99, "recall_estimate": 0.994, "recall_lower_bound": 0.992,   # optional:
                 "expansion_search": 96, "connectivity": 16, "k": 10, "queries": 500,      # what self-tuning
-                "method": "held-out", "reached": true, "curve": [[16, 0.91], ...]} | null,  # chose (absent: never tuned)
+                "method": "held-out", "reached": true, "curve": [[16, 0.91], ...]},  # chose (absent: never tuned)
       "model_fingerprint": "<sha256>" | null,   # ModelMetadata.fingerprint() of the model that embedded it
       "model": {"model_name": ..., "head": ..., "output_space": ..., "embedding_dim": ..., "precision": ...,
                 "model_dir": ...},
@@ -97,5 +97,7 @@ class GalleryManifest(JsonContract):
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         extra = d.pop("extra")
+        if d["tuned"] is None:  # written only once a gallery has been tuned (older readers never see it)
+            del d["tuned"]
         # the historical key order: format first
         return self.with_extra({"format": d.pop("format"), "format_version": d.pop("format_version"), **d}, extra)
