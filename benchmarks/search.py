@@ -271,12 +271,14 @@ def run_comparison(
     progress: bool = True,
     label: str | None = None,
     seed: int = 0,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Every index on ``base [n, d]`` with ``queries [Q, d]`` (unit vectors); see the module docstring.
 
     Returns ``{"label", "n", "dim", "n_queries", "k", "threads", "exact", "indexes": [...], "filters": [...],
     "at_target": [...]}``; each index record has its build figures and ``sweep`` rows
-    ``{param, value, recall, qps, ...}``."""
+    ``{param, value, recall, qps, ...}``. ``checkpoint(partial)`` (optional) receives what is measured so far
+    after each index, so a long run leaves its figures behind."""
     from .search_faiss import build_faiss, faiss_available, faiss_specs
 
     base = np.ascontiguousarray(base, dtype=np.float32)
@@ -329,6 +331,8 @@ def run_comparison(
                                        min_time=min_time, target_recall=target_recall, metadata=meta,
                                        progress=progress, keep=meta is not None)
                 records.append(rec)
+                if checkpoint:
+                    checkpoint({"label": label, "n": n, "exact": exact_info, "indexes": records})
                 log(f"  {rec['index']}: build {rec['build_rate']:,.0f} vec/s, tuned ef "
                     f"{(rec['tuned'] or {}).get('expansion_search')}", flush=True)
                 if g is not None:
@@ -348,10 +352,12 @@ def run_comparison(
         faiss_note = "faiss-cpu is not installed (pip install 'tki-sdk[bench]'); FAISS indexes skipped"
         log("  " + faiss_note)
     elif wanted_faiss:
-        kinds = {"faiss-hnsw": 0, "faiss-ivf": 1, "faiss-ivfpq": 2}
-        specs = faiss_specs(n, dim, max_nlist=faiss_max_nlist)
+        specs = {s["kind"]: s for s in faiss_specs(n, dim, max_nlist=faiss_max_nlist)}
         for key in wanted_faiss:
-            spec = specs[kinds[key]]
+            if key not in specs:
+                log(f"  {key}: skipped, {n:,} vectors are too few to train it")
+                continue
+            spec = specs[key]
             if spec["param"] == "efSearch":
                 spec = {**spec, "values": list(expansion_search)}
             b = build_faiss(spec, base, threads=threads, seed=seed,
@@ -366,6 +372,8 @@ def run_comparison(
                             "memory_bytes": b.memory_bytes, "file_bytes": b.file_bytes, "notes": b.notes,
                             "sweep": sweep})
             log(f"  {b.name}: build {n / b.build_seconds:,.0f} vec/s", flush=True)
+            if checkpoint:
+                checkpoint({"label": label, "n": n, "exact": exact_info, "indexes": records, "filters": filters})
             del b
 
     for rec in records:
@@ -580,6 +588,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   exact_usearch_queries=args.exact_usearch_queries, min_time=args.min_time, progress=progress,
                   seed=args.seed)
     runs: list[dict[str, Any]] = []
+    suite_dir = Path(args.suite_dir)
+    stem = args.name or ("quick" if getattr(args, "quick", False) else "search")
+
+    def checkpoint(partial: dict[str, Any]) -> None:
+        import json
+
+        from .results import to_jsonable
+
+        path = suite_dir / f"{stem}.partial.json"
+        path.write_text(json.dumps(to_jsonable({"finished_runs": runs, "current": partial}), indent=1))
+
+    common["checkpoint"] = checkpoint
     if args.vectors is not None:
         vecs = _load_npy(args.vectors, "--vectors")
         if args.query_vectors is not None:
@@ -615,7 +635,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "note": ("evaluated at the target size" if largest["n"] >= TARGET_N else
                  f"the goals are defined at {TARGET_N:,} vectors; the largest size run here is {largest['n']:,}"),
     }
-    suite_dir = Path(args.suite_dir)
+    (suite_dir / f"{stem}.partial.json").unlink(missing_ok=True)
     panels = {r["label"]: [{"index": i["index"], "points": [(s["recall"], s["qps"]) for s in i["sweep"]]}
                           for i in r["indexes"]] for r in runs}
     exact_qps = {r["label"]: r["exact"]["numpy_qps"] for r in runs}

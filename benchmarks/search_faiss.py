@@ -88,22 +88,24 @@ class FaissBuild:
 
 def faiss_specs(n: int, dim: int, *, max_nlist: int = 4096, hnsw_m: int = 32,
                 pq_budget_fraction: float = 0.4) -> list[dict[str, Any]]:
-    """The FAISS indexes compared for ``n x dim`` vectors: name, factory key, swept parameter, values, notes."""
+    """The FAISS indexes compared for ``n x dim`` vectors: kind, name, factory key, swept parameter, values,
+    notes. IVF-PQ needs ``39 * 256`` training vectors (8-bit codes) and is left out below that."""
     nlist_auto = autofaiss_nlist(n)
     nlist = min(nlist_auto, max_nlist, max(1, n // 39))
     notes_ivf = [] if nlist == nlist_auto else [
         f"autofaiss would use {nlist_auto} lists at this size; capped at {nlist} (k-means time on this machine)"]
     pq = autofaiss_pq(n, dim, pq_budget_fraction * 4.0 * n * dim)
     probes = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256) if p <= nlist]
-    return [
-        {"name": f"faiss HNSW{hnsw_m}", "key": f"HNSW{hnsw_m},Flat", "param": "efSearch",
+    specs = [
+        {"kind": "faiss-hnsw", "name": f"faiss HNSW{hnsw_m}", "key": f"HNSW{hnsw_m},Flat", "param": "efSearch",
          "values": [16, 32, 64, 128, 256, 512], "notes": []},
-        {"name": f"faiss IVF{nlist},Flat", "key": f"IVF{nlist},Flat", "param": "nprobe", "values": probes,
+        {"kind": "faiss-ivf", "name": f"faiss IVF{nlist},Flat", "key": f"IVF{nlist},Flat", "param": "nprobe", "values": probes,
          "notes": notes_ivf},
-        {"name": f"faiss IVF{nlist},PQ{pq}x8", "key": f"IVF{nlist},PQ{pq}x8", "param": "nprobe", "values": probes,
+        {"kind": "faiss-ivfpq", "name": f"faiss IVF{nlist},PQ{pq}x8", "key": f"IVF{nlist},PQ{pq}x8", "param": "nprobe", "values": probes,
          "notes": notes_ivf + [f"PQ{pq}: autofaiss's size for a budget of {pq_budget_fraction:.0%} of the float32 "
                                "vectors; its OPQ rotation is left out"]},
     ]
+    return specs if n >= 39 * 256 else specs[:2]
 
 
 def build_faiss(spec: dict[str, Any], base: np.ndarray, *, threads: int, expansion_add: int = 40,
@@ -124,6 +126,9 @@ def build_faiss(spec: dict[str, Any], base: np.ndarray, *, threads: int, expansi
         index = faiss.index_factory(dim, spec["key"], faiss.METRIC_INNER_PRODUCT)
         ivf = faiss.extract_index_ivf(index)
         ivf.cp.niter = 10
+        ivf = faiss.downcast_index(ivf)
+        if hasattr(ivf, "do_polysemous_training"):  # index_factory turns it on; hours of annealing, unused here
+            ivf.do_polysemous_training = False
         ntrain = min(base.shape[0], train_points_per_list * ivf.nlist)
         rng = np.random.default_rng(seed)
         sample = base[np.sort(rng.choice(base.shape[0], ntrain, replace=False))]

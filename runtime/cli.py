@@ -53,6 +53,8 @@ def _add_embed(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--exact", action="store_true", help="flat index searched by brute force (no HNSW graph)")
     p.add_argument("--dtype", default="f32", choices=["f32", "f16", "i8"], help="vector storage (default f32)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing gallery at --out")
+    p.add_argument("--target-recall", type=float, default=0.99, metavar="R",
+                   help="tune HNSW ef_search for this recall@10 on leave-one-out queries (default 0.99; 0: keep 64)")
     p.set_defaults(func=run_embed)
     return p
 
@@ -254,6 +256,8 @@ def _embed_and_save(args: argparse.Namespace, emb: Any, files: list, images: Pat
     if not len(res.indices):
         _write_errors(errors_f, args.errors, res.errors)
         raise UsageError(f"none of the {len(files)} files under {images} could be read; nothing was written", code=1)
+    if args.target_recall > 0 and not gallery.exact and len(gallery) > 1:
+        gallery.tune(min(1.0, args.target_recall))  # stored in gallery.json; `tki info` shows the estimate
     try:
         gallery.save(out)
     except OSError as e:

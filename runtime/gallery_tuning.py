@@ -7,9 +7,10 @@ tuning queries, and its lower bound ``mean - 1.96 * std / sqrt(Q)`` (a normal 95
 from the same distribution reach it too); when none does, the largest candidate is kept and the record
 says ``reached: false``.
 
-The exact reference is brute force (numpy, float32) over the vectors the gallery stores, read back with
-``Gallery.get_vectors`` (the float16 re-ranking copy of i8 galleries, i.e. what re-ranking scores with), with
-the gallery's metric: ``cos``/``ip``: ``1 - q.v`` on unit / raw vectors, ``l2sq``: ``|q - v|^2``.
+The exact reference is brute force (numpy, float32) with the gallery's metric (``cos``/``ip``: ``1 - q.v`` on
+unit / raw vectors, ``l2sq``: ``|q - v|^2``): when building, over the float32 vectors as given to ``add``
+(so f16 / i8 galleries are tuned for recall against the unquantised data); on a finished gallery, over
+what it stores, read back with ``Gallery.get_vectors`` (dequantised, or the float16 re-ranking copy).
 
 Where the queries come from:
 
@@ -35,7 +36,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["DEFAULT_CANDIDATES", "TuningResult", "add_tuned", "choose_connectivity", "exact_neighbours", "tune"]
+__all__ = ["DEFAULT_CANDIDATES", "TuningResult", "add_tuned", "choose_connectivity", "exact_neighbours",
+           "exact_neighbours_of", "tune"]
 
 #: ``expansion_search`` values tried, smallest first.
 DEFAULT_CANDIDATES: tuple[int, ...] = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
@@ -75,21 +77,39 @@ def _scores(q: np.ndarray, v: np.ndarray, metric: str) -> np.ndarray:
     return (1.0 - dot).astype(np.float32)
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+
+
 def exact_neighbours(gallery: Any, queries: np.ndarray, k: int, *, exclude: np.ndarray | None = None,
                      chunk: int = 65_536) -> np.ndarray:
-    """Exact top-``k`` keys ``[Q, k]`` (uint64, best first) of ``queries`` among the gallery's stored vectors,
-    by brute force; ``exclude[i]`` (a key) is left out of query ``i``'s answer. Queries are normalised for
-    ``cos`` galleries, as ``Gallery.search`` does."""
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    if gallery.metric == "cos":
-        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
+    """Exact top-``k`` keys ``[Q, k]`` (uint64, best first) of ``queries`` among the gallery's stored vectors
+    (as stored: dequantised f16 / i8, or the float16 re-ranking copy), by brute force; ``exclude[i]`` (a key)
+    is left out of query ``i``'s answer. Queries are normalised for ``cos`` galleries, as search does."""
     keys = np.sort(gallery.keys())
+    chunks = ((keys[s : s + chunk], gallery.get_vectors(keys[s : s + chunk])) for s in range(0, keys.size, chunk))
+    return _topk(queries, chunks, gallery.metric, k, exclude)
+
+
+def exact_neighbours_of(vectors: np.ndarray, keys: np.ndarray, queries: np.ndarray, k: int, metric: str,
+                        chunk: int = 65_536) -> np.ndarray:
+    """Exact top-``k`` keys among ``vectors`` (float32, as given to ``add``; normalised here for ``cos``)."""
+    def chunks():
+        for s in range(0, len(keys), chunk):
+            v = vectors[s : s + chunk]
+            yield keys[s : s + chunk], (_unit(v) if metric == "cos" else np.asarray(v, dtype=np.float32))
+    return _topk(queries, chunks(), metric, k, None)
+
+
+def _topk(queries: np.ndarray, chunks: Any, metric: str, k: int, exclude: np.ndarray | None) -> np.ndarray:
+    q = _unit(queries) if metric == "cos" else np.ascontiguousarray(queries, dtype=np.float32)
     nq = q.shape[0]
     best_d = np.full((nq, 0), np.inf, dtype=np.float32)
     best_k = np.zeros((nq, 0), dtype=np.uint64)
-    for s in range(0, keys.size, chunk):
-        ck = keys[s : s + chunk]
-        d = _scores(q, gallery.get_vectors(ck), gallery.metric)
+    for ck, cv in chunks:
+        ck = np.asarray(ck, dtype=np.uint64)
+        d = _scores(q, cv, metric)
         if exclude is not None:
             d[ck[None, :] == np.asarray(exclude, dtype=np.uint64)[:, None]] = np.inf
         kk = min(k, d.shape[1])
@@ -139,11 +159,12 @@ def _sweep(gallery: Any, q: np.ndarray, truth: np.ndarray, k: int, target: float
 
 def tune(gallery: Any, target_recall: float = 0.99, queries: np.ndarray | None = None, *, sample: int = 500,
          k: int = 10, candidates: Sequence[int] = DEFAULT_CANDIDATES, seed: int = 0,
-         _method: str | None = None) -> TuningResult:
+         truth: np.ndarray | None = None, _method: str | None = None) -> TuningResult:
     """Choose the gallery's ``expansion_search`` for ``target_recall`` (recall@``k``) and store the choice
     (``gallery.expansion_search`` and ``gallery.tuned``). ``queries``: held-out query vectors; without them
-    ``sample`` stored vectors are used leave-one-out (module docstring). Exact galleries need no tuning
-    (``ValueError``)."""
+    ``sample`` stored vectors are used leave-one-out (module docstring). ``truth``: their exact top-``k`` keys
+    when known (e.g. from the float32 vectors before quantisation); else brute force over the stored
+    vectors. Exact galleries need no tuning (``ValueError``)."""
     if gallery.exact:
         raise ValueError("exact galleries are searched by brute force; there is nothing to tune")
     if not 0.0 < float(target_recall) <= 1.0:
@@ -164,7 +185,8 @@ def tune(gallery: Any, target_recall: float = 0.99, queries: np.ndarray | None =
             raise ValueError(f"queries must be [Q, {gallery.ndim}] with Q >= 1")
         method = _method or "given"
     k = min(int(k), len(gallery) - (own is not None))
-    truth = exact_neighbours(gallery, q, k, exclude=own)
+    if truth is None:
+        truth = exact_neighbours(gallery, q, k, exclude=own)
     ef, mean, lower, reached, curve = _sweep(gallery, q, truth, k, float(target_recall), candidates, own)
     gallery.expansion_search = ef
     result = TuningResult(target_recall=float(target_recall), recall_estimate=mean, recall_lower_bound=lower,
@@ -214,7 +236,11 @@ def add_tuned(gallery: Any, keys: Sequence[int] | np.ndarray | None, vectors: np
     held = np.sort(rng.choice(n, size=min(int(holdout), max(1, n // 10)), replace=False))
     rest = np.setdiff1d(everything, held, assume_unique=True)
     _chunked_add(gallery, keys, vecs, metadata, rest, progress, chunk)
-    result = tune(gallery, target_recall, vecs[held], k=k, candidates=candidates, seed=seed, _method="held-out")
+    # the reference: the float32 vectors as given (what f16 / i8 storage approximates), not the stored copies
+    k_eff = min(int(k), rest.size)
+    truth = exact_neighbours_of(vecs[rest], keys[rest], vecs[held], k_eff, gallery.metric)
+    result = tune(gallery, target_recall, vecs[held], k=k_eff, candidates=candidates, seed=seed, truth=truth,
+                  _method="held-out")
     _chunked_add(gallery, keys, vecs, metadata, held, False, chunk)
     return result
 

@@ -30,14 +30,17 @@ def test_autofaiss_sizing_rules():
     assert autofaiss_pq(1_000_000, 512, 20e6) == 8  # 20 bytes per vector: PQ8 (16 bytes)
     specs = faiss_specs(1_000_000, 512, max_nlist=4096)
     assert [s["key"] for s in specs] == ["HNSW32,Flat", "IVF4096,Flat", "IVF4096,PQ256x8"]
+    assert [s["kind"] for s in faiss_specs(5000, 64)] == ["faiss-hnsw", "faiss-ivf"]  # too few to train PQ
     assert "16384" in specs[1]["notes"][0]
 
 
 @pytest.mark.parametrize("which", [0, 1, 2])
 def test_faiss_indexes_agree_with_brute_force(data, which):
     base, q, truth = data
-    spec = faiss_specs(len(base), base.shape[1])[which]
-    b = build_faiss(spec, base, threads=2, expansion_add=64)
+    spec = faiss_specs(12_000, base.shape[1])[which]  # the sizing of 12k vectors (PQ needs >= 9,984)
+    base = embedding_shaped_vectors(12_000, 64, seed=2) if which == 2 else base
+    truth = np.argsort(-(q @ base.T), axis=1, kind="stable")[:, :10] if which == 2 else truth
+    b = build_faiss(spec, base, threads=1 if which == 2 else 2, expansion_add=64)  # PQ: tiny k-means, one thread
     b.set_param(spec["values"][-1])  # the widest search
     ids = b.search(q, 10)
     floor = {0: 0.99, 1: 0.999, 2: 0.6}[which]  # HNSW near-exhaustive, IVF all lists exact, PQ lossy
