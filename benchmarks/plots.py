@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_recall_qps", "plot_throughput", "plot_latency", "plot_grouped_bars"]
+__all__ = ["plot_pareto", "plot_recall_qps", "plot_throughput", "plot_latency", "plot_grouped_bars"]
 
 
 def _plt():
@@ -178,4 +178,46 @@ def plot_grouped_bars(
     ax.set_title(title, fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_pareto(
+    panels: Mapping[str, Sequence[Mapping[str, Any]]],
+    path: str | Path,
+    *,
+    exact_qps: Mapping[str, float] | None = None,
+    target_recall: float = 0.99,
+    target_speedup: float = 20.0,
+    k: int = 10,
+    title: str = "recall vs queries/s",
+) -> Path:
+    """Recall@k (x) against QPS (y, log), one panel per data set, one curve per index.
+
+    ``panels``: ``{panel title: [{"index": name, "points": [(recall, qps), ...]}, ...]}``. Each curve is drawn
+    through all its points in the order of its sweep;
+    ``exact_qps[panel]`` draws the exact baseline and ``target_speedup`` x it, and the target recall is a
+    vertical line.
+    """
+    plt = _plt()
+    if not panels:
+        raise ValueError("nothing to plot")
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.8), squeeze=False)
+    for ax, (name, curves) in zip(axes[0], panels.items()):
+        for c in curves:
+            pts = [(float(r), float(q)) for r, q in c["points"]]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1.2, label=c["index"])
+        if exact_qps and name in exact_qps:
+            e = float(exact_qps[name])
+            ax.axhline(e, color="grey", ls=":", lw=1, label="exact (numpy BLAS)")
+            ax.axhline(e * target_speedup, color="red", ls="--", lw=1, label=f"{target_speedup:g}x exact")
+        ax.axvline(target_recall, color="red", ls="-.", lw=0.8)
+        ax.set_yscale("log")
+        lo = min(float(r) for c in curves for r, _ in c["points"])
+        ax.set_xlim(max(lo, 0.5) - 0.01, 1.002)
+        ax.set_xlabel(f"recall@{k} vs exact")
+        ax.set_ylabel("queries / s")
+        ax.set_title(name, fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6.5)
+    fig.suptitle(title, fontsize=10)
     return _save(fig, path)

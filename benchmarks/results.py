@@ -64,6 +64,8 @@ _DISTS = {
     "matplotlib": "matplotlib",
     "pyarrow": "pyarrow",
     "ray": "ray",
+    "faiss-cpu": "faiss",
+    "threadpoolctl": "threadpoolctl",
 }
 
 

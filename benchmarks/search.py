@@ -1,24 +1,29 @@
-"""Search suite: usearch HNSW recall@10 and speed against exact search.
+"""Search suite: the Gallery side by side with FAISS and exact search, on one machine, in one run.
 
-What it measures, for every size ``n`` (and for real embeddings from a ``.npy`` file):
+For each data set (``embedding``: vectors shaped like image embeddings, ``clustered``: Gaussian clusters on
+the sphere, both from :mod:`.search_data`; or ``--vectors file.npy``) and size ``n``:
 
-* Data: ``n`` unit vectors of dimension ``d`` drawn from a mixture of ``clusters``
-  Gaussian clusters on the sphere (seeded; see :func:`clustered_unit_vectors`), plus
-  ``queries`` held-out query vectors from the same mixture (not in the index).
-* Ground truth: exact top-``k`` by cosine, numpy brute force (gallery chunks of
-  ``Q x chunk`` matmuls + ``argpartition``, merged). Its wall time gives the numpy
-  exact-search QPS (BLAS limited to ``--threads`` when threadpoolctl is present).
-* usearch exact search (``Index.search(..., exact=True)``) on a query subset: its QPS,
-  and its recall@k against the numpy ground truth (1.0 up to float rounding).
-* For every dtype (f32, f16, i8) and connectivity ``M``: build time -> build rate
-  (vectors/s), ``index.memory_usage`` and ``serialized_length``; then for every
-  ``expansion_search``: recall@k against the ground truth and batch QPS (all queries
-  in one ``search`` call, ``threads`` workers, repeated until ``--min-time``).
-* Speed-up = HNSW QPS / exact QPS, against the *faster* of the two exact baselines.
+* **Ground truth and the exact baseline**: exact top-``k`` by cosine with numpy BLAS (``Q x chunk`` matmuls +
+  ``argpartition``, merged; BLAS limited to ``--threads``); its QPS is the exact baseline. usearch's own
+  exact search is timed on a query subset for reference.
+* **Gallery** (usearch HNSW through :class:`tki_sdk.runtime.gallery.Gallery`, its public ``search``) for each
+  ``--dtypes`` (f32, f16, i8 with its float16 re-ranking) and ``--connectivity``: built with
+  :func:`tki_sdk.runtime.gallery_tuning.add_tuned` (multi-threaded add, self-tuning on held-out vectors for
+  ``--target-recall``), then swept over ``expansion_search``; the tuned choice is also scored on the real
+  queries (its estimate against what the queries see).
+* **FAISS** (:mod:`.search_faiss`): ``IndexHNSWFlat`` M 32, ``IVF{nlist},Flat`` and ``IVF{nlist},PQ{m}x8``
+  sized as autofaiss would, swept over ``efSearch`` / ``nprobe``.
+* For each index: recall@k against the ground truth and batch QPS (all queries in one call, ``--threads``
+  threads, the fastest of repeated runs over ``--min-time``), build time (vectors/s), memory and file size.
+  The Pareto frontier of each curve gives the QPS at recall ``TARGET_RECALL`` (log-QPS interpolated between
+  the two frontier points that bracket it; ``None`` when the curve never reaches it).
+* **Filters** (:mod:`.search_filters`): ``where`` filters matching 1%, 10%, 50% on the first Gallery, recall@k
+  against exact filtered search, and QPS.
 
-Target (ARCHITECTURE.md, "Targets"): recall@10 >= 0.99 at >= 50x exact-search QPS at 1M x 512. The
-summary says whether some configuration reaches it at the largest size run (and that
-the target's size is 1M when the largest size run is smaller).
+Goals (ARCHITECTURE.md, "Targets"; 1M x 512, embedding-shaped data): recall@10 >= 0.99 at QPS >= FAISS HNSW's
+at that recall and >= 20x exact; build >= 5,000 vectors/s; i8 + re-ranking >= 0.99 in <= 40% of the f32
+gallery's memory; filtered search at 1% >= 0.99 recall. Each goal is reported with the measured figure and,
+when missed, by how much.
 
 ``recall@k = |approx top-k  intersect  exact top-k| / k``, averaged over queries.
 """
@@ -26,21 +31,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from .results import markdown_table
+from .search_data import clustered_unit_vectors, embedding_shaped_vectors, load_spectrum, normalize
 
 __all__ = [
     "clustered_unit_vectors",
+    "embedding_shaped_vectors",
     "exact_topk",
+    "pareto_frontier",
+    "qps_at_recall",
     "recall_at_k",
-    "run_search_benchmark",
+    "run_comparison",
     "add_arguments",
     "run",
     "TARGET_RECALL",
@@ -49,13 +60,18 @@ __all__ = [
 ]
 
 TARGET_RECALL = 0.99
-TARGET_SPEEDUP = 50.0
+TARGET_SPEEDUP = 20.0
+TARGET_FAISS_RATIO = 1.0
+TARGET_BUILD_RATE = 5_000.0
+TARGET_I8_MEMORY = 0.40
 TARGET_N = 1_000_000
 
-FULL_DEFAULTS = {"sizes": [10_000, 100_000, 1_000_000], "dim": 512, "queries": 1000,
-                 "connectivity": [16, 32], "expansion_search": [16, 32, 64, 128, 256, 512]}
-QUICK_DEFAULTS = {"sizes": [10_000, 50_000], "dim": 512, "queries": 500,
-                  "connectivity": [16], "expansion_search": [16, 32, 64, 128, 256]}
+EF_SWEEP = [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]
+FULL_DEFAULTS = {"sizes": [1_000_000], "dim": 512, "queries": 1000, "connectivity": [16],
+                 "expansion_search": EF_SWEEP, "data": ["embedding"]}
+QUICK_DEFAULTS = {"sizes": [20_000], "dim": 256, "queries": 300, "connectivity": [16],
+                  "expansion_search": [16, 32, 64, 128, 256], "data": ["embedding"]}
+INDEXES = ("gallery", "faiss-hnsw", "faiss-ivf", "faiss-ivfpq")
 
 
 def _usable_cpus() -> int:
@@ -75,50 +91,6 @@ def _blas_threads(n: int) -> Iterator[None]:
         return
     with threadpool_limits(limits=n, user_api="blas"):
         yield
-
-
-def _normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def clustered_unit_vectors(
-    n: int,
-    dim: int,
-    *,
-    clusters: int = 1000,
-    spread: float = 1.0,
-    decay: float = 1.0,
-    seed: int = 0,
-    stream: int = 0,
-    chunk: int = 100_000,
-) -> np.ndarray:
-    """``n x dim`` float32 unit vectors from a mixture of ``clusters`` Gaussian clusters.
-
-    ``x = normalize(c_j + spread * R (s * g))`` with ``c_j`` uniform on the sphere (the
-    same centres for every ``stream`` of one ``seed``), ``g ~ N(0, I)``, ``s_i proportional to
-    (i+1)^(-decay/2)`` scaled so that ``E|s * g|^2 = 1`` and ``R`` a random rotation shared by
-    all clusters. ``decay=0`` gives isotropic noise (intrinsic dimension = ``dim``, the
-    hardest case for any graph index); ``decay=1`` gives a power-law spectrum like that of
-    real image embeddings. ``stream`` selects independent draws from the same mixture
-    (0: the indexed vectors, 1: the queries).
-    """
-    if n < 0 or dim < 1 or clusters < 1:
-        raise ValueError("n >= 0, dim >= 1 and clusters >= 1 are required")
-    base_rng = np.random.default_rng(seed)
-    centres = _normalize(base_rng.standard_normal((clusters, dim), dtype=np.float32))
-    rot, _ = np.linalg.qr(base_rng.standard_normal((dim, dim)))
-    scales = (np.arange(1, dim + 1, dtype=np.float64) ** (-decay / 2.0))
-    scales /= np.sqrt((scales**2).sum())
-    mix = (rot * scales[None, :]).T.astype(np.float32)  # g @ mix = R(s*g) as a row vector
-    rng = np.random.default_rng([seed, 1 + stream])
-    out = np.empty((n, dim), dtype=np.float32)
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        lab = rng.integers(0, clusters, stop - start)
-        noise = rng.standard_normal((stop - start, dim), dtype=np.float32) @ mix
-        out[start:stop] = _normalize(centres[lab] + np.float32(spread) * noise)
-    return out
 
 
 def exact_topk(
@@ -171,41 +143,113 @@ def _timed_qps(fn: Any, n_queries: int, min_time: float, max_repeats: int = 50) 
     return {"qps": n_queries / min(times), "qps_median": n_queries / float(np.median(times)), "repeats": len(times)}
 
 
-def _search_keys(index: Any, queries: np.ndarray, k: int, threads: int, exact: bool = False) -> np.ndarray:
-    m = index.search(queries, k, threads=threads, exact=exact)
-    keys = np.asarray(m.keys).astype(np.int64)
-    counts = np.asarray(m.counts)
-    if (counts < k).any():  # sentinel positions
-        mask = np.arange(keys.shape[1])[None, :] >= counts[:, None]
-        keys[mask] = -1
-    return keys
+
+def _measure(fn: Callable[[], np.ndarray], truth: np.ndarray, k: int, min_time: float) -> dict[str, Any]:
+    """Recall@k of ``fn()``'s ids against ``truth`` and its QPS (see :func:`_timed_qps`)."""
+    ids = fn()
+    return {"recall": recall_at_k(ids, truth, k), **_timed_qps(fn, truth.shape[0], min_time)}
 
 
-def _build_index(base: np.ndarray, dtype: str, connectivity: int, expansion_add: int, threads: int, progress: bool) -> tuple[Any, float]:
-    from tki_sdk.runtime.native import usearch_index
+# -- Pareto frontier ---------------------------------------------------------------------------
 
-    index = usearch_index().Index(ndim=base.shape[1], metric="cos", dtype=dtype, connectivity=connectivity, expansion_add=expansion_add)
-    n = base.shape[0]
-    keys = np.arange(n, dtype=np.uint64)
-    step = max(10_000, n // 20)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """``(recall, qps)`` points not beaten on both axes by another, by increasing recall."""
+    pts = sorted(set((float(r), float(q)) for r, q in points), key=lambda p: (-p[0], -p[1]))
+    front: list[tuple[float, float]] = []
+    best_q = -math.inf
+    for r, q in pts:  # from the highest recall down: keep a point when it is faster than all above it
+        if q > best_q:
+            front.append((r, q))
+            best_q = q
+    return front[::-1]
 
-        bar = tqdm(total=n, desc=f"build {dtype} M={connectivity}", unit="vec", leave=False)
+
+def qps_at_recall(points: Sequence[tuple[float, float]], target: float) -> float | None:
+    """QPS of the frontier at ``target`` recall: log-QPS interpolated linearly in recall between the two
+    frontier points bracketing it; the fastest frontier point when every point is above it; ``None`` when
+    no point reaches it."""
+    front = pareto_frontier(points)
+    above = [p for p in front if p[0] >= target]
+    if not above:
+        return None
+    hi = max(above, key=lambda p: p[1])
+    below = [p for p in front if p[0] < target]
+    if not below:
+        return hi[1]
+    lo = max(below, key=lambda p: p[0])
+    if hi[0] == lo[0]:
+        return hi[1]
+    t = (target - lo[0]) / (hi[0] - lo[0])
+    return float(math.exp(math.log(lo[1]) + t * (math.log(hi[1]) - math.log(lo[1]))))
+
+
+# -- the Gallery side --------------------------------------------------------------------------
+
+def _folder_bytes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+
+
+def _gallery_memory(g: Any) -> int:
+    """Bytes of the usearch index plus the float16 re-ranking copy (allocated), metadata excluded."""
+    mem = int(g._index.memory_usage)
+    if g.rescore:
+        mem += int(g._flat_vecs.nbytes + g._flat_keys.nbytes)
+    return mem
+
+
+def gallery_curve(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, *, dtype: str, connectivity: int,
+                  expansion_add: int, efs: Sequence[int], threads: int, k: int, min_time: float,
+                  target_recall: float, metadata: list[dict[str, Any]] | None, progress: bool,
+                  keep: bool = False) -> tuple[dict[str, Any], Any]:
+    """Build one Gallery (self-tuned at build), sweep ``expansion_search``; returns ``(record, gallery or None)``."""
+    from tki_sdk.runtime.gallery import Gallery
+    from tki_sdk.runtime.gallery_tuning import add_tuned
+
+    n, dim = base.shape
+    g = Gallery(dim, metric="cos", dtype=dtype, connectivity=connectivity, expansion_add=expansion_add,
+                threads=threads)
     t0 = time.perf_counter()
-    for start in range(0, n, step):
-        stop = min(n, start + step)
-        index.add(keys[start:stop], base[start:stop], threads=threads)
-        if bar is not None:
-            bar.update(stop - start)
-    dt = time.perf_counter() - t0
-    if bar is not None:
-        bar.close()
-    return index, dt
+    tuned = add_tuned(g, np.arange(n, dtype=np.uint64), base, metadata, target_recall=target_recall, k=k,
+                      progress=f"gallery {dtype} M={connectivity}" if progress else False)
+    t_total = time.perf_counter() - t0
+    t_build = t_total - (tuned.seconds if tuned else 0.0)
+    name = f"Gallery {dtype}" + (" + f16 re-rank" if g.rescore else "") + f" M={connectivity}"
+    sweep = []
+    for ef in efs:
+        g.expansion_search = int(ef)
+        res = _measure(lambda: _gallery_ids(g, queries, k), truth, k, min_time)
+        sweep.append({"param": "expansion_search", "value": int(ef), **res})
+    tuned_rec = None
+    if tuned is not None:
+        g.expansion_search = tuned.expansion_search
+        at = _measure(lambda: _gallery_ids(g, queries, k), truth, k, min_time)
+        tuned_rec = {**tuned.record(), "recall_on_queries": at["recall"], "qps_on_queries": at["qps"]}
+    with tempfile.TemporaryDirectory(prefix="tki-search-") as d:
+        g.save(Path(d) / "g")
+        files = _folder_bytes(Path(d) / "g")
+    rec = {
+        "index": name, "kind": "gallery", "dtype": dtype, "connectivity": connectivity,
+        "expansion_add": expansion_add, "rescore": g.rescore, "rescore_oversample": g.rescore_oversample,
+        "build_seconds": t_build, "build_rate": n / t_build, "tuning_seconds": tuned.seconds if tuned else 0.0,
+        "memory_bytes": _gallery_memory(g), "file_bytes": sum(v for f, v in files.items() if f != "meta.sqlite"),
+        "metadata_file_bytes": files.get("meta.sqlite", 0), "files": files, "sweep": sweep, "tuned": tuned_rec,
+    }
+    if not keep:
+        del g
+        return rec, None
+    return rec, g
 
 
-def run_search_benchmark(
+def _gallery_ids(g: Any, queries: np.ndarray, k: int) -> np.ndarray:
+    keys, _ = g.search(queries, k)
+    ids = keys.astype(np.int64)
+    ids[keys == np.iinfo(np.uint64).max] = -1
+    return ids
+
+
+# -- one comparison ----------------------------------------------------------------------------
+
+def run_comparison(
     base: np.ndarray,
     queries: np.ndarray,
     *,
@@ -213,18 +257,29 @@ def run_search_benchmark(
     dtypes: Sequence[str] = ("f32", "f16", "i8"),
     connectivity: Sequence[int] = (16,),
     expansion_add: int = 128,
-    expansion_search: Sequence[int] = (16, 32, 64, 128, 256),
+    expansion_search: Sequence[int] = tuple(EF_SWEEP),
+    indexes: Sequence[str] = INDEXES,
+    faiss_max_nlist: int = 4096,
+    faiss_ef_construction: int | None = None,
+    filter_fractions: Sequence[float] = (0.01, 0.1, 0.5),
+    filter_queries: int = 300,
+    target_recall: float = TARGET_RECALL,
     threads: int | None = None,
     exact_usearch_queries: int = 200,
     min_time: float = 0.3,
     progress: bool = True,
     label: str | None = None,
+    seed: int = 0,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """All measurements for one gallery ``base [n,d]`` and ``queries [Q,d]`` (unit vectors, float32).
+    """Every index on ``base [n, d]`` with ``queries [Q, d]`` (unit vectors); see the module docstring.
 
-    Returns ``{"n", "dim", "n_queries", "k", "threads", "exact": {...}, "sweep": [...],
-    "builds": [...], "best": {dtype: {...}}}``; see the module docstring for each figure.
-    """
+    Returns ``{"label", "n", "dim", "n_queries", "k", "threads", "exact", "indexes": [...], "filters": [...],
+    "at_target": [...]}``; each index record has its build figures and ``sweep`` rows
+    ``{param, value, recall, qps, ...}``. ``checkpoint(partial)`` (optional) receives what is measured so far
+    after each index, so a long run leaves its figures behind."""
+    from .search_faiss import build_faiss, faiss_available, faiss_specs
+
     base = np.ascontiguousarray(base, dtype=np.float32)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     threads = threads or _usable_cpus()
@@ -232,8 +287,8 @@ def run_search_benchmark(
     nq = queries.shape[0]
     if n < k:
         raise ValueError(f"gallery of {n} vectors is smaller than k={k}")
+    log = print if progress else (lambda *a, **kw: None)
 
-    # Exact: numpy brute force (ground truth) and usearch exact=True.
     with _blas_threads(threads):
         exact_topk(base[: min(n, 4096)], queries[: min(nq, 64)], k)  # warm BLAS
         t0 = time.perf_counter()
@@ -241,56 +296,150 @@ def run_search_benchmark(
         t_np = time.perf_counter() - t0
         timing = _timed_qps(lambda: exact_topk(base, queries, k), nq, min_time - t_np, 5) if t_np < min_time else None
     numpy_qps = max(nq / t_np, timing["qps"] if timing else 0.0)
+    exact_info: dict[str, Any] = {"numpy_qps": numpy_qps, "numpy_seconds_first_run": t_np,
+                                  "memory_bytes": int(base.nbytes)}
+    log(f"  exact (numpy BLAS, {threads} threads): {numpy_qps:,.1f} QPS", flush=True)
+    try:
+        from tki_sdk.runtime.native import usearch_index
 
-    sweep: list[dict[str, Any]] = []
-    builds: list[dict[str, Any]] = []
-    exact_info: dict[str, Any] = {"numpy_qps": numpy_qps, "numpy_seconds_first_run": t_np}
-    for dtype in dtypes:
-        for m in connectivity:
-            index, t_build = _build_index(base, dtype, int(m), expansion_add, threads, progress)
-            build = {
-                "dtype": dtype, "connectivity": int(m), "expansion_add": expansion_add,
-                "build_seconds": t_build, "build_rate": n / t_build,
-                "memory_bytes": int(index.memory_usage), "serialized_bytes": int(index.serialized_length),
-                "vector_bytes": int(n * dim * {"f32": 4, "f16": 2, "i8": 1, "f64": 8}.get(dtype, 4)),
-            }
-            builds.append(build)
-            if dtype == dtypes[0] and "usearch_qps" not in exact_info:
-                sub = queries[: min(nq, exact_usearch_queries)]
-                keys = _search_keys(index, sub, k, threads, exact=True)
-                timing = _timed_qps(lambda: index.search(sub, k, threads=threads, exact=True), len(sub), min_time, 5)
-                exact_info.update({
-                    "usearch_qps": timing["qps"], "usearch_qps_median": timing["qps_median"], "usearch_dtype": dtype, "usearch_queries": len(sub),
-                    "usearch_recall": recall_at_k(keys, truth[: len(sub)], k),
-                })
-            for ef in expansion_search:
-                index.expansion_search = int(ef)
-                keys = _search_keys(index, queries, k, threads)
-                rec = recall_at_k(keys, truth, k)
-                timing = _timed_qps(lambda: index.search(queries, k, threads=threads), nq, min_time)
-                sweep.append({"n": n, "dtype": dtype, "connectivity": int(m), "expansion_search": int(ef),
-                              "k": k, "recall": rec, **timing})
-            del index
-    exact_best = max(numpy_qps, exact_info.get("usearch_qps", 0.0))
-    exact_info["best_qps"] = exact_best
-    exact_info["best_method"] = "numpy" if exact_best == numpy_qps else "usearch"
-    rkey = "recall"
-    for r in sweep:
-        r["speedup_vs_exact"] = r["qps"] / exact_best
-        r["speedup_vs_numpy"] = r["qps"] / numpy_qps
-        if "usearch_qps" in exact_info:
-            r["speedup_vs_usearch_exact"] = r["qps"] / exact_info["usearch_qps"]
-    best: dict[str, Any] = {}
-    for dtype in dtypes:
-        ok = [r for r in sweep if r["dtype"] == dtype and r[rkey] >= TARGET_RECALL]
-        top = max(ok, key=lambda r: r["qps"]) if ok else None
-        best[dtype] = None if top is None else {
-            "connectivity": top["connectivity"], "expansion_search": top["expansion_search"],
-            "recall": top[rkey], "qps": top["qps"], "speedup_vs_exact": top["speedup_vs_exact"],
-            "meets_target": top["speedup_vs_exact"] >= TARGET_SPEEDUP,
-        }
+        sub = queries[: min(nq, exact_usearch_queries)]
+        ex = usearch_index().search
+        m = ex(base, sub, k, "cos", exact=True, threads=threads)
+        ids = np.asarray(m.keys).astype(np.int64)
+        t = _timed_qps(lambda: ex(base, sub, k, "cos", exact=True, threads=threads), len(sub), min_time, 5)
+        exact_info.update({"usearch_qps": t["qps"], "usearch_queries": len(sub),
+                           "usearch_recall": recall_at_k(ids, truth[: len(sub)], k)})
+    except ImportError:  # pragma: no cover - usearch is part of the runtime extra
+        pass
+
+    records: list[dict[str, Any]] = []
+    filters: list[dict[str, Any]] = []
+    slices = None
+    if "gallery" in indexes:
+        from .search_filters import filter_metadata, item_slices, measure_filters
+
+        fractions = [f for f in filter_fractions if f > 0]
+        if fractions:
+            slices = item_slices(n, seed)
+        for i, dtype in enumerate(dtypes):
+            for mm in connectivity:
+                first = i == 0 and mm == connectivity[0]
+                meta = filter_metadata(slices) if (slices is not None and first) else None
+                rec, g = gallery_curve(base, queries, truth, dtype=dtype, connectivity=int(mm),
+                                       expansion_add=expansion_add, efs=expansion_search, threads=threads, k=k,
+                                       min_time=min_time, target_recall=target_recall, metadata=meta,
+                                       progress=progress, keep=meta is not None)
+                records.append(rec)
+                if checkpoint:
+                    checkpoint({"label": label, "n": n, "exact": exact_info, "indexes": records})
+                log(f"  {rec['index']}: build {rec['build_rate']:,.0f} vec/s, tuned ef "
+                    f"{(rec['tuned'] or {}).get('expansion_search')}", flush=True)
+                if g is not None:
+                    fq = queries[: min(nq, filter_queries)]
+                    with _blas_threads(threads):
+                        filters = measure_filters(
+                            g, base, fq, slices, fractions, k,
+                            lambda fn, tr: _measure(fn, tr, k, min_time), exact_topk)
+                    for f in filters:
+                        f["index"] = rec["index"]
+                    log("  filters: " + ", ".join(f"{f['fraction']:.0%} recall {f['recall']:.4f} "
+                                                  f"{f['qps']:,.0f} QPS" for f in filters), flush=True)
+                    del g
+    wanted_faiss = [i for i in indexes if i.startswith("faiss-")]
+    faiss_note = None
+    if wanted_faiss and not faiss_available():
+        faiss_note = "faiss-cpu is not installed (pip install 'tki-sdk[bench]'); FAISS indexes skipped"
+        log("  " + faiss_note)
+    elif wanted_faiss:
+        specs = {s["kind"]: s for s in faiss_specs(n, dim, max_nlist=faiss_max_nlist)}
+        for key in wanted_faiss:
+            if key not in specs:
+                log(f"  {key}: skipped, {n:,} vectors are too few to train it")
+                continue
+            spec = specs[key]
+            if spec["param"] == "efSearch":
+                spec = {**spec, "values": list(expansion_search)}
+            b = build_faiss(spec, base, threads=threads, seed=seed,
+                            expansion_add=faiss_ef_construction or expansion_add)
+            sweep = []
+            for v in spec["values"]:
+                b.set_param(v)
+                sweep.append({"param": b.param, "value": int(v),
+                              **_measure(lambda: b.search(queries, k), truth, k, min_time)})
+            records.append({"index": b.name, "kind": key, "key": b.key, "build_seconds": b.build_seconds,
+                            "train_seconds": b.train_seconds, "build_rate": n / b.build_seconds,
+                            "memory_bytes": b.memory_bytes, "file_bytes": b.file_bytes, "notes": b.notes,
+                            "sweep": sweep})
+            log(f"  {b.name}: build {n / b.build_seconds:,.0f} vec/s", flush=True)
+            if checkpoint:
+                checkpoint({"label": label, "n": n, "exact": exact_info, "indexes": records, "filters": filters})
+            del b
+
+    for rec in records:
+        pts = [(s["recall"], s["qps"]) for s in rec["sweep"]]
+        rec["frontier"] = pareto_frontier(pts)
+        rec["qps_at_target"] = qps_at_recall(pts, TARGET_RECALL)
+        rec["max_recall"] = max(p[0] for p in pts)
+        ok = [s for s in rec["sweep"] if s["recall"] >= TARGET_RECALL]
+        rec["best_at_target"] = max(ok, key=lambda s: s["qps"]) if ok else None
+    faiss_hnsw = next((r for r in records if r.get("kind") == "faiss-hnsw"), None)
+    f32 = next((r for r in records if r.get("kind") == "gallery" and r["dtype"] == "f32"), None)
+    at_target = []
+    for rec in records:
+        q = rec["qps_at_target"]
+        ref = faiss_hnsw["qps_at_target"] if faiss_hnsw else None
+        at_target.append({
+            "index": rec["index"], "qps": q, "max_recall": rec["max_recall"],
+            "vs_faiss_hnsw": (q / ref) if (q and ref) else None,
+            "vs_exact": (q / numpy_qps) if q else None,
+            "build_rate": rec["build_rate"], "memory_bytes": rec["memory_bytes"], "file_bytes": rec["file_bytes"],
+            "memory_vs_gallery_f32": (rec["memory_bytes"] / f32["memory_bytes"]) if f32 else None,
+        })
     return {"label": label or f"n={n}", "n": n, "dim": dim, "n_queries": nq, "k": k, "threads": threads,
-            "expansion_add": expansion_add, "exact": exact_info, "builds": builds, "sweep": sweep, "best": best}
+            "expansion_add": expansion_add, "exact": exact_info, "indexes": records, "filters": filters,
+            "at_target": at_target, "faiss_note": faiss_note}
+
+
+def evaluate_goals(run_: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's goals for one comparison: measured figure, goal, met, and the shortfall when missed."""
+    goals = []
+    at = {a["index"]: a for a in run_["at_target"]}
+    galleries = [r for r in run_["indexes"] if r.get("kind") == "gallery"]
+    for g in galleries:
+        a = at[g["index"]]
+        if a["qps"] is None:
+            goals.append({"goal": f"{g['index']}: recall@10 >= {TARGET_RECALL}", "measured": a["max_recall"],
+                          "met": False, "shortfall": f"max recall {a['max_recall']:.4f}"})
+            continue
+        if a["vs_faiss_hnsw"] is not None:
+            r = a["vs_faiss_hnsw"]
+            goals.append({"goal": f"{g['index']}: QPS at recall {TARGET_RECALL} >= FAISS HNSW", "measured": r,
+                          "met": r >= TARGET_FAISS_RATIO, "shortfall": None if r >= 1 else f"{(1 - r):.0%} slower"})
+        r = a["vs_exact"]
+        goals.append({"goal": f"{g['index']}: QPS at recall {TARGET_RECALL} >= {TARGET_SPEEDUP:g}x exact",
+                      "measured": r, "met": r >= TARGET_SPEEDUP,
+                      "shortfall": None if r >= TARGET_SPEEDUP else f"{r:.1f}x, {TARGET_SPEEDUP / r:.2f}x short"})
+        b = g["build_rate"]
+        goals.append({"goal": f"{g['index']}: build >= {TARGET_BUILD_RATE:,.0f} vectors/s", "measured": b,
+                      "met": b >= TARGET_BUILD_RATE,
+                      "shortfall": None if b >= TARGET_BUILD_RATE else f"{b:,.0f}/s, {TARGET_BUILD_RATE / b:.2f}x short"})
+    i8 = next((g for g in galleries if g["dtype"] == "i8"), None)
+    f32 = next((g for g in galleries if g["dtype"] == "f32"), None)
+    if i8 and f32:
+        frac = i8["memory_bytes"] / f32["memory_bytes"]
+        reached = at[i8["index"]]["qps"] is not None
+        goals.append({"goal": f"i8 + re-ranking: recall@10 >= {TARGET_RECALL} in <= {TARGET_I8_MEMORY:.0%} of f32 memory",
+                      "measured": {"memory_fraction": frac, "max_recall": i8["max_recall"]},
+                      "met": reached and frac <= TARGET_I8_MEMORY,
+                      "shortfall": None if (reached and frac <= TARGET_I8_MEMORY) else
+                      f"{frac:.0%} of f32 memory ({frac / TARGET_I8_MEMORY:.2f}x the goal)"
+                      + ("" if reached else f"; max recall {i8['max_recall']:.4f}")})
+    one = next((f for f in run_["filters"] if abs(f["fraction"] - 0.01) < 1e-9), None)
+    if one:
+        goals.append({"goal": f"filter matching 1%: recall@10 >= {TARGET_RECALL} vs exact filtered",
+                      "measured": one["recall"], "met": one["recall"] >= TARGET_RECALL,
+                      "shortfall": None if one["recall"] >= TARGET_RECALL else f"recall {one['recall']:.4f}"})
+    return goals
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -305,33 +454,59 @@ def _int_list(s: str) -> list[int]:
     return vals
 
 
-def _dtype_list(s: str) -> list[str]:
-    vals = [v.strip() for v in s.split(",") if v.strip()]
-    bad = [v for v in vals if v not in ("f32", "f16", "i8", "f64")]
-    if not vals or bad:
-        raise argparse.ArgumentTypeError(f"dtypes must be from f32,f16,i8,f64; got {s!r}")
+def _fraction_list(s: str) -> list[float]:
+    try:
+        vals = [float(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions, got {s!r}") from None
+    if any(not 0.0 <= v <= 1.0 for v in vals):
+        raise argparse.ArgumentTypeError(f"fractions must be in [0, 1], got {s!r}")
     return vals
+
+
+def _choice_list(allowed: Sequence[str], what: str) -> Callable[[str], list[str]]:
+    def parse(s: str) -> list[str]:
+        vals = [v.strip() for v in s.split(",") if v.strip()]
+        bad = [v for v in vals if v not in allowed]
+        if not vals or bad:
+            raise argparse.ArgumentTypeError(f"{what} must be from {','.join(allowed)}; got {s!r}")
+        return vals
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``tki-bench search``."""
     g = parser.add_argument_group("search")
+    g.add_argument("--data", type=_choice_list(("embedding", "clustered"), "--data"), default=None,
+                   help="synthetic data sets: embedding (shaped like image embeddings; default) and/or clustered")
     g.add_argument("--sizes", type=_int_list, default=None,
-                   help="gallery sizes (default 10000,100000,1000000; --quick: 10000,50000); 1e5 accepted")
-    g.add_argument("--dim", type=int, default=None, help="vector dimension (default 512)")
-    g.add_argument("--clusters", type=int, default=1000, help="Gaussian clusters on the sphere (default 1000)")
-    g.add_argument("--spread", type=float, default=1.0, help="cluster noise norm relative to the unit centres (default 1.0)")
+                   help="gallery sizes (default 1000000; --quick: 20000); 1e5 accepted")
+    g.add_argument("--dim", type=int, default=None, help="vector dimension (default 512; --quick: 256)")
+    g.add_argument("--clusters", type=int, default=1000, help="clustered data: Gaussian clusters (default 1000)")
+    g.add_argument("--spread", type=float, default=1.0, help="clustered data: noise norm relative to the centres (default 1.0)")
     g.add_argument("--decay", type=float, default=1.0,
-                   help="noise spectrum power-law exponent: 0 isotropic (hardest), 1 embedding-like (default)")
-    g.add_argument("--queries", type=int, default=None, help="held-out queries (default 1000; --quick: 500)")
+                   help="clustered data: noise spectrum exponent, 0 isotropic (hardest), 1 power law (default)")
+    g.add_argument("--near-duplicates", type=float, default=0.05,
+                   help="embedding data: fraction of near-duplicate rows (default 0.05)")
+    g.add_argument("--spectrum", type=Path, default=None, help="embedding data: spectrum file (default: the shipped fit)")
+    g.add_argument("--queries", type=int, default=None, help="held-out queries (default 1000; --quick: 300)")
     g.add_argument("--k", type=int, default=10, help="neighbours per query for recall@k (default 10)")
-    g.add_argument("--dtypes", type=_dtype_list, default=["f32", "f16", "i8"], help="index scalar types (default f32,f16,i8)")
-    g.add_argument("--connectivity", type=_int_list, default=None, help="HNSW M values (default 16,32; --quick: 16)")
-    g.add_argument("--expansion-add", type=int, default=128, help="HNSW efConstruction (default 128)")
+    g.add_argument("--indexes", type=_choice_list(INDEXES, "--indexes"), default=list(INDEXES),
+                   help=f"what to compare (default {','.join(INDEXES)})")
+    g.add_argument("--dtypes", type=_choice_list(("f32", "f16", "i8"), "--dtypes"), default=["f32", "f16", "i8"],
+                   help="Gallery storage types (default f32,f16,i8; i8 re-ranks on a float16 copy)")
+    g.add_argument("--connectivity", type=_int_list, default=None, help="Gallery HNSW M values (default 16)")
+    g.add_argument("--expansion-add", type=int, default=128,
+                   help="HNSW construction breadth for the Gallery and FAISS HNSW (efConstruction; default 128)")
     g.add_argument("--expansion-search", type=_int_list, default=None,
-                   help="HNSW ef values swept (default 16,32,64,128,256,512; --quick: 16..256)")
-    g.add_argument("--threads", type=int, default=None, help="search/build threads and BLAS threads (default: usable CPUs)")
-    g.add_argument("--exact-usearch-queries", type=int, default=200, help="queries timed with usearch exact=True (default 200)")
+                   help="HNSW ef values swept, Gallery and FAISS (default 16,24,...,512)")
+    g.add_argument("--faiss-max-nlist", type=int, default=4096, help="cap on FAISS IVF list count (default 4096)")
+    g.add_argument("--filters", type=_fraction_list, default=[0.01, 0.1, 0.5],
+                   help="where-filter fractions measured on the first Gallery (default 0.01,0.1,0.5; '' for none)")
+    g.add_argument("--filter-queries", type=int, default=300, help="queries for the filter figures (default 300)")
+    g.add_argument("--target-recall", type=float, default=TARGET_RECALL, help="self-tuning target (default 0.99)")
+    g.add_argument("--threads", type=int, default=None, help="threads for every index and BLAS (default: usable CPUs)")
+    g.add_argument("--exact-usearch-queries", type=int, default=200, help="queries timed with usearch exact search (default 200)")
     g.add_argument("--min-time", type=float, default=0.3, help="seconds of repeated searches per QPS figure (default 0.3)")
     g.add_argument("--vectors", type=Path, default=None,
                    help="real embeddings (.npy, [N,D]); the last --queries rows become the queries; --sizes ignored")
@@ -353,30 +528,77 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
         raise UsageError(f"{path} holds shape {arr.shape} dtype {arr.dtype}; expected a numeric [N, D] array")
     if not np.isfinite(arr).all():
         raise UsageError(f"{path} contains NaN or inf")
-    return _normalize(arr)
+    return normalize(arr)
+
+
+def _data_sets(args: argparse.Namespace, kinds: Sequence[str], sizes: Sequence[int], dim: int,
+               nq: int) -> Iterator[tuple[str, dict[str, Any], np.ndarray, np.ndarray]]:
+    """``(label, description, base, queries)`` for each data set and size, generated lazily."""
+    for kind in kinds:
+        if kind == "embedding":
+            spec = load_spectrum(args.spectrum) if args.spectrum else load_spectrum()
+            desc = {"source": "synthetic", "generator": "embedding_shaped_vectors", "dim": dim, "seed": args.seed,
+                    "near_duplicates": args.near_duplicates, "spectrum_source": spec.source,
+                    "spectrum_participation_ratio": spec.participation_ratio(), "spectrum_mean_norm": spec.mean_norm}
+
+            def gen(m: int, stream: int, spec: Any = spec) -> np.ndarray:
+                return embedding_shaped_vectors(m, dim, spectrum=spec, near_duplicates=args.near_duplicates,
+                                                seed=args.seed, stream=stream)
+        else:
+            desc = {"source": "synthetic", "generator": "clustered_unit_vectors", "clusters": args.clusters,
+                    "spread": args.spread, "decay": args.decay, "seed": args.seed, "dim": dim}
+
+            def gen(m: int, stream: int) -> np.ndarray:
+                return clustered_unit_vectors(m, dim, clusters=args.clusters, spread=args.spread,
+                                              decay=args.decay, seed=args.seed, stream=stream)
+        queries = gen(nq, 1)
+        for n in sizes:
+            yield f"{kind} n={n:,}", {**desc, "data": kind}, gen(n, 0), queries
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """``tki-bench search``: see the module docstring. Writes the recall-vs-QPS PNG under ``args.suite_dir``."""
+    """``tki-bench search``: see the module docstring. Writes the Pareto PNG under ``args.suite_dir``."""
     from tki_sdk.common.cli import UsageError
-    from .plots import plot_recall_qps
+    from .plots import plot_pareto
 
     defaults = QUICK_DEFAULTS if getattr(args, "quick", False) else FULL_DEFAULTS
     sizes = args.sizes or defaults["sizes"]
     dim = args.dim or defaults["dim"]
     nq = args.queries or defaults["queries"]
+    kinds = args.data or defaults["data"]
     conn = args.connectivity or defaults["connectivity"]
     efs = args.expansion_search or defaults["expansion_search"]
     threads = args.threads or _usable_cpus()
     progress = not getattr(args, "no_progress", False)
     if dim < 1 or nq < 1 or args.k < 1 or args.clusters < 1 or threads < 1:
         raise UsageError("--dim, --queries, --k, --clusters and --threads must be positive")
-
-    runs: list[dict[str, Any]] = []
+    if not 0.0 < args.target_recall <= 1.0:
+        raise UsageError("--target-recall must be in (0, 1]")
+    if args.spectrum is not None and not args.spectrum.is_file():
+        raise UsageError(f"--spectrum file {args.spectrum} not found")
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        load = None
     common = dict(k=args.k, dtypes=args.dtypes, connectivity=conn, expansion_add=args.expansion_add,
-                  expansion_search=efs, threads=threads, exact_usearch_queries=args.exact_usearch_queries,
-                  min_time=args.min_time, progress=progress)
-    data_desc: dict[str, Any]
+                  expansion_search=efs, indexes=args.indexes, faiss_max_nlist=args.faiss_max_nlist,
+                  filter_fractions=args.filters, filter_queries=args.filter_queries,
+                  target_recall=args.target_recall, threads=threads,
+                  exact_usearch_queries=args.exact_usearch_queries, min_time=args.min_time, progress=progress,
+                  seed=args.seed)
+    runs: list[dict[str, Any]] = []
+    suite_dir = Path(args.suite_dir)
+    stem = args.name or ("quick" if getattr(args, "quick", False) else "search")
+
+    def checkpoint(partial: dict[str, Any]) -> None:
+        import json
+
+        from .results import to_jsonable
+
+        path = suite_dir / f"{stem}.partial.json"
+        path.write_text(json.dumps(to_jsonable({"finished_runs": runs, "current": partial}), indent=1))
+
+    common["checkpoint"] = checkpoint
     if args.vectors is not None:
         vecs = _load_npy(args.vectors, "--vectors")
         if args.query_vectors is not None:
@@ -388,68 +610,80 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if vecs.shape[0] <= nq + args.k:
                 raise UsageError(f"{args.vectors} has {vecs.shape[0]} rows; need more than --queries {nq} + k")
             base, qv = vecs[:-nq], vecs[-nq:]
-        data_desc = {"source": "file", "vectors": str(args.vectors), "query_vectors": str(args.query_vectors) if args.query_vectors else "last rows held out"}
-        runs.append(run_search_benchmark(base, qv, label=f"{args.vectors.name} n={base.shape[0]}", **common))
+        desc = {"source": "file", "data": "file", "vectors": str(args.vectors),
+                "query_vectors": str(args.query_vectors) if args.query_vectors else "last rows held out"}
+        r = run_comparison(base, qv, label=f"{args.vectors.name} n={base.shape[0]:,}", **common)
+        runs.append({**r, "data": desc})
         name = args.name or f"real_{args.vectors.stem}"
     else:
-        data_desc = {"source": "synthetic", "generator": "clustered_unit_vectors", "clusters": args.clusters,
-                     "spread": args.spread, "decay": args.decay, "seed": args.seed, "dim": dim}
-        queries = clustered_unit_vectors(nq, dim, clusters=args.clusters, spread=args.spread, decay=args.decay,
-                                         seed=args.seed, stream=1)
-        for n in sizes:
-            base = clustered_unit_vectors(n, dim, clusters=args.clusters, spread=args.spread, decay=args.decay,
-                                          seed=args.seed, stream=0)
+        for label, desc, base, queries in _data_sets(args, kinds, sizes, dim, nq):
             if progress:
-                print(f"search: n={n:,} d={dim} queries={nq} threads={threads}", flush=True)
-            runs.append(run_search_benchmark(base, queries, label=f"n={n}", **common))
+                print(f"search: {label} d={dim} queries={nq} threads={threads}", flush=True)
+            r = run_comparison(base, queries, label=label, **common)
+            runs.append({**r, "data": desc})
             del base
         name = args.name or ("quick" if getattr(args, "quick", False) else f"n{max(sizes)}_d{dim}")
-
+    for r in runs:
+        r["goals"] = evaluate_goals(r)
+        r["load_average_at_start"] = load
     largest = max(runs, key=lambda r: r["n"])
-    met = [d for d, b in largest["best"].items() if b and b["meets_target"]]
     target = {
-        "recall_at_10": TARGET_RECALL, "speedup": TARGET_SPEEDUP, "n": TARGET_N,
-        "largest_n_run": largest["n"], "met_at_largest": bool(met), "dtypes_meeting": met,
+        "recall_at_10": TARGET_RECALL, "speedup_vs_exact": TARGET_SPEEDUP, "vs_faiss_hnsw": TARGET_FAISS_RATIO,
+        "build_rate": TARGET_BUILD_RATE, "i8_memory_fraction": TARGET_I8_MEMORY, "n": TARGET_N,
+        "largest_n_run": largest["n"],
         "note": ("evaluated at the target size" if largest["n"] >= TARGET_N else
-                 f"the target is defined at {TARGET_N:,} vectors; the largest size run here is {largest['n']:,}, "
-                 "so this verdict is for that size only (exact search slows linearly with n, HNSW roughly "
-                 "logarithmically, so the speed-up grows with n)"),
+                 f"the goals are defined at {TARGET_N:,} vectors; the largest size run here is {largest['n']:,}"),
     }
-    suite_dir = Path(args.suite_dir)
-    records = [r for run_ in runs for r in run_["sweep"]]
-    exact_qps = {run_["n"]: run_["exact"]["best_qps"] for run_ in runs}
-    png = plot_recall_qps(records, suite_dir / f"{name}.png", exact_qps=exact_qps, k=args.k,
-                          title=f"usearch HNSW, {data_desc['source']} d={runs[0]['dim']}, {threads} threads")
+    (suite_dir / f"{stem}.partial.json").unlink(missing_ok=True)
+    panels = {r["label"]: [{"index": i["index"], "points": [(s["recall"], s["qps"]) for s in i["sweep"]]}
+                          for i in r["indexes"]] for r in runs}
+    exact_qps = {r["label"]: r["exact"]["numpy_qps"] for r in runs}
+    png = plot_pareto(panels, suite_dir / f"{name}.png", exact_qps=exact_qps, k=args.k,
+                      target_recall=TARGET_RECALL, target_speedup=TARGET_SPEEDUP,
+                      title=f"recall@{args.k} vs QPS, d={runs[0]['dim']}, {threads} threads (one run, same data)")
     md = render_markdown(runs, target)
-    return {"name": name, "data": data_desc, "runs": runs, "target": target, "plots": [str(png)], "markdown": md}
+    return {"name": name, "runs": runs, "target": target, "threads": threads, "load_average_at_start": load,
+            "plots": [str(png)], "markdown": md}
+
+
+def _mib(b: float | None) -> str:
+    return "-" if b is None else f"{b / 2**20:,.0f}"
 
 
 def render_markdown(runs: Sequence[dict[str, Any]], target: dict[str, Any] | None = None) -> str:
-    """Markdown: the exact baselines, builds, the full sweep and the best configuration per dtype."""
+    """Markdown: per data set the table at the target recall, the tuned defaults, filters, goals, full sweeps."""
     out = []
-    rows = [[f"{r['n']:,}", r["dim"], r["threads"], r["exact"]["numpy_qps"], r["exact"].get("usearch_qps"),
-             r["exact"].get("usearch_recall")] for r in runs]
-    out.append("Exact search (queries/s):\n\n" + markdown_table(
-        ["n", "dim", "threads", "numpy QPS", "usearch exact QPS", "usearch exact recall@10"], rows))
-    rows = [[f"{r['n']:,}", b["dtype"], b["connectivity"], b["build_rate"], b["build_seconds"],
-             b["memory_bytes"] / 2**20, b["serialized_bytes"] / 2**20] for r in runs for b in r["builds"]]
-    out.append("Index builds:\n\n" + markdown_table(
-        ["n", "dtype", "M", "build vec/s", "build s", "memory MiB", "serialized MiB"], rows))
-    rows = [[f"{s['n']:,}", s["dtype"], s["connectivity"], s["expansion_search"], f"{s['recall']:.4f}",
-             s["qps"], s["speedup_vs_exact"]] for r in runs for s in r["sweep"]]
-    out.append("HNSW sweep:\n\n" + markdown_table(
-        ["n", "dtype", "M", "ef", f"recall@{runs[0]['k']}", "QPS", "x exact"], rows))
-    rows = []
     for r in runs:
-        for d, b in r["best"].items():
-            rows.append([f"{r['n']:,}", d] + (["-", "-", "-", "-", "-", "no (recall < 0.99 everywhere)"] if b is None else
-                        [b["connectivity"], b["expansion_search"], f"{b['recall']:.4f}", b["qps"], b["speedup_vs_exact"],
-                         "yes" if b["meets_target"] else "no"]))
-    out.append("Fastest configuration with recall@10 >= 0.99:\n\n" + markdown_table(
-        ["n", "dtype", "M", "ef", "recall@10", "QPS", "x exact", ">= 50x"], rows,
-        align=["r", "l", "r", "r", "r", "r", "r", "l"]))
+        out.append(f"### {r['label']} x {r['dim']} ({r['data'].get('data')}), {r['n_queries']} queries, "
+                   f"{r['threads']} threads; exact (numpy BLAS) {r['exact']['numpy_qps']:,.1f} QPS")
+        if r.get("faiss_note"):
+            out.append(r["faiss_note"])
+        rows = [[a["index"], a["qps"], a["vs_faiss_hnsw"], a["vs_exact"], f"{a['max_recall']:.4f}", a["build_rate"],
+                 _mib(a["memory_bytes"]), _mib(a["file_bytes"]),
+                 "-" if a["memory_vs_gallery_f32"] is None else f"{a['memory_vs_gallery_f32']:.0%}"]
+                for a in r["at_target"]]
+        out.append(f"At recall@{r['k']} = {TARGET_RECALL} (Pareto frontier, interpolated):\n\n" + markdown_table(
+            ["index", "QPS", "x FAISS HNSW", "x exact", "max recall", "build vec/s", "memory MiB", "file MiB",
+             "memory vs Gallery f32"], rows))
+        rows = [[i["index"], t["expansion_search"], f"{t['recall_estimate']:.4f}", f"{t['recall_lower_bound']:.4f}",
+                 f"{t['recall_on_queries']:.4f}", t["qps_on_queries"], t["queries"], t["method"]]
+                for i in r["indexes"] if (t := i.get("tuned"))]
+        if rows:
+            out.append("Self-tuned at build (target recall "
+                       f"{r['indexes'][0]['tuned']['target_recall'] if r['indexes'][0].get('tuned') else '-'}):\n\n"
+                       + markdown_table(["gallery", "ef", "estimate", "lower bound", "recall on queries", "QPS",
+                                         "tuning queries", "method"], rows))
+        if r["filters"]:
+            rows = [[f"{f['fraction']:.0%}", f"{f['matches']:,}", f["path"], f"{f['recall']:.4f}", f["qps"]]
+                    for f in r["filters"]]
+            out.append(f"Filters ({r['filters'][0]['index']}, ef {r['filters'][0]['expansion_search']}):\n\n"
+                       + markdown_table(["matching", "items", "path", "recall@10 vs exact filtered", "QPS"], rows))
+        rows = [[g["goal"], "yes" if g["met"] else "NO", g["shortfall"] or ""] for g in r.get("goals", [])]
+        if rows:
+            out.append("Goals:\n\n" + markdown_table(["goal", "met", "shortfall"], rows, align=["l", "l", "l"]))
+        rows = [[i["index"], s["param"], s["value"], f"{s['recall']:.4f}", s["qps"]] for i in r["indexes"]
+                for s in i["sweep"]]
+        out.append("Sweeps:\n\n" + markdown_table(["index", "param", "value", f"recall@{r['k']}", "QPS"], rows))
     if target:
-        out.append(f"Target (recall@10 >= {target['recall_at_10']} at >= {target['speedup']:g}x exact QPS, "
-                   f"{target['n']:,} x 512): {'MET' if target['met_at_largest'] else 'NOT MET'} at n={target['largest_n_run']:,}"
-                   f" ({target['note']}).")
+        out.append(f"Goals are defined at {target['n']:,} x 512 ({target['note']}).")
     return "\n\n".join(out)

@@ -94,6 +94,9 @@ def _add_embed(sub: Any) -> argparse.ArgumentParser:
                    help="new gallery: flat index searched by brute force (no HNSW graph)")
     p.add_argument("--dtype", default=None, choices=["f32", "f16", "i8"], help="new gallery: vector storage (default f32)")
     p.add_argument("--overwrite", action="store_true", help="rebuild the gallery at --out from scratch")
+    p.add_argument("--target-recall", type=float, default=0.99, metavar="R",
+                   help="tune HNSW ef_search for this recall@10 on leave-one-out queries whenever the gallery "
+                   "changes (default 0.99; 0: keep the current ef_search)")
     g = p.add_argument_group("incremental runs and checkpoints")
     g.add_argument("--hash", action="store_true",
                    help="detect changed files by a SHA-256 of their content instead of size and modification time")
@@ -348,6 +351,7 @@ def _run_embed(args: argparse.Namespace) -> int:
         prune=args.prune, overwrite=args.overwrite, restart=args.restart,
         shards=Path(args.shards) if args.shards else None, every=args.checkpoint_every,
         seconds=args.checkpoint_seconds, exact=args.exact, dtype=args.dtype, engine=args.engine, progress=True,
+        target_recall=args.target_recall,
     )
     errors_f = _open_errors_file(args.errors) if args.errors else None
     try:

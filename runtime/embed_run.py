@@ -420,6 +420,9 @@ class EmbedJob:
     dtype: str | None = None
     engine: str = "local"
     progress: bool = False
+    #: When the gallery changes, choose its HNSW ``expansion_search`` for this recall@10 (``Gallery.tune`` on
+    #: leave-one-out queries; kept in gallery.json); 0 keeps the current value.
+    target_recall: float = 0.0
 
 
 @dataclass
@@ -493,6 +496,8 @@ def run_job(job: EmbedJob, model: ShardInfo, engine: Engine, new_gallery: Callab
         if len(gallery) == 0 and is_new:
             raise UsageError(f"none of the {len(sources) + len(listing_failed)} files under {job.images} could be "
                              "read; nothing was written", code=EXIT_FAILED)
+        if changed and job.target_recall > 0 and not gallery.exact and len(gallery) > 1:
+            gallery.tune(min(1.0, job.target_recall))  # stored in gallery.json; `tki info` shows the estimate
         if changed:
             # a gallery this run creates is created exclusively: when another run created one at ``out``
             # meanwhile, this one refuses instead of replacing it (unless --overwrite)

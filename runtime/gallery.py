@@ -181,6 +181,7 @@ class Gallery:
         self.model_info = dict(model_info or {})
         self.threads = int(threads)
         self.filter_exact_limit = int(filter_exact_limit)
+        self.tuned: dict[str, Any] | None = None  # what tune() chose and measured (gallery.json "tuned")
         self.readonly = False
         self.path: Path | None = None
         #: How the files were checked when loaded: "sha256", "size", "none" (nothing recorded); None in memory.
@@ -660,6 +661,14 @@ class Gallery:
                 return
             cand = min(cap, cand * 4)
 
+    def tune(self, target_recall: float = 0.99, queries: np.ndarray | None = None, **options: Any) -> Any:
+        """Choose ``expansion_search`` for ``target_recall`` (recall@10) from held-out ``queries`` (default: a
+        leave-one-out sample of stored vectors) against exact search, and keep it (``gallery.json`` ``tuned``);
+        see :func:`tki_sdk.runtime.gallery_tuning.tune`. Returns its ``TuningResult``."""
+        from .gallery_tuning import tune
+
+        return tune(self, target_recall, queries, **options)
+
     # ------------------------------------------------------------------ persistence
     def manifest(self) -> GalleryManifest:
         """What ``gallery.json`` records for this gallery now."""
@@ -669,7 +678,7 @@ class Gallery:
             expansion_search=self.expansion_search, rescore=self.rescore,
             rescore_oversample=self.rescore_oversample, curvature=self.curvature,
             model_fingerprint=self.model_fingerprint,
-            model=self.model_info, saved=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            model=self.model_info, tuned=self.tuned, saved=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
 
     def info(self) -> dict[str, Any]:
@@ -808,6 +817,7 @@ class Gallery:
             raise damaged(root, f"gallery.json says {info.count} items, the index holds {len(g)}")
         if n_meta != info.count:
             raise damaged(root, f"{META_FILE} holds {n_meta} items, gallery.json says {info.count}")
+        g.tuned = info.tuned
         g.readonly = view
         g.path = root
         return g
@@ -824,6 +834,9 @@ class Gallery:
             f"  items:        {len(self):,}",
             f"  vectors:      {self.ndim}-d {self.dtype}, metric {self.metric}",
             f"  index:        {kind}",
+            *([f"  tuned:        recall@{t.get('k')} ~ {t.get('recall_estimate')} (target {t.get('target_recall')}, "
+               f"{t.get('queries')} {t.get('method')} queries) at ef_search={t.get('expansion_search')}"]
+              if (t := self.tuned) else []),
             f"  model:        {printable(self.model_info.get('model_name', '?'))} "
             f"({printable((self.model_fingerprint or 'unknown')[:12])})",
         ]

@@ -12,6 +12,9 @@ Layout (``format`` ``"tki-gallery"``, ``format_version`` 1)::
       "exact": false,              # true: flat matrix searched by brute force
       "connectivity": 16, "expansion_add": 128, "expansion_search": 64,   # HNSW M, efConstruction, ef
       "rescore": true, "rescore_oversample": 4,                           # float16 re-ranking copy
+      "tuned": {"target_recall": 0.99, "recall_estimate": 0.994, "recall_lower_bound": 0.992,   # optional:
+                "expansion_search": 96, "connectivity": 16, "k": 10, "queries": 500,      # what self-tuning
+                "method": "held-out", "reached": true, "curve": [[16, 0.91], ...]},  # chose (absent: never tuned)
       "model_fingerprint": "<sha256>" | null,   # ModelMetadata.fingerprint() of the model that embedded it
       "model": {"model_name": ..., "head": ..., "output_space": ..., "embedding_dim": ..., "precision": ...,
                 "model_dir": ...},
@@ -61,6 +64,7 @@ class GalleryManifest(JsonContract):
     curvature: float | None = None
     model_fingerprint: str | None = None
     model: dict[str, Any] = field(default_factory=dict)
+    tuned: dict[str, Any] | None = None
     saved: str | None = None
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     format: str = GALLERY_FORMAT
@@ -88,6 +92,7 @@ class GalleryManifest(JsonContract):
                 curvature=None if d.get("curvature") is None else float(d["curvature"]),
                 model_fingerprint=d.get("model_fingerprint"),
                 model=dict(d.get("model") or {}),
+                tuned=dict(d["tuned"]) if isinstance(d.get("tuned"), dict) else None,
                 saved=d.get("saved"),
                 files=_files(d.get("files"), where),
                 format_version=version,
@@ -106,6 +111,8 @@ class GalleryManifest(JsonContract):
         extra = d.pop("extra")
         if d["curvature"] is None:  # written only for poincare galleries (files before it had none)
             d.pop("curvature")
+        if d["tuned"] is None:  # written only once a gallery has been tuned (older readers never see it)
+            del d["tuned"]
         # the historical key order: format first
         return self.with_extra({"format": d.pop("format"), "format_version": d.pop("format_version"), **d}, extra)
 
