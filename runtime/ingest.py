@@ -29,10 +29,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tki_sdk.common.atomic import sha256_file
 from tki_sdk.common.imagefolders import SkippedEntry, walk_images
 
 __all__ = [
-    "item_key", "SourceFile", "scan_sources", "read_manifest", "file_sha256", "scan_image_folder",
+    "item_key", "SourceFile", "scan_sources", "read_manifest", "scan_image_folder",
     "gallery_options", "model_info", "embed_into",
 ]
 
@@ -46,15 +47,6 @@ def item_key(rel: str) -> int:
     ``int.from_bytes(blake2b(rel.encode("utf-8", "surrogateescape"), digest_size=8), "big") >> 1``."""
     digest = hashlib.blake2b(rel.encode("utf-8", "surrogateescape"), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> (64 - KEY_BITS)
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's content."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -113,7 +105,7 @@ def _source(path: Path, rel: str, domain: str | None, class_name: str | None, us
     st = os.stat(path)
     return SourceFile(
         key=item_key(rel), path=str(path.resolve()), rel=rel, domain=domain, class_name=class_name,
-        size=int(st.st_size), mtime_ns=int(st.st_mtime_ns), sha256=file_sha256(path) if use_hash else None,
+        size=int(st.st_size), mtime_ns=int(st.st_mtime_ns), sha256=sha256_file(path) if use_hash else None,
     )
 
 
