@@ -219,6 +219,36 @@ def test_the_three_metrics_on_the_same_embeddings_against_brute_force():
     assert choice["methods"]["x"]["pick"] == best and choice["numbers_meaningful"]
 
 
+def _exact_scores(qe, ge, metric):
+    """Higher is better: cosine, inner product, or minus the Poincaré distance (c = 1), in float64."""
+    if metric == "cos":
+        return (qe / np.linalg.norm(qe, axis=1, keepdims=True)) @ (ge / np.linalg.norm(ge, axis=1, keepdims=True)).T
+    if metric == "ip":
+        return qe @ ge.T
+    d2 = ((qe[:, None] - ge[None]) ** 2).sum(-1)
+    den = (1 - (qe ** 2).sum(1))[:, None] * (1 - (ge ** 2).sum(1))[None]
+    return -np.arccosh(1 + 2 * d2 / den)
+
+
+@pytest.mark.parametrize("metric", ["cos", "ip", "poincare"])
+def test_f32_gallery_returns_the_exact_top_k_up_to_near_ties(metric):
+    # The data holds near-ties (adjacent exact scores 5e-6 apart), which float32 SIMD kernels may order
+    # either way: each returned item must score what the exact item of that rank scores, within 1e-4.
+    from tki_sdk.runtime.gallery import Gallery
+
+    embs = _ball_domains(np.random.default_rng(6))
+    c = 1.0 if metric == "poincare" else None
+    for g, (ge, _) in embs.items():
+        gal = Gallery(ge.shape[1], metric=metric, dtype="f32", curvature=c)
+        gal.add(np.arange(len(ge), dtype=np.uint64), ge)
+        for q, (qe, _) in embs.items():
+            keys, _ = gal.search(qe, 10)
+            s = _exact_scores(qe, ge, metric)
+            got = np.take_along_axis(s, keys.astype(np.int64), axis=1)
+            want = -np.sort(-s, axis=1)[:, :10]
+            np.testing.assert_allclose(got, want, atol=1e-4 * max(1.0, float(np.abs(want).max())))
+
+
 @pytest.mark.parametrize("metric", ["cos", "ip", "poincare"])
 def test_gallery_table_matches_exact_search_on_small_galleries(metric):
     from tki_sdk.benchmarks.accuracy import gallery_table
@@ -230,8 +260,9 @@ def test_gallery_table_matches_exact_search_on_small_galleries(metric):
         gal = gallery_table(embs, method="x", weights="test", dtype=dtype, k=10, metric=metric, curvature=c)
         assert gal.metrics == ["mAP@10", "Prec@10"]
         for q, g in exact.pairs():
-            # 60 items per gallery: HNSW finds the true top 10; quantisation may swap near-ties only.
-            tol = 1e-6 if dtype == "f32" else 0.05
+            # 60 items per gallery: the top 10 is exact up to near-ties (test above), which may swap a pair in
+            # float32 and a few in float16 / int8; a wrong key-to-label mapping would land near chance (0.25).
+            tol = 0.02 if dtype == "f32" else 0.05
             assert gal.cells[q][g]["Prec@10"] == pytest.approx(exact.cells[q][g]["Prec@10"], abs=tol)
             assert gal.cells[q][g]["mAP@10"] == pytest.approx(exact.cells[q][g]["mAP@10"], abs=tol)
 
