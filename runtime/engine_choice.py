@@ -11,7 +11,7 @@
    threads, onnxruntime without spinning), one warm-up call, then ``rounds`` interleaved rounds of one call
    each on a standard-normal batch of ``batch_size``; a candidate slower than half the best after the first
    round is dropped. img/s = batch / median call time. The fastest wins. On ViT-B/32 with 2 cores this takes
-   10-40 s, once.
+   about a minute on a busy machine (five candidates), once.
 3. **Cache**: the choice is stored in ``engine_choice.json`` (:class:`EngineChoiceCache`) under
    ``$TKI_CACHE_DIR`` (default ``~/.cache/tki-sdk``), written atomically, keyed by the candidates' SHA-256s,
    the threads and the batch. The whole file applies to one CPU (:attr:`CpuInfo.key`: vendor, model, ISA
