@@ -97,6 +97,7 @@ def _add_embed(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--target-recall", type=float, default=0.99, metavar="R",
                    help="tune HNSW ef_search for this recall@10 on leave-one-out queries whenever the gallery "
                    "changes (default 0.99; 0: keep the current ef_search)")
+    _add_graph_options(p)
     g = p.add_argument_group("incremental runs and checkpoints")
     g.add_argument("--hash", action="store_true",
                    help="detect changed files by a SHA-256 of their content instead of size and modification time")
@@ -137,6 +138,7 @@ def _add_index(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--exact", action="store_true", default=None, help="new gallery: flat index (brute force)")
     p.add_argument("--dtype", default=None, choices=["f32", "f16", "i8"], help="new gallery: vector storage (default f32)")
     p.add_argument("--errors", metavar="FILE", help="also write the failed rows as JSON lines {path, reason}")
+    _add_graph_options(p)
     p.set_defaults(func=run_index)
     return p
 
@@ -304,6 +306,35 @@ def _open_errors_file(path: str) -> Any:
         raise UsageError(f"cannot write --errors {path}: {e.strerror or e}") from None
 
 
+
+#: Measured on 100k embedding-shaped 512-d vectors, 2 cores (benchmarks/results/search/build_tradeoff_ea*.json).
+GRAPH_HELP = """\
+new HNSW galleries: graph construction (usearch M and efConstruction). A lower
+--expansion-add builds faster and searches slower at the same recall; 100k x 512,
+2 cores, f32, recall@10 0.99:  128 (default): 1,668 vectors/s built, 2,672 queries/s;
+64: 2,820/s, 2,058 q/s;  40: 4,058/s, 1,692 q/s."""
+
+
+def _add_graph_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("HNSW graph", GRAPH_HELP)
+    g.add_argument("--connectivity", type=int, default=None, metavar="M",
+                   help="new gallery: neighbours per node (default 16)")
+    g.add_argument("--expansion-add", type=int, default=None, metavar="EF", dest="expansion_add",
+                   help="new gallery: candidates considered per insert (default 128)")
+
+
+def _graph_options(args: argparse.Namespace) -> dict[str, int]:
+    """``--connectivity`` / ``--expansion-add`` as Gallery keyword arguments (only those given)."""
+    opts = {k: v for k, v in (("connectivity", args.connectivity), ("expansion_add", args.expansion_add))
+            if v is not None}
+    if "connectivity" in opts and opts["connectivity"] < 2:
+        raise UsageError(f"--connectivity must be >= 2 (got {opts['connectivity']})")
+    _positive("--expansion-add", args.expansion_add)
+    if opts and args.exact:
+        raise UsageError("--connectivity and --expansion-add shape an HNSW graph; an --exact gallery has none")
+    return opts
+
+
 def _check_embed_args(args: argparse.Namespace) -> None:
     from .embedder import MAX_BATCH_SIZE
 
@@ -346,12 +377,13 @@ def _run_embed(args: argparse.Namespace) -> int:
         raise UsageError(f"no image files under {images} (looked for .jpg, .png, .gif, .bmp, .tif, .webp, ...)")
     if is_gallery(out) and not args.overwrite:
         _check_same_model(out, args.model)
+        _check_same_graph(out, args)
     job = EmbedJob(
         images=images, out=out, manifest=Path(args.manifest) if args.manifest else None, use_hash=args.hash,
         prune=args.prune, overwrite=args.overwrite, restart=args.restart,
         shards=Path(args.shards) if args.shards else None, every=args.checkpoint_every,
         seconds=args.checkpoint_seconds, exact=args.exact, dtype=args.dtype, engine=args.engine, progress=True,
-        target_recall=args.target_recall,
+        target_recall=args.target_recall, **_graph_options(args),
     )
     errors_f = _open_errors_file(args.errors) if args.errors else None
     try:
@@ -396,13 +428,25 @@ def _check_same_model(gallery: Path, model: str) -> None:
                          "pass --overwrite to rebuild it with this one")
 
 
+def _check_same_graph(gallery: Path, args: argparse.Namespace) -> None:
+    """Refuse, before loading the model, graph options that differ from those the gallery was built with."""
+    from .embed_run import check_same_graph
+    from .gallery import Gallery
+
+    try:
+        info = Gallery.read_info(gallery)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read {gallery}: {e}") from None
+    check_same_graph(gallery, info, connectivity=args.connectivity, expansion_add=args.expansion_add)
+
+
 def _model_record(emb: Any, args: argparse.Namespace) -> tuple[Any, Any]:
     """The shard metadata for ``emb``'s embeddings and a factory of an empty gallery for them."""
     from .gallery import Gallery
     from .ingest import gallery_options
     from .shards import ShardInfo
 
-    opts = gallery_options(emb, exact=bool(args.exact), dtype=args.dtype or "f32")
+    opts = gallery_options(emb, exact=bool(args.exact), dtype=args.dtype or "f32", **_graph_options(args))
     info = ShardInfo(model_fingerprint=emb.model_fingerprint, embedding_dim=emb.embedding_dim, metric=opts["metric"],
                      model=opts["model_info"], images_root=str(Path(args.images).resolve()), engine=args.engine)
 
@@ -472,7 +516,8 @@ def _run_index(args: argparse.Namespace) -> int:
     try:
         t0 = time.perf_counter()
         try:
-            rep, gallery = index_folder(src, gpath, exact=args.exact, dtype=args.dtype, progress=True)
+            rep, gallery = index_folder(src, gpath, exact=args.exact, dtype=args.dtype, progress=True,
+                                        **_graph_options(args))
         except ImportError as e:
             raise UsageError(str(e), code=3) from None
         except (OSError, ValueError) as e:

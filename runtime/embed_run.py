@@ -402,8 +402,9 @@ class EmbedJob:
     """One ``tki embed`` run: where from, where to, and how to checkpoint (see the module docstring).
 
     ``shards``: where the run's shards go (default ``out/embed-run/shards``, removed after the commit; a
-    folder given here is kept). ``exact`` / ``dtype``: for a new gallery (``None``: flat f32 / HNSW f32);
-    an existing gallery keeps its own and refuses different explicit ones.
+    folder given here is kept). ``exact`` / ``dtype`` / ``connectivity`` / ``expansion_add``: for a new gallery
+    (``None``: HNSW f32, M 16, efConstruction 128); an existing gallery keeps its own and refuses different
+    explicit ones.
     """
 
     images: Path
@@ -418,6 +419,8 @@ class EmbedJob:
     seconds: float = 60.0
     exact: bool | None = None
     dtype: str | None = None
+    connectivity: int | None = None
+    expansion_add: int | None = None
     engine: str = "local"
     progress: bool = False
     #: When the gallery changes, choose its HNSW ``expansion_search`` for this recall@10 (``Gallery.tune`` on
@@ -542,7 +545,20 @@ def _open_gallery(job: EmbedJob, model: ShardInfo, new_gallery: Callable[[], Any
         raise UsageError(f"gallery {job.out} is {'exact' if g.exact else 'HNSW'}; pass --overwrite to rebuild it")
     if job.dtype is not None and job.dtype != g.dtype:
         raise UsageError(f"gallery {job.out} stores {g.dtype} vectors; pass --overwrite to rebuild it as {job.dtype}")
+    check_same_graph(job.out, {"exact": g.exact, "connectivity": g.connectivity, "expansion_add": g.expansion_add},
+                     connectivity=job.connectivity, expansion_add=job.expansion_add)
     return g
+
+
+def check_same_graph(gallery: Path, built: dict[str, Any], *, connectivity: int | None,
+                     expansion_add: int | None) -> None:
+    """Refuse (:class:`UsageError`) graph options that differ from those the gallery was ``built`` with
+    (its ``gallery.json`` fields ``exact``, ``connectivity``, ``expansion_add``); ``None`` means not given."""
+    for flag, key, want in (("--connectivity", "connectivity", connectivity),
+                            ("--expansion-add", "expansion_add", expansion_add)):
+        if want is not None and not built.get("exact") and int(want) != int(built[key]):
+            raise UsageError(f"gallery {gallery} was built with {flag} {built[key]}; pass --overwrite to rebuild "
+                             f"it with {want}")
 
 
 def _claim_run(run_dir: Path, job: EmbedJob, model: ShardInfo) -> None:
@@ -572,7 +588,7 @@ def _finish_run(run_dir: Path, job: EmbedJob) -> None:
 
 def index_folder(
     shard_dir: Path, gallery_path: Path, *, exact: bool | None = None, dtype: str | None = None,
-    progress: bool = False,
+    progress: bool = False, connectivity: int | None = None, expansion_add: int | None = None,
 ) -> tuple[IndexReport, Any]:
     """``tki index``: build the gallery at ``gallery_path`` from every shard in ``shard_dir`` or update the
     one there (same model required), then save it. Returns the report and the gallery."""
@@ -584,12 +600,14 @@ def index_folder(
         raise UsageError(f"no shards (part-*.parquet) in {shard_dir}")
     info = _check_shard(shards[0], None)
     if is_gallery(gallery_path):
-        job = EmbedJob(images=Path("."), out=Path(gallery_path), exact=exact, dtype=dtype)
+        job = EmbedJob(images=Path("."), out=Path(gallery_path), exact=exact, dtype=dtype,
+                       connectivity=connectivity, expansion_add=expansion_add)
         gallery = _open_gallery(job, info, lambda: None, Gallery, True)
     else:
         try:
+            graph = {k: v for k, v in (("connectivity", connectivity), ("expansion_add", expansion_add)) if v is not None}
             gallery = Gallery(info.embedding_dim, metric=info.metric, exact=bool(exact), dtype=dtype or "f32",
-                              model_fingerprint=info.model_fingerprint, model_info=info.model)
+                              model_fingerprint=info.model_fingerprint, model_info=info.model, **graph)
         except ValueError as e:
             raise UsageError(str(e)) from None
     rep = index_shards(gallery, shards, progress=progress)

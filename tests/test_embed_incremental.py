@@ -228,3 +228,36 @@ def test_index_from_parquet_builds_the_same_gallery(export, pacs_dir, tmp_path, 
     assert main(["index", "--from-parquet", str(shards), "--gallery", str(tmp_path / "g3")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "another model" in err[0]
+
+
+def test_graph_options_build_the_gallery_and_are_kept(export, pacs_dir, tmp_path, capsys):
+    export_dir, _ = export
+    images = tmp_path / "images"
+    copy_tree_sample(pacs_sample(pacs_dir, per_class=1), pacs_dir, images)
+    shards = tmp_path / "shards"
+    assert embed(export_dir, images, tmp_path / "g", "--connectivity", "8", "--expansion-add", "40",
+                 "--shards", str(shards)) == 0
+    g = Gallery.load(tmp_path / "g")
+    assert (g.connectivity, g.expansion_add) == (8, 40)
+    assert "M=8, ef_add=40" in g.describe()
+    before = sorted((tmp_path / "g").rglob("*"))
+    capsys.readouterr()
+    # an existing graph cannot change shape: refused in one line, gallery untouched
+    assert embed(export_dir, images, tmp_path / "g", "--connectivity", "12") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--connectivity 8" in err[0] and "--overwrite" in err[0]
+    assert sorted((tmp_path / "g").rglob("*")) == before
+    # the same options again are fine (nothing new to embed)
+    assert embed(export_dir, images, tmp_path / "g", "--connectivity", "8", "--expansion-add", "40") == 0
+    for bad, msg in ((["--exact", "--connectivity", "8"], "--exact"), (["--connectivity", "1"], ">= 2"),
+                     (["--expansion-add", "0"], ">= 1")):
+        capsys.readouterr()
+        assert embed(export_dir, images, tmp_path / "bad", *bad) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0]
+        assert not (tmp_path / "bad").exists()
+    assert main(["index", "--from-parquet", str(shards), "--gallery", str(tmp_path / "g2"),
+                 "--connectivity", "6", "--expansion-add", "24"]) == 0
+    g2 = Gallery.load(tmp_path / "g2")
+    assert (g2.connectivity, g2.expansion_add) == (6, 24)
+    assert_same_gallery(tmp_path / "g", tmp_path / "g2")
