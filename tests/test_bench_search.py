@@ -70,6 +70,14 @@ def test_tiny_run_writes_json_and_png(tmp_path, capsys):
     for rec in run["indexes"]:
         assert rec["build_rate"] > 0 and rec["memory_bytes"] > 0 and rec["file_bytes"] > 0
         assert len(rec["sweep"]) >= 2 and all(0.0 <= s["recall"] <= 1.0 and s["qps"] > 0 for s in rec["sweep"])
+    # Gallery memory counts the structures as FAISS's are counted (serialised size): it matches the bytes the
+    # saved gallery holds for them (npy headers and gallery.json aside), and i8 + its f16 copy needs
+    # 32 + 2 * 32 + 8 bytes per vector where f32 needs 4 * 32 (graph links alike)
+    g32, g8 = run["indexes"][0], run["indexes"][1]
+    for rec in (g32, g8):
+        assert abs(rec["memory_bytes"] - rec["file_bytes"]) < 0.01 * rec["file_bytes"]
+        assert rec["allocated_bytes"] >= rec["memory_bytes"]
+    assert g32["memory_bytes"] - g8["memory_bytes"] == pytest.approx(1500 * (128 - 104), rel=0.05)
     f32 = run["indexes"][0]
     assert {s["value"]: s["recall"] for s in f32["sweep"]}[128] >= 0.95  # ef 128 over 1500 vectors
     assert f32["tuned"]["method"] == "held-out" and f32["tuned"]["expansion_search"] >= 16
