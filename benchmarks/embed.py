@@ -121,10 +121,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _sample_paths(args: argparse.Namespace, n: int) -> list[Path]:
     import numpy as np
 
-    from .accuracy import _resolve_dataset
-    from .datasets import DomainDataset
+    from .datasets import DomainDataset, dataset_dir
 
-    data = DomainDataset(_resolve_dataset(args))
+    data = DomainDataset(dataset_dir(args.dataset_dir, required_by="tki-bench embed"))
     records = data.records()
     rng = np.random.default_rng(args.seed)
     return [records[i].path for i in sorted(rng.choice(len(records), size=min(n, len(records)), replace=False))]

@@ -369,18 +369,18 @@ def _serve_versions() -> dict[str, str | None]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from tki_sdk.runtime import Embedder, Gallery
 
-    from .accuracy import _resolve_dataset
-    from .cli import BenchError
-    from .datasets import DomainDataset
+    from tki_sdk.common.cli import UsageError
+
+    from .datasets import DomainDataset, dataset_dir
     from .parity import model_dir_or_quick_export
     from .results import markdown_table
 
     try:
         levels = [int(x) for x in args.levels.split(",") if x.strip()]
     except ValueError:
-        raise BenchError(f"--levels {args.levels!r}: give comma-separated integers like 1,4,16,64") from None
+        raise UsageError(f"--levels {args.levels!r}: give comma-separated integers like 1,4,16,64") from None
     if not levels or min(levels) < 1:
-        raise BenchError("--levels needs concurrency levels >= 1")
+        raise UsageError("--levels needs concurrency levels >= 1")
     level_s = args.level_seconds if args.level_seconds is not None else (3.0 if args.quick else 20.0)
     soak_s = args.soak_seconds if args.soak_seconds is not None else (8.0 if args.quick else 300.0)
     n_gallery = args.gallery_images or (96 if args.quick else 2000)
@@ -391,9 +391,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = tempfile.TemporaryDirectory(prefix="tki-bench-serve-")
     try:
         precision = _pick_precision(model_dir, args.precision)
-        data = DomainDataset(_resolve_dataset(args))
+        data = DomainDataset(dataset_dir(args.dataset_dir, required_by="tki-bench serve"))
         if args.query_domain not in data.domains:
-            raise BenchError(f"--query-domain {args.query_domain!r} not in {data.domains}")
+            raise UsageError(f"--query-domain {args.query_domain!r} not in {data.domains}")
         rng = np.random.default_rng(args.seed)
         q_records = data.records(args.query_domain)
         q_pick = sorted(rng.choice(len(q_records), size=min(args.queries, len(q_records)), replace=False))
@@ -405,7 +405,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             emb = Embedder(model_dir, precision=precision, threads=args.threads)
         except (FileNotFoundError, ValueError) as e:
-            raise BenchError(str(e)) from None
+            raise UsageError(str(e)) from None
         emb.embed_pixels(np.stack([emb.preprocessor.process(p) for p in query_paths[:8]]))  # warm-up
         if progress:
             print(f"serve: embedding a {len(g_records)}-image gallery with {emb.metadata.model_name} {emb.precision}",

@@ -65,3 +65,35 @@ def test_embed_quick_measures_files_against_tensors(tmp_path: Path, pacs_dir: Pa
     assert all(v > 0 for v in res["rates"].values())
     assert res["max_abs_diff_e2e_vs_tensors"] < 1e-5  # files and tensors give the same embeddings
     _png(res["plots"][0])
+
+
+def test_serve_quick_drives_a_real_server_at_each_level(tmp_path: Path, pacs_dir: Path) -> None:
+    rc = main(["serve", "--quick", "--dataset-dir", str(pacs_dir), "--levels", "1,4", "--level-seconds", "2",
+               "--soak-seconds", "0", "--out-dir", str(tmp_path), "--no-progress"])
+    assert rc == 0
+    res = _result(tmp_path, "serve")
+    assert res["server_exit_codes"] == {"batching": 0, "batch-1": 0}  # both uvicorn processes drained
+    for mode in ("batching", "batch-1"):
+        assert [lv["concurrency"] for lv in res["levels"][mode]] == [1, 4]
+        assert all(lv["requests"] > 0 and lv["errors"] == 0 and lv["qps"] > 0 for lv in res["levels"][mode])
+    assert all(lv["mean_batch_size"] == 1.0 for lv in res["levels"]["batch-1"])
+    assert res["embed_images_img_per_s"] > 0 and res["batching_gain_at"]["concurrency"] == 4
+    _png(res["plots"][0])
+
+
+def test_serve_suite_refuses_bad_levels_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["serve", "--quick", "--levels", "0", "--out-dir", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--levels" in err[0]
+
+
+def test_embed_suite_samples_files_from_the_dataset(pacs_dir: Path) -> None:
+    import argparse
+
+    from tki_sdk.benchmarks.embed import _sample_paths
+    from tki_sdk.common.imagefolders import list_images
+
+    picked = _sample_paths(argparse.Namespace(dataset_dir=pacs_dir, seed=0), 12)
+    every = {f.path.resolve() for f in list_images(pacs_dir)}
+    assert len(picked) == 12 == len(set(picked)) and {p.resolve() for p in picked} <= every
+    assert picked == _sample_paths(argparse.Namespace(dataset_dir=pacs_dir, seed=0), 12)  # seeded
