@@ -237,3 +237,23 @@ def build_hostile_entries(dst: Path, image: bytes) -> dict[str, str]:
     locked.chmod(0)
     return {"fifo.jpg": "FIFO", "sock.png": "socket", "a.jpg": "loop", "b.jpg": "loop",
             "dangling.jpg": "No such file", "device.jpg": "device", "locked": "cannot list folder"}
+
+
+def run_tki(argv: list[Any], capsys: Any) -> tuple[int, str, str]:
+    """``tki <argv>`` in this process: ``(exit status, stdout, stderr)`` of that call alone."""
+    from tki_sdk import cli as tki_cli
+
+    capsys.readouterr()
+    rc = tki_cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_error_line(err: str, prog: str, *, ignore_model_line: bool = False) -> str:
+    """The one non-blank line of ``err``, which must read ``<prog>: error: ...`` (the ``model: ...`` status line
+    a command prints before loading is skipped with ``ignore_model_line``)."""
+    lines = [ln for ln in err.splitlines()
+             if ln.strip() and not (ignore_model_line and ln.startswith("model: "))]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"{prog}: error: "), lines
+    return lines[0]

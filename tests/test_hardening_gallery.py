@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime_fixtures import copy_tree_sample, make_tiny_export, pacs_sample
-from tki_sdk import cli as tki_cli
+from runtime_fixtures import copy_tree_sample, make_tiny_export, one_error_line, pacs_sample, run_tki
 from tki_sdk.common.cli import EXIT_DAMAGED, EXIT_FAILED
 from tki_sdk.common.gallery_manifest import GalleryManifest
 from tki_sdk.runtime import gallery_store
@@ -32,20 +31,6 @@ from tki_sdk.runtime.ingest import gallery_options
 
 KINDS = {"hnsw": {}, "exact": {"exact": True}, "i8": {"dtype": "i8"}}
 DAMAGES = ("truncate", "empty", "delete", "garbage", "flip")
-
-
-def tki(argv, capsys):
-    capsys.readouterr()
-    rc = tki_cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def one_error_line(err: str, prog: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"{prog}: error: "), lines
-    return lines[0]
 
 
 def damage(path: Path, how: str, seed: int = 1) -> None:
@@ -136,13 +121,13 @@ def test_damaged_gallery_matrix(built, tmp_path, capsys, kind, fname, how):
     with pytest.raises(GalleryDamagedError, match=fname.replace(".", r"\.")) as e:
         Gallery.load(g, verify="sha256")
     assert "\n" not in str(e.value) and "tki embed" in str(e.value)
-    rc, out, err = tki(["info", "--verify", g], capsys)
+    rc, out, err = run_tki(["info", "--verify", g], capsys)
     assert rc == EXIT_DAMAGED and fname in one_error_line(err, "tki info")
     # tki search; for the native index in a child process, so that a crash there would show as a failure here
     if fname == "index.usearch":
         rc, out, err = subprocess_search(g, export, query)
     else:
-        rc, out, err = tki(["search", "--gallery", g, "--model", export, "--image", query, "-k", 5], capsys)
+        rc, out, err = run_tki(["search", "--gallery", g, "--model", export, "--image", query, "-k", 5], capsys)
         err = "\n".join(ln for ln in err.splitlines() if not ln.startswith("model: "))
     assert rc == EXIT_DAMAGED, (rc, out, err)
     assert fname in one_error_line(err, "tki search") and "nan" not in out
@@ -179,7 +164,7 @@ def test_current_damaged_and_manifest_shapes(built, tmp_path, capsys):
         hurt(g)
         with pytest.raises(GalleryDamagedError):
             Gallery.view(g)
-        rc, out, err = tki(["info", g], capsys)
+        rc, out, err = run_tki(["info", g], capsys)
         assert rc == EXIT_DAMAGED, (name, out, err)
         one_error_line(err, "tki info")
 
@@ -210,9 +195,9 @@ def test_nan_distances_from_a_consistent_but_poisoned_gallery_are_refused(built,
 def test_tki_info_verify_passes_on_a_good_gallery_and_export(built, capsys):
     root, export, _, galleries = built
     for g in galleries.values():
-        rc, out, err = tki(["info", "--verify", g], capsys)
+        rc, out, err = run_tki(["info", "--verify", g], capsys)
         assert rc == 0 and "verified" in out, err
-    rc, out, err = tki(["info", "--verify", export], capsys)
+    rc, out, err = run_tki(["info", "--verify", export], capsys)
     assert rc == 0 and "sha256 ok" in out, err
 
 
@@ -350,11 +335,11 @@ def test_tki_embed_on_a_full_disk_is_one_line_and_keeps_the_gallery(small_disk, 
     root, export, _, _ = built
     imgs = root / "imgs"
     out = small_disk / "g"
-    rc, _, err = tki(["embed", "--model", export, "--images", imgs, "--out", out, "--threads", 1], capsys)
+    rc, _, err = run_tki(["embed", "--model", export, "--images", imgs, "--out", out, "--threads", 1], capsys)
     assert rc == 0, err
     before = Gallery.load(out)
     _fill(small_disk, 2048)
-    rc, _, err = tki(["embed", "--model", export, "--images", imgs, "--out", out, "--threads", 1, "--overwrite",
+    rc, _, err = run_tki(["embed", "--model", export, "--images", imgs, "--out", out, "--threads", 1, "--overwrite",
                       "--exact"], capsys)
     assert rc == EXIT_FAILED
     errors = [ln for ln in err.splitlines() if "error" in ln]

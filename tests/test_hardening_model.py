@@ -28,9 +28,10 @@ from runtime_fixtures import (
     make_tiny_export,
     pacs_sample,
     png_rows_cut,
+    run_tki,
     tiny_reference,
 )
-from tki_sdk import cli as tki_cli
+from runtime_fixtures import one_error_line as _one_error_line
 from tki_sdk.common.cli import EXIT_DAMAGED
 from tki_sdk.common.imagefolders import SkippedEntry, list_images
 from tki_sdk.runtime import embedder as embedder_mod
@@ -41,18 +42,9 @@ from tki_sdk.runtime.metadata import PreprocessConfig
 from tki_sdk.runtime.preprocess import Preprocessor
 
 
-def tki(argv, capsys):
-    capsys.readouterr()
-    rc = tki_cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
 def one_error_line(err: str, prog: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("model: ")]
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"{prog}: error: "), lines
-    return lines[0]
+    """The one error line; these commands print a ``model: ...`` line before it."""
+    return _one_error_line(err, prog, ignore_model_line=True)
 
 
 def _edit_tki_json(folder: Path, fn) -> None:
@@ -108,15 +100,15 @@ def test_artifact_paths_must_stay_inside_the_model_folder(exports, file):
 def test_tampered_exports_through_the_cli(exports, tmp_path, pacs_dir, capsys):
     a, b, _, _ = exports
     imgs = copy_tree_sample(pacs_sample(pacs_dir, per_class=1, domains=("photo",)), pacs_dir, tmp_path / "imgs")
-    rc, _, err = tki(["embed", "--model", a, "--images", tmp_path / "imgs", "--out", tmp_path / "g"], capsys)
+    rc, _, err = run_tki(["embed", "--model", a, "--images", tmp_path / "imgs", "--out", tmp_path / "g"], capsys)
     assert rc == 0, err
     shutil.copyfile(b / "model.onnx", a / "model.onnx")
-    rc, out, err = tki(["search", "--gallery", tmp_path / "g", "--model", a, "--image", imgs[0]], capsys)
+    rc, out, err = run_tki(["search", "--gallery", tmp_path / "g", "--model", a, "--image", imgs[0]], capsys)
     assert rc == EXIT_DAMAGED and "model.onnx" in one_error_line(err, "tki search"), err
-    rc, out, err = tki(["info", "--verify", a], capsys)
+    rc, out, err = run_tki(["info", "--verify", a], capsys)
     assert rc == EXIT_DAMAGED and "model.onnx" in one_error_line(err, "tki info")
     _edit_tki_json(a, lambda d: d["artifacts"]["fp32"].update(file="/etc/passwd"))
-    rc, out, err = tki(["search", "--gallery", tmp_path / "g", "--model", a, "--image", imgs[0]], capsys)
+    rc, out, err = run_tki(["search", "--gallery", tmp_path / "g", "--model", a, "--image", imgs[0]], capsys)
     assert rc == EXIT_DAMAGED and "inside" in one_error_line(err, "tki search")
 
 
@@ -143,7 +135,7 @@ def test_batch_size_bounds(exports, pacs_dir):
 def test_cli_batch_size_extreme_is_one_line(exports, tmp_path, pacs_dir, capsys):
     a = exports[0]
     copy_tree_sample(pacs_sample(pacs_dir, per_class=1, domains=("photo",)), pacs_dir, tmp_path / "imgs")
-    rc, _, err = tki(["embed", "--model", a, "--images", tmp_path / "imgs", "--out", tmp_path / "g",
+    rc, _, err = run_tki(["embed", "--model", a, "--images", tmp_path / "imgs", "--out", tmp_path / "g",
                       "--batch-size", 100_000_000], capsys)
     assert rc == 2 and "batch" in one_error_line(err, "tki embed")
     assert not (tmp_path / "g").exists()
@@ -259,9 +251,9 @@ def test_search_images_reports_skipped_entries(hostile_entries, tmp_path, pacs_d
     d, expect = hostile_entries
     export, _ = make_tiny_export(tmp_path / "export")
     copy_tree_sample(pacs_sample(pacs_dir, per_class=1, domains=("photo",)), pacs_dir, tmp_path / "imgs")
-    rc, _, err = tki(["embed", "--model", export, "--images", tmp_path / "imgs", "--out", tmp_path / "g"], capsys)
+    rc, _, err = run_tki(["embed", "--model", export, "--images", tmp_path / "imgs", "--out", tmp_path / "g"], capsys)
     assert rc == 0, err
-    rc, out, err = tki(["search", "--gallery", tmp_path / "g", "--model", export, "--images", d / "h", "-k", 2],
+    rc, out, err = run_tki(["search", "--gallery", tmp_path / "g", "--model", export, "--images", d / "h", "-k", 2],
                        capsys)
     assert rc == 0, err
     lines = [ln for ln in err.splitlines() if ln.startswith("tki search: skipped")]

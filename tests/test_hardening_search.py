@@ -12,8 +12,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from runtime_fixtures import copy_tree_sample, make_tiny_export, pacs_sample
-from tki_sdk import cli as tki_cli
+from runtime_fixtures import copy_tree_sample, make_tiny_export, one_error_line, pacs_sample, run_tki
 from tki_sdk.runtime import gallery as gallery_mod
 from tki_sdk.runtime import metadata_store
 from tki_sdk.runtime.embedder import Embedder
@@ -21,20 +20,6 @@ from tki_sdk.runtime.gallery import MISSING_KEY, Gallery
 from tki_sdk.runtime.ingest import gallery_options
 
 D = 16
-
-
-def tki(argv, capsys):
-    capsys.readouterr()
-    rc = tki_cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def one_error_line(err: str, prog: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"{prog}: error: "), lines
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +126,7 @@ def _no_control_chars(text: str) -> None:
 
 def test_search_and_info_escape_control_characters(hostile_gallery, capsys):
     root, export, g, query = hostile_gallery
-    rc, out, err = tki(["search", "--gallery", g, "--model", export, "--image", query, "-k", 3], capsys)
+    rc, out, err = run_tki(["search", "--gallery", g, "--model", export, "--image", query, "-k", 3], capsys)
     assert rc == 0, err
     _no_control_chars(out)
     lines = out.splitlines()
@@ -149,12 +134,12 @@ def test_search_and_info_escape_control_characters(hostile_gallery, capsys):
     assert "\\n" in lines[0] and "\\x1b" in lines[0]
     assert all("\\n  1. 0.0000  forged/line\\x1b[2J" in ln and "[ph\\x1b]0;title\\x07oto/dog\\r\\nhorse]" in ln
                for ln in lines[1:])
-    rc, out, _ = tki(["search", "--gallery", g, "--model", export, "--image", query, "-k", 2, "--json"], capsys)
+    rc, out, _ = run_tki(["search", "--gallery", g, "--model", export, "--image", query, "-k", 2, "--json"], capsys)
     assert rc == 0 and len(out.splitlines()) == 1
     doc = json.loads(out)
     assert doc["hits"][0]["path"].startswith("evil\n")  # JSON keeps the value, escaped by the encoder
     _no_control_chars(out)
-    rc, out, err = tki(["info", g], capsys)
+    rc, out, err = run_tki(["info", g], capsys)
     assert rc == 0, err
     _no_control_chars(out)
     assert "ph\\x1b]0;title\\x07oto" in out and "dog\\r\\nhorse" in out
@@ -163,12 +148,12 @@ def test_search_and_info_escape_control_characters(hostile_gallery, capsys):
 def test_error_lines_stay_one_line_whatever_the_filename(hostile_gallery, capsys):
     root, export, g, query = hostile_gallery
     missing = root / "no\nsuch\x1b[1m.jpg"
-    rc, _, err = tki(["search", "--gallery", g, "--model", export, "--image", missing], capsys)
+    rc, _, err = run_tki(["search", "--gallery", g, "--model", export, "--image", missing], capsys)
     assert rc == 2
     assert "no\\nsuch\\x1b[1m.jpg" in one_error_line(err, "tki search")
     bad = root / "bad\nname.jpg"
     bad.write_bytes(b"not an image")
-    rc, out, err = tki(["search", "--gallery", g, "--model", export, "--image", bad, query], capsys)
+    rc, out, err = run_tki(["search", "--gallery", g, "--model", export, "--image", bad, query], capsys)
     assert rc == 0
     skipped = [ln for ln in err.splitlines() if "skipped" in ln]
     assert len(skipped) == 1 and "bad\\nname.jpg" in skipped[0] and "not an image" in skipped[0], err
@@ -177,13 +162,13 @@ def test_error_lines_stay_one_line_whatever_the_filename(hostile_gallery, capsys
 
 def test_cli_k_and_where_extremes_are_one_line(hostile_gallery, capsys):
     root, export, g, query = hostile_gallery
-    rc, out, err = tki(["search", "--gallery", g, "--model", export, "--image", query, "-k", 1_000_000_000], capsys)
+    rc, out, err = run_tki(["search", "--gallery", g, "--model", export, "--image", query, "-k", 1_000_000_000], capsys)
     assert rc == 2 and f"at most {gallery_mod.MAX_K:,}" in one_error_line(err, "tki search")
-    rc, out, err = tki(["search", "--gallery", g, "--model", export, "--image", query, "-k", gallery_mod.MAX_K,
+    rc, out, err = run_tki(["search", "--gallery", g, "--model", export, "--image", query, "-k", gallery_mod.MAX_K,
                         "--json"], capsys)
     assert rc == 0, err
     n = len(Gallery.load(g))
     assert len(json.loads(out)["hits"]) == n
     where = [a for i in range(600) for a in ("--where", f"f{i}=x")]
-    rc, out, err = tki(["search", "--gallery", g, "--model", export, "--image", query, *where], capsys)
+    rc, out, err = run_tki(["search", "--gallery", g, "--model", export, "--image", query, *where], capsys)
     assert rc == 2 and "where" in one_error_line(err, "tki search")
