@@ -257,3 +257,22 @@ def one_error_line(err: str, prog: str, *, ignore_model_line: bool = False) -> s
     assert len(lines) == 1, err
     assert lines[0].startswith(f"{prog}: error: "), lines
     return lines[0]
+
+
+#: Python source that makes importing torch, torchvision, open_clip or geoopt raise ImportError (and forgets
+#: any already imported): prepended to the scripts the torch-free tests run in a fresh interpreter.
+BLOCK_TRAINING_STACK = '''\
+import sys
+BLOCKED = ("torch", "torchvision", "open_clip", "geoopt")
+
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked in this test")
+        return None
+
+sys.meta_path.insert(0, Blocker())
+for m in list(sys.modules):
+    if m.split(".")[0] in BLOCKED:
+        del sys.modules[m]
+'''

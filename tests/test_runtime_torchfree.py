@@ -6,24 +6,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-from runtime_fixtures import make_tiny_export, pacs_sample
+from runtime_fixtures import BLOCK_TRAINING_STACK, make_tiny_export, pacs_sample
 
-SCRIPT = textwrap.dedent(
+SCRIPT = BLOCK_TRAINING_STACK + textwrap.dedent(
     """
-    import sys
-    BLOCKED = ("torch", "torchvision", "open_clip", "geoopt")
-
-    class Blocker:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, Blocker())
-    for m in list(sys.modules):
-        if m.split(".")[0] in BLOCKED:
-            del sys.modules[m]
-
     import json
     from pathlib import Path
     import numpy as np

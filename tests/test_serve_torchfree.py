@@ -10,20 +10,11 @@ import pytest
 
 pytest.importorskip("fastapi")
 
+from runtime_fixtures import BLOCK_TRAINING_STACK  # noqa: E402
 from serve_fixtures import tiny_served_setup  # noqa: E402
 
-SCRIPT = textwrap.dedent(
+SCRIPT = BLOCK_TRAINING_STACK + textwrap.dedent(
     """
-    import sys
-    BLOCKED = ("torch", "torchvision", "open_clip", "geoopt")
-
-    class Blocker:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, Blocker())
     from pathlib import Path
     from starlette.testclient import TestClient
     from tki_sdk.serve import ServeConfig, create_app
