@@ -31,7 +31,7 @@ def pacs_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ``tki train`` folder for the tiny open_clip config (random init), trained for a few steps."""
-    from tki_sdk.trainer import TrainConfig, train
+    from tki_sdk.train.trainer import TrainConfig, train
 
     out = tmp_path_factory.mktemp("tiny_ckpt") / "ckpt"
     cfg = TrainConfig(

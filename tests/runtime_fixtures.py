@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tki_sdk.runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata, PreprocessConfig, sha256_file
+from tki_sdk.common.model_metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata, PreprocessConfig, sha256_file
 
 TINY_SIZE = 32
 TINY_PATCH = 8
@@ -241,7 +241,7 @@ def build_hostile_entries(dst: Path, image: bytes) -> dict[str, str]:
 
 def run_tki(argv: list[Any], capsys: Any) -> tuple[int, str, str]:
     """``tki <argv>`` in this process: ``(exit status, stdout, stderr)`` of that call alone."""
-    from tki_sdk import cli as tki_cli
+    from tki_sdk.cli import main as tki_cli
 
     capsys.readouterr()
     rc = tki_cli.main([str(a) for a in argv])

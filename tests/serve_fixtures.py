@@ -77,12 +77,12 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def uvicorn_process(args: list[str], port: int, timeout: float = 60.0) -> Iterator[subprocess.Popen]:
-    """``python -m tki_sdk.serve ARGS --port PORT`` on 127.0.0.1, yielded once /readyz answers 200; killed at
+    """``python -m tki_sdk.cli.serve ARGS --port PORT`` on 127.0.0.1, yielded once /readyz answers 200; killed at
     exit if still running."""
     import httpx
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "tki_sdk.serve", *args, "--host", "127.0.0.1",
+    proc = subprocess.Popen([sys.executable, "-m", "tki_sdk.cli.serve", *args, "--host", "127.0.0.1",
                              "--port", str(port), "--log-level", "warning"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:

@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tki_sdk.clip import load_clip
+from tki_sdk.train.clip import load_clip
 from tki_sdk.common.checkpoint_config import CheckpointConfig
-from tki_sdk.hyperbolic import expmap0
-from tki_sdk.labels import random_labels, word_list
-from tki_sdk.losses import class_consistency_loss, domain_diversity_loss
-from tki_sdk.prompts import PromptBank
-from tki_sdk.trainer import TrainConfig, agg_logits, train
+from tki_sdk.train.hyperbolic import expmap0
+from tki_sdk.train.labels import random_labels, word_list
+from tki_sdk.train.losses import class_consistency_loss, domain_diversity_loss
+from tki_sdk.train.prompts import PromptBank
+from tki_sdk.train.trainer import TrainConfig, agg_logits, train
 
 from conftest import TINY_CLASSES, TINY_MODEL
 
@@ -140,7 +140,7 @@ def test_fair_temperature_rule(tmp_path: Path) -> None:
 
 
 def test_cli_train_switches(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from tki_sdk.cli import main
+    from tki_sdk.cli.main import main
 
     out = tmp_path / "ck"
     code = main(["train", "--model", TINY_MODEL, "--classes", ",".join(TINY_CLASSES), "--out", str(out),

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tki_sdk.benchmarks import cli
+from tki_sdk.cli import bench as cli
 from tki_sdk.benchmarks.accuracy import (
     RANDOM_INIT,
     AccuracyTable,
@@ -123,7 +123,7 @@ def test_run_needs_a_model(tmp_path, capsys):
 
 def test_quick_run_tiny_vanilla_model_on_pacs(tmp_path, capsys, pacs_dir):
     pytest.importorskip("open_clip")
-    import tki_sdk.model  # noqa: F401 - a project module: an import failure must fail this test
+    import tki_sdk.train.model  # noqa: F401 - a project module: an import failure must fail this test
     code = cli.main(["accuracy", "--quick", "--dataset-dir", str(pacs_dir), "--domains", "photo,sketch", "--per-class", "3",
                      "--out-dir", str(tmp_path), "--no-progress"])
     assert code == 0
@@ -155,11 +155,11 @@ def test_top_k_only_tables_match_the_full_ones():
 
 def test_model_dir_through_the_runtime_equals_a_numpy_reference(tmp_path, pacs_dir):
     pytest.importorskip("onnxruntime")
-    import tki_sdk.runtime.embedder  # noqa: F401 - a project module: an import failure must fail this test
+    import tki_sdk.runtime.engine.embedder  # noqa: F401 - a project module: an import failure must fail this test
     from runtime_fixtures import make_tiny_export, tiny_reference
 
-    from tki_sdk.runtime.metadata import PreprocessConfig
-    from tki_sdk.runtime.preprocess import Preprocessor
+    from tki_sdk.common.model_metadata import PreprocessConfig
+    from tki_sdk.runtime.engine.preprocess import Preprocessor
 
     export_dir, w = make_tiny_export(tmp_path / "export")
     code = cli.main(["accuracy", "--dataset-dir", str(pacs_dir), "--domains", "cartoon,photo", "--per-class", "2",
@@ -234,7 +234,7 @@ def _exact_scores(qe, ge, metric):
 def test_f32_gallery_returns_the_exact_top_k_up_to_near_ties(metric):
     # The data holds near-ties (adjacent exact scores 5e-6 apart), which float32 SIMD kernels may order
     # either way: each returned item must score what the exact item of that rank scores, within 1e-4.
-    from tki_sdk.runtime.gallery import Gallery
+    from tki_sdk.runtime.index.gallery import Gallery
 
     embs = _ball_domains(np.random.default_rng(6))
     c = 1.0 if metric == "poincare" else None

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tki_sdk.benchmarks import cli, search
+from tki_sdk.benchmarks import search
+from tki_sdk.cli import bench as cli
 from tki_sdk.benchmarks.results import markdown_table, to_jsonable, write_result
 
 

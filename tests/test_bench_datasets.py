@@ -102,8 +102,8 @@ def test_gallery_dataset_and_gpu_suite_see_the_same_image_files(tmp_path):
     from PIL import Image
 
     from tki_sdk.benchmarks.gpu_throughput import pick_files
-    from tki_sdk.runtime.ingest import scan_image_folder
-    from tki_sdk.runtime.images import IMAGE_SUFFIXES, load_image
+    from tki_sdk.runtime.pipeline.ingest import scan_image_folder
+    from tki_sdk.runtime.engine.images import IMAGE_SUFFIXES, load_image
 
     folder = tmp_path / "photo" / "dog"
     folder.mkdir(parents=True)
@@ -135,7 +135,7 @@ def test_default_dataset_dir_env_then_repository_relative(tmp_path, monkeypatch)
     monkeypatch.setenv("TKI_PACS_DIR", str(tmp_path / "missing"))
     assert ds.default_dataset_dir() is None  # a set variable is not silently replaced
     monkeypatch.delenv("TKI_PACS_DIR")
-    repo = Path(ds.__file__).resolve().parent.parent
+    repo = Path(ds.__file__).resolve().parents[3]
     want = (repo.parent / "shared" / "data" / "pacs" / "images").resolve()
     assert ds.default_dataset_dir() == (want if want.is_dir() else None)
 
@@ -161,7 +161,7 @@ def test_suites_use_the_default_dataset_dir(tmp_path, monkeypatch):
     assert dataset_dir(given, required_by="accuracy") == given
     monkeypatch.setenv("TKI_PACS_DIR", str(tmp_path / "missing"))
     assert dataset_dir(None) is None
-    from tki_sdk.common.cli import UsageError
+    from tki_sdk.common.errors import UsageError
 
     with pytest.raises(UsageError, match="TKI_PACS_DIR"):
         dataset_dir(None, required_by="accuracy")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tki_sdk.benchmarks import cli
+from tki_sdk.cli import bench as cli
 from tki_sdk.benchmarks.paper import paper_numbers
 
 from conftest import REPO

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("usearch")
 pytest.importorskip("matplotlib")
 
-from tki_sdk.benchmarks import cli  # noqa: E402
+from tki_sdk.cli import bench as cli  # noqa: E402
 from tki_sdk.benchmarks.search import clustered_unit_vectors, exact_topk, recall_at_k  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

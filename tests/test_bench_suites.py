@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tki_sdk.benchmarks.cli import main
+from tki_sdk.cli.bench import main
 
 
 def _result(out: Path, suite: str) -> dict:

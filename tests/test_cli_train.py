@@ -11,7 +11,7 @@ from conftest import PACS_DIR
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tki_sdk.cli", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "tki_sdk.cli.main", *args], capture_output=True, text=True, cwd=cwd)
 
 
 def test_help_teaches() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tki_sdk.clip import ClipLoadError, load_clip
+from tki_sdk.train.clip import ClipLoadError, load_clip
 
 TINY = "TKI-Tiny-ViT"
 

@@ -69,7 +69,7 @@ def test_v1_gallery_manifest_round_trips(name, tmp_path):
 
 def test_a_v1_gallery_folder_loads(tmp_path):
     """A gallery folder whose gallery.json is the format-1 fixture (index and metadata rebuilt here)."""
-    from tki_sdk.runtime.gallery import Gallery
+    from tki_sdk.runtime.index.gallery import Gallery
 
     raw = _raw("gallery_exact_f32.json")
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""The Embedder's engine choice (tki_sdk.runtime.engine_choice): candidates, the pick from (fake, deterministic)
+"""The Embedder's engine choice (tki_sdk.runtime.engine.engine_choice): candidates, the pick from (fake, deterministic)
 timings, the cache and what invalidates it, and one real measurement on the tiny export."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from runtime_fixtures import make_tiny_export
 from tki_sdk.common.cpu import cpu_info
 from tki_sdk.export.validate import OrtRunner
 from tki_sdk.runtime import Embedder, ModelMetadata
-from tki_sdk.runtime.engine_choice import CACHE_FILE, EngineChoiceCache, candidates, choose_engine, installed_engines
+from tki_sdk.runtime.engine.engine_choice import CACHE_FILE, EngineChoiceCache, candidates, choose_engine, installed_engines
 
 VERSIONS = {"tki-sdk": "0.1.0", "onnxruntime": "1.0", "openvino": "2.0"}
 
@@ -159,7 +159,7 @@ def test_auto_measures_for_real_on_the_tiny_export(exported, tmp_path, monkeypat
 
 
 def test_tki_info_model_says_what_runs_and_why(export, tmp_path, monkeypatch, capsys):
-    from tki_sdk.cli import main
+    from tki_sdk.cli.main import main
 
     monkeypatch.setenv("TKI_CACHE_DIR", str(tmp_path / "cache"))
     assert main(["info", "--model", str(export), "--threads", "1"]) == 0

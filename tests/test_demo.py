@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tki_sdk.cli import main
+from tki_sdk.cli.main import main
 
 
 def test_demo_runs_the_whole_pipeline(tmp_path: Path, pacs_dir: Path, capsys) -> None:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from runtime_fixtures import build_hostile_entries, make_tiny_export
 
-from tki_sdk.runtime.cli import main
+from tki_sdk.cli.runtime import main
 
 
 def _jpeg(seed: int) -> bytes:
@@ -77,7 +77,7 @@ def test_two_runs_creating_one_gallery_one_wins_the_other_refuses(tmp_path):
     out.mkdir()
     lock = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(lock, fcntl.LOCK_EX)
-    cmd = [sys.executable, "-m", "tki_sdk.runtime.cli", "embed", "--model", str(model), "--images", str(images),
+    cmd = [sys.executable, "-m", "tki_sdk.cli.runtime", "embed", "--model", str(model), "--images", str(images),
            "--out", str(out), "--batch-size", "4"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     try:
@@ -94,7 +94,7 @@ def test_two_runs_creating_one_gallery_one_wins_the_other_refuses(tmp_path):
     assert sorted(rc for rc, _ in results) == [0, 2], results
     loser = [ln for ln in next(err for rc, err in results if rc == 2).splitlines() if "error" in ln]
     assert len(loser) == 1 and "--overwrite" in loser[0], loser
-    from tki_sdk.runtime.gallery import Gallery
+    from tki_sdk.runtime.index.gallery import Gallery
 
     g = Gallery.load(out)
     assert len(g) == 40 and len(list(out.glob("v-*"))) == 1

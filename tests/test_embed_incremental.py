@@ -19,10 +19,10 @@ import pytest
 
 from runtime_fixtures import copy_tree_sample, make_tiny_export, pacs_sample, tiny_reference
 from tki_sdk.runtime import Gallery, Preprocessor
-from tki_sdk.runtime.cli import main
-from tki_sdk.runtime.embed_run import TRACE_ENV
-from tki_sdk.runtime.ingest import item_key
-from tki_sdk.runtime.shards import list_shards, read_shard_info
+from tki_sdk.cli.runtime import main
+from tki_sdk.runtime.pipeline.embed_run import TRACE_ENV
+from tki_sdk.runtime.pipeline.ingest import item_key
+from tki_sdk.runtime.pipeline.shards import list_shards, read_shard_info
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -148,9 +148,9 @@ def _wait_for(cond, timeout: float, proc: subprocess.Popen) -> None:
 
 def kill_after_checkpoints(argv: list[str], shard_dir: Path, n_shards: int, env: dict[str, str],
                            timeout: float = 120) -> None:
-    """Start ``python -m tki_sdk.runtime.cli <argv>`` in its own process group, SIGKILL the group once
+    """Start ``python -m tki_sdk.cli.runtime <argv>`` in its own process group, SIGKILL the group once
     ``shard_dir`` holds ``n_shards`` shards."""
-    proc = subprocess.Popen([sys.executable, "-m", "tki_sdk.runtime.cli", *argv], env=env, cwd=str(REPO),
+    proc = subprocess.Popen([sys.executable, "-m", "tki_sdk.cli.runtime", *argv], env=env, cwd=str(REPO),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         _wait_for(lambda: len(list_shards(shard_dir)) >= n_shards, timeout, proc)
@@ -164,7 +164,7 @@ def kill_after_checkpoints(argv: list[str], shard_dir: Path, n_shards: int, env:
 
 
 def held_rels(shard_dir: Path) -> set[str]:
-    from tki_sdk.runtime.shards import iter_shard_batches
+    from tki_sdk.runtime.pipeline.shards import iter_shard_batches
 
     out: set[str] = set()
     for p in list_shards(shard_dir):
@@ -213,7 +213,7 @@ def test_index_from_parquet_builds_the_same_gallery(export, pacs_dir, tmp_path, 
     assert embed(export_dir, images, tmp_path / "g", "--shards", str(shards), "--checkpoint-every", "5") == 0
     files = list_shards(shards)
     assert len(files) >= 3
-    from tki_sdk.runtime.metadata import ModelMetadata
+    from tki_sdk.common.model_metadata import ModelMetadata
 
     info = read_shard_info(files[0])
     assert info.model_fingerprint == ModelMetadata.load(export_dir).fingerprint() and info.embedding_dim == 16

@@ -17,10 +17,10 @@ import pytest
 from runtime_fixtures import build_hostile_folder, copy_tree_sample, make_tiny_export, pacs_sample
 from test_embed_incremental import assert_same_gallery, held_rels, kill_after_checkpoints, trace_lines
 from tki_sdk.runtime import Gallery
-from tki_sdk.runtime.cli import main
-from tki_sdk.runtime.distributed import FAULT_ENV
-from tki_sdk.runtime.embed_run import TRACE_ENV
-from tki_sdk.runtime.shards import iter_shard_batches, list_shards
+from tki_sdk.cli.runtime import main
+from tki_sdk.runtime.pipeline.distributed import FAULT_ENV
+from tki_sdk.runtime.pipeline.embed_run import TRACE_ENV
+from tki_sdk.runtime.pipeline.shards import iter_shard_batches, list_shards
 
 ray = pytest.importorskip("ray")
 

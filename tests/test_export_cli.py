@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from export_fixtures import image_folder
-from tki_sdk.export import cli
+from tki_sdk.cli import export as cli
 from tki_sdk.export.tensorrt import tensorrt_available
-from tki_sdk.runtime.metadata import ModelMetadata
+from tki_sdk.common.model_metadata import ModelMetadata
 
 
 def run(argv, capsys):
@@ -28,7 +28,7 @@ def one_line(err: str) -> str:
 
 
 def test_help_has_examples():
-    r = subprocess.run([sys.executable, "-m", "tki_sdk.export.cli", "--help"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "tki_sdk.cli.export", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0
     assert "examples:" in r.stdout and "--calib-images" in r.stdout and "--head none --model" in r.stdout
 

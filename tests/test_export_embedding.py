@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from export_fixtures import image_folder, torch_float64
-from tki_sdk.export import cli
+from tki_sdk.cli import export as cli
 from tki_sdk.export.fused import load_model
-from tki_sdk.runtime.metadata import ModelMetadata
+from tki_sdk.common.model_metadata import ModelMetadata
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +41,8 @@ def test_embedder_returns_raw_ball_points_and_the_gallery_ranks_by_poincare(ball
     import geoopt
 
     from tki_sdk.runtime import Embedder
-    from tki_sdk.runtime.gallery import Gallery
-    from tki_sdk.runtime.preprocess import Preprocessor
+    from tki_sdk.runtime import gallery_from_folder
+    from tki_sdk.runtime.engine.preprocess import Preprocessor
 
     out, imgs = ball_export
     emb = Embedder(out, precision="fp32")
@@ -54,7 +54,7 @@ def test_embedder_returns_raw_ball_points_and_the_gallery_ranks_by_poincare(ball
     norms = np.linalg.norm(got, axis=1)
     assert np.all(norms < 1.0) and np.ptp(norms) > 1e-3  # ball points, not unit vectors
 
-    g, res = Gallery.from_folder(imgs, emb, exact=False)
+    g, res = gallery_from_folder(imgs, emb, exact=False)
     assert g.metric == "poincare" and g.curvature == 1.0 and g.rescore and len(g) == len(files)
     keys, dist = g.search(got, k=len(files))
     d = geoopt.PoincareBall(c=1.0).dist(torch.from_numpy(got.astype(np.float64))[:, None],

@@ -25,7 +25,7 @@ from tki_sdk.export.fused import (
 from tki_sdk.export.onnx_export import STANDARD_DOMAINS, tail_nodes
 from tki_sdk.export.pipeline import ExportConfig, run_export, validate_export
 from tki_sdk.export.validate import THRESHOLDS, OrtRunner, ParityError
-from tki_sdk.runtime.metadata import ModelMetadata
+from tki_sdk.common.model_metadata import ModelMetadata
 
 
 
@@ -191,7 +191,7 @@ def test_head_none_without_checkpoint(tmp_path):
     import open_clip
     import torch.nn.functional as F
 
-    from tki_sdk.clip import load_clip
+    from tki_sdk.train.clip import load_clip
 
     clip = load_clip("TKI-Tiny-ViT").model
     x = np.random.default_rng(5).standard_normal((3, 3, 32, 32)).astype(np.float32)

@@ -11,7 +11,7 @@ import pytest
 from export_fixtures import cosines, image_folder, torch_float64
 from tki_sdk.benchmarks import throughput
 from tki_sdk.export.validate import THRESHOLDS, OrtRunner
-from tki_sdk.runtime.metadata import ModelMetadata
+from tki_sdk.common.model_metadata import ModelMetadata
 
 
 def test_measure_interleaved_alternates_calls():
@@ -61,7 +61,7 @@ def test_throughput_suite_on_tiny_model(tmp_path):
 
 @pytest.mark.slow
 def test_vit_b32_end_to_end_export(tmp_path, pacs_dir):
-    from tki_sdk.export.cli import main
+    from tki_sdk.cli.export import main
     from tki_sdk.export.fused import load_model
 
     calib = image_folder(tmp_path / "calib", pacs_dir, n=48)

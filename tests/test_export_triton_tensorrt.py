@@ -12,7 +12,7 @@ import pytest
 from export_fixtures import exported  # noqa: F401  (fixture)
 from tki_sdk.export.tensorrt import TENSORRT_MISSING, build_engine, tensorrt_available, TensorRTBuildError
 from tki_sdk.export.triton import write_triton_repo
-from tki_sdk.runtime.metadata import ModelMetadata
+from tki_sdk.common.model_metadata import ModelMetadata
 
 _TOKEN = re.compile(r'\s*(?:(#[^\n]*)|([A-Za-z_][A-Za-z0-9_]*)|("(?:[^"\\]|\\.)*")|(-?\d+(?:\.\d+)?)|([:\[\]{},]))')
 
@@ -146,7 +146,7 @@ def test_tensorrt_engine_meets_parity(exported, tmp_path):
     pytest.importorskip("tensorrt")
     from tki_sdk.export.onnx_export import load_proto, tail_nodes
     from tki_sdk.export.validate import build_inputs, generated_images, validate_runner
-    from tki_sdk.runtime.tensorrt_runner import TensorRTRunner
+    from tki_sdk.runtime.engine.tensorrt_runner import TensorRTRunner
 
     onnx_path = exported["out"] / "model.onnx"
     proto = load_proto(onnx_path)

@@ -33,7 +33,7 @@ def _x(n: int, seed: int) -> np.ndarray:
 
 
 def test_cuda_session_with_io_binding(tiny):
-    from tki_sdk.runtime.ort_session import OrtSession
+    from tki_sdk.runtime.engine.ort_session import OrtSession
 
     d, w = tiny
     s = OrtSession(d / "model.onnx", cuda_options=NO_TF32)
@@ -50,7 +50,7 @@ def test_cuda_session_with_io_binding(tiny):
 
 
 def test_cuda_graph_replays_each_new_batch(tiny):
-    from tki_sdk.runtime.ort_session import OrtSession
+    from tki_sdk.runtime.engine.ort_session import OrtSession
 
     d, w = tiny
     s = OrtSession(d / "model.onnx", cuda_graph=True, graph_batch_sizes=[4], max_graphs=2, cuda_options=NO_TF32)
@@ -92,7 +92,7 @@ def test_gpu_suite_on_a_tiny_export(tiny_checkpoint, tmp_path, pacs_dir):
     out = tmp_path / "export"
     run_export(ExportConfig(out=out, checkpoint=tiny_checkpoint, precisions=("fp32", "fp16"), calib_images=pacs_dir,
                             val_count=8, time_torch=False, progress=False))
-    from tki_sdk.benchmarks import cli
+    from tki_sdk.cli import bench as cli
 
     code = cli.main(["gpu", "--model-dir", str(out), "--checkpoint", str(tiny_checkpoint), "--dataset-dir", str(pacs_dir),
                     "--out-dir", str(tmp_path / "res"), "--name", "tiny", "--batch-sizes", "1,8",

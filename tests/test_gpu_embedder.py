@@ -10,7 +10,7 @@ import pytest
 from runtime_fixtures import TINY_SIZE, make_tiny_export, tiny_reference
 
 from tki_sdk.runtime import Embedder
-from tki_sdk.runtime import ort_session as osm
+from tki_sdk.runtime.engine import ort_session as osm
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_io_binding_on_cpu_equals_reference_across_batches(export, pacs_dir):
 
 def test_cuda_graph_request_on_cpu_warns_and_still_embeds(export, caplog):
     d, w = export
-    with caplog.at_level(logging.WARNING, logger="tki_sdk.runtime.ort_session"):
+    with caplog.at_level(logging.WARNING, logger="tki_sdk.runtime.engine.ort_session"):
         e = Embedder(d, threads=1, cuda_graph=True)
     assert not e.cuda_graph and any("cuda_graph" in r.message for r in caplog.records)
     x = _x(3, 4)

@@ -1,4 +1,4 @@
-"""CPU side of the GPU session wrapper (``tki_sdk.runtime.ort_session``).
+"""CPU side of the GPU session wrapper (``tki_sdk.runtime.engine.ort_session``).
 
 The wrapper's bound / static-shape paths are run on the CPU execution provider and compared with a plain
 ``onnxruntime.InferenceSession.run`` and with the float64 numpy reference of the tiny model; provider
@@ -13,8 +13,8 @@ import onnxruntime as ort
 import pytest
 from runtime_fixtures import TINY_DIM, TINY_SIZE, make_tiny_export, tiny_reference
 
-from tki_sdk.runtime import ort_session as osm
-from tki_sdk.runtime.ort_session import CPU, CUDA, TENSORRT, OrtSession, ProviderUnavailable, select_providers
+from tki_sdk.runtime.engine import ort_session as osm
+from tki_sdk.runtime.engine.ort_session import CPU, CUDA, TENSORRT, OrtSession, ProviderUnavailable, select_providers
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_fixed_batch_model_bound(tmp_path):
 
 def test_cuda_graph_is_ignored_on_cpu_with_a_warning(tiny, caplog):
     path, w = tiny
-    with caplog.at_level(logging.WARNING, logger="tki_sdk.runtime.ort_session"):
+    with caplog.at_level(logging.WARNING, logger="tki_sdk.runtime.engine.ort_session"):
         s = OrtSession(path, device="cpu", cuda_graph=True, threads=1)
     assert not s.cuda_graph and not s.static_shapes and not s.io_binding
     assert any("cuda_graph needs the CUDA" in r.message for r in caplog.records)
@@ -186,7 +186,7 @@ def test_pretend_cuda_and_tensorrt_exist(tiny, monkeypatch, caplog, tmp_path):
     monkeypatch.setattr(ort, "get_available_providers", lambda: list(ALL))
     monkeypatch.setattr(ort, "InferenceSession", rec)
     monkeypatch.setattr(osm, "_preload_cuda_libraries", lambda _ort: None)
-    with caplog.at_level(logging.WARNING, logger="tki_sdk.runtime.ort_session"):
+    with caplog.at_level(logging.WARNING, logger="tki_sdk.runtime.engine.ort_session"):
         s = OrtSession(path, threads=1)
     assert rec.calls[-1] == [(CUDA, {"device_id": "0"}), (CPU, {})]
     # onnxruntime fell back to the CPU (as a CPU-only build does): the wrapper says so and follows it.

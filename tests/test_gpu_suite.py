@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from runtime_fixtures import TINY_SIZE, make_tiny_export, tiny_reference
 
-from tki_sdk.benchmarks import cli
+from tki_sdk.cli import bench as cli
 from tki_sdk.benchmarks import gpu_throughput as gt
 from tki_sdk.export.validate import ValidationInputs, validate_runner
 
@@ -146,7 +146,7 @@ def test_end_to_end_with_a_cpu_embedder(tmp_path, pacs_dir):
 def test_count_flops_equals_the_vit_formula():
     """FLOPs of vanilla TKI-Tiny-ViT against the transformer's formula (a matmul [m,k]x[k,n] is 2mkn)."""
     pytest.importorskip("open_clip")
-    from tki_sdk.model import TKIModel
+    from tki_sdk.train.model import TKIModel
 
     m = TKIModel.vanilla("TKI-Tiny-ViT")
     v = m.visual

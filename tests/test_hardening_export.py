@@ -13,8 +13,8 @@ import time
 import pytest
 
 from export_fixtures import image_folder
-from tki_sdk.export import cli
-from tki_sdk.runtime.metadata import ModelMetadata
+from tki_sdk.cli import export as cli
+from tki_sdk.common.model_metadata import ModelMetadata
 
 
 @pytest.fixture(scope="module")

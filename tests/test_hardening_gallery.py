@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 
 from runtime_fixtures import copy_tree_sample, make_tiny_export, one_error_line, pacs_sample, run_tki
-from tki_sdk.common.cli import EXIT_DAMAGED, EXIT_FAILED
+from tki_sdk.common.errors import EXIT_DAMAGED, EXIT_FAILED
 from tki_sdk.common.gallery_manifest import GalleryManifest
-from tki_sdk.runtime import gallery_store
-from tki_sdk.runtime.embedder import Embedder
-from tki_sdk.runtime.gallery import Gallery
-from tki_sdk.runtime.gallery_store import GalleryDamagedError, GalleryExistsError, read_current
-from tki_sdk.runtime.ingest import gallery_options
+from tki_sdk.runtime.index import store as gallery_store
+from tki_sdk.runtime.engine.embedder import Embedder
+from tki_sdk.runtime.index.gallery import Gallery
+from tki_sdk.runtime.index.store import GalleryDamagedError, GalleryExistsError, read_current
+from tki_sdk.runtime.pipeline.ingest import gallery_options
 
 KINDS = {"hnsw": {}, "exact": {"exact": True}, "i8": {"dtype": "i8"}}
 DAMAGES = ("truncate", "empty", "delete", "garbage", "flip")
@@ -134,7 +134,7 @@ def test_damaged_gallery_matrix(built, tmp_path, capsys, kind, fname, how):
 
 
 def subprocess_search(g: Path, export: Path, query: Path) -> tuple[int, str, str]:
-    r = subprocess.run([sys.executable, "-m", "tki_sdk.cli", "search", "--gallery", str(g), "--model", str(export),
+    r = subprocess.run([sys.executable, "-m", "tki_sdk.cli.main", "search", "--gallery", str(g), "--model", str(export),
                         "--image", str(query), "-k", "5"], capture_output=True, text=True, timeout=120)
     err = "\n".join(ln for ln in r.stderr.splitlines() if not ln.startswith("model: "))
     return r.returncode, r.stdout, err
@@ -258,8 +258,8 @@ def test_two_racing_processes(tmp_path):
         import sys, time, numpy as np
         from pathlib import Path
         import tki_sdk.runtime
-        from tki_sdk.runtime.gallery import Gallery
-        from tki_sdk.runtime.gallery_store import GalleryExistsError
+        from tki_sdk.runtime.index.gallery import Gallery
+        from tki_sdk.runtime.index.store import GalleryExistsError
         i = int(sys.argv[1])
         g = Gallery(8, exact=True)
         g.add(np.arange(2000), np.random.default_rng(i).standard_normal((2000, 8)).astype(np.float32))

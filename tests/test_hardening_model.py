@@ -32,14 +32,14 @@ from runtime_fixtures import (
     tiny_reference,
 )
 from runtime_fixtures import one_error_line as _one_error_line
-from tki_sdk.common.cli import EXIT_DAMAGED
+from tki_sdk.common.errors import EXIT_DAMAGED
 from tki_sdk.common.imagefolders import SkippedEntry, list_images
-from tki_sdk.runtime import embedder as embedder_mod
-from tki_sdk.runtime.artifact_check import ArtifactCheckError
-from tki_sdk.runtime.embedder import Embedder
-from tki_sdk.runtime.images import ImageLoadError, load_image
-from tki_sdk.runtime.metadata import PreprocessConfig
-from tki_sdk.runtime.preprocess import Preprocessor
+from tki_sdk.runtime.engine import embedder as embedder_mod
+from tki_sdk.runtime.engine.artifact_check import ArtifactCheckError
+from tki_sdk.runtime.engine.embedder import Embedder
+from tki_sdk.runtime.engine.images import ImageLoadError, load_image
+from tki_sdk.common.model_metadata import PreprocessConfig
+from tki_sdk.runtime.engine.preprocess import Preprocessor
 
 
 def one_error_line(err: str, prog: str) -> str:
@@ -185,7 +185,7 @@ def test_fifo_or_device_given_as_an_image_is_refused_not_opened(tmp_path):
     os.symlink("/dev/zero", tmp_path / "zero.png")
     code = textwrap.dedent(f"""
         import tki_sdk.runtime
-        from tki_sdk.runtime.images import ImageLoadError, load_image
+        from tki_sdk.runtime.engine.images import ImageLoadError, load_image
         for name in ("x.jpg", "zero.png"):
             try:
                 load_image({str(tmp_path)!r} + "/" + name)

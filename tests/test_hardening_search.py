@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from runtime_fixtures import copy_tree_sample, make_tiny_export, one_error_line, pacs_sample, run_tki
-from tki_sdk.runtime import gallery as gallery_mod
-from tki_sdk.runtime import metadata_store
-from tki_sdk.runtime.embedder import Embedder
-from tki_sdk.runtime.gallery import MISSING_KEY, Gallery
-from tki_sdk.runtime.ingest import gallery_options
+from tki_sdk.runtime.index import gallery as gallery_mod
+from tki_sdk.runtime.index import metadata_store
+from tki_sdk.runtime.engine.embedder import Embedder
+from tki_sdk.runtime.index.gallery import MISSING_KEY, Gallery
+from tki_sdk.runtime.pipeline.ingest import gallery_options
 
 D = 16
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tki_sdk.head import HeadConfig, HyperbolicMLP
+from tki_sdk.train.head import HeadConfig, HyperbolicMLP
 
 
 def _geoopt_forward(head: HyperbolicMLP, feats: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ import geoopt
 import pytest
 import torch
 
-from tki_sdk import hyperbolic as H
+from tki_sdk.train import hyperbolic as H
 
 CURVATURES = [0.1, 0.5, 1.0, 2.0, 7.3]
 NORMS = [1e-7, 1e-4, 0.1, 0.5, 0.9, 0.999, 1.0, 1.5, 10.0, 1e3]  # relative to the radius 1/sqrt(c)

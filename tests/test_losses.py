@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tki_sdk.losses import aggregation_loss, class_consistency_loss, domain_diversity_loss, expansion_loss
+from tki_sdk.train.losses import aggregation_loss, class_consistency_loss, domain_diversity_loss, expansion_loss
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tki_sdk.runtime.metadata import ModelMetadata
+from tki_sdk.common.model_metadata import ModelMetadata
 
 BASE = {
     "model_name": "ViT-B-32",

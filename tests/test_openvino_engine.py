@@ -13,7 +13,7 @@ pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install '
 from export_fixtures import cosines, image_folder, open_clip_pixels, torch_float64  # noqa: E402
 from runtime_fixtures import TINY_DIM, TINY_SIZE, make_tiny_export, pacs_sample, tiny_reference  # noqa: E402
 from tki_sdk.runtime import Embedder, ModelMetadata  # noqa: E402
-from tki_sdk.runtime.openvino_runner import OpenVINORunner  # noqa: E402
+from tki_sdk.runtime.engine.openvino_runner import OpenVINORunner  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tki_sdk.clip import load_clip
-from tki_sdk.prompts import PromptBank
+from tki_sdk.train.clip import load_clip
+from tki_sdk.train.prompts import PromptBank
 
 CLASSES = ["dog", "ice cream", "hot air balloon"]  # multi-token class names
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from runtime_fixtures import build_hostile_folder, copy_tree_sample, make_tiny_export, pacs_sample
-from tki_sdk.runtime import Embedder, Gallery
-from tki_sdk.runtime.cli import describe, main, parse_where, register
+from tki_sdk.runtime import Embedder, Gallery, gallery_from_folder
+from tki_sdk.cli.runtime import describe, main, parse_where, register
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +175,7 @@ def test_parse_where():
 def test_gallery_from_folder_equals_cli_gallery(setup, gallery):
     _, export, images, copied = setup
     emb = Embedder(export, threads=1)
-    g, res = Gallery.from_folder(images, emb, batch_size=5, exact=True)
+    g, res = gallery_from_folder(images, emb, batch_size=5, exact=True)
     assert not res.errors and len(g) == len(copied) and g.model_fingerprint == emb.model_fingerprint
     cli = Gallery.view(gallery)
     q = emb.embed_images(copied[:4]).embeddings

@@ -43,7 +43,7 @@ def test_embed_pixels_equals_numpy_reference(emb, tiny):
 
 
 def test_reports_backend_and_fingerprint(tiny, caplog):
-    with caplog.at_level(logging.INFO, logger="tki_sdk.runtime.embedder"):
+    with caplog.at_level(logging.INFO, logger="tki_sdk.runtime.engine.embedder"):
         e = Embedder(tiny[0], threads=1)
     assert e.backend == "onnxruntime" and e.provider == "CPUExecutionProvider" and e.precision == "fp32"
     assert "CPUExecutionProvider" in caplog.text
@@ -159,8 +159,8 @@ def test_embed_image_raises_per_item_error(emb):
 
 def test_embedder_equals_tkimodel_encode_image(request, tmp_path, pacs_dir):
     torch = pytest.importorskip("torch")
-    from tki_sdk.export.cli import main as export_main
-    from tki_sdk.model import TKIModel
+    from tki_sdk.cli.export import main as export_main
+    from tki_sdk.train.model import TKIModel
 
     tiny_checkpoint = request.getfixturevalue("tiny_checkpoint")
     assert export_main(["--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "export"),
@@ -323,7 +323,7 @@ import sys
 sys.modules["torch"] = None  # the runtime must not need it; also keeps torch's own libstdc++ load out
 import usearch.index  # no system libstdc++ loaded first: importing onnxruntime now would crash
 from tki_sdk.runtime import Embedder
-from tki_sdk.runtime.embedder import available_backends
+from tki_sdk.runtime.engine.embedder import available_backends
 from tki_sdk.runtime.native import import_onnxruntime
 for call in (lambda: Embedder(sys.argv[1]), import_onnxruntime):
     try:

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tki_sdk.runtime.gallery import MISSING_KEY, Gallery, ModelMismatchError
-from tki_sdk.runtime.ingest import scan_image_folder
+from tki_sdk.runtime.index.gallery import MISSING_KEY, Gallery, ModelMismatchError
+from tki_sdk.runtime.pipeline.ingest import scan_image_folder
 
 N, D, Q, K = 20_000, 128, 200, 10
 DOMAINS = ["art", "cartoon", "photo", "sketch"]
@@ -423,7 +423,7 @@ def test_concurrent_saves_to_one_path_leave_one_complete_gallery(tmp_path):
 SAVER = textwrap.dedent(
     """
     import sys, numpy as np
-    from tki_sdk.runtime.gallery import Gallery
+    from tki_sdk.runtime.index.gallery import Gallery
     path = sys.argv[1]
     rng = np.random.default_rng(0)
     g = Gallery(64, exact=True)

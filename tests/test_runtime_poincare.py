@@ -1,4 +1,4 @@
-"""Poincaré distance of the runtime (numpy) against geoopt and tki_sdk.hyperbolic in float64, and Poincaré
+"""Poincaré distance of the runtime (numpy) against geoopt and tki_sdk.train.hyperbolic in float64, and Poincaré
 galleries: exact and HNSW + exact re-ranking give the exact Poincaré ranking."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from tki_sdk.runtime import poincare
-from tki_sdk.runtime.gallery import Gallery
+from tki_sdk.runtime.index import poincare
+from tki_sdk.runtime.index.gallery import Gallery
 
 
 def _ball_points(rng: np.random.Generator, n: int, d: int, c: float, edge: bool = True) -> np.ndarray:
@@ -26,7 +26,7 @@ def _ball_points(rng: np.random.Generator, n: int, d: int, c: float, edge: bool 
 def test_distance_matches_geoopt_and_tki_hyperbolic_in_float64(c):
     import geoopt
 
-    from tki_sdk import hyperbolic as H
+    from tki_sdk.train import hyperbolic as H
 
     rng = np.random.default_rng(0)
     x, y = _ball_points(rng, 40, 8, c), _ball_points(rng, 30, 8, c)
@@ -34,13 +34,13 @@ def test_distance_matches_geoopt_and_tki_hyperbolic_in_float64(c):
     ball = geoopt.PoincareBall(c=c)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     ref = ball.dist(xt[:, None, :], yt[None, :, :]).numpy()
-    # geoopt (and tki_sdk.hyperbolic) go through artanh(||(-x) ⊕ y||), which is ill-conditioned when that norm
+    # geoopt (and tki_sdk.train.hyperbolic) go through artanh(||(-x) ⊕ y||), which is ill-conditioned when that norm
     # nears 1 (and clamped at 1 - 1e-7: distances saturate at ~16.8 / sqrt(c)): compare where it is
     # well-conditioned ...
     ok = np.sqrt(c) * ref < 6.0
     assert ok.mean() > 0.5 and (~ok).any()
     np.testing.assert_allclose(ours[ok], ref[ok], rtol=1e-6, atol=1e-9)
-    # d(x, y) = dist0((-x) ⊕ y) with tki_sdk.hyperbolic's Möbius addition (no projection in float64).
+    # d(x, y) = dist0((-x) ⊕ y) with tki_sdk.train.hyperbolic's Möbius addition (no projection in float64).
     mob = H.mobius_add(-xt[:, None, :].expand(-1, 30, -1), yt[None].expand(40, -1, -1), c, project_result=False)
     np.testing.assert_allclose(ours[ok], H.dist0(mob, c)[..., 0].numpy()[ok], rtol=1e-6, atol=1e-9)
     # ... and far pairs (plus a sample of the others) against the formula evaluated with 50 digits (mpmath).

@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from runtime_fixtures import exif_rotated_jpeg, pacs_sample, png_header_only
-from tki_sdk.runtime import preprocess as pp
-from tki_sdk.runtime.images import ImageLoadError, load_image, to_8bit
-from tki_sdk.runtime.metadata import ModelMetadata, PreprocessConfig
-from tki_sdk.runtime.preprocess import Preprocessor
+from tki_sdk.runtime.engine import preprocess as pp
+from tki_sdk.runtime.engine.images import ImageLoadError, load_image, to_8bit
+from tki_sdk.common.model_metadata import ModelMetadata, PreprocessConfig
+from tki_sdk.runtime.engine.preprocess import Preprocessor
 
 # open_clip PreprocessCfg kwargs; our PreprocessConfig takes the same fields (size as (H, W)).
 CFGS = {

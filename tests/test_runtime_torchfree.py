@@ -19,7 +19,7 @@ SCRIPT = BLOCK_TRAINING_STACK + textwrap.dedent(
     import tki_sdk
     import tki_sdk.runtime as rt
     from tki_sdk.runtime import Embedder, Gallery, Preprocessor
-    from tki_sdk.runtime.cli import main
+    from tki_sdk.cli.runtime import main
 
     files = sorted(images.rglob("*.*"))
     pre = Preprocessor.from_metadata(export)

@@ -10,7 +10,7 @@ faiss = pytest.importorskip("faiss")
 from tki_sdk.benchmarks.search import exact_topk, pareto_frontier, qps_at_recall, recall_at_k  # noqa: E402
 from tki_sdk.benchmarks.search_data import embedding_shaped_vectors  # noqa: E402
 from tki_sdk.benchmarks.search_faiss import autofaiss_nlist, autofaiss_pq, build_faiss, faiss_specs  # noqa: E402
-from tki_sdk.runtime.gallery import Gallery  # noqa: E402
+from tki_sdk.runtime.index.gallery import Gallery  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ pytest.importorskip("usearch")
 from tki_sdk.benchmarks.search import _measure, exact_topk, recall_at_k  # noqa: E402
 from tki_sdk.benchmarks.search_data import embedding_shaped_vectors  # noqa: E402
 from tki_sdk.benchmarks.search_filters import filter_metadata, item_slices, measure_filters, where_for  # noqa: E402
-from tki_sdk.runtime.gallery import Gallery  # noqa: E402
+from tki_sdk.runtime.index.gallery import Gallery  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("usearch")
 
 from tki_sdk.benchmarks.search_data import clustered_unit_vectors  # noqa: E402
-from tki_sdk.runtime import gallery_tuning  # noqa: E402
-from tki_sdk.runtime.gallery import Gallery  # noqa: E402
+from tki_sdk.runtime.index import tuning as gallery_tuning  # noqa: E402
+from tki_sdk.runtime.index.gallery import Gallery  # noqa: E402
 
 
 def _brute_topk(base: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:

@@ -304,7 +304,7 @@ def test_items_thumbnails_and_info(setup):
 
 
 def test_serve_cli_refuses_bad_input_in_one_line(setup, tmp_path, capsys):
-    from tki_sdk.cli import main
+    from tki_sdk.cli.main import main
 
     s = setup
     for argv, words in [

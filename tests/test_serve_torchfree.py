@@ -26,8 +26,8 @@ SCRIPT = BLOCK_TRAINING_STACK + textwrap.dedent(
         assert r.status_code == 200, r.text
         assert len(r.json()["results"][0]["keys"]) == 4
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED
-                    or m.startswith(("tki_sdk.export", "tki_sdk.benchmarks", "tki_sdk.trainer", "tki_sdk.model",
-                                     "tki_sdk.head", "tki_sdk.clip")))
+                    or m.startswith(("tki_sdk.export", "tki_sdk.benchmarks", "tki_sdk.train.trainer", "tki_sdk.train.model",
+                                     "tki_sdk.train.head", "tki_sdk.train.clip")))
     print("LOADED", loaded)
     assert not loaded, loaded
     print("OK")

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tki_sdk.checkpoint import CheckpointError
-from tki_sdk.model import TKIModel
-from tki_sdk.trainer import TrainConfig, train
+from tki_sdk.train.checkpoint import CheckpointError
+from tki_sdk.train.model import TKIModel
+from tki_sdk.train.trainer import TrainConfig, train
 
 from conftest import TINY_CLASSES, TINY_MODEL
 
@@ -108,7 +108,7 @@ def test_corrupt_and_mismatched_checkpoints(tiny_checkpoint: Path, tmp_path: Pat
         TKIModel.from_checkpoint(broken)
     # trained on a weights file; another file with other bytes is refused
     w1, w2 = tmp_path / "w1.pt", tmp_path / "w2.pt"
-    from tki_sdk.clip import load_clip
+    from tki_sdk.train.clip import load_clip
 
     torch.save(load_clip(TINY_MODEL, init_seed=1).model.state_dict(), w1)
     torch.save(load_clip(TINY_MODEL, init_seed=2).model.state_dict(), w2)

@@ -11,7 +11,7 @@
 # test:    pytest -m gpu on tests/test_gpu_*.py;
 # train:   `tki train` on --model (random init: no hub) for a few steps on the GPU;
 # export:  `tki-export` fp32 + fp16 (+ --tensorrt when the tensorrt package imports), validated;
-# suite:   `tki-bench gpu` (python -m tki_sdk.benchmarks.cli gpu) -> <results>/gpu/<name>.json + PNGs.
+# suite:   `tki-bench gpu` (python -m tki_sdk.cli.bench gpu) -> <results>/gpu/<name>.json + PNGs.
 # Steps can run in separate calls on the same machine: state lives in --work (env.sh there re-exports paths).
 # Logs, the export's parity.json / tki.json and the pytest log are copied to <results>/gpu/ as well.
 set -euo pipefail
@@ -135,7 +135,7 @@ CKPT="$WORK/ckpt-$NAME"
 EXPORT="$WORK/export-$NAME"
 if has train; then
   log "tki train --model $MODEL (random init) on $TRAIN_DEVICE"
-  "$PY" -m tki_sdk.cli train --model "$MODEL" --classes dog,elephant,giraffe,guitar,horse,house,person \
+  "$PY" -m tki_sdk.cli.main train --model "$MODEL" --classes dog,elephant,giraffe,guitar,horse,house,person \
     --out "$CKPT" --prompts 8 --steps-expand 20 --steps-aggregate 50 --device "$TRAIN_DEVICE" --no-progress 2>&1 | tee -a "$LOG"
 fi
 
@@ -146,7 +146,7 @@ if has export; then
   log "tki-export fp32,fp16 ${TRT:-(no tensorrt package: no model.plan)}"
   CAL=()
   [ -n "$IMAGES" ] && CAL=(--calib-images "$IMAGES")
-  "$PY" -m tki_sdk.export.cli --checkpoint "$CKPT" --out "$EXPORT" --precision fp32,fp16 $TRT "${CAL[@]}" \
+  "$PY" -m tki_sdk.cli.export --checkpoint "$CKPT" --out "$EXPORT" --precision fp32,fp16 $TRT "${CAL[@]}" \
     --max-batch 256 --threads "$(nproc)" --no-timing --no-progress 2>&1 | tee -a "$LOG"
   cp "$EXPORT/parity.json" "$RESULTS/gpu/${NAME}_export_parity.json" 2>/dev/null || true
   cp "$EXPORT/tki.json" "$RESULTS/gpu/${NAME}_export_tki.json" 2>/dev/null || true
@@ -157,7 +157,7 @@ if has suite; then
   log "tki-bench gpu $QUICK"
   DS=()
   [ -n "$IMAGES" ] && DS=(--dataset-dir "$IMAGES")
-  "$PY" -m tki_sdk.benchmarks.cli gpu --model-dir "$EXPORT" --checkpoint "$CKPT" "${DS[@]}" \
+  "$PY" -m tki_sdk.cli.bench gpu --model-dir "$EXPORT" --checkpoint "$CKPT" "${DS[@]}" \
     --out-dir "$RESULTS" --name "$NAME" --compile-mode "$COMPILE_MODE" $QUICK 2>&1 | tee -a "$LOG"
 fi
 log "done; results in $RESULTS/gpu"

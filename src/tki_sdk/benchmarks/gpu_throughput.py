@@ -1,0 +1,466 @@
+"""``tki-bench gpu``: GPU parity and throughput of every inference path, PyTorch baselines included.
+
+Backends (each skipped with its reason when its package, artifact or provider is missing):
+
+==========================  ======  =====================================================================
+name                        input   what runs
+==========================  ======  =====================================================================
+``torch-fp32``              device  ``TKIModel.encode_image`` eager, float32 (TF32 off): the reference path
+``torch-fp16``              device  visual encoder in float16 (head and normalisation in float32), eager
+``torch-fp16-compile``      device  the same under ``torch.compile(mode=--compile-mode)``
+``torch-fp16-cudagraph``    device  the same eager model captured in one ``torch.cuda.CUDAGraph`` per batch
+``ort-fp32-cuda``           device  ``model.onnx`` on onnxruntime's CUDA provider (TF32 off), I/O binding
+``ort-fp16-cuda-host``      host    ``model.fp16.onnx``, plain ``session.run`` on numpy arrays (copies in/out)
+``ort-fp16-cuda-iobind``    device  ``model.fp16.onnx`` with I/O binding, input and output stay on the GPU
+``ort-fp16-cuda-graph``     device  ``model.fp16.onnx`` with I/O binding and a CUDA graph per batch size
+``ort-fp16-tensorrt-ep``    device  ``model.onnx`` on onnxruntime's TensorRT provider (fp16, engine cache)
+``tensorrt-plan``           device  ``model.plan`` through the runtime's ``TensorRTRunner`` engine
+==========================  ======  =====================================================================
+
+The backends live in :mod:`tki_sdk.benchmarks.gpu_backends`; the ORT paths run through
+:class:`tki_sdk.runtime.engine.ort_session.OrtSession`, the session the runtime uses.
+
+Parity: every backend embeds the same inputs, PACS images (``--dataset-dir``) through the model's exact
+preprocessing plus standard-normal tensors, at batch 1 and 32, and is compared with ``TKIModel.encode_image``
+in float64 by the export validator (:func:`tki_sdk.export.validate.validate_runner`): min / mean cosine, max
+abs error; thresholds fp32 0.99999, every fp16 / TensorRT path 0.999.
+
+Throughput, per backend and batch size (``--batch-sizes``, default 1, 32, 256) on preprocessed PACS tensors
+already on the GPU (the ``host`` row includes its copies): ``--warmup`` calls, then synchronised calls for
+half of ``--seconds`` (latency p50 / p95 / p99 per batch), then back-to-back calls for the other half with
+one synchronisation at the end (``images_per_s``). Achieved TFLOP/s uses the model's FLOPs per image counted
+with ``torch.utils.flop_counter``.
+
+End to end from JPEG files (separately): ``Embedder(model_dir, precision="fp16")`` on the CUDA provider over
+``--e2e-images`` PACS JPEGs (repeated when fewer) with ``--e2e-workers`` decode threads; next to it the
+decode + preprocess rate alone (same threads) and the inference rate alone (host arrays, same batch), so the
+slower of the two is named as the limit.
+
+Targets (ARCHITECTURE.md, "Targets"): the best exported path >= 20,000 img/s at batch 256 on one H100 and ahead of the best
+torch path; parity >= 0.999 for fp16 / TensorRT.
+
+Without CUDA (``torch.cuda.is_available()`` false) the suite prints one line and writes nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tki_sdk.benchmarks.gpu_backends import (
+    ALL_BACKENDS,
+    PARITY_BATCH,
+    Backend,
+    _noop,
+    _ort_backends,
+    _tensorrt_backend,
+    _torch_backends,
+    count_flops,
+    measure,
+)
+from tki_sdk.benchmarks.datasets import dataset_dir
+from tki_sdk.benchmarks.results import markdown_table
+
+__all__ = [
+    "Backend",
+    "measure",
+    "add_arguments",
+    "run",
+    "summarize",
+    "end_to_end",
+    "pick_files",
+    "count_flops",
+    "TARGET_IMG_S",
+    "DEFAULT_BATCHES",
+]
+
+SUITE = "gpu"
+DEFAULT_BATCHES = (1, 32, 256)
+TARGET_IMG_S = 20_000.0
+TARGET_BATCH = 256
+#: The JPEG members of ``IMAGE_SUFFIXES`` (the end-to-end run measures JPEG decoding, draft mode included).
+JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+#: Nominal dense fp16 tensor-core peaks (FLOP/s), by a substring of the device name (first match wins).
+FP16_PEAKS = (("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12),
+              ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12))
+
+
+# ------------------------------------------------------------------------------------------------ data
+def pick_files(root: Path, n: int, exts: Sequence[str] | None = None) -> list[Path]:
+    """``n`` image files spread evenly over the sorted file list of ``root`` (all domains and classes);
+    deterministic. Fewer when the folder holds fewer. ``exts``: suffixes to take (default
+    :data:`tki_sdk.common.imagefolders.IMAGE_SUFFIXES`, what a gallery indexes); hidden files are skipped."""
+    from tki_sdk.common.imagefolders import IMAGE_SUFFIXES, list_images
+
+    want = frozenset(e.lower() for e in exts) if exts is not None else IMAGE_SUFFIXES
+    files = sorted(f.path for f in list_images(root) if f.path.suffix.lower() in want)
+    if not files or n <= 0:
+        return []
+    if n >= len(files):
+        return files
+    return [files[(i * len(files)) // n] for i in range(n)]
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _repeat_to(x: np.ndarray, n: int) -> np.ndarray:
+    reps = -(-n // x.shape[0])
+    return np.ascontiguousarray(np.concatenate([x] * reps)[:n])
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+def end_to_end(emb: Any, files: Sequence[Path], *, batch_size: int, workers: int, seconds: float = 1.0,
+               label: str = "jpeg") -> dict[str, Any]:
+    """``emb.embed_images`` over ``files``: img/s end to end, next to decode + preprocess alone (``workers``
+    threads, no model) and inference alone (``emb.embed_pixels`` on a host batch of ``batch_size``); the
+    slower of the two stages is reported as ``limit``."""
+    files = list(files)
+    emb.embed_images(files[: min(len(files), batch_size)], batch_size=batch_size, workers=workers)  # warm-up
+    res = emb.embed_images(files, batch_size=batch_size, workers=workers)
+    wall = float(res.stats["wall_s"])
+    n_ok = len(res)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        decoded = list(pool.map(lambda f: emb.preprocessor.process(f), files))
+    decode_s = time.perf_counter() - t0
+    xb = _repeat_to(np.stack(decoded[: min(len(decoded), batch_size)]), batch_size)
+    inf = measure(lambda: emb.embed_pixels(xb), _noop, batch_size, seconds=seconds, warmup=2)
+    decode_rate = len(files) / decode_s
+    infer_rate = inf["images_per_s"]
+    e2e = n_ok / wall if wall > 0 else float("nan")
+    limit = "decode + preprocess" if decode_rate < infer_rate else "inference"
+    return {
+        "label": label, "files": len(files), "embedded": n_ok, "errors": len(res.errors), "batch_size": batch_size,
+        "workers": workers, "provider": getattr(emb, "provider", None), "precision": getattr(emb, "precision", None),
+        "images_per_s": e2e, "decode_images_per_s": decode_rate, "inference_images_per_s": infer_rate,
+        "limit": limit, "fraction_of_limit": e2e / min(decode_rate, infer_rate),
+        "wall_s": wall, "stats": dict(res.stats),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ summary
+def _peak(name: str | None) -> float | None:
+    for key, v in FP16_PEAKS:
+        if name and key in name:
+            return v
+    return None
+
+
+def summarize(records: Sequence[dict[str, Any]], parity: dict[str, dict[str, Any]], *,
+              target_batch: int = TARGET_BATCH, target: float = TARGET_IMG_S) -> dict[str, Any]:
+    """Best exported path (onnxruntime / TensorRT, parity passed) and best torch path at ``target_batch``;
+    whether the exported one reaches ``target`` img/s and beats torch."""
+    at = [r for r in records if int(r["batch_size"]) == int(target_batch)]
+
+    def best(kinds: tuple[str, ...]) -> dict[str, Any] | None:
+        ok = [r for r in at if r["kind"] in kinds and parity.get(r["backend"], {}).get("pass", True)]
+        return max(ok, key=lambda r: r["images_per_s"]) if ok else None
+
+    be, bt = best(("onnxruntime", "tensorrt")), best(("torch",))
+    return {
+        "batch_size": int(target_batch),
+        "target_images_per_s": target,
+        "best_exported": be and {"backend": be["backend"], "images_per_s": be["images_per_s"]},
+        "best_torch": bt and {"backend": bt["backend"], "images_per_s": bt["images_per_s"]},
+        "meets_target": bool(be and be["images_per_s"] >= target),
+        "exported_ahead_of_torch": bool(be and bt and be["images_per_s"] > bt["images_per_s"]),
+        "speedup_vs_best_torch": (be["images_per_s"] / bt["images_per_s"]) if be and bt else None,
+        "parity_all_pass": all(p.get("pass", False) for p in parity.values()) if parity else None,
+    }
+
+
+def _markdown(parity: dict[str, dict[str, Any]], records: list[dict[str, Any]], e2e: list[dict[str, Any]],
+              summary: dict[str, Any], skipped: dict[str, str], gpu_name: str) -> str:
+    parts = [f"GPU: {gpu_name}"]
+    if parity:
+        rows = [[k, v.get("min_cosine"), v.get("mean_cosine"), v.get("max_abs_error"), v.get("threshold"),
+                 "pass" if v.get("pass") else f"FAIL{': ' + v['error'] if v.get('error') else ''}"]
+                for k, v in parity.items()]
+        parts.append("Parity vs TKIModel.encode_image (float64), PACS images + random tensors, batch 1 and 32\n\n"
+                     + markdown_table(["backend", "min cos", "mean cos", "max abs err", "threshold", "result"], rows,
+                                      digits=6))
+    if records:
+        rows = [[r["backend"], r["input"], r["batch_size"], r["images_per_s"], r["p50_ms"], r["p95_ms"], r["p99_ms"],
+                 r.get("tflops")] for r in records]
+        parts.append("Throughput on preprocessed tensors\n\n" + markdown_table(
+            ["backend", "input", "batch", "img/s", "p50 ms", "p95 ms", "p99 ms", "TFLOP/s"], rows))
+    if e2e:
+        rows = [[r["label"], r["precision"], r["batch_size"], r["workers"], r["images_per_s"], r["decode_images_per_s"],
+                 r["inference_images_per_s"], r["limit"]] for r in e2e]
+        parts.append("End to end from JPEG files (Embedder)\n\n" + markdown_table(
+            ["run", "precision", "batch", "decode threads", "img/s", "decode-only img/s", "inference-only img/s",
+             "limit"], rows))
+    be, bt = summary.get("best_exported"), summary.get("best_torch")
+    line = f"batch {summary.get('batch_size')}: "
+    line += f"best exported {be['backend']} {be['images_per_s']:,.0f} img/s" if be else "no exported path measured"
+    line += f"; best torch {bt['backend']} {bt['images_per_s']:,.0f} img/s" if bt else ""
+    line += (f"; target {summary['target_images_per_s']:,.0f} img/s "
+             f"{'met' if summary.get('meets_target') else 'NOT met'}")
+    parts.append(line)
+    if skipped:
+        by_reason: dict[str, list[str]] = {}
+        for k, v in skipped.items():
+            by_reason.setdefault(v, []).append(k)
+        parts.append("Skipped: " + "; ".join(f"{', '.join(ks)} ({v})" for v, ks in by_reason.items()))
+    return "\n\n".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``tki-bench gpu``."""
+    g = parser.add_argument_group("gpu")
+    g.add_argument("--model-dir", type=Path, default=None,
+                   help="tki-export folder (model.onnx, model.fp16.onnx, optional model.plan)")
+    g.add_argument("--checkpoint", type=Path, default=None,
+                   help="tki train folder for the torch paths (default: the one tki.json records)")
+    g.add_argument("--pretrained", default=None, help="CLIP weights (default: what tki.json records)")
+    g.add_argument("--dataset-dir", type=Path, default=None,
+                   help="PACS-style image folder (default $TKI_PACS_DIR, else ../shared/data/pacs/images beside the repository)")
+    g.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCHES)), help="default 1,32,256")
+    g.add_argument("--backends", default=",".join(ALL_BACKENDS), help="comma-separated subset of the backends")
+    g.add_argument("--seconds", type=float, default=None, help="time per (backend, batch) (default 2; --quick 0.4)")
+    g.add_argument("--warmup", type=int, default=None, help="warm-up calls (default 10; --quick 3)")
+    g.add_argument("--parity-images", type=int, default=None,
+                   help="PACS images for parity, a multiple of 32 (default 64; --quick 32)")
+    g.add_argument("--e2e-images", type=int, default=None, help="JPEG files end to end (default 4096; --quick 512)")
+    g.add_argument("--e2e-batch-size", type=int, default=256, help="Embedder batch size end to end (default 256)")
+    g.add_argument("--e2e-workers", type=int, default=None, help="decode threads (default: all usable CPUs)")
+    g.add_argument("--no-e2e", action="store_true", help="skip the end-to-end JPEG measurement")
+    g.add_argument("--compile-mode", default="reduce-overhead",
+                   choices=["reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "default", "none"],
+                   help="torch.compile mode of torch-fp16-compile (default reduce-overhead)")
+    g.add_argument("--device-id", type=int, default=0, help="CUDA device (default 0)")
+
+
+def _cuda_or_skip() -> Any:
+    from tki_sdk.common.errors import UsageError
+
+    try:
+        import torch
+    except ImportError:
+        raise UsageError("tki-bench gpu: skipped: torch is not installed (pip install 'tki-sdk[bench]')") from None
+    if not torch.cuda.is_available():
+        raise UsageError("tki-bench gpu: skipped: no CUDA device (torch.cuda.is_available() is False); "
+                         "run it on a machine with an NVIDIA GPU (see benchmarks/gpu/README.md)")
+    return torch
+
+
+def _device(torch: Any, device_id: int) -> Any:
+    return torch.device("cuda", int(device_id))
+
+
+def _load_model(md: Any, checkpoint: Path | None, pretrained: str | None) -> Any:
+    from tki_sdk.export.fused import load_model
+
+    from tki_sdk.common.errors import UsageError
+
+    w = md.weights or {}
+    if pretrained is None and w.get("source") in ("file", "tag"):
+        pretrained = w.get("ref")
+    if md.head == "tki":
+        ck = checkpoint or (Path(md.checkpoint["path"]) if md.checkpoint and md.checkpoint.get("path") else None)
+        if ck is None or not Path(ck).is_dir():
+            raise UsageError(f"gpu: the torch paths need the checkpoint of {md.model_name}; pass --checkpoint")
+        return load_model(ck, head="tki", pretrained=pretrained)
+    return load_model(None, head="none", model_name=md.model_name, pretrained=pretrained)
+
+
+def _ints(text: str, what: str) -> list[int]:
+    from tki_sdk.common.errors import UsageError
+
+    try:
+        vals = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"gpu: {what} must be comma-separated integers, got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise UsageError(f"gpu: {what} must be positive integers, got {text!r}")
+    return vals
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the GPU suite (see module docstring); one line and no result file without CUDA."""
+    torch = _cuda_or_skip()
+    import onnxruntime  # noqa: F401 - after torch (CUDA libraries), before anything that may load usearch
+
+    from tki_sdk.export.validate import build_inputs, validate_runner
+    from tki_sdk.common.model_metadata import ModelMetadata
+    from tki_sdk.runtime.engine.preprocess import Preprocessor
+
+    from tki_sdk.common.errors import UsageError
+    from tki_sdk.benchmarks.plots import plot_latency, plot_throughput
+
+    quick = bool(getattr(args, "quick", False))
+    seconds = args.seconds if args.seconds is not None else (0.4 if quick else 2.0)
+    warmup = args.warmup if args.warmup is not None else (3 if quick else 10)
+    n_par = args.parity_images or (32 if quick else 64)
+    n_e2e = args.e2e_images or (512 if quick else 4096)
+    batches = _ints(args.batch_sizes, "--batch-sizes")
+    wanted = {b.strip() for b in str(args.backends).split(",") if b.strip()}
+    unknown = sorted(wanted - set(ALL_BACKENDS))
+    if unknown:
+        raise UsageError(f"gpu: unknown backend(s) {unknown}; choose from {', '.join(ALL_BACKENDS)}")
+    if args.model_dir is None:
+        raise UsageError("gpu: pass --model-dir (a tki-export folder with model.onnx / model.fp16.onnx)")
+    md = ModelMetadata.load(args.model_dir)
+    model_dir = Path(args.model_dir)
+    data = dataset_dir(args.dataset_dir)
+    if data is None:
+        raise UsageError("gpu: parity needs PACS images; pass --dataset-dir <root>/<domain>/<class>/<image> "
+                         "or set TKI_PACS_DIR")
+    progress = not getattr(args, "no_progress", False)
+
+    def say(msg: str) -> None:
+        if progress:
+            print(f"[gpu] {msg}", file=sys.stderr, flush=True)
+
+    device = _device(torch, args.device_id)
+    torch.cuda.set_device(device)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    props = torch.cuda.get_device_properties(device)
+    gpu = {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+           "multiprocessors": props.multi_processor_count, "capability": f"{props.major}.{props.minor}",
+           "torch_cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
+
+    # ---------------------------------------------------------------- model, inputs, reference
+    say(f"loading {md.model_name} ({md.head}) and {n_par} PACS images from {data}")
+    model = _load_model(md, args.checkpoint, args.pretrained)
+    pre = Preprocessor.from_metadata(md)
+    par_files = pick_files(data, n_par)
+    if not par_files:
+        raise UsageError(f"gpu: no images under {data}")
+    x_img = pre.batch(par_files)
+    # whole chunks of PARITY_BATCH rows: the compiled / graphed paths then see only batch 1 and 32
+    n_keep = max(PARITY_BATCH, (x_img.shape[0] // PARITY_BATCH) * PARITY_BATCH)
+    x_img = _repeat_to(x_img, n_keep)
+    say("float64 reference on the CPU")
+    inputs = build_inputs(model, x_img, image_source=f"PACS ({len(par_files)} files from {data})",
+                          n_random=PARITY_BATCH, large_batch=PARITY_BATCH)
+    flops = count_flops(model, x_img[:1])
+    if flops is None:
+        say("FLOP count unavailable")
+
+    # ---------------------------------------------------------------- backends
+    notes: dict[str, str] = {}
+    backends: list[Backend] = []
+    t0 = time.perf_counter()
+    backends += _torch_backends(model, wanted, device, args.compile_mode, notes)
+    arts = {k: model_dir / str(v.get("file")) for k, v in (md.artifacts or {}).items() if v.get("file")}
+    onnx_paths = {k: p for k, p in arts.items() if k in ("fp32", "fp16") and p.is_file()}
+    trt_cache = Path(os.environ.get("TKI_TRT_CACHE", "/tmp/tki-ort-trt-cache"))
+    say("starting onnxruntime sessions")
+    backends += _ort_backends(onnx_paths, wanted, "cuda", batches, notes, trt_cache=trt_cache,
+                              device_id=args.device_id)
+    if "tensorrt-plan" in wanted:
+        plan = next((p for k, p in arts.items() if k.startswith("tensorrt") and p.is_file()), None)
+        if plan is None:
+            notes["tensorrt-plan"] = "no TensorRT plan in the export (tki-export --tensorrt)"
+        else:
+            backends += _tensorrt_backend(plan, md, device, notes)
+    setup_s = time.perf_counter() - t0
+
+    # ---------------------------------------------------------------- parity
+    parity: dict[str, dict[str, Any]] = {}
+    for b in backends:
+        say(f"parity {b.name}")
+        res = validate_runner(b.name, b.info.get("file", b.kind), b.host_run, inputs, threshold=b.threshold,
+                              max_batch=b.max_batch)
+        parity[b.name] = res.to_dict()
+
+    # ---------------------------------------------------------------- throughput
+    peak = _peak(gpu["name"])
+    records: list[dict[str, Any]] = []
+    pool = _repeat_to(inputs.groups["images"], max(batches))
+    for bs in batches:
+        x = np.ascontiguousarray(pool[:bs])
+        for b in backends:
+            if b.max_batch is not None and bs > b.max_batch:
+                notes[f"{b.name}@{bs}"] = f"batch {bs} above the plan's max batch {b.max_batch}"
+                continue
+            say(f"throughput {b.name} batch {bs}")
+            try:
+                step = b.prepare(x)
+                t = measure(step, b.sync, bs, seconds=seconds, warmup=warmup)
+            except Exception as e:  # noqa: BLE001 - one failing path must not stop the others
+                notes[f"{b.name}@{bs}"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                continue
+            finally:
+                gc.collect()
+            rec = {"backend": b.name, "kind": b.kind, "input": b.input, "batch_size": bs, **t}
+            if flops:
+                rec["tflops"] = rec["images_per_s"] * flops / 1e12
+                if peak:
+                    rec["fraction_of_fp16_peak"] = rec["images_per_s"] * flops / peak
+            records.append(rec)
+
+    # ---------------------------------------------------------------- end to end
+    e2e: list[dict[str, Any]] = []
+    if not args.no_e2e:
+        if "fp16" not in (md.artifacts or {}):
+            notes["e2e"] = "no fp16 artifact"
+        else:
+            from tki_sdk.runtime import Embedder
+
+            jpgs = pick_files(data, n_e2e, exts=JPEG_SUFFIXES)
+            if not jpgs:
+                notes["e2e"] = f"no JPEG files under {data}"
+            else:
+                files = [jpgs[i % len(jpgs)] for i in range(n_e2e)]
+                workers = args.e2e_workers or _usable_cpus()
+                for label, opts in (("jpeg", {}), ("jpeg, draft decode", {"draft": True})):
+                    say(f"end to end ({label}), {len(files)} files, {workers} decode threads")
+                    try:
+                        emb = Embedder(model_dir, precision="fp16", preprocess=opts)
+                        e2e.append(end_to_end(emb, files, batch_size=args.e2e_batch_size, workers=workers,
+                                              seconds=seconds, label=label))
+                        del emb
+                    except Exception as e:  # noqa: BLE001
+                        notes[f"e2e {label}"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+    summary = summarize(records, parity, target_batch=TARGET_BATCH if TARGET_BATCH in batches else max(batches))
+    stem = getattr(args, "name", None) or ("quick" if quick else "results")
+    plots: list[str] = []
+    if records:
+        suite_dir = Path(getattr(args, "suite_dir", Path(args.out_dir) / SUITE))
+        plots.append(str(plot_throughput(records, suite_dir / f"{stem}_throughput.png",
+                                         title=f"{md.model_name} on {gpu['name']}: img/s vs batch")))
+        plots.append(str(plot_latency(records, suite_dir / f"{stem}_latency.png",
+                                      title=f"{md.model_name} on {gpu['name']}: latency per batch")))
+    try:
+        import onnxruntime as ort
+
+        ort_info = {"version": ort.__version__, "providers": ort.get_available_providers(), "file": ort.__file__}
+    except ImportError:  # pragma: no cover
+        ort_info = None
+    return {
+        "name": stem,
+        "gpu": gpu,
+        "onnxruntime": ort_info,
+        "model": {"model_name": md.model_name, "head": md.head, "embedding_dim": md.embedding_dim,
+                  "image_size": list(md.preprocess.size), "weights": md.weights, "flops_per_image": flops,
+                  "export_dir": str(model_dir)},
+        "settings": {"batch_sizes": batches, "seconds": seconds, "warmup": warmup, "compile_mode": args.compile_mode,
+                     "parity_images": int(x_img.shape[0]), "parity_random": PARITY_BATCH,
+                     "dataset": str(data), "fp16_peak_flops": peak, "setup_s": setup_s},
+        "parity": parity,
+        "throughput": records,
+        "e2e": e2e,
+        "summary": summary,
+        "skipped": notes,
+        "backend_info": {b.name: {**b.info, "setup_s": b.setup_s} for b in backends},
+        "markdown": _markdown(parity, records, e2e, summary, notes, gpu["name"]),
+        "plots": plots,
+    }

@@ -1,0 +1,636 @@
+"""Resumable, incremental embedding runs: plan what to embed, embed it in checkpointed windows, commit.
+
+A run of ``tki embed --images I --out G`` (either engine) goes:
+
+1. **List** the files (:func:`~tki_sdk.runtime.pipeline.ingest.scan_sources`): key = hash of the path relative to
+   ``I``, signature = (size, mtime) or, with ``--hash``, (size, SHA-256).
+2. **Plan** (:func:`plan_run`) against two records: the gallery ``G`` (each item's metadata holds the
+   signature it was embedded from) and the shards of an unfinished run in ``G/embed-run/shards``. A file is
+   *unchanged* when the gallery holds its key with the same signature, *resumed* when a shard already holds
+   a good row with its current signature, and *to embed* otherwise; gallery keys no longer listed are
+   *deleted* (removed with ``prune``).
+3. **Embed** the files to embed with an engine (one process: :func:`embed_local`; Ray Data:
+   :mod:`tki_sdk.runtime.pipeline.distributed`). Rows go through a :class:`Checkpointer`, which writes a shard
+   (:mod:`tki_sdk.runtime.pipeline.shards`) every ``every`` rows or ``seconds`` seconds, whichever comes first, and
+   on Ctrl-C. Each shard is written whole by the atomic writer: a run killed with SIGKILL loses at most the
+   rows since the last shard, and the next run's plan skips everything the shards hold. Memory holds one
+   window of rows, never the whole collection.
+4. **Commit** (:func:`index_shards`): stream the shards into the gallery -- only rows whose signature is the
+   file's current one (older rows of the same key are stale), one vector per key -- prune, save a new gallery
+   version atomically, then delete the run folder.
+
+Why a skip list of our own rather than Ray Data's checkpointing: the same keys and signatures already
+decide what is unchanged for incremental runs, so resuming is the same comparison against a second record
+(the shards), works the same for both engines, and costs one read of three small columns per shard.
+
+``G/embed-run/run.json`` (:class:`RunState`) records which model, folder and signature mode the unfinished
+run belongs to, so a run is never resumed with another model or folder.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tki_sdk.common.atomic import atomic_write_json
+from tki_sdk.common.errors import EXIT_FAILED, UsageError
+from tki_sdk.common.contract import ContractError, check_version, read_json_object
+from tki_sdk.common.imagefolders import SkippedEntry
+
+from tki_sdk.runtime.index.store import RUN_DIR
+from tki_sdk.runtime.pipeline.ingest import SourceFile, iter_chunks, scan_sources, stored_signature
+from tki_sdk.runtime.pipeline.shards import (
+    SHARD_COLUMNS,
+    SIGNATURE_COLUMNS,
+    ShardInfo,
+    ShardRows,
+    iter_shard_batches,
+    list_shards,
+    read_shard_info,
+    write_shard,
+)
+
+__all__ = [
+    "RUN_DIR", "RUN_FILE", "SHARDS_DIR", "TRACE_ENV", "RunState", "RunPlan", "Checkpointer", "IndexReport",
+    "EmbedJob", "JobReport", "plan_run", "held_signatures", "indexed_metadata", "embed_local", "index_shards",
+    "run_job", "trace_embedded",
+]
+
+RUN_FILE = "run.json"
+SHARDS_DIR = "shards"
+RUN_FORMAT = "tki-embed-run"
+RUN_FORMAT_VERSION = 1
+#: Diagnostics: when set to a file path, every file sent to the model is appended to it (one ``rel`` per
+#: line, from whichever process runs the model). Tests count inference calls with it.
+TRACE_ENV = "TKI_EMBED_TRACE"
+
+
+def trace_embedded(rels: Iterable[str]) -> None:
+    """Append ``rels`` to the file named by ``$TKI_EMBED_TRACE`` (no-op when unset)."""
+    path = os.environ.get(TRACE_ENV)
+    if not path:
+        return
+    data = "".join(f"{r}\n" for r in rels).encode("utf-8", "surrogateescape")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------- run state
+@dataclass
+class RunState:
+    """``embed-run/run.json``: what an unfinished run embeds, so a resume uses the same model and files."""
+
+    model_fingerprint: str
+    images_root: str
+    use_hash: bool
+    engine: str
+    started: str
+    format: str = RUN_FORMAT
+    format_version: int = RUN_FORMAT_VERSION
+
+    def save(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        return atomic_write_json(folder / RUN_FILE, asdict(self))
+
+    @classmethod
+    def load(cls, folder: Path) -> "RunState":
+        fix = f"delete {folder} or pass --restart"
+        d = read_json_object(folder / RUN_FILE, "embedding run state", fix)
+        if d.get("format") != RUN_FORMAT:
+            raise ContractError(f"{folder / RUN_FILE} is not an embedding run state; {fix}")
+        check_version(d.get("format_version"), RUN_FORMAT_VERSION, str(folder / RUN_FILE))
+        try:
+            return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        except TypeError as e:
+            raise ContractError(f"{folder / RUN_FILE} lacks a field ({e}); {fix}") from None
+
+
+# ---------------------------------------------------------------------------------------------- plan
+@dataclass
+class RunPlan:
+    """What a run does with each listed file (see the module docstring)."""
+
+    todo: list[SourceFile]
+    resumed: list[SourceFile]
+    unchanged: int
+    deleted: list[int]
+    listing_failed: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def wanted(self) -> dict[int, SourceFile]:
+        """Files whose rows the commit indexes: to embed now, or already in the run's shards."""
+        return {s.key: s for s in (*self.resumed, *self.todo)}
+
+
+def indexed_metadata(gallery: Any, chunk: int = 10_000) -> dict[int, dict[str, Any]]:
+    """Every item's metadata in ``gallery`` by key (read in chunks)."""
+    keys = gallery.keys()
+    out: dict[int, dict[str, Any]] = {}
+    for s in range(0, len(keys), chunk):
+        part = keys[s : s + chunk]
+        for k, m in zip(part, gallery.get_metadata(part)):
+            out[int(k)] = m or {}
+    return out
+
+
+def held_signatures(shards: Sequence[Path], use_hash: bool, fingerprint: str) -> dict[int, tuple[Any, ...]]:
+    """Signatures of the good rows the ``shards`` hold (later shards supersede earlier ones); refuses a
+    shard of another model. Reads only the signature columns."""
+    held: dict[int, tuple[Any, ...]] = {}
+    for path in shards:
+        _check_shard(path, fingerprint)
+        for b in iter_shard_batches(path, SIGNATURE_COLUMNS):
+            for i, k in enumerate(b["key"].tolist()):
+                if b["error"][i] is None:
+                    held[k] = (int(b["size"][i]), b["sha256"][i]) if use_hash else (int(b["size"][i]), int(b["mtime_ns"][i]))
+                else:
+                    held.pop(k, None)
+    return held
+
+
+def _check_shard(path: Path, fingerprint: str | None) -> ShardInfo:
+    try:
+        info = read_shard_info(path)
+    except ContractError as e:
+        raise UsageError(f"{e}; move it out of {path.parent}") from None
+    if fingerprint is not None and info.model_fingerprint != fingerprint:
+        raise UsageError(f"shard {path} was written by another model ({info.model_fingerprint[:12]}, "
+                         f"not {fingerprint[:12]}); use another --shards folder or pass --restart")
+    return info
+
+
+def plan_run(
+    sources: Sequence[SourceFile],
+    indexed: Mapping[int, Mapping[str, Any]],
+    held: Mapping[int, tuple[Any, ...]],
+    use_hash: bool,
+    listing_failed: Sequence[tuple[str, str]] = (),
+) -> RunPlan:
+    """Split ``sources`` into to-embed / resumed / unchanged against the gallery's ``indexed`` metadata and
+    the run's ``held`` shard signatures; gallery keys not listed are ``deleted``."""
+    todo, resumed, unchanged = [], [], 0
+    listed = set()
+    for s in sources:
+        listed.add(s.key)
+        sig = s.signature(use_hash)
+        meta = indexed.get(s.key)
+        if meta is not None and stored_signature(dict(meta), use_hash) == sig and meta.get("rel") == s.rel:
+            unchanged += 1
+        elif held.get(s.key) == sig:
+            resumed.append(s)
+        else:
+            todo.append(s)
+    deleted = sorted(k for k in indexed if k not in listed)
+    return RunPlan(todo, resumed, unchanged, deleted, list(listing_failed))
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+class Checkpointer:
+    """Collects rows and writes them as a shard every ``every`` rows or ``seconds`` seconds (and on
+    :meth:`flush`); the only state a killed run loses is what :meth:`pending` holds."""
+
+    def __init__(self, folder: Path, info: ShardInfo, every: int = 1000, seconds: float = 60.0) -> None:
+        if every < 1 or seconds <= 0:
+            raise ValueError("checkpoint every N >= 1 rows and T > 0 seconds")
+        self.folder, self.info, self.every, self.seconds = Path(folder), info, int(every), float(seconds)
+        self.rows = ShardRows()
+        self.written: list[Path] = []
+        self.rows_written = 0
+        self._since = time.monotonic()
+
+    @property
+    def pending(self) -> int:
+        return len(self.rows)
+
+    def add(self, source: SourceFile, embedding: np.ndarray | None, error: str | None) -> None:
+        self.rows.append(source, embedding, error)
+
+    def maybe_flush(self) -> None:
+        """Write a shard when the window is full or old enough."""
+        if len(self.rows) >= self.every or (self.rows and time.monotonic() - self._since >= self.seconds):
+            self.flush()
+
+    def flush(self) -> Path | None:
+        """Write the pending rows as one shard (nothing when there are none)."""
+        self._since = time.monotonic()
+        if not self.rows:
+            return None
+        path = write_shard(self.folder, self.rows, self.info)
+        self.written.append(path)
+        self.rows_written += len(self.rows)
+        self.rows = ShardRows()
+        return path
+
+
+def embed_local(
+    todo: Sequence[SourceFile],
+    embedder: Any,
+    checkpoints: Checkpointer,
+    *,
+    batch_size: int = 32,
+    workers: int | None = None,
+    progress: bool = False,
+) -> int:
+    """Embed ``todo`` in this process (``Embedder.embed_images`` over slices of at most 16 batches, so a
+    checkpoint can fall between slices) and hand every row to ``checkpoints``. Pending rows are written on
+    Ctrl-C too. Returns the number of files sent to the model."""
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), unit="img", desc="embed", dynamic_ncols=True)
+    sent = 0
+    step = max(1, min(checkpoints.every, 16 * batch_size))
+    try:
+        for part in iter_chunks(list(todo), step):
+            res = embedder.embed_images([s.path for s in part], batch_size=batch_size, workers=workers)
+            good = {int(i): row for row, i in enumerate(res.indices)}
+            trace_embedded(part[i].rel for i in good)
+            sent += len(good)
+            reasons = {str(item): reason for item, reason in res.errors}
+            for i, s in enumerate(part):
+                if i in good:
+                    checkpoints.add(s, res.embeddings[good[i]], None)
+                else:
+                    checkpoints.add(s, None, reasons.get(s.path, "could not be embedded"))
+            if bar is not None:
+                bar.update(len(part))
+            checkpoints.maybe_flush()
+    except KeyboardInterrupt:
+        checkpoints.flush()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    checkpoints.flush()
+    return sent
+
+
+# ---------------------------------------------------------------------------------------------- commit
+@dataclass
+class IndexReport:
+    """What :func:`index_shards` did: items ``added`` (new keys), ``updated`` (replaced vectors),
+    ``unchanged`` (rows equal to the gallery's item), ``stale`` (rows of an older file version, skipped),
+    ``pruned`` (keys removed), and ``failed`` files ``(path, reason)`` (their old item, if any, removed)."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    stale: int = 0
+    pruned: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    rows: int = 0
+
+
+def _row_source(b: dict[str, Any], i: int) -> SourceFile:
+    return SourceFile(key=int(b["key"][i]), path=b["path"][i], rel=b["rel"][i], domain=b["domain"][i],
+                      class_name=b["class"][i], size=int(b["size"][i]), mtime_ns=int(b["mtime_ns"][i]),
+                      sha256=b["sha256"][i])
+
+
+def index_shards(
+    gallery: Any,
+    shards: Sequence[Path],
+    *,
+    wanted: Mapping[int, SourceFile] | None = None,
+    use_hash: bool = False,
+    prune: Sequence[int] = (),
+    batch_rows: int = 4096,
+    progress: bool = False,
+) -> IndexReport:
+    """Stream ``shards`` (in write order) into ``gallery``: one batch of rows in memory at a time.
+
+    With ``wanted`` (a run's plan) only rows of wanted keys whose signature equals the file's current one are
+    used, and the item's metadata is the current file's; without it (``tki index``) every row is used and
+    later rows of a key supersede earlier ones. A good row adds its key or replaces a different item; an
+    error row removes the key's old item and reports the file as failed (a later good row of the same key
+    clears that). Rows equal to the gallery's item change nothing, so duplicate rows (a retried task, a
+    resumed run) never index a file twice. Finally the ``prune`` keys are removed.
+    """
+    rep = IndexReport()
+    before: dict[int, bool] = {}  # key -> held an item before this call
+    applied: set[int] = set()
+    failed: dict[int, tuple[str, str]] = {}
+    bar = None
+    if progress and shards:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(shards), unit="shard", desc="index", dynamic_ncols=True)
+    try:
+        for path in shards:
+            _check_shard(path, gallery.model_fingerprint)
+            for b in iter_shard_batches(path, SHARD_COLUMNS, batch_rows):
+                _apply_batch(gallery, b, wanted, use_hash, rep, before, applied, failed)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    for k in applied:
+        if k not in failed:
+            if before[k]:
+                rep.updated += 1
+            else:
+                rep.added += 1
+    rep.failed = list(failed.values())
+    if len(prune):
+        rep.pruned = int(gallery.remove(np.asarray(prune, dtype=np.uint64)))
+    return rep
+
+
+def _apply_batch(gallery: Any, b: dict[str, Any], wanted: Mapping[int, SourceFile] | None, use_hash: bool,
+                 rep: IndexReport, before: dict[int, bool], applied: set[int],
+                 failed: dict[int, tuple[str, str]]) -> None:
+    keys = b["key"]
+    rep.rows += len(keys)
+    current = gallery.get_metadata(keys) if len(keys) else []
+    queue: list[tuple[int, np.ndarray, dict[str, Any]]] = []
+    touched: set[int] = set()
+
+    def flush() -> None:
+        if queue:
+            gallery.add(np.asarray([q[0] for q in queue], dtype=np.uint64), np.stack([q[1] for q in queue]),
+                        [q[2] for q in queue])
+            queue.clear()
+
+    for i, k in enumerate(keys.tolist()):
+        row = _row_source(b, i)
+        if wanted is not None:
+            want = wanted.get(k)
+            if want is None or want.signature(use_hash) != row.signature(use_hash):
+                rep.stale += 1
+                continue
+            row = want
+        if k in touched:  # the key repeats within this batch: see what the earlier row left
+            flush()
+            old = gallery.get_metadata([k])[0]
+        else:
+            old = current[i]
+        touched.add(k)
+        before.setdefault(k, old is not None)
+        error = b["error"][i]
+        if error is not None:
+            failed[k] = (row.path, error)
+            if old is not None:
+                gallery.remove(np.asarray([k], dtype=np.uint64))
+            continue
+        failed.pop(k, None)
+        meta = row.metadata()
+        if old == meta:
+            rep.unchanged += 1
+            continue
+        if old is not None:
+            gallery.remove(np.asarray([k], dtype=np.uint64))
+        queue.append((k, b["embedding"][i], meta))
+        applied.add(k)
+    flush()
+
+
+# ---------------------------------------------------------------------------------------------- the job
+@dataclass
+class EmbedJob:
+    """One ``tki embed`` run: where from, where to, and how to checkpoint (see the module docstring).
+
+    ``shards``: where the run's shards go (default ``out/embed-run/shards``, removed after the commit; a
+    folder given here is kept). ``exact`` / ``dtype`` / ``connectivity`` / ``expansion_add``: for a new gallery
+    (``None``: HNSW f32, M 16, efConstruction 128); an existing gallery keeps its own and refuses different
+    explicit ones.
+    """
+
+    images: Path
+    out: Path
+    manifest: Path | None = None
+    use_hash: bool = False
+    prune: bool = False
+    overwrite: bool = False
+    restart: bool = False
+    shards: Path | None = None
+    every: int = 1000
+    seconds: float = 60.0
+    exact: bool | None = None
+    dtype: str | None = None
+    connectivity: int | None = None
+    expansion_add: int | None = None
+    engine: str = "local"
+    progress: bool = False
+    #: When the gallery changes, choose its HNSW ``expansion_search`` for this recall@10 (``Gallery.tune`` on
+    #: leave-one-out queries; kept in gallery.json); 0 keeps the current value.
+    target_recall: float = 0.0
+
+
+@dataclass
+class JobReport:
+    """Outcome of :func:`run_job`: per-file counts, the failed files, and timings."""
+
+    listed: int
+    added: int
+    updated: int
+    unchanged: int
+    resumed: int
+    pruned: int
+    deleted_kept: int
+    failed: list[tuple[str, str]]
+    embedded: int
+    shards_written: int
+    gallery_items: int
+    saved: bool
+    wall_s: float
+    embed_s: float
+    index_s: float
+
+
+#: ``engine(todo, checkpoints) -> files sent to the model``
+Engine = Callable[[Sequence[SourceFile], Checkpointer], int]
+
+
+def run_job(job: EmbedJob, model: ShardInfo, engine: Engine, new_gallery: Callable[[], Any]) -> JobReport:
+    """Plan, embed (with ``engine``), commit and clean up one run; see the module docstring.
+
+    ``model`` describes the model (fingerprint, width, metric, summary) and is written into every shard;
+    ``new_gallery()`` makes an empty gallery when ``job.out`` holds none (or ``job.overwrite``). Raises
+    :class:`UsageError` for conditions the user must fix (code 1 when no file at all could be embedded).
+    """
+    from tki_sdk.runtime.index.gallery import Gallery
+    from tki_sdk.runtime.index.store import is_gallery
+
+    t0 = time.perf_counter()
+    out = Path(job.out)
+    out_existed = out.exists()
+    run_dir = out / RUN_DIR
+    shard_dir = Path(job.shards) if job.shards is not None else run_dir / SHARDS_DIR
+    skipped: list[SkippedEntry] = []
+    sources, listing_failed = scan_sources(job.images, use_hash=job.use_hash, manifest=job.manifest,
+                                           skipped=skipped)
+    # entries the walker never opened (FIFOs, sockets, devices, link loops, unreadable folders) are failures
+    listing_failed = listing_failed + [(str(e.path), e.reason) for e in skipped]
+    if not sources and not listing_failed and not is_gallery(out):
+        raise UsageError(f"no image files under {job.images} (looked for .jpg, .png, .gif, .bmp, .tif, .webp, ...)")
+
+    gallery = _open_gallery(job, model, new_gallery, Gallery, is_gallery(out))
+    is_new = len(gallery) == 0 and not is_gallery(out)
+    if job.overwrite or job.restart:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if job.shards is not None and job.overwrite:
+            for p in list_shards(shard_dir):
+                p.unlink()
+    _claim_run(run_dir, job, model)
+    try:
+        held = held_signatures(list_shards(shard_dir), job.use_hash, model.model_fingerprint)
+        plan = plan_run(sources, {} if job.overwrite else indexed_metadata(gallery), held, job.use_hash, listing_failed)
+        ckpt = Checkpointer(shard_dir, model, every=job.every, seconds=job.seconds)
+        t1 = time.perf_counter()
+        embedded = engine(plan.todo, ckpt) if plan.todo else 0
+        t2 = time.perf_counter()
+        rep = index_shards(gallery, list_shards(shard_dir), wanted=plan.wanted, use_hash=job.use_hash,
+                           prune=plan.deleted if job.prune else (), progress=job.progress)
+        t3 = time.perf_counter()
+        failed = plan.listing_failed + rep.failed
+        changed = bool(plan.todo or plan.resumed or rep.pruned or is_new or job.overwrite)
+        if len(gallery) == 0 and is_new:
+            raise UsageError(f"none of the {len(sources) + len(listing_failed)} files under {job.images} could be "
+                             "read; nothing was written", code=EXIT_FAILED)
+        if changed and job.target_recall > 0 and not gallery.exact and len(gallery) > 1:
+            gallery.tune(min(1.0, job.target_recall))  # stored in gallery.json; `tki info` shows the estimate
+        if changed:
+            # a gallery this run creates is created exclusively: when another run created one at ``out``
+            # meanwhile, this one refuses instead of replacing it (unless --overwrite)
+            _save(gallery, out, overwrite=job.overwrite or not is_new)
+    except UsageError as e:
+        if e.code == EXIT_FAILED and not out_existed:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    _finish_run(run_dir, job)
+    return JobReport(
+        listed=len(sources) + len(listing_failed), added=rep.added, updated=rep.updated, unchanged=plan.unchanged, resumed=len(plan.resumed),
+        pruned=rep.pruned, deleted_kept=0 if job.prune else len(plan.deleted), failed=failed, embedded=embedded,
+        shards_written=len(ckpt.written), gallery_items=len(gallery), saved=changed,
+        wall_s=time.perf_counter() - t0, embed_s=t2 - t1, index_s=t3 - t2,
+    )
+
+
+def _save(gallery: Any, out: Path, overwrite: bool) -> None:
+    """``gallery.save`` with its two failures as one-line user errors (exit 2: another run created the
+    gallery; exit 1: the write failed, the previous version is kept)."""
+    from tki_sdk.runtime.index.store import GalleryExistsError
+
+    try:
+        gallery.save(out, overwrite=overwrite)
+    except GalleryExistsError as e:
+        raise UsageError(str(e)) from None
+    except OSError as e:
+        raise UsageError(f"cannot write gallery {out}: {e}", code=EXIT_FAILED) from None
+
+
+def _open_gallery(job: EmbedJob, model: ShardInfo, new_gallery: Callable[[], Any], Gallery: Any, exists: bool) -> Any:
+    if not exists or job.overwrite:
+        return new_gallery()
+    try:
+        g = Gallery.load(job.out)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot open gallery {job.out}: {e}; pass --overwrite to rebuild it") from None
+    if g.model_fingerprint and g.model_fingerprint != model.model_fingerprint:
+        raise UsageError(f"gallery {job.out} was built with another model ({g.model_fingerprint[:12]}); "
+                         "pass --overwrite to rebuild it with this one")
+    if job.exact is not None and bool(job.exact) != g.exact:
+        raise UsageError(f"gallery {job.out} is {'exact' if g.exact else 'HNSW'}; pass --overwrite to rebuild it")
+    if job.dtype is not None and job.dtype != g.dtype:
+        raise UsageError(f"gallery {job.out} stores {g.dtype} vectors; pass --overwrite to rebuild it as {job.dtype}")
+    check_same_graph(job.out, {"exact": g.exact, "connectivity": g.connectivity, "expansion_add": g.expansion_add},
+                     connectivity=job.connectivity, expansion_add=job.expansion_add)
+    return g
+
+
+def check_same_graph(gallery: Path, built: dict[str, Any], *, connectivity: int | None,
+                     expansion_add: int | None) -> None:
+    """Refuse (:class:`UsageError`) graph options that differ from those the gallery was ``built`` with
+    (its ``gallery.json`` fields ``exact``, ``connectivity``, ``expansion_add``); ``None`` means not given."""
+    for flag, key, want in (("--connectivity", "connectivity", connectivity),
+                            ("--expansion-add", "expansion_add", expansion_add)):
+        if want is not None and not built.get("exact") and int(want) != int(built[key]):
+            raise UsageError(f"gallery {gallery} was built with {flag} {built[key]}; pass --overwrite to rebuild "
+                             f"it with {want}")
+
+
+def _claim_run(run_dir: Path, job: EmbedJob, model: ShardInfo) -> None:
+    """Resume the unfinished run in ``run_dir`` when it is the same run; start one otherwise."""
+    root = str(Path(job.images).resolve())
+    if (run_dir / RUN_FILE).is_file():
+        try:
+            st = RunState.load(run_dir)
+        except ContractError as e:
+            raise UsageError(str(e)) from None
+        if st.model_fingerprint != model.model_fingerprint:
+            raise UsageError(f"{run_dir} holds an unfinished run of another model; pass --restart to discard it")
+        if st.images_root != root:
+            raise UsageError(f"{run_dir} holds an unfinished run of {st.images_root}; pass --restart to discard it")
+        if st.use_hash != job.use_hash:
+            raise UsageError(f"{run_dir} holds an unfinished run {'with' if st.use_hash else 'without'} --hash; "
+                             "run it the same way or pass --restart")
+        return
+    RunState(model.model_fingerprint, root, job.use_hash, job.engine,
+             time.strftime("%Y-%m-%dT%H:%M:%S%z")).save(run_dir)
+
+
+def _finish_run(run_dir: Path, job: EmbedJob) -> None:
+    """The commit is saved: the run folder (and its shards, unless the user named the folder) goes."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def index_folder(
+    shard_dir: Path, gallery_path: Path, *, exact: bool | None = None, dtype: str | None = None,
+    progress: bool = False, connectivity: int | None = None, expansion_add: int | None = None,
+) -> tuple[IndexReport, Any]:
+    """``tki index``: build the gallery at ``gallery_path`` from every shard in ``shard_dir`` or update the
+    one there (same model required), then save it. Returns the report and the gallery."""
+    from tki_sdk.runtime.index.gallery import Gallery
+    from tki_sdk.runtime.index.store import is_gallery
+
+    shards = list_shards(shard_dir)
+    if not shards:
+        raise UsageError(f"no shards (part-*.parquet) in {shard_dir}")
+    info = _check_shard(shards[0], None)
+    if is_gallery(gallery_path):
+        job = EmbedJob(images=Path("."), out=Path(gallery_path), exact=exact, dtype=dtype,
+                       connectivity=connectivity, expansion_add=expansion_add)
+        gallery = _open_gallery(job, info, lambda: None, Gallery, True)
+    else:
+        try:
+            graph = {k: v for k, v in (("connectivity", connectivity), ("expansion_add", expansion_add)) if v is not None}
+            gallery = Gallery(info.embedding_dim, metric=info.metric, exact=bool(exact), dtype=dtype or "f32",
+                              model_fingerprint=info.model_fingerprint, model_info=info.model, **graph)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    rep = index_shards(gallery, shards, progress=progress)
+    if len(gallery) == 0:
+        raise UsageError(f"the shards in {shard_dir} hold no embedded file; nothing was written", code=EXIT_FAILED)
+    _save(gallery, Path(gallery_path), overwrite=is_gallery(gallery_path))
+    return rep, gallery
+
+
+def print_report(rep: JobReport, out: Path, file: Any = None) -> None:
+    """The run's summary lines (counts, failed files, rate) on ``file`` (default stderr)."""
+    from tki_sdk.common.errors import printable
+
+    file = file if file is not None else sys.stderr
+    if rep.failed:
+        print(f"skipped {len(rep.failed)} of {rep.listed} files:", file=file)
+        for path, reason in rep.failed:
+            print(f"  {printable(path)}: {printable(reason)}", file=file)
+    rate = rep.embedded / rep.embed_s if rep.embed_s > 0 else 0.0
+    print(f"added {rep.added}, updated {rep.updated}, unchanged {rep.unchanged}, pruned {rep.pruned}, "
+          f"failed {len(rep.failed)}" + (f" (resumed {rep.resumed} from checkpoints)" if rep.resumed else "")
+          + (f"; {rep.deleted_kept} deleted files still indexed (pass --prune to remove them)" if rep.deleted_kept else ""),
+          file=file)
+    print(f"indexed {rep.added + rep.updated} of {rep.listed} images into {out} ({rep.gallery_items} items) in "
+          f"{rep.wall_s:.1f} s (embedded {rep.embedded} at {rate:.1f} img/s, {rep.shards_written} checkpoint(s); "
+          f"index {rep.index_s:.1f} s)", file=file)

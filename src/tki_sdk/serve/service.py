@@ -1,0 +1,233 @@
+"""``SearchService``: the model, the live gallery, the decode pool and the micro-batcher of one instance.
+
+Request path: ``admit()`` (at most ``max_queue`` requests in flight, else 503 + ``Retry-After``) ->
+``decode()`` (images decoded and preprocessed in a pool of ``workers`` threads) -> ``run()`` (one
+:class:`~tki_sdk.serve.batching.Job` on the micro-batcher, answered within ``request_timeout_s`` or 504).
+
+One batch (:meth:`SearchService.process_batch`, on the inference thread): the pixels of every image query
+are stacked into one ``Embedder.embed_pixels`` call; the queries of the batch are then grouped by
+``(k, where)`` and each group is one ``Gallery.search`` call on the gallery snapshot taken at the start of
+the batch (so a reload never splits a batch); the metadata of all hits is read in one lookup.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Mapping
+
+import numpy as np
+
+from tki_sdk.runtime import MISSING_KEY, Embedder, ImageLoadError
+
+from tki_sdk.serve.batching import Job, MicroBatcher, QueueFull
+from tki_sdk.serve.config import ServeConfig
+from tki_sdk.serve.errors import APIError
+from tki_sdk.serve.metrics import ServiceMetrics
+from tki_sdk.serve.reloading import GallerySnapshot, LiveGallery
+from tki_sdk.serve.thumbnails import ThumbnailCache
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SearchService", "Query", "PRIVATE_FIELDS"]
+
+#: Metadata fields never sent to clients (server file paths).
+PRIVATE_FIELDS = frozenset({"path"})
+
+
+@dataclass
+class Query:
+    """What one request asks of the inference thread.
+
+    ``pixels`` [n, 3, H, W] (images to embed) or ``vectors`` [n, D] (already embedded); ``k`` None means
+    embed only. ``where`` is the validated filter, ``where_key`` its canonical JSON (the batch grouping key).
+    """
+
+    pixels: np.ndarray | None = None
+    vectors: np.ndarray | None = None
+    k: int | None = None
+    where: Mapping[str, Any] | None = None
+
+    @property
+    def size(self) -> int:
+        arr = self.pixels if self.pixels is not None else self.vectors
+        return int(arr.shape[0]) if arr is not None else 0
+
+    @property
+    def where_key(self) -> str:
+        return json.dumps(self.where, sort_keys=True) if self.where else ""
+
+
+def public_metadata(meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (meta or {}).items() if k not in PRIVATE_FIELDS}
+
+
+class SearchService:
+    """Everything one running instance holds; ``start()`` / ``stop()`` bracket its life."""
+
+    def __init__(self, config: ServeConfig, embedder: Any | None = None) -> None:
+        self.config = config
+        self.metrics = ServiceMetrics()
+        self.embedder = embedder if embedder is not None else Embedder(
+            config.model, precision=config.precision, threads=config.threads,
+            preprocess={"max_pixels": int(config.max_pixels)},
+        )
+        self.live = LiveGallery(
+            config.gallery, self.embedder.model_fingerprint, interval_s=config.reload_interval_s,
+            on_reload=self._reloaded, on_failure=lambda _msg: self.metrics.reload_failures.inc(),
+        )
+        snap = self.live.snapshot
+        if snap.gallery.ndim != self.embedder.embedding_dim:
+            raise ValueError(f"gallery vectors are {snap.gallery.ndim}-d but the model embeds "
+                             f"{self.embedder.embedding_dim}-d; serve the gallery with the model that built it")
+        self.metrics.set_gallery(snap.version, snap.size)
+        self.batcher = MicroBatcher(
+            self.process_batch, max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000.0,
+            max_queue=config.max_queue, observer=self.metrics, upstream=None if config.fixed_wait else (lambda: self.in_flight - self.queued),
+        )
+        self.decode_pool = ThreadPoolExecutor(config.workers, thread_name_prefix="tki-decode")
+        self.thumbnails = ThumbnailCache(config.thumbnail_px, config.max_pixels, config.thumbnail_cache)
+        self.in_flight = 0  # admitted requests not answered yet
+        self.queued = 0  # of those, the ones whose job is on the batcher
+        self.draining = False
+
+    # ------------------------------------------------------------------ life
+    def start(self) -> None:
+        self.batcher.start()
+        self.live.start()
+
+    def stop(self) -> None:
+        """Answer everything already queued, then release threads."""
+        self.draining = True
+        self.batcher.stop()
+        self.live.stop()
+        self.decode_pool.shutdown(wait=True)
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher.alive and not self.draining
+
+    def _reloaded(self, snap: GallerySnapshot) -> None:
+        self.metrics.reloads.inc()
+        self.metrics.set_gallery(snap.version, snap.size)
+
+    # ------------------------------------------------------------------ request path
+    @contextlib.asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        """Count one request in flight; 503 with Retry-After when ``max_queue`` are already in flight."""
+        if self.draining:
+            raise APIError(503, "the service is shutting down; retry on another instance",
+                           {"Retry-After": "1"})
+        if self.in_flight >= self.config.max_queue:
+            self.metrics.rejected.labels(reason="queue_full").inc()
+            raise APIError(503, f"overloaded: {self.in_flight} requests in flight (--max-queue "
+                           f"{self.config.max_queue}); retry after 1 s", {"Retry-After": "1"})
+        self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.set(self.in_flight)
+
+    def _decode_one(self, data: bytes, name: str) -> np.ndarray:
+        try:
+            return self.embedder.preprocessor.process(data)
+        except ImageLoadError as e:
+            status = 413 if "too many pixels" in e.reason else 400
+            raise APIError(status, f"{name}: {e.reason}") from None
+        except Exception as e:  # noqa: BLE001 - any decoder failure is the upload's fault
+            raise APIError(400, f"{name}: cannot decode this image ({type(e).__name__}: {e})") from None
+
+    async def decode(self, images: list[tuple[str, bytes]]) -> np.ndarray:
+        """Encoded images -> preprocessed pixels [n, 3, H, W], decoded in parallel in the decode pool."""
+        loop = asyncio.get_running_loop()
+        tasks = [loop.run_in_executor(self.decode_pool, self._decode_one, data, name) for name, data in images]
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        for r in done:
+            if isinstance(r, BaseException):
+                raise r
+        return np.stack(done)
+
+    async def run(self, query: Query) -> dict[str, Any]:
+        """Queue ``query`` on the micro-batcher and wait for its result (504 after the request timeout)."""
+        try:
+            job = self.batcher.submit(query, query.size)
+        except QueueFull as e:
+            self.metrics.rejected.labels(reason="queue_full").inc()
+            raise APIError(503, f"overloaded: {e}; retry after 1 s", {"Retry-After": "1"}) from None
+        self.queued += 1
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.future), self.config.request_timeout_s)
+        except asyncio.TimeoutError:
+            job.abandoned = True
+            self.metrics.rejected.labels(reason="timeout").inc()
+            raise APIError(504, f"no answer within {self.config.request_timeout_s:g} s (the service is "
+                           "overloaded); retry later", {"Retry-After": "1"}) from None
+        except asyncio.CancelledError:
+            job.abandoned = True  # the client went away: the batch skips this job
+            raise
+        finally:
+            self.queued -= 1
+
+    # ------------------------------------------------------------------ inference thread
+    def process_batch(self, jobs: list[Job]) -> None:
+        snap = self.live.snapshot
+        vectors: dict[int, np.ndarray] = {}
+        image_jobs = [j for j in jobs if j.payload.pixels is not None]
+        if image_jobs:
+            try:
+                emb = self.embedder.embed_pixels(np.concatenate([j.payload.pixels for j in image_jobs]))
+            except Exception as e:  # noqa: BLE001
+                log.exception("embedding failed")
+                for j in image_jobs:
+                    j.fail(APIError(500, f"the model failed on this batch ({type(e).__name__}); retry"))
+                image_jobs, jobs = [], [j for j in jobs if j.payload.pixels is None]
+            else:
+                s = 0
+                for j in image_jobs:
+                    vectors[id(j)] = emb[s : s + j.size]
+                    s += j.size
+        for j in jobs:
+            if j.payload.vectors is not None:
+                vectors[id(j)] = j.payload.vectors
+        queries = sum(j.size for j in jobs)
+        groups: dict[tuple[int, str], list[Job]] = {}
+        for j in jobs:
+            if j.payload.k is None:
+                j.resolve({"vectors": vectors[id(j)], "version": snap.version, "batch": queries})
+            else:
+                groups.setdefault((j.payload.k, j.payload.where_key), []).append(j)
+        for (k, _), group in groups.items():
+            self._search_group(snap, k, group, vectors, queries)
+
+    def _search_group(self, snap: GallerySnapshot, k: int, group: list[Job], vectors: dict[int, np.ndarray],
+                      batch_queries: int) -> None:
+        q = np.concatenate([vectors[id(j)] for j in group])
+        try:
+            keys, dists = snap.gallery.search(q, k, where=group[0].payload.where)
+            valid = keys != MISSING_KEY
+            uniq = np.unique(keys[valid])
+            metas = dict(zip(uniq.tolist(), snap.gallery.get_metadata(uniq))) if uniq.size else {}
+        except ValueError as e:
+            for j in group:
+                j.fail(APIError(400, str(e)))
+            return
+        except Exception as e:  # noqa: BLE001
+            log.exception("search failed")
+            for j in group:
+                j.fail(APIError(500, f"search failed ({type(e).__name__}); retry"))
+            return
+        s = 0
+        for j in group:
+            rows = []
+            for r in range(s, s + j.size):
+                m = valid[r]
+                rk = keys[r][m].tolist()
+                rows.append({"keys": rk, "distances": [float(d) for d in dists[r][m]],
+                             "metadata": [public_metadata(metas.get(key)) for key in rk]})
+            s += j.size
+            j.resolve({"results": rows, "version": snap.version, "batch": batch_queries})
