@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("usearch")
 
 from tki_sdk.benchmarks.search_data import clustered_unit_vectors  # noqa: E402
-from tki_sdk.runtime.index import tuning as gallery_tuning  # noqa: E402
+from tki_sdk.runtime.index import build  # noqa: E402
 from tki_sdk.runtime.index.gallery import Gallery  # noqa: E402
 
 
@@ -39,7 +39,7 @@ def _gallery(**kw) -> Gallery:
 def test_tuning_at_build_reaches_the_target_on_fresh_queries(data, tmp_path):
     base, fresh = data
     g = _gallery()
-    res = gallery_tuning.add_tuned(g, np.arange(len(base)), base, target_recall=0.95, holdout=400)
+    res = build.add_tuned(g, np.arange(len(base)), base, target_recall=0.95, holdout=400)
     assert len(g) == len(base) and res.method == "held-out" and res.reached
     assert res.recall_lower_bound >= 0.95 and g.expansion_search == res.expansion_search
     curve = dict(res.curve)
@@ -68,10 +68,10 @@ def test_exact_reference_equals_numpy_brute_force(data):
     g = _gallery()
     g.add(np.arange(len(base)), base)
     ref = _brute_topk(base, fresh[:50], 10)
-    got = gallery_tuning.exact_neighbours(g, fresh[:50], 10, chunk=1000)
+    got = g.exact_neighbours(fresh[:50], 10, chunk=1000)
     assert (got.astype(np.int64) == ref).mean() > 0.999  # ties in float32 aside
     own = np.arange(50, dtype=np.uint64)
-    loo = gallery_tuning.exact_neighbours(g, base[:50], 10, exclude=own)
+    loo = g.exact_neighbours(base[:50], 10, exclude=own)
     assert not np.any(loo == own[:, None])
 
 
@@ -110,7 +110,7 @@ def test_old_gallery_without_tuned_loads(tmp_path, data):
 
 def test_choose_connectivity_keeps_a_candidate_that_reaches_the_target(data):
     base, fresh = data
-    g, res, report = gallery_tuning.choose_connectivity(
+    g, res, report = build.choose_connectivity(
         lambda m: Gallery(48, connectivity=m, expansion_add=24, threads=2), base[:3000],
         connectivity=(4, 12), target_recall=0.95, holdout=200)
     assert [r["connectivity"] for r in report] == [4, 12]

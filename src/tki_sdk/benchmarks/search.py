@@ -8,7 +8,7 @@ the sphere, both from :mod:`.search_data`; or ``--vectors file.npy``) and size `
   exact search is timed on a query subset for reference.
 * **Gallery** (usearch HNSW through :class:`tki_sdk.runtime.index.gallery.Gallery`, its public ``search``) for each
   ``--dtypes`` (f32, f16, i8 with its float16 re-ranking) and ``--connectivity``: built with
-  :func:`tki_sdk.runtime.index.tuning.add_tuned` (multi-threaded add, self-tuning on held-out vectors for
+  :func:`tki_sdk.runtime.index.build.add_tuned` (multi-threaded add, self-tuning on held-out vectors for
   ``--target-recall``), then swept over ``expansion_search``; the tuned choice is also scored on the real
   queries (its estimate against what the queries see).
 * **FAISS** (:mod:`.search_faiss`): ``IndexHNSWFlat`` M 32, ``IVF{nlist},Flat`` and ``IVF{nlist},PQ{m}x8``
@@ -216,7 +216,7 @@ def gallery_curve(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, *, d
                   keep: bool = False) -> tuple[dict[str, Any], Any]:
     """Build one Gallery (self-tuned at build), sweep ``expansion_search``; returns ``(record, gallery or None)``."""
     from tki_sdk.runtime.index.gallery import Gallery
-    from tki_sdk.runtime.index.tuning import add_tuned
+    from tki_sdk.runtime.index.build import add_tuned
 
     n, dim = base.shape
     g = Gallery(dim, metric="cos", dtype=dtype, connectivity=connectivity, expansion_add=expansion_add,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 __all__ = [
     "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_MISSING", "EXIT_DAMAGED", "EXIT_INTERRUPTED",
-    "UsageError", "one_line", "printable",
+    "UsageError", "ConfigError", "one_line", "printable",
 ]
 
 EXIT_OK = 0
@@ -39,6 +39,19 @@ class UsageError(Exception):
         super().__init__(message)
         self.code = int(code)
         self.prog = prog
+
+
+class ConfigError(ValueError):
+    """A typed config refused a value: ``field`` names the config field, the message says what is allowed.
+
+    Library code raises it; a front door maps ``field`` to its own option name (``--connectivity``, a form
+    field, ...) and reports it as bad input (exit status 2).
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
 
 
 def printable(text: object) -> str:

@@ -10,7 +10,7 @@ Layout (``format`` ``"tki-gallery"``, ``format_version`` 1)::
       "curvature": 1.0,            # only for metric poincare: c of the ball (curvature -c)
       "dtype": "f32" | "f16" | "i8",
       "exact": false,              # true: flat matrix searched by brute force
-      "connectivity": 16, "expansion_add": 128, "expansion_search": 64,   # HNSW M, efConstruction, ef
+      "connectivity": 16, "expansion_add": 128, "expansion_search": 64,   # HNSW M, efConstruction, ef (IndexConfig)
       "rescore": true, "rescore_oversample": 4,                           # float16 re-ranking copy
       "tuned": {"target_recall": 0.99, "recall_estimate": 0.994, "recall_lower_bound": 0.992,   # optional:
                 "expansion_search": 96, "connectivity": 16, "k": 10, "queries": 500,      # what self-tuning
@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tki_sdk.common.contract import ContractError, JsonContract, check_version, require
+from tki_sdk.common.index_config import IndexConfig
 
 __all__ = ["GalleryManifest", "GALLERY_FORMAT", "GALLERY_FORMAT_VERSION", "MANIFEST_FILE"]
 
@@ -56,9 +57,9 @@ class GalleryManifest(JsonContract):
     dtype: str
     exact: bool
     count: int = 0
-    connectivity: int = 16
-    expansion_add: int = 128
-    expansion_search: int = 64
+    connectivity: int = IndexConfig.connectivity
+    expansion_add: int = IndexConfig.expansion_add
+    expansion_search: int = IndexConfig.expansion_search
     rescore: bool = False
     rescore_oversample: int = 4
     curvature: float | None = None
@@ -84,9 +85,9 @@ class GalleryManifest(JsonContract):
             m = cls(
                 ndim=int(d["ndim"]), metric=str(d["metric"]), dtype=str(d["dtype"]), exact=bool(d["exact"]),
                 count=int(d["count"]),
-                connectivity=int(d.get("connectivity", 16)),
-                expansion_add=int(d.get("expansion_add", 128)),
-                expansion_search=int(d.get("expansion_search", 64)),
+                connectivity=int(d.get("connectivity", IndexConfig.connectivity)),
+                expansion_add=int(d.get("expansion_add", IndexConfig.expansion_add)),
+                expansion_search=int(d.get("expansion_search", IndexConfig.expansion_search)),
                 rescore=bool(d.get("rescore", False)),  # galleries saved before re-ranking carry no copy
                 rescore_oversample=int(d.get("rescore_oversample", 4)),
                 curvature=None if d.get("curvature") is None else float(d["curvature"]),

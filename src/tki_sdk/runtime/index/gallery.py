@@ -61,6 +61,7 @@ import numpy as np
 from tki_sdk.common.errors import one_line, printable
 from tki_sdk.common.contract import ContractError
 from tki_sdk.common.gallery_manifest import MANIFEST_FILE, GalleryManifest
+from tki_sdk.common.index_config import IndexConfig
 
 from tki_sdk.runtime.index.store import (
     INDEX_FILE,
@@ -78,6 +79,7 @@ from tki_sdk.runtime.index.store import (
 )
 from tki_sdk.runtime.index import poincare
 from tki_sdk.runtime.index.metadata_store import MetadataStore
+from tki_sdk.runtime.index.tuning import DEFAULT_CANDIDATES, TuningResult, choose_expansion_search, exact_topk
 from tki_sdk.runtime.native import usearch_index
 
 log = logging.getLogger(__name__)
@@ -139,9 +141,9 @@ class Gallery:
         metric: str = "cos",
         exact: bool = False,
         dtype: str = "f32",
-        connectivity: int = 16,
-        expansion_add: int = 128,
-        expansion_search: int = 64,
+        connectivity: int = IndexConfig.connectivity,
+        expansion_add: int = IndexConfig.expansion_add,
+        expansion_search: int = IndexConfig.expansion_search,
         *,
         model_fingerprint: str | None = None,
         model_info: dict[str, Any] | None = None,
@@ -676,13 +678,59 @@ class Gallery:
                 return
             cand = min(cap, cand * 4)
 
-    def tune(self, target_recall: float = 0.99, queries: np.ndarray | None = None, **options: Any) -> Any:
-        """Choose ``expansion_search`` for ``target_recall`` (recall@10) from held-out ``queries`` (default: a
-        leave-one-out sample of stored vectors) against exact search, and keep it (``gallery.json`` ``tuned``);
-        see :func:`tki_sdk.runtime.index.tuning.tune`. Returns its ``TuningResult``."""
-        from tki_sdk.runtime.index.tuning import tune
+    def exact_neighbours(self, queries: np.ndarray, k: int, *, exclude: np.ndarray | None = None,
+                         chunk: int = 65_536) -> np.ndarray:
+        """Exact top-``k`` keys ``[Q, k]`` (uint64, best first) of ``queries`` among the stored vectors (as
+        stored: dequantised f16 / i8, or the float16 re-ranking copy), by brute force
+        (:func:`~tki_sdk.runtime.index.tuning.exact_topk`); ``exclude[i]`` (a key) is left out of query ``i``'s
+        answer. Queries are normalised for ``cos`` galleries, as search does."""
+        keys = np.sort(self.keys())
+        chunks = ((keys[s : s + chunk], self.get_vectors(keys[s : s + chunk])) for s in range(0, keys.size, chunk))
+        return exact_topk(queries, chunks, self.metric, k, exclude)
 
-        return tune(self, target_recall, queries, **options)
+    def _search_at(self, queries: np.ndarray, k: int, expansion_search: int) -> np.ndarray:
+        """:class:`~tki_sdk.runtime.index.tuning.SearchAt` over this gallery (sets ``expansion_search``)."""
+        self.expansion_search = expansion_search
+        return self.search(queries, k)[0]
+
+    def tune(self, target_recall: float = IndexConfig.target_recall, queries: np.ndarray | None = None, *,
+             sample: int = 500, k: int = 10, candidates: Sequence[int] = DEFAULT_CANDIDATES, seed: int = 0,
+             truth: np.ndarray | None = None, method: str | None = None) -> TuningResult:
+        """Choose ``expansion_search`` for ``target_recall`` (recall@``k``) and keep it (``expansion_search`` and
+        the ``tuned`` record of ``gallery.json``). Returns the :class:`~tki_sdk.runtime.index.tuning.TuningResult`.
+
+        ``queries``: held-out query vectors; without them ``sample`` stored vectors are searched
+        leave-one-out (their own key dropped from result and reference: slightly optimistic, since each sits in
+        the graph). ``truth``: their exact top-``k`` keys when known (e.g. from float32 vectors before
+        quantisation); else brute force over the stored vectors. The sweep is
+        :func:`~tki_sdk.runtime.index.tuning.choose_expansion_search`. Exact galleries need no tuning
+        (``ValueError``).
+        """
+        if self.exact:
+            raise ValueError("exact galleries are searched by brute force; there is nothing to tune")
+        if len(self) < 2:
+            raise ValueError("tuning needs a gallery of at least 2 items")
+        own = None
+        if queries is None:
+            keys = self.keys()
+            rng = np.random.default_rng(seed)
+            own = np.sort(rng.choice(keys, size=min(int(sample), keys.size), replace=False)).astype(np.uint64)
+            q = self.get_vectors(own)
+            method = method or "leave-one-out"
+        else:
+            q = np.asarray(queries, dtype=np.float32)
+            if q.ndim != 2 or q.shape[1] != self.ndim or q.shape[0] < 1:
+                raise ValueError(f"queries must be [Q, {self.ndim}] with Q >= 1")
+            method = method or "given"
+        k = min(int(k), len(self) - (own is not None))
+        if truth is None:
+            truth = self.exact_neighbours(q, k, exclude=own)
+        result = choose_expansion_search(self._search_at, q, truth, k, target_recall=float(target_recall),
+                                         candidates=candidates, own=own, connectivity=self.connectivity,
+                                         method=method)
+        self.expansion_search = result.expansion_search
+        self.tuned = result.record()
+        return result
 
     # ------------------------------------------------------------------ persistence
     def manifest(self) -> GalleryManifest:
