@@ -10,8 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-from tki_sdk.common.errors import EXIT_USAGE, UsageError, one_line
+from tki_sdk.common.errors import EXIT_USAGE, ConfigError, UsageError, one_line
 from tki_sdk.cli.base import OneLineParser, run_main
+from tki_sdk.train.config import AGG_SPACES, GEOMETRIES, LABEL_STRATEGIES, STAGE1_LOSSES, TEMPERATURE_RULES, TrainConfig
 
 
 TRAIN_EXAMPLES = """\
@@ -64,8 +65,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         epilog=TRAIN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    d = TrainConfig  # every default and choice below comes from the config
     p.add_argument("--model", required=True, help="open_clip architecture, e.g. ViT-B-32, ViT-B-32-quickgelu, RN50")
-    p.add_argument("--pretrained", default=None,
+    p.add_argument("--pretrained", default=d.pretrained,
                    help="open_clip pretrained tag (needs a reachable model hub) or a local weights file "
                         "(.pt/.pth/.bin state dict or .safetensors); omit for random init")
     src = p.add_argument_group("classes (exactly one)")
@@ -73,45 +75,54 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--classes-file", help="text file, one class name per line")
     src.add_argument("--dataset-dir", help="folder laid out <domain>/<class>/ or <class>/: its class folder names")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
-    p.add_argument("--prompts", type=int, default=20, help="P, number of domain word vectors (default 20)")
-    p.add_argument("--steps-expand", type=int, default=200, help="stage-1 Adam steps (default 200)")
-    p.add_argument("--steps-aggregate", type=int, default=500, help="stage-2 Adam steps (default 500)")
-    p.add_argument("--lr", type=float, default=0.005, help="Adam learning rate, both stages (paper: 0.005)")
-    p.add_argument("--tau", type=float, default=0.1, help="temperature of L_min and L_agg (paper: 0.1)")
-    p.add_argument("--lam", type=float, default=1.0, help="lambda, weight of L_max in L_exp (paper: 1)")
-    p.add_argument("--alpha", type=float, default=None, help="alpha of L_max (default 10)")
-    p.add_argument("--mu", type=float, default=None, help="mu, similarity margin of L_max (default 0.5)")
-    p.add_argument("--classes-per-step", type=int, default=None,
+    p.add_argument("--prompts", type=int, default=d.prompts, help="P, number of domain word vectors (default %(default)s)")
+    p.add_argument("--steps-expand", type=int, default=d.steps_expand, help="stage-1 Adam steps (default %(default)s)")
+    p.add_argument("--steps-aggregate", type=int, default=d.steps_aggregate,
+                   help="stage-2 Adam steps (default %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr_expand,
+                   help="Adam learning rate, both stages (default %(default)s, the paper's)")
+    p.add_argument("--tau", type=float, default=d.tau, help="temperature of L_min and L_agg (default %(default)s, the paper's)")
+    p.add_argument("--lam", type=float, default=d.lam, help="lambda, weight of L_max in L_exp (default %(default)s, the paper's)")
+    p.add_argument("--alpha", type=float, default=d.alpha, help="alpha of L_max (default %(default)s)")
+    p.add_argument("--mu", type=float, default=d.mu, help="mu, similarity margin of L_max (default %(default)s)")
+    p.add_argument("--classes-per-step", type=int, default=d.classes_per_step,
                    help="sample this many classes per step (bounds memory for e.g. DomainNet's 345)")
-    p.add_argument("--head-depth", type=int, default=2, help="Mobius layers in the head (default 2)")
-    p.add_argument("--head-hidden", type=int, default=None, help="hidden width (default: CLIP embedding width)")
-    p.add_argument("--curvature", type=float, default=1.0, help="c: the ball has curvature -c, radius 1/sqrt(c)")
-    p.add_argument("--geometry", choices=["hyperbolic", "euclidean"], default="hyperbolic",
-                   help="euclidean = same-size plain MLP (the paper's Table 7 ablation)")
-    p.add_argument("--no-input-norm", action="store_true",
+    p.add_argument("--head-depth", type=int, default=d.head_depth, help="Mobius layers in the head (default %(default)s)")
+    p.add_argument("--head-hidden", type=int, default=d.head_hidden, help="hidden width (default: CLIP embedding width)")
+    p.add_argument("--curvature", type=float, default=d.curvature,
+                   help="c: the ball has curvature -c, radius 1/sqrt(c) (default %(default)s)")
+    p.add_argument("--geometry", choices=GEOMETRIES, default=d.geometry,
+                   help="euclidean = same-size plain MLP (the paper's Table 7 ablation; default %(default)s)")
+    p.add_argument("--no-input-norm", action="store_false", dest="input_norm", default=d.input_norm,
                    help="feed the raw CLIP feature to expmap0 (default: L2-normalise it first, because image and "
                         "text features differ in norm and CLIP compares them by cosine)")
-    p.add_argument("--agg-space", choices=["ball", "tangent_cosine"], default="ball",
+    p.add_argument("--agg-space", choices=AGG_SPACES, default=d.agg_space,
                    help="what L_agg's dot product sees: raw ball points (eq. 6 as written) or "
-                        "logmap0 + L2 normalisation")
+                        "logmap0 + L2 normalisation (default %(default)s)")
     abl = p.add_argument_group("ablations (the paper's Tables 5-7; each is recorded in config.json)")
-    abl.add_argument("--losses", choices=["both", "min", "max", "none"], default="both",
-                     help="what stage 1 optimises: L_min + lambda*L_max (both, default), L_min only, lambda*L_max "
-                          "only, or nothing (stage 1 skipped, the domain vectors keep their initialisation)")
-    abl.add_argument("--labels", choices=["true", "random"], default="true",
-                     help="class labels in the prompts: the true class names (default), or seeded random words "
-                          "from the package's word list that overlap none of them (Table 6, strategy 2)")
-    abl.add_argument("--label-seed", type=int, default=0, help="seed of --labels random (default 0)")
-    abl.add_argument("--temperature-rule", choices=["matched", "as_written"], default="matched",
-                     help="matched (default): a euclidean head with --agg-space ball is compared by cosine at "
+    abl.add_argument("--losses", choices=STAGE1_LOSSES, default=d.losses,
+                     help="what stage 1 optimises: L_min + lambda*L_max (both), L_min only, lambda*L_max "
+                          "only, or nothing (stage 1 skipped, the domain vectors keep their initialisation); "
+                          "default %(default)s")
+    abl.add_argument("--labels", choices=LABEL_STRATEGIES, default=d.labels,
+                     help="class labels in the prompts: the true class names, or seeded random words "
+                          "from the package's word list that overlap none of them (Table 6, strategy 2); "
+                          "default %(default)s")
+    abl.add_argument("--label-seed", type=int, default=d.label_seed, help="seed of --labels random (default %(default)s)")
+    abl.add_argument("--temperature-rule", choices=TEMPERATURE_RULES, default=d.temperature_rule,
+                     help="matched: a euclidean head with --agg-space ball is compared by cosine at "
                           "tau*c, so its logits have the hyperbolic head's bound 1/(c*tau); as_written: raw dot "
-                          "products at tau for both geometries (the euclidean logits are then unbounded)")
-    p.add_argument("--seed", type=int, default=0, help="seed for domain vectors, head init, class sampling")
-    p.add_argument("--clip-init-seed", type=int, default=0, help="seed of random-init CLIP (no --pretrained)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--full-context", action="store_true",
+                          "products at tau for both geometries (eq. 6 as the paper writes it; the euclidean "
+                          "logits are then unbounded); default %(default)s")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seed for domain vectors, head init, class sampling (default %(default)s)")
+    p.add_argument("--clip-init-seed", type=int, default=d.clip_init_seed,
+                   help="seed of random-init CLIP (no --pretrained; default %(default)s)")
+    p.add_argument("--device", default=d.device, help="cpu or cuda[:N] (default %(default)s)")
+    p.add_argument("--full-context", action="store_true", default=d.full_context,
                    help="run the text encoder on all 77 positions (same result, slower; for checking)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_false", dest="progress", default=d.progress,
+                   help="no progress bars")
     p.set_defaults(func=_cmd_train)
 
 
@@ -130,25 +141,36 @@ def _check_writable_dir(path: str, flag: str) -> None:
         raise UsageError(f"{flag} {p} is not writable ({e.strerror or e})") from None
 
 
+#: ``TrainConfig`` field -> the ``tki train`` flag that sets it (the rest: ``--`` + field with dashes).
+TRAIN_FLAGS = {"model_name": "--model", "lr_expand": "--lr", "lr_aggregate": "--lr", "input_norm": "--no-input-norm",
+               "progress": "--no-progress", "classes": "--classes / --classes-file / --dataset-dir"}
+
+
+def train_flag(field: str) -> str:
+    """The ``tki train`` option that sets ``TrainConfig.<field>``."""
+    return TRAIN_FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     classes = _read_classes(args)
     _check_writable_dir(args.out, "--out")
-    from tki_sdk.train.losses import DEFAULT_ALPHA, DEFAULT_MU
-    from tki_sdk.train.trainer import TrainConfig, train
+    from tki_sdk.train.trainer import train
 
     cfg = TrainConfig(
         model_name=args.model, classes=classes, out=args.out, pretrained=args.pretrained,
         prompts=args.prompts, steps_expand=args.steps_expand, steps_aggregate=args.steps_aggregate,
-        lr_expand=args.lr, lr_aggregate=args.lr, tau=args.tau, lam=args.lam,
-        alpha=DEFAULT_ALPHA if args.alpha is None else args.alpha, mu=DEFAULT_MU if args.mu is None else args.mu,
+        lr_expand=args.lr, lr_aggregate=args.lr, tau=args.tau, lam=args.lam, alpha=args.alpha, mu=args.mu,
         classes_per_step=args.classes_per_step, head_depth=args.head_depth, head_hidden=args.head_hidden,
         curvature=args.curvature, geometry=args.geometry, agg_space=args.agg_space, seed=args.seed,
         losses=args.losses, labels=args.labels, label_seed=args.label_seed, temperature_rule=args.temperature_rule,
-        input_norm=not args.no_input_norm,
-        clip_init_seed=args.clip_init_seed, device=args.device, full_context=args.full_context,
-        progress=not args.no_progress,
+        input_norm=args.input_norm, clip_init_seed=args.clip_init_seed, device=args.device,
+        full_context=args.full_context, progress=args.progress,
     )
-    out = train(cfg)
+    try:
+        cfg.validate()
+        out = train(cfg)
+    except ConfigError as e:
+        raise UsageError(f"{train_flag(e.field)}: {e.reason}") from None
     curves = json.loads((out / "train_curves.json").read_text())
     exp, agg = curves["expand"], curves["aggregate"]
     print(f"checkpoint written to {out}")

@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
+from tki_sdk.train.config import LABEL_STRATEGIES
+
 __all__ = ["LABEL_STRATEGIES", "WORD_LIST", "word_list", "word_list_sha256", "overlaps", "random_labels",
            "prompt_labels"]
 
-#: ``true``: the given class names (strategy 1); ``random``: seeded words that overlap none of them (strategy 2).
-LABEL_STRATEGIES = ("true", "random")
 WORD_LIST = "label_words.txt"
 
 

@@ -7,16 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-#: Default α of eq. 1. The paper gives none. With cosine similarities in [-1, 1], α sets how sharply the
-#: softplus penalises similarity above μ: α = 10 makes the loss ≈ α·(s-μ) well above μ and ≈ 0 well below,
-#: a smooth hinge (the common choice for this "log(1+e^{α(s-μ)})" form, e.g. binomial deviance losses).
-DEFAULT_ALPHA = 10.0
-#: Default μ of eq. 1: the similarity margin below which domain prompts count as distinct. Prompts
-#: "A [DOMAIN] style of" share most tokens, so their CLIP features start with cosine close to 1; μ = 0.5
-#: pushes them apart without asking for orthogonality the shared words make impossible.
-DEFAULT_MU = 0.5
-#: τ of eqs. 3 and 6 (paper: 0.1).
-DEFAULT_TAU = 0.1
+from tki_sdk.train.config import DEFAULT_ALPHA, DEFAULT_MU, DEFAULT_TAU, STAGE1_LOSSES, TEMPERATURE_RULES
+
 
 
 def domain_diversity_loss(
@@ -105,9 +97,6 @@ def aggregation_loss(z: torch.Tensor, tau: float = DEFAULT_TAU) -> torch.Tensor:
     return -(log_num - log_denom).mean()
 
 
-#: What stage 1 optimises (paper Table 5): ``both`` L_min + λ·L_max (eq. 5), ``min`` L_min alone,
-#: ``max`` λ·L_max alone, ``none`` nothing (stage 1 is skipped; ν keeps its initialisation).
-STAGE1_LOSSES = ("both", "min", "max", "none")
 
 
 def stage1_objective(l_min: torch.Tensor, l_max: torch.Tensor, losses: str = "both", lam: float = 1.0) -> torch.Tensor:
@@ -122,9 +111,6 @@ def stage1_objective(l_min: torch.Tensor, l_max: torch.Tensor, losses: str = "bo
     raise ValueError(f"stage-1 losses {losses!r} has no objective; choose from {STAGE1_LOSSES[:3]}")
 
 
-#: How the geometry ablation (paper Table 7) sets L_agg's temperature. ``matched`` (default): the logits of
-#: the Euclidean head have the same bound as the hyperbolic head's; ``as_written``: eq. 6 at τ for both.
-TEMPERATURE_RULES = ("matched", "as_written")
 
 
 def aggregation_similarity(

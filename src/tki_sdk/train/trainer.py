@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,86 +29,13 @@ from tki_sdk.common.versions import package_versions
 from tki_sdk.train.clip import load_clip
 from tki_sdk.common.atomic import atomic_write_text
 from tki_sdk.train.head import HeadConfig, HyperbolicMLP
-from tki_sdk.train.labels import LABEL_STRATEGIES, prompt_labels
-from tki_sdk.train.losses import (
-    DEFAULT_ALPHA,
-    DEFAULT_MU,
-    DEFAULT_TAU,
-    STAGE1_LOSSES,
-    TEMPERATURE_RULES,
-    aggregation_loss,
-    aggregation_similarity,
-    expansion_loss,
-    stage1_objective,
-)
+from tki_sdk.train.labels import prompt_labels
+from tki_sdk.common.errors import ConfigError
+from tki_sdk.train.config import AGG_SPACES, TrainConfig
+from tki_sdk.train.losses import aggregation_loss, aggregation_similarity, expansion_loss, stage1_objective
 from tki_sdk.train.prompts import PromptBank
 
-#: What L_agg's dot product sees. "ball" is eq. 6 as written: raw Poincaré-ball points h(t).
-#: "tangent_cosine" maps them back with logmap0 and L2-normalises (a cosine SupCon): ball points have norm
-#: < 1/sqrt(c), so raw dot products are bounded by 1/c and the logits by 1/(c·τ); the cosine variant makes
-#: the logit range independent of c and of how deep in the ball the points sit.
-AGG_SPACES = ("ball", "tangent_cosine")
-
-
-@dataclass
-class TrainConfig:
-    """Everything ``tki train`` can set. Defaults follow the paper where it gives a value."""
-
-    model_name: str
-    classes: list[str]
-    out: str
-    pretrained: str | None = None
-    prompts: int = 20
-    steps_expand: int = 200
-    steps_aggregate: int = 500
-    lr_expand: float = 0.005
-    lr_aggregate: float = 0.005
-    tau: float = DEFAULT_TAU
-    lam: float = 1.0
-    alpha: float = DEFAULT_ALPHA
-    mu: float = DEFAULT_MU
-    classes_per_step: int | None = None
-    head_depth: int = 2
-    head_hidden: int | None = None
-    curvature: float = 1.0
-    geometry: str = "hyperbolic"
-    activation: str = "relu"
-    input_norm: bool = True
-    agg_space: str = "ball"
-    losses: str = "both"
-    labels: str = "true"
-    label_seed: int = 0
-    temperature_rule: str = "matched"
-    seed: int = 0
-    clip_init_seed: int = 0
-    device: str = "cpu"
-    full_context: bool = False
-    progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def validate(self) -> None:
-        if not self.classes:
-            raise ValueError("the class list is empty; pass --classes a,b,c, --classes-file or --dataset-dir")
-        if len(set(self.classes)) != len(self.classes):
-            dup = next(c for c in self.classes if self.classes.count(c) > 1)
-            raise ValueError(f"class {dup!r} appears twice in the class list")
-        if self.prompts < 2:
-            raise ValueError(f"--prompts must be at least 2 (L_max compares domains), got {self.prompts}")
-        if self.steps_expand < 0 or self.steps_aggregate < 0:
-            raise ValueError("step counts must be >= 0")
-        if self.losses not in STAGE1_LOSSES:
-            raise ValueError(f"--losses must be one of {STAGE1_LOSSES}, got {self.losses!r}")
-        if self.labels not in LABEL_STRATEGIES:
-            raise ValueError(f"--labels must be one of {LABEL_STRATEGIES}, got {self.labels!r}")
-        if self.temperature_rule not in TEMPERATURE_RULES:
-            raise ValueError(f"--temperature-rule must be one of {TEMPERATURE_RULES}, got {self.temperature_rule!r}")
-        if self.agg_space not in AGG_SPACES:
-            raise ValueError(f"agg_space must be one of {AGG_SPACES}, got {self.agg_space!r}")
-        if self.classes_per_step is not None and self.classes_per_step < 1:
-            raise ValueError(f"--classes-per-step must be >= 1, got {self.classes_per_step}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-
+__all__ = ["TrainConfig", "AGG_SPACES", "train", "aggregation_rule", "agg_logits"]
 
 def _class_batch(n: int, per_step: int | None, gen: torch.Generator) -> torch.Tensor | None:
     if per_step is None or per_step >= n:
@@ -145,6 +71,8 @@ def _progress(total: int, desc: str, enabled: bool):
 def train(cfg: TrainConfig) -> Path:
     """Run both stages and write the checkpoint folder ``cfg.out``; returns its path."""
     cfg.validate()
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device", "cuda was asked for but no CUDA GPU is visible; use cpu")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     device = torch.device(cfg.device)
