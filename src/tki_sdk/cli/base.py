@@ -5,12 +5,14 @@ Exit statuses are those of :mod:`tki_sdk.common.errors`; this module only prints
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from collections.abc import Callable
 
 from tki_sdk.common.errors import EXIT_INTERRUPTED, UsageError, one_line, printable
 
-__all__ = ["OneLineParser", "print_error", "run_main"]
+__all__ = ["OneLineParser", "configure_logging", "print_error", "run_main"]
 
 
 def print_error(prog: str, message: str | BaseException) -> None:
@@ -44,3 +46,29 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+#: Environment variable that sets the console scripts' log level (DEBUG, INFO, WARNING, ERROR).
+LOG_ENV = "TKI_LOG"
+
+
+class _NoRandomInitNotice(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded ... initialized randomly" warning: tki records the
+    weights source of every checkpoint itself (``config.json`` ``weights``, shown by ``tki info``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "root" and str(record.msg).startswith("No pretrained weights loaded"))
+
+
+def configure_logging(level: str | None = None) -> None:
+    """The console scripts' logging (library code only logs): one stderr handler, ``<level> <logger>:
+    <message>``, at ``level`` or ``$TKI_LOG`` (default WARNING). Called once by each entry point; a second
+    call changes nothing."""
+    root = logging.getLogger()
+    if any(isinstance(f, _NoRandomInitNotice) for h in root.handlers for f in h.filters):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_NoRandomInitNotice())
+    root.addHandler(handler)
+    root.setLevel((level or os.environ.get(LOG_ENV) or "WARNING").upper())

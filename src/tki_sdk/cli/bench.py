@@ -35,7 +35,7 @@ from types import ModuleType
 from typing import Any
 
 from tki_sdk.common.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_MISSING, EXIT_USAGE, UsageError, one_line
-from tki_sdk.cli.base import OneLineParser
+from tki_sdk.cli.base import OneLineParser, configure_logging
 
 __all__ = ["SUITES", "main", "build_parser", "load_suite"]
 
@@ -238,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return EXIT_USAGE
         args = parser.parse_args(argv)
+        configure_logging()
         if args.suite is None:
             raise UsageError("choose a suite (see tki-bench --help)")
         if args.suite == "all":

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tki_sdk.common.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, UsageError, one_line
-from tki_sdk.cli.base import OneLineParser
+from tki_sdk.cli.base import OneLineParser, configure_logging
 
 __all__ = ["main", "build_parser"]
 
@@ -224,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return EXIT_USAGE
         args = parser.parse_args(argv)
+        configure_logging()
         cfg = _config(args)
     except UsageError as e:
         print(f"tki-export: error: {one_line(e)}", file=sys.stderr)

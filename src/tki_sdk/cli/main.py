@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from tki_sdk.common.errors import EXIT_USAGE, ConfigError, UsageError, one_line
-from tki_sdk.cli.base import OneLineParser, run_main
+from tki_sdk.cli.base import OneLineParser, configure_logging, run_main
 from tki_sdk.train.config import AGG_SPACES, GEOMETRIES, LABEL_STRATEGIES, STAGE1_LOSSES, TEMPERATURE_RULES, TrainConfig
 
 
@@ -317,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
+        configure_logging()
         if not getattr(args, "func", None):
             parser.print_help()
             return EXIT_USAGE

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tki_sdk.common.errors import EXIT_DAMAGED, EXIT_INTERRUPTED, UsageError, one_line, printable
-from tki_sdk.cli.base import OneLineParser, print_error, run_main
+from tki_sdk.cli.base import OneLineParser, configure_logging, print_error, run_main
 
 __all__ = ["register", "describe", "describe_or_refuse", "main", "parse_where", "INFO_EXAMPLE", "VERIFY_HELP"]
 
@@ -717,8 +716,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info.set_defaults(func=_run_info)
     def body() -> int:
         args = parser.parse_args(argv)
-        if os.environ.get("TKI_LOG"):
-            logging.basicConfig(level=os.environ["TKI_LOG"].upper())
+        configure_logging()
         return int(args.func(args))
 
     return run_main("tki", body)

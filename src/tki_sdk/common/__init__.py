@@ -2,7 +2,8 @@
 
 It holds what every floor above shares and nothing that needs torch, onnxruntime, Pillow or usearch:
 
-- :mod:`.cli`: one user-error type (:class:`~.cli.UsageError`), one one-line argparse parser, ``one_line(exc)``;
+- :mod:`.errors`: exit statuses, the user-error types (:class:`~.errors.UsageError`, :class:`~.errors.ConfigError`), ``one_line(exc)``;
+- :mod:`.index_config`: ``IndexConfig``, the HNSW defaults and the self-tuning target;
 - :mod:`.atomic`: the one atomic writer (temporary file, fsync, rename, fsync of the folder) and ``sha256_file``;
 - :mod:`.imagefolders`: the image suffix set, the one folder walker, the default dataset location;
 - :mod:`.versions`: installed package versions for result and artifact records;

@@ -58,7 +58,6 @@ STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
 #: onnx.save refuses protos >= 2 GiB; larger models store their weights in ``<file>.data`` beside them.
 _PROTO_LIMIT = (1 << 31) - (1 << 20)
 
-log = logging.getLogger(__name__)
 
 
 class ExportError(RuntimeError):

@@ -15,7 +15,6 @@ load them with the ``-quickgelu`` model name (``ViT-B-32-quickgelu``), as open_c
 """
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import warnings
@@ -154,17 +153,12 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 def _create(model_name: str) -> nn.Module:
-    """An open_clip model with random weights; open_clip's "no pretrained weights" notice is silenced
-    because the weights source is recorded explicitly (``LoadedClip.weights``)."""
+    """An open_clip model with random weights (the weights source is recorded in ``LoadedClip.weights``;
+    the console scripts drop open_clip's "no pretrained weights" notice, see
+    :func:`tki_sdk.cli.base.configure_logging`)."""
     import open_clip
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        return open_clip.create_model(model_name, pretrained=None, device="cpu")
-    finally:
-        root.setLevel(level)
+    return open_clip.create_model(model_name, pretrained=None, device="cpu")
 
 
 def load_clip(
