@@ -11,7 +11,7 @@ DOC = (REPO / "ARCHITECTURE.md").read_text()
 
 def _named_paths() -> set[str]:
     """Backquoted names ending in .py / .json / .txt or a folder slash, as written in the doc."""
-XX
+    return {m for m in re.findall(r"`([\w./-]+(?:\.py|\.json|\.txt|/))`", DOC) if "*" not in m}
 
 
 #: Files that tki writes into user folders (the on-disk contracts), named by the doc but not in the repository.
