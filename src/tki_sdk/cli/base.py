@@ -60,10 +60,12 @@ class _NoRandomInitNotice(logging.Filter):
         return not (record.name == "root" and str(record.msg).startswith("No pretrained weights loaded"))
 
 
-def configure_logging(level: str | None = None) -> None:
+def configure_logging(level: str | None = None, *, progress: bool = True) -> None:
     """The console scripts' logging (library code only logs): one stderr handler, ``<level> <logger>:
-    <message>``, at ``level`` or ``$TKI_LOG`` (default WARNING). Called once by each entry point; a second
-    call changes nothing."""
+    <message>``, at ``level`` or ``$TKI_LOG`` (default WARNING). Progress status lines
+    (:mod:`tki_sdk.common.progress`, off a terminal) are shown unless ``progress`` is False. Called once by
+    each entry point; a second call changes nothing."""
+    logging.getLogger("tki_sdk.progress").setLevel(logging.INFO if progress else logging.WARNING)
     root = logging.getLogger()
     if any(isinstance(f, _NoRandomInitNotice) for h in root.handlers for f in h.filters):
         return

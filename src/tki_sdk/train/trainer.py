@@ -31,6 +31,7 @@ from tki_sdk.common.atomic import atomic_write_text
 from tki_sdk.train.head import HeadConfig, HyperbolicMLP
 from tki_sdk.train.labels import prompt_labels
 from tki_sdk.common.errors import ConfigError
+from tki_sdk.common.progress import progress_bar
 from tki_sdk.train.config import AGG_SPACES, TrainConfig
 from tki_sdk.train.losses import aggregation_loss, aggregation_similarity, expansion_loss, stage1_objective
 from tki_sdk.train.prompts import PromptBank
@@ -63,9 +64,7 @@ def agg_logits(z: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True, leave=True)
+    return progress_bar(total, desc, unit="step", enabled=enabled)
 
 
 def train(cfg: TrainConfig) -> Path:

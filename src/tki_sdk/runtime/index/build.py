@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from tki_sdk.common.index_config import IndexConfig
+from tki_sdk.common.progress import progress_bar
 from tki_sdk.runtime.index.gallery import Gallery
 from tki_sdk.runtime.index.tuning import DEFAULT_CANDIDATES, TuningResult, exact_neighbours_of
 
@@ -29,28 +30,20 @@ __all__ = ["add_tuned", "choose_connectivity"]
 
 def _chunked_add(gallery: Gallery, keys: np.ndarray, vectors: np.ndarray, metadata: Sequence[Any] | None,
                  rows: np.ndarray, progress: Any, chunk: int) -> None:
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=rows.size, desc=progress if isinstance(progress, str) else "add", unit="vec")
-    try:
+    with progress_bar(rows.size, progress if isinstance(progress, str) else "add", unit="vec",
+                      enabled=bool(progress)) as bar:
         for s in range(0, rows.size, chunk):
             r = rows[s : s + chunk]
             gallery.add(keys[r], vectors[r], None if metadata is None else [metadata[i] for i in r])
-            if bar is not None:
-                bar.update(r.size)
-    finally:
-        if bar is not None:
-            bar.close()
+            bar.update(r.size)
 
 
 def add_tuned(gallery: Gallery, keys: Sequence[int] | np.ndarray | None, vectors: np.ndarray,
               metadata: Sequence[Mapping[str, Any] | None] | None = None, *, target_recall: float = IndexConfig.target_recall,
               holdout: int = 500, k: int = 10, candidates: Sequence[int] = DEFAULT_CANDIDATES, seed: int = 0,
               progress: Any = False, chunk: int = 50_000) -> TuningResult | None:
-    """Add ``vectors`` (all cores: usearch's multi-threaded add, ``chunk`` rows per call, a tqdm bar when
-    ``progress``) and tune on ``holdout`` of them held out of the graph until tuning is done (module
+    """Add ``vectors`` (all cores: usearch's multi-threaded add, ``chunk`` rows per call, progress shown when
+    ``progress``, :mod:`tki_sdk.common.progress`) and tune on ``holdout`` of them held out of the graph until tuning is done (module
     docstring). Returns the :class:`TuningResult` (``None`` for exact galleries, which are only filled)."""
     vecs = np.asarray(vectors, dtype=np.float32)
     n = vecs.shape[0]
