@@ -10,7 +10,8 @@ import os
 import sys
 from collections.abc import Callable
 
-from tki_sdk.common.errors import EXIT_INTERRUPTED, UsageError, one_line, printable
+from tki_sdk.common.errors import EXIT_INTERRUPTED, EXIT_MISSING, UsageError, one_line, printable
+from tki_sdk.common.extras import MissingExtraError
 
 __all__ = ["OneLineParser", "configure_logging", "print_error", "run_main"]
 
@@ -35,7 +36,8 @@ class OneLineParser(argparse.ArgumentParser):
 def run_main(prog: str, body: Callable[[], int]) -> int:
     """Run a console script's ``body`` and turn user errors into one line and an exit status.
 
-    :class:`UsageError` -> its ``code``; ``KeyboardInterrupt`` -> 130. Other exceptions propagate: they are
+    :class:`UsageError` -> its ``code``; :class:`~tki_sdk.common.extras.MissingExtraError` -> 3;
+    ``KeyboardInterrupt`` -> 130. Other exceptions propagate: they are
     bugs, and a traceback is what a bug report needs.
     """
     try:
@@ -43,6 +45,9 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
     except UsageError as e:
         print_error(e.prog or prog, e)
         return e.code
+    except MissingExtraError as e:
+        print_error(prog, e)
+        return EXIT_MISSING
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -16,6 +16,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from tki_sdk.common.extras import missing_extra
+
 __all__ = ["usearch_index", "import_onnxruntime", "preload_libstdcxx", "libstdcxx_preloaded"]
 
 _LIBSTDCXX_PRELOADED = False
@@ -54,8 +56,8 @@ def usearch_index() -> Any:
         preload_libstdcxx()
     try:
         import usearch.index
-    except ImportError:
-        raise ImportError("usearch is not installed; pip install 'tki-sdk[runtime]'") from None
+    except ImportError as e:
+        raise missing_extra("usearch is not installed", "runtime") from e
     return usearch.index
 
 
@@ -73,6 +75,6 @@ def import_onnxruntime() -> Any:
         )
     try:
         import onnxruntime as ort
-    except ImportError:
-        raise ImportError("onnxruntime is not installed; pip install 'tki-sdk[runtime]'") from None
+    except ImportError as e:
+        raise missing_extra("onnxruntime is not installed", "runtime") from e
     return ort
