@@ -122,6 +122,49 @@ def test_json_that_gave_500_gets_a_one_line_422(setup):
     asyncio.run(main())
 
 
+def _depth_reference(text: bytes) -> int | None:
+    """Nesting depth by walking the characters one by one (strings and escapes followed); None for a
+    backslash outside a string (invalid JSON: the parser stops there, so the depth after it never matters)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text.decode("latin-1"):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch == "\\":
+            return None
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def test_json_depth_equals_a_character_walk():
+    from tki_sdk.serve.inputs import json_depth
+
+    rng = np.random.default_rng(0)
+    alphabet = np.frombuffer(b'[]{}"\\ax', dtype=np.uint8)
+    texts = [b'{"a": "[[[\\"[[", "b": [[1]]}', b'["\\\\", [[1]]]', b'{"a": "x\\\\\\"[[["}', b"[" * 50 + b"]" * 50]
+    texts += [rng.choice(alphabet, size=int(rng.integers(1, 60))).tobytes() for _ in range(3000)]
+    compared = 0
+    for text in texts:
+        want = _depth_reference(text)
+        if want is not None:
+            assert json_depth(text) == want, text
+            compared += 1
+    assert compared > 500
+    for text in texts[:4]:
+        json.loads(text)  # the fixed cases are valid JSON
+
+
 def test_query_vectors_that_vanish_or_overflow_in_float32_are_refused(setup):
     s = setup
     zeros = [0.0] * (TINY_DIM - 1)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from http import HTTPStatus
 from typing import Any, Collection
 
@@ -24,9 +23,11 @@ import numpy as np
 
 from tki_sdk.serve.errors import APIError
 
-__all__ = ["parse_k", "parse_where", "parse_vectors", "parse_json", "json_depth", "MAX_WHERE_FIELDS",
+__all__ = ["DEFAULT_K", "parse_k", "parse_where", "parse_vectors", "parse_json", "json_depth", "MAX_WHERE_FIELDS",
            "MAX_WHERE_VALUES", "MAX_JSON_DEPTH"]
 
+#: k of a search that names none.
+DEFAULT_K = 10
 MAX_WHERE_FIELDS = 16
 MAX_WHERE_VALUES = 256
 #: Deepest nesting of arrays and objects accepted in a JSON body (a search body needs 3).
@@ -35,16 +36,37 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 _SCALARS = (str, int, float, bool)
 _UNPROCESSABLE = HTTPStatus.UNPROCESSABLE_ENTITY
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
 
 def json_depth(raw: bytes) -> int:
-    """Deepest nesting of ``[``/``{`` in the JSON text ``raw`` (brackets inside strings ignored)."""
-    a = np.frombuffer(_JSON_STRING.sub(b'""', raw), dtype=np.uint8)
+    """Deepest nesting of ``[``/``{`` in the JSON text ``raw``, brackets inside strings ignored; linear time
+    and vectorised (no per-character Python loop, no regular expression), so any body is measured quickly.
+
+    A quote opens or closes a string unless an odd number of backslashes precedes it; a bracket lies inside
+    a string when an odd number of such quotes precede it. (A backslash outside a string is invalid JSON: the
+    parser stops there, so a different count after it never reaches the parser.)"""
+    a = np.frombuffer(raw, dtype=np.uint8)
     if not a.size:
         return 0
-    step = ((a == ord("[")) | (a == ord("{"))).astype(np.int64) - ((a == ord("]")) | (a == ord("}")))
-    return int(np.cumsum(step).max(initial=0))
+    step = (a == ord("[")).view(np.int8) + (a == ord("{")).view(np.int8)
+    step -= (a == ord("]")).view(np.int8) + (a == ord("}")).view(np.int8)
+    quotes = np.flatnonzero(a == ord('"'))
+    if quotes.size:
+        slashes = np.flatnonzero(a == ord("\\"))
+        if slashes.size:
+            # runs of consecutive backslashes: the run ending right before a quote escapes it when odd
+            ends = np.flatnonzero(np.diff(slashes, append=-2) != 1)  # index of each run's last backslash
+            starts = np.concatenate(([0], ends[:-1] + 1))
+            i = np.searchsorted(slashes[ends], quotes - 1)
+            hit = i < ends.size
+            hit[hit] = slashes[ends[i[hit]]] == quotes[hit] - 1
+            run = np.zeros(quotes.size, dtype=np.int64)
+            run[hit] = ends[i[hit]] - starts[i[hit]] + 1
+            quotes = quotes[run % 2 == 0]
+        brackets = np.flatnonzero(step)
+        inside = np.searchsorted(quotes, brackets) % 2 == 1
+        step[brackets[inside]] = 0
+    return int(np.cumsum(step, dtype=np.int32).max(initial=0))
 
 
 def parse_json(raw: bytes | str, what: str) -> Any:
@@ -66,7 +88,7 @@ def parse_json(raw: bytes | str, what: str) -> Any:
         raise APIError(_UNPROCESSABLE, f"{what} holds a number that is too long ({e})") from None
 
 
-def parse_k(value: Any, max_k: int, default: int = 10) -> int:
+def parse_k(value: Any, max_k: int, default: int = DEFAULT_K) -> int:
     if value is None or value == "":
         return default
     if isinstance(value, bool):

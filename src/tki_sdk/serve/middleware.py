@@ -68,7 +68,7 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         t0 = time.perf_counter()
-        status = [500]
+        status = [int(HTTPStatus.INTERNAL_SERVER_ERROR)]  # when the app fails before it answers
 
         async def watched(message: Message) -> None:
             if message["type"] == "http.response.start":

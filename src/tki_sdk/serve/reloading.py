@@ -90,7 +90,7 @@ class LiveGallery:
         folder: Path,
         model_fingerprint: str | None,
         *,
-        interval_s: float = 2.0,
+        interval_s: float,
         on_reload: Callable[[GallerySnapshot], None] | None = None,
         on_failure: Callable[[str], None] | None = None,
     ) -> None:

@@ -36,8 +36,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tki_sdk.runtime import ImageLoadError
 
 from tki_sdk.serve.errors import APIError
-from tki_sdk.serve.inputs import parse_json, parse_k, parse_vectors, parse_where
+from tki_sdk.serve.inputs import DEFAULT_K, parse_json, parse_k, parse_vectors, parse_where
 from tki_sdk.serve.metrics import CONTENT_TYPE_LATEST
+from tki_sdk.serve.reloading import GallerySnapshot
 from tki_sdk.serve.service import Query, SearchService
 from tki_sdk.serve.thumbnails import image_root_of
 
@@ -46,25 +47,25 @@ __all__ = ["build_routers", "STATIC_DIR"]
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 KEY_MAX = 2**64 - 2
 
-_IMAGES_BODY = {
-    "multipart/form-data": {"schema": {"type": "object", "properties": {
-        "image": {"type": "array", "items": {"type": "string", "format": "binary"},
-                  "description": "one or more image files (any field name; every file part is a query)"},
-        "k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
-        "where": {"type": "string", "description": 'JSON filter, e.g. {"domain": "sketch"}'},
-    }}},
-}
-_SEARCH_BODY = {"requestBody": {"required": True, "content": {
-    **_IMAGES_BODY,
-    "application/json": {"schema": {"type": "object", "required": ["vectors"], "properties": {
-        "vectors": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
-        "k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
-        "where": {"type": "object", "additionalProperties": True},
-    }}},
-}}}
-_EMBED_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "properties": {"image": _IMAGES_BODY["multipart/form-data"]["schema"]["properties"]["image"]},
-}}}}}
+def _openapi_bodies(max_k: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The request bodies of /v1/search and /v1/embed for the OpenAPI document (k's bounds from the config)."""
+    k = {"type": "integer", "minimum": 1, "maximum": max_k, "default": DEFAULT_K}
+    image = {"type": "array", "items": {"type": "string", "format": "binary"},
+             "description": "one or more image files (any field name; every file part is a query)"}
+    images = {"multipart/form-data": {"schema": {"type": "object", "properties": {
+        "image": image, "k": k,
+        "where": {"type": "string", "description": 'JSON filter, e.g. {"domain": "sketch"}; see /v1/info filter_fields'},
+    }}}}
+    search = {"requestBody": {"required": True, "content": {
+        **images,
+        "application/json": {"schema": {"type": "object", "required": ["vectors"], "properties": {
+            "vectors": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+            "k": k, "where": {"type": "object", "additionalProperties": True},
+        }}},
+    }}}
+    embed = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "properties": {"image": image}}}}}}
+    return search, embed
 
 
 def _content_type(request: Request) -> str:
@@ -103,6 +104,7 @@ def build_routers(service: SearchService) -> list[APIRouter]:
     ops = APIRouter(tags=["operations"])
     dim = service.embedder.embedding_dim
     unprocessable = HTTPStatus.UNPROCESSABLE_ENTITY
+    search_body, embed_body = _openapi_bodies(cfg.max_k)
 
     async def _images_query(request: Request, *, search: bool) -> Query:
         images, fields = await _read_form(request, service)
@@ -116,7 +118,8 @@ def build_routers(service: SearchService) -> list[APIRouter]:
         return query
 
     async def _json_query(request: Request) -> Query:
-        body = parse_json(await request.body(), "the body")
+        # parsed off the event loop: a 16 MB body takes a while, and other requests keep being served
+        body = await asyncio.to_thread(parse_json, await request.body(), "the body")
         if not isinstance(body, dict):
             raise APIError(unprocessable, 'the JSON body must be an object like {"vectors": [[...]], "k": 10}')
         unknown = set(body) - {"vectors", "k", "where"}
@@ -137,7 +140,7 @@ def build_routers(service: SearchService) -> list[APIRouter]:
                            "send multipart/form-data (image files) or application/json (vectors)")
         return query, await service.run(query)
 
-    @v1.post("/search", summary="nearest gallery items of query images or vectors", openapi_extra=_SEARCH_BODY)
+    @v1.post("/search", summary="nearest gallery items of query images or vectors", openapi_extra=search_body)
     async def search(request: Request) -> JSONResponse:
         t0 = time.perf_counter()
         async with service.admit():
@@ -151,7 +154,7 @@ def build_routers(service: SearchService) -> list[APIRouter]:
             raise APIError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send images as multipart/form-data file parts")
         return await service.run(await _images_query(request, search=False))
 
-    @v1.post("/embed", summary="embeddings of images", openapi_extra=_EMBED_BODY)
+    @v1.post("/embed", summary="embeddings of images", openapi_extra=embed_body)
     async def embed(request: Request) -> JSONResponse:
         t0 = time.perf_counter()
         async with service.admit():
@@ -161,7 +164,7 @@ def build_routers(service: SearchService) -> list[APIRouter]:
                              "model_fingerprint": service.embedder.model_fingerprint,
                              "batch_queries": out["batch"], "took_ms": round((time.perf_counter() - t0) * 1000, 3)})
 
-    def _item(key: int) -> tuple[Any, dict[str, Any]]:
+    def _item(key: int) -> tuple[GallerySnapshot, dict[str, Any]]:
         snap = service.live.snapshot
         meta = snap.gallery.get_metadata(key)[0] if snap.gallery.contains(key) else None
         if meta is None:

@@ -92,7 +92,7 @@ def make_thumbnail(image: Path | bytes, max_px: int, max_pixels: int) -> bytes:
 class ThumbnailCache:
     """Bounded LRU of thumbnail bytes; thread-safe."""
 
-    def __init__(self, max_px: int, max_pixels: int, capacity: int = 512) -> None:
+    def __init__(self, max_px: int, max_pixels: int, capacity: int) -> None:
         self.max_px = int(max_px)
         self.max_pixels = int(max_pixels)
         self.capacity = int(capacity)
