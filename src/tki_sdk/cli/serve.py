@@ -54,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             if opt.scale and default is not None:
                 default = default / opt.scale
                 default = int(default) if float(default).is_integer() else default
-            kind = _TYPES.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""), str)
+            kind = float if opt.scale else _TYPES.get(f.type if isinstance(f.type, str) else "", str)
             p.add_argument(opt.flag, dest=dest, type=kind, default=default, metavar=opt.metavar,
                            choices=list(opt.choices) if opt.choices else None, help=opt.help)
 
