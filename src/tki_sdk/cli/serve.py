@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         from tki_sdk.runtime.engine.artifact_check import ArtifactCheckError
         from tki_sdk.runtime.index.store import GalleryDamagedError
         from tki_sdk.serve.app import create_app, describe
-        from tki_sdk.serve.connections import ConnectionGuard, configure_log_throttle
+        from tki_sdk.serve.connections import ConnectionGuard, configure_log_throttle, raise_file_limit
         from tki_sdk.serve.service import SearchService
     except ImportError as e:
         print_error("tki serve", f"{e.name or e} is not installed; pip install 'tki-sdk[serve]'")
@@ -125,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         configure_log_throttle()
+        raise_file_limit(config.max_connections, config.backlog)
+        guard = ConnectionGuard(config.max_connections, backlog=config.backlog, idle_s=config.keep_alive_s)
         service = SearchService(config)
         app = create_app(config, service)
     except UsageError as e:
@@ -140,7 +142,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"tki serve: warning: listening on {config.host} without an API key; anyone who can reach this "
               f"port can search (set {flag_of('api_key')} or ${API_KEY_ENV})", file=sys.stderr)
     print(describe(config, service), file=sys.stderr)
-    guard = ConnectionGuard(config.max_connections, backlog=config.backlog, idle_s=config.keep_alive_s)
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.host, port=config.port, log_level=config.log_level, access_log=False,
         timeout_graceful_shutdown=config.request_timeout_s + 5, lifespan="on", http=guard.protocol_class(),

@@ -1,15 +1,16 @@
 """What the service needs of its collaborators, as Protocols: an embedder (the runtime's ``Embedder`` or a
-test double) and a micro-batcher (:class:`~tki_sdk.serve.batching.MicroBatcher`). Nothing here is
+test double), a served gallery version (the runtime's ``Gallery``) and a micro-batcher
+(:class:`~tki_sdk.serve.batching.MicroBatcher`). Nothing here is
 implemented; the types only say which attributes and methods the service calls."""
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from tki_sdk.common.model_metadata import ModelMetadata
 
-__all__ = ["Preprocess", "EmbedderLike", "BatcherLike"]
+__all__ = ["Preprocess", "EmbedderLike", "GalleryLike", "BatcherLike"]
 
 
 class Preprocess(Protocol):
@@ -28,6 +29,27 @@ class EmbedderLike(Protocol):
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Preprocessed pixels [n, 3, H, W] -> embeddings [n, D] float32."""
+        ...
+
+
+class GalleryLike(Protocol):
+    ndim: int
+    metric: str
+    dtype: str
+    exact: bool
+
+    def __len__(self) -> int: ...
+
+    def keys(self) -> np.ndarray: ...
+
+    def contains(self, keys: int | Iterable[int]) -> bool | np.ndarray: ...
+
+    def get_metadata(self, keys: int | Sequence[int] | np.ndarray) -> list[dict[str, Any] | None]: ...
+
+    def check_model(self, model_fingerprint: str | None) -> None: ...
+
+    def search(self, vectors: np.ndarray, k: int, where: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Keys [n, k] (``MISSING_KEY`` where fewer match) and distances [n, k] of the nearest items."""
         ...
 
 

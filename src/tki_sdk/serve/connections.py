@@ -7,7 +7,10 @@ protocol): at most ``cap`` connections stay open. When a new connection would ma
 none is idle is the new one closed instead. A connection that sends nothing for ``idle_s`` seconds, before
 its first request or between requests, is closed (uvicorn's keep-alive timeout, started at connect).
 ``cap`` never exceeds what the file limit allows: ``RLIMIT_NOFILE - 4 x backlog - 64`` (asyncio accepts up
-to ``backlog`` sockets per loop turn before their protocols run, and closes the evicted ones a turn later).
+to ``backlog`` sockets per loop turn before their protocols run, and closes the evicted ones a turn later);
+:func:`raise_file_limit` first raises the soft limit towards what the cap needs, up to the hard limit.
+uvicorn's own ``limit_concurrency`` is not used: it answers 503 to every request, ``/healthz`` included,
+once the connections reach it, where this guard keeps the newest connections served.
 Shedding is logged as one line at most every ``log_every_s`` seconds (with the count since the last line);
 :func:`configure_log_throttle` does the same for asyncio's "out of system resource" accept errors.
 """
@@ -24,10 +27,29 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ConnectionGuard", "fit_to_file_limit", "configure_log_throttle", "RESERVED_FDS"]
+__all__ = ["ConnectionGuard", "fit_to_file_limit", "raise_file_limit", "configure_log_throttle", "RESERVED_FDS"]
 
 #: File descriptors kept for everything but client sockets (model and gallery files, pipes, the listener).
 RESERVED_FDS = 64
+
+
+def raise_file_limit(max_connections: int, backlog: int) -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` towards what ``max_connections`` needs (never above the hard limit,
+    never lowered); returns the soft limit now in force. For the process that serves, called once at start."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = int(max_connections) + 4 * int(backlog) + RESERVED_FDS
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return int(soft) if soft != resource.RLIM_INFINITY else want
+    new = want if hard == resource.RLIM_INFINITY else min(want, int(hard))
+    if new > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        except (ValueError, OSError) as e:
+            log.info("cannot raise the file limit from %d to %d: %s", soft, new, e)
+            return int(soft)
+        log.info("file limit raised from %d to %d for --max-connections %d", soft, new, max_connections)
+        return new
+    return int(soft)
 
 
 def fit_to_file_limit(requested: int, backlog: int) -> int:

@@ -21,6 +21,8 @@ from typing import Callable
 
 from tki_sdk.runtime import Gallery
 
+from tki_sdk.serve.collaborators import GalleryLike
+
 log = logging.getLogger(__name__)
 
 __all__ = ["GallerySnapshot", "LiveGallery", "read_version"]
@@ -43,7 +45,7 @@ def read_version(folder: Path) -> str:
 class GallerySnapshot:
     """One loaded gallery version and what /v1/info reports about it."""
 
-    gallery: Gallery
+    gallery: GalleryLike
     version: str
     loaded_at: float
     facets: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -55,7 +57,7 @@ class GallerySnapshot:
         return len(self.gallery)
 
 
-def _facet_counts(gallery: Gallery) -> tuple[dict[str, dict[str, int]], frozenset[str]]:
+def _facet_counts(gallery: GalleryLike) -> tuple[dict[str, dict[str, int]], frozenset[str]]:
     """Value counts of the :data:`FACETS` fields, and the names of every metadata field, in one pass."""
     counts: dict[str, Counter] = {f: Counter() for f in FACETS}
     names: set[str] = set()
