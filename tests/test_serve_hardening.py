@@ -293,6 +293,17 @@ def test_thumbnails_come_only_from_regular_files_inside_the_image_root(setup, tm
     asyncio.run(main())
 
 
+def test_the_image_root_of_an_item():
+    from tki_sdk.serve.thumbnails import image_root_of
+
+    assert image_root_of({"path": "/data/imgs/sketch/dog/1.png", "rel": "sketch/dog/1.png"}, None) == Path("/data/imgs")
+    assert image_root_of({"path": "/data/imgs/sketch/dog/1.png", "rel": "other/1.png"}, None) == Path("/data/imgs/sketch/dog")
+    assert image_root_of({"path": "/data/imgs/1.png", "rel": "../../1.png"}, None) == Path("/data/imgs")
+    assert image_root_of({"path": "/data/imgs/1.png"}, None) == Path("/data/imgs")
+    assert image_root_of({"path": "/data/imgs/1.png", "rel": "1.png"}, Path("/srv")) == Path("/srv")
+    assert image_root_of({"rel": "1.png"}, None) is None
+
+
 # ------------------------------------------------------------------------------------------ decoding budget
 def _png(side: int, colour: tuple[int, int, int]) -> bytes:
     buf = io.BytesIO()

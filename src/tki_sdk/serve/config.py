@@ -141,7 +141,7 @@ class ServeConfig:
     thumbnail_cache: int = _opt(512, "--thumbnail-cache", "thumbnails kept in memory (default %(default)s)",
                                 metavar="N")
     image_root: Path | None = _opt(None, "--image-root", "serve thumbnails only of files under this folder "
-                                   "(default: each item's own images folder, from its path and rel)",
+                                   "(default: each item's own images folder, from its path and rel, else the file's folder)",
                                    metavar="DIR")
     max_connections: int = _opt(1024, "--max-connections", "open connections at most; a new one closes the "
                                 "oldest idle one (default %(default)s, lowered to fit the file limit)",

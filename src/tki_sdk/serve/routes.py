@@ -185,8 +185,7 @@ def build_routers(service: SearchService) -> list[APIRouter]:
             raise APIError(HTTPStatus.NOT_FOUND, f"item {key} names no image file")
         root = image_root_of(meta, cfg.image_root)
         if root is None:
-            raise APIError(HTTPStatus.NOT_FOUND, f"item {key} has no image root (no 'rel' in its metadata); "
-                           "start the service with --image-root to serve its thumbnail")
+            raise APIError(HTTPStatus.NOT_FOUND, f"item {key} names no image file")
         loop = asyncio.get_running_loop()
 
         async def make() -> bytes:

@@ -4,7 +4,7 @@ name a file.
 
 The file is read only when it is a regular file inside the image root (:func:`read_inside`): the root is the
 configured ``--image-root``, else the item's own images folder (its ``path`` minus its ``rel``, the path
-relative to the folder it was embedded from). The path is resolved (every symbolic link, in the folders
+relative to the folder it was embedded from), else (no ``rel``) the folder holding the file. The path is resolved (every symbolic link, in the folders
 too) and must stay inside the resolved root; the last component is opened with ``O_NOFOLLOW`` and checked
 to be a regular file on the open descriptor, so a link swapped in after the check is not followed either.
 Decoding goes through the runtime's guarded loader (pixel limit, corrupt files refused). Recently made
@@ -31,18 +31,20 @@ MAX_FILE_BYTES = 256 * 2**20
 
 
 def image_root_of(meta: Mapping[str, Any], configured: Path | None) -> Path | None:
-    """The folder the item's file must lie in: ``configured``, else ``path`` with ``rel`` taken off its end
-    (None when ``rel`` is missing or is not the end of ``path``)."""
+    """The folder the item's file must lie in: ``configured``; else ``path`` with ``rel`` taken off its end
+    (the folder the item was embedded from); else, for an item without a matching ``rel``, the folder of
+    ``path`` itself. None when the item names no path."""
     if configured is not None:
         return Path(configured)
     path, rel = meta.get("path"), meta.get("rel")
-    if not isinstance(path, str) or not isinstance(rel, str) or not rel:
+    if not isinstance(path, str) or not path:
         return None
-    rel_parts = PurePosixPath(rel).parts
     parts = Path(path).parts
-    if not rel_parts or ".." in rel_parts or len(parts) <= len(rel_parts) or parts[-len(rel_parts):] != rel_parts:
-        return None
-    return Path(*parts[: -len(rel_parts)])
+    rel_parts = PurePosixPath(rel).parts if isinstance(rel, str) and rel else ()
+    if (rel_parts and ".." not in rel_parts and len(parts) > len(rel_parts)
+            and parts[-len(rel_parts):] == rel_parts):
+        return Path(*parts[: -len(rel_parts)])
+    return Path(path).parent
 
 
 def read_inside(path: Path, root: Path) -> bytes:
