@@ -76,15 +76,23 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def uvicorn_process(args: list[str], port: int, timeout: float = 60.0) -> Iterator[subprocess.Popen]:
+def uvicorn_process(args: list[str], port: int, timeout: float = 60.0,
+                    fd_limit: int | None = None) -> Iterator[subprocess.Popen]:
     """``python -m tki_sdk.cli.serve ARGS --port PORT`` on 127.0.0.1, yielded once /readyz answers 200; killed at
-    exit if still running."""
+    exit if still running. ``fd_limit``: the server's soft RLIMIT_NOFILE (the test's own is untouched)."""
     import httpx
+
+    def limit_fds() -> None:
+        import resource
+
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, hard))
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "tki_sdk.cli.serve", *args, "--host", "127.0.0.1",
                              "--port", str(port), "--log-level", "warning"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                            preexec_fn=limit_fds if fd_limit else None)
     try:
         deadline = time.monotonic() + timeout
         while True:

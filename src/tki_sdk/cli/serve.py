@@ -8,12 +8,14 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from dataclasses import MISSING, fields
+from typing import Any, Mapping, Sequence
 
-from tki_sdk.common.errors import EXIT_MISSING, EXIT_USAGE, UsageError
+from tki_sdk.common.errors import EXIT_DAMAGED, EXIT_MISSING, EXIT_USAGE, UsageError
 from tki_sdk.cli.base import OneLineParser, print_error, run_main
+from tki_sdk.serve.config import Option, ServeConfig, ServeConfigError, option_of
 
-__all__ = ["register", "add_arguments", "config_from_args", "run", "main"]
+__all__ = ["register", "add_arguments", "config_from_args", "flag_of", "run", "main"]
 
 API_KEY_ENV = "TKI_API_KEY"
 
@@ -34,36 +36,32 @@ what is in flight and exits 0. API docs: http://127.0.0.1:8000/docs."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="DIR", help="export folder written by tki-export (tki.json)")
-    p.add_argument("--gallery", required=True, metavar="G", help="gallery folder written by tki embed")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
-    p.add_argument("--api-key", default=None,
-                   help=f"require 'Authorization: Bearer KEY' on /v1 routes (default ${API_KEY_ENV} when set)")
-    p.add_argument("--max-batch", type=int, default=32, metavar="N",
-                   help="most queries per inference batch (default 32; 1 turns batching off)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
-                   help="longest wait for more queries after the first of a batch (default 5)")
-    p.add_argument("--fixed-wait", action="store_true",
-                   help="always wait the full --max-wait-ms for a fuller batch (default: stop waiting as soon as "
-                        "no other request is being decoded)")
-    p.add_argument("--workers", type=int, default=2, metavar="N", help="image decode threads (default 2)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="onnxruntime threads of the inference call (default: all cores)")
-    p.add_argument("--precision", default=None, metavar="P", help="model artifact, e.g. int8, fp32 (default: the export's)")
-    p.add_argument("--max-queue", type=int, default=256, metavar="N",
-                   help="requests allowed in flight; one more gets 503 + Retry-After (default 256)")
-    p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="answer or 504 within S seconds (default 30)")
-    p.add_argument("--max-body-mb", type=float, default=16.0, metavar="MB", help="request body limit, 413 above (default 16)")
-    p.add_argument("--max-images", type=int, default=64, metavar="N", help="images or vectors per request (default 64)")
-    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
-                   help="refuse images declaring more pixels (default 40,000,000)")
-    p.add_argument("--reload-interval", type=float, default=2.0, metavar="S",
-                   help="check the gallery's CURRENT every S seconds (default 2; 0: never reload)")
-    p.add_argument("--thumbnail-px", type=int, default=256, metavar="PX", help="thumbnail long side (default 256)")
-    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
-                   help="allow browser calls from this origin (repeatable; default: CORS off)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    """Every :class:`ServeConfig` field as an option: flag, help, unit and the default shown all come from the
+    field (``ServeConfig``'s metadata), so nothing here restates a default."""
+    for f in fields(ServeConfig):
+        opt: Option = f.metadata["option"]
+        dest = f.name
+        if opt.kind == "flag":
+            p.add_argument(opt.flag, dest=dest, action="store_true", help=opt.help)
+        elif opt.kind == "off":
+            p.add_argument(opt.flag, dest=dest, action="store_false", help=opt.help)
+        elif opt.kind == "append":
+            p.add_argument(opt.flag, dest=dest, action="append", default=[], metavar=opt.metavar, help=opt.help)
+        elif f.default is MISSING and f.default_factory is MISSING:
+            p.add_argument(opt.flag, dest=dest, required=True, metavar=opt.metavar, help=opt.help)
+        else:
+            default = f.default
+            if opt.scale and default is not None:
+                default = default / opt.scale
+                default = int(default) if float(default).is_integer() else default
+            kind = float if opt.scale else _TYPES.get(f.type if isinstance(f.type, str) else "", str)
+            p.add_argument(opt.flag, dest=dest, type=kind, default=default, metavar=opt.metavar,
+                           choices=list(opt.choices) if opt.choices else None, help=opt.help)
+
+
+#: argparse type of each field annotation (``from __future__ import annotations`` keeps them as text).
+_TYPES: dict[str, Any] = {"int": int, "float": float, "int | None": int, "float | None": float, "str": str,
+                          "str | None": str, "Path": str, "Path | None": str}
 
 
 def register(subparsers: Any) -> None:
@@ -80,31 +78,45 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
-    from tki_sdk.serve.config import DEFAULT_MAX_PIXELS, ServeConfig
+def flag_of(field_name: str) -> str:
+    """The option of ``tki serve`` that sets the :class:`ServeConfig` field ``field_name``."""
+    return option_of(field_name).flag
 
+
+def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServeConfig:
+    """The :class:`ServeConfig` of parsed options; :class:`UsageError` (one line naming the option, exit 2).
+
+    The API key comes from ``--api-key``, else from ``$TKI_API_KEY`` when that is set (even to an empty
+    value, which is refused rather than read as "no key")."""
+    env = os.environ if environ is None else environ
     model, gallery = Path(args.model), Path(args.gallery)
     if not (model / "tki.json").is_file() and not (model.is_file() and model.name == "tki.json"):
         raise UsageError(f"--model {model} holds no tki.json; pass the folder written by tki-export")
     if not gallery.is_dir():
         raise UsageError(f"--gallery {gallery} is not a folder; build one with tki embed")
-    return ServeConfig(
-        model=model, gallery=gallery, host=args.host, port=args.port,
-        api_key=args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None,
-        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, fixed_wait=args.fixed_wait, workers=args.workers, threads=args.threads,
-        precision=args.precision, max_queue=args.max_queue, request_timeout_s=args.timeout,
-        max_body_bytes=int(args.max_body_mb * 2**20), max_images=args.max_images,
-        max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
-        reload_interval_s=args.reload_interval, thumbnail_px=args.thumbnail_px,
-        cors_origins=list(args.cors_origin), log_level=args.log_level,
-    )
+    values: dict[str, Any] = {}
+    for f in fields(ServeConfig):
+        value = getattr(args, f.name)
+        scale = f.metadata["option"].scale
+        values[f.name] = int(value * scale) if scale and value is not None else value
+    key_source = flag_of("api_key")
+    if values["api_key"] is None and API_KEY_ENV in env:
+        values["api_key"], key_source = env[API_KEY_ENV], f"${API_KEY_ENV}"
+    try:
+        return ServeConfig(**values)
+    except ServeConfigError as e:
+        source = key_source if e.field == "api_key" else flag_of(e.field)
+        raise UsageError(f"{source} {e.reason}") from None
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
+        from tki_sdk.runtime.engine.artifact_check import ArtifactCheckError
+        from tki_sdk.runtime.index.store import GalleryDamagedError
         from tki_sdk.serve.app import create_app, describe
+        from tki_sdk.serve.connections import ConnectionGuard, configure_log_throttle, raise_file_limit
         from tki_sdk.serve.service import SearchService
     except ImportError as e:
         print_error("tki serve", f"{e.name or e} is not installed; pip install 'tki-sdk[serve]'")
@@ -112,21 +124,28 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        configure_log_throttle()
+        raise_file_limit(config.max_connections, config.backlog)
+        guard = ConnectionGuard(config.max_connections, backlog=config.backlog, idle_s=config.keep_alive_s)
         service = SearchService(config)
         app = create_app(config, service)
     except UsageError as e:
         print_error("tki serve", e)
         return e.code
+    except (ArtifactCheckError, GalleryDamagedError) as e:
+        print_error("tki serve", e)
+        return EXIT_DAMAGED
     except (ValueError, OSError) as e:
         print_error("tki serve", e)
         return EXIT_USAGE
     if config.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
         print(f"tki serve: warning: listening on {config.host} without an API key; anyone who can reach this "
-              f"port can search (set --api-key or ${API_KEY_ENV})", file=sys.stderr)
+              f"port can search (set {flag_of('api_key')} or ${API_KEY_ENV})", file=sys.stderr)
     print(describe(config, service), file=sys.stderr)
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.host, port=config.port, log_level=config.log_level, access_log=False,
-        timeout_graceful_shutdown=config.request_timeout_s + 5, lifespan="on",
+        timeout_graceful_shutdown=config.request_timeout_s + 5, lifespan="on", http=guard.protocol_class(),
+        backlog=config.backlog, timeout_keep_alive=max(1, round(config.keep_alive_s)),
     ))
     # uvicorn drains on SIGTERM / SIGINT, then raises the signal again for the handler it found: make that
     # handler a clean exit, so a drained shutdown ends with status 0.
@@ -150,6 +169,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    import sys
-
     sys.exit(main())

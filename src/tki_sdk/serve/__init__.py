@@ -3,8 +3,11 @@
 FastAPI on uvicorn; concurrent queries are decoded in a thread pool and coalesced into one inference batch
 (:mod:`.batching`); the gallery is reloaded when its ``CURRENT`` changes (:mod:`.reloading`); Prometheus
 metrics (:mod:`.metrics`); a plain HTML/CSS/JS page at ``/`` (``static/``). Needs ``pip install
-'tki-sdk[serve]'``. Modules: ``config`` (settings), ``inputs`` (request validation), ``service`` (model +
-gallery + batcher), ``routes`` (HTTP), ``app`` (assembly), ``cli`` (``tki serve``).
+'tki-sdk[serve]'``. Modules: ``config`` (settings, defaults, bounds, the flags of ``tki serve``), ``inputs``
+(request validation), ``collaborators`` (what the service needs of an embedder and a batcher), ``service``
+(model + gallery + batcher), ``routes`` (HTTP), ``security`` (API key, Host), ``middleware`` (body limit,
+metrics), ``thumbnails``, ``connections`` (the connection cap of the uvicorn protocol), ``app`` (assembly).
+The command itself is :mod:`tki_sdk.cli.serve`.
 
     from tki_sdk.serve import ServeConfig, create_app
     app = create_app(ServeConfig(model="export/", gallery="pacs.gallery"))

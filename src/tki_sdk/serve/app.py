@@ -1,7 +1,9 @@
 """``create_app(config)``: the FastAPI application of ``tki serve``.
 
 Every error leaves as one line of JSON, ``{"error": "..."}``, with its status (4xx for anything the
-request got wrong; never a traceback). The service starts its threads in the app's lifespan and, on
+request got wrong; never a traceback). Middleware, outermost first: request metrics, the Host check
+(``allowed_hosts``), CORS, the API key (:mod:`.security`), the body limit. ``docs=False`` removes
+``/docs``, ``/redoc`` and ``/openapi.json``. The service starts its threads in the app's lifespan and, on
 shutdown (uvicorn's SIGTERM: stop accepting, finish open requests), answers everything still queued before
 the process exits.
 """
@@ -9,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, AsyncIterator
+from http import HTTPStatus
+from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,6 +25,7 @@ from tki_sdk.serve.config import ServeConfig
 from tki_sdk.serve.errors import APIError, error_body
 from tki_sdk.serve.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
 from tki_sdk.serve.routes import STATIC_DIR, build_routers
+from tki_sdk.serve.security import BearerKeyMiddleware, JSONTrustedHostMiddleware
 from tki_sdk.serve.service import SearchService
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,9 @@ def create_app(config: ServeConfig, service: SearchService | None = None) -> Fas
         summary="Cross-domain image search over an exported TKI model and a tki gallery.",
         version="1",
         lifespan=lifespan,
+        docs_url="/docs" if config.docs else None,
+        redoc_url="/redoc" if config.docs else None,
+        openapi_url="/openapi.json" if config.docs else None,
     )
     app.state.service = svc
 
@@ -64,7 +71,7 @@ def create_app(config: ServeConfig, service: SearchService | None = None) -> Fas
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(error_body(_validation_message(exc)), status_code=422)
+        return JSONResponse(error_body(_validation_message(exc)), status_code=HTTPStatus.UNPROCESSABLE_ENTITY)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -75,16 +82,21 @@ def create_app(config: ServeConfig, service: SearchService | None = None) -> Fas
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return JSONResponse(error_body(f"internal error ({type(exc).__name__}); the service keeps running"),
-                            status_code=500)
+                            status_code=HTTPStatus.INTERNAL_SERVER_ERROR)
 
     for router in build_routers(svc):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
+    # add_middleware wraps: the last added runs first
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes)
-    if config.cors_origins:
+    if config.api_key is not None:
+        app.add_middleware(BearerKeyMiddleware, api_key=config.api_key)
+    if config.cors_origins:  # outside the key check: a browser's preflight carries no key
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
+    if config.allowed_hosts:
+        app.add_middleware(JSONTrustedHostMiddleware, allowed_hosts=config.allowed_hosts)
     app.add_middleware(RequestMetricsMiddleware, metrics=svc.metrics)
     return app
 
@@ -92,7 +104,7 @@ def create_app(config: ServeConfig, service: SearchService | None = None) -> Fas
 def describe(config: ServeConfig, service: SearchService) -> str:
     """One paragraph for the log when the service starts."""
     snap = service.live.snapshot
-    emb: Any = service.embedder
+    emb = service.embedder
     return (f"tki serve: {emb.metadata.model_name} {emb.precision} on {getattr(emb, 'provider', '?')}; gallery "
             f"{config.gallery} version {snap.version or '-'} ({snap.size:,} items); batches up to "
             f"{config.max_batch}, wait <= {config.max_wait_ms:g} ms; http://{config.host}:{config.port}/")

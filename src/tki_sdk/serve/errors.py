@@ -1,9 +1,12 @@
 """``APIError``: a client-facing failure with its HTTP status and one line of JSON (``{"error": "..."}``)."""
 from __future__ import annotations
 
+import json
+from typing import Any, Awaitable, Callable, MutableMapping
+
 from tki_sdk.common.errors import one_line as _one_line
 
-__all__ = ["APIError", "error_body"]
+__all__ = ["APIError", "error_body", "send_error"]
 
 
 class APIError(Exception):
@@ -28,3 +31,15 @@ def _clip(message: str, limit: int = 300) -> str:
 
 def error_body(message: str) -> dict[str, str]:
     return {"error": _clip(message)}
+
+
+async def send_error(send: Callable[[MutableMapping[str, Any]], Awaitable[None]], status: int, message: str,
+                     headers: dict[str, str] | None = None) -> None:
+    """Answer ``status`` with ``{"error": message}`` straight on the ASGI ``send`` (for middleware that
+    refuses before the app runs); the connection is closed after it."""
+    data = json.dumps(error_body(message)).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+           (b"connection", b"close")]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": int(status), "headers": raw})
+    await send({"type": "http.response.body", "body": data})

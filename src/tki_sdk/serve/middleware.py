@@ -7,11 +7,11 @@ route template, method and status and observes its latency (see :mod:`tki_sdk.se
 """
 from __future__ import annotations
 
-import json
 import time
+from http import HTTPStatus
 from typing import Any, Awaitable, Callable, MutableMapping
 
-from tki_sdk.serve.errors import APIError, error_body
+from tki_sdk.serve.errors import APIError, send_error
 from tki_sdk.serve.metrics import ServiceMetrics
 
 __all__ = ["BodyLimitMiddleware", "RequestMetricsMiddleware"]
@@ -21,15 +21,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-async def _send_json(send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-    data = json.dumps(body).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-           (b"connection", b"close")]
-    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": data})
 
 
 class BodyLimitMiddleware:
@@ -47,10 +38,10 @@ class BodyLimitMiddleware:
                 try:
                     declared = int(value)
                 except ValueError:
-                    await _send_json(send, 400, error_body("Content-Length is not a number"))
+                    await send_error(send, HTTPStatus.BAD_REQUEST, "Content-Length is not a number")
                     return
                 if declared > limit:
-                    await _send_json(send, 413, error_body(
+                    await send_error(send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, (
                         f"request body of {declared:,} bytes is over the limit of {limit:,} (--max-body-mb)"))
                     return
         seen = 0
@@ -61,7 +52,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise APIError(413, f"request body is over the limit of {limit:,} bytes (--max-body-mb)")
+                    raise APIError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body is over the limit of {limit:,} bytes (--max-body-mb)")
             return message
 
         await self.app(scope, counted, send)
@@ -77,7 +68,7 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         t0 = time.perf_counter()
-        status = [500]
+        status = [int(HTTPStatus.INTERNAL_SERVER_ERROR)]  # when the app fails before it answers
 
         async def watched(message: Message) -> None:
             if message["type"] == "http.response.start":

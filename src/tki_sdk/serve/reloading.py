@@ -17,9 +17,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from tki_sdk.runtime import Gallery
+
+from tki_sdk.serve.collaborators import GalleryLike
 
 log = logging.getLogger(__name__)
 
@@ -43,26 +45,31 @@ def read_version(folder: Path) -> str:
 class GallerySnapshot:
     """One loaded gallery version and what /v1/info reports about it."""
 
-    gallery: Any
+    gallery: GalleryLike
     version: str
     loaded_at: float
     facets: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Every metadata field name that some item of this version carries.
+    fields: frozenset[str] = frozenset()
 
     @property
     def size(self) -> int:
         return len(self.gallery)
 
 
-def _facet_counts(gallery: Any) -> dict[str, dict[str, int]]:
+def _facet_counts(gallery: GalleryLike) -> tuple[dict[str, dict[str, int]], frozenset[str]]:
+    """Value counts of the :data:`FACETS` fields, and the names of every metadata field, in one pass."""
     counts: dict[str, Counter] = {f: Counter() for f in FACETS}
+    names: set[str] = set()
     keys = gallery.keys()
     for s in range(0, len(keys), 5000):
         for meta in gallery.get_metadata(keys[s : s + 5000]):
+            names.update(meta or ())
             for f in FACETS:
                 v = (meta or {}).get(f)
                 if isinstance(v, (str, int, float, bool)):
                     counts[f][str(v)] += 1
-    return {f: dict(sorted(c.items())) for f, c in counts.items() if c}
+    return {f: dict(sorted(c.items())) for f, c in counts.items() if c}, frozenset(names)
 
 
 def load_snapshot(folder: Path, model_fingerprint: str | None) -> GallerySnapshot:
@@ -73,7 +80,8 @@ def load_snapshot(folder: Path, model_fingerprint: str | None) -> GallerySnapsho
         if read_version(folder) == version:
             break
     gallery.check_model(model_fingerprint)
-    return GallerySnapshot(gallery=gallery, version=version, loaded_at=time.time(), facets=_facet_counts(gallery))
+    facets, names = _facet_counts(gallery)
+    return GallerySnapshot(gallery=gallery, version=version, loaded_at=time.time(), facets=facets, fields=names)
 
 
 class LiveGallery:
@@ -84,7 +92,7 @@ class LiveGallery:
         folder: Path,
         model_fingerprint: str | None,
         *,
-        interval_s: float = 2.0,
+        interval_s: float,
         on_reload: Callable[[GallerySnapshot], None] | None = None,
         on_failure: Callable[[str], None] | None = None,
     ) -> None:

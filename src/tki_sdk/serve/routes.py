@@ -10,19 +10,25 @@ route                                       what it does
 ``GET /v1/items/{key}``                     metadata of one gallery item
 ``GET /v1/items/{key}/thumbnail``           JPEG of that item's file, long side <= ``--thumbnail-px``
 ``GET /v1/info``                            model summary (``tki.json``), gallery size, dtype, metric, version,
-                                            domain and class counts, limits
+                                            domain and class counts, ``filter_fields``, limits
 ``GET /healthz`` ``/readyz`` ``/metrics``   liveness, readiness (503 while starting or draining), Prometheus
 ``GET /``                                   the search page (``static/``)
 ==========================================  ======================================================================
+
+Filters (``where``) may name only ``filter_fields``: the metadata fields the answers show, i.e. every field of
+the served gallery's metadata except ``path`` (the server's file paths), which is shown and filterable only
+with ``--expose-paths``. Each search or embed request, body reading and decoding included, is answered within
+``--timeout`` (else 504). Access (API key, Host) is checked by :mod:`.security` before any route runs.
 """
 from __future__ import annotations
 
 import asyncio
 import time
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, Path as PathParam, Request
+from fastapi import APIRouter, Path as PathParam, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -30,35 +36,36 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tki_sdk.runtime import ImageLoadError
 
 from tki_sdk.serve.errors import APIError
-from tki_sdk.serve.inputs import parse_k, parse_vectors, parse_where
+from tki_sdk.serve.inputs import DEFAULT_K, parse_json, parse_k, parse_vectors, parse_where
 from tki_sdk.serve.metrics import CONTENT_TYPE_LATEST
-from tki_sdk.serve.security import bearer_key_checker
-from tki_sdk.serve.service import Query, SearchService, public_metadata
+from tki_sdk.serve.reloading import GallerySnapshot
+from tki_sdk.serve.service import Query, SearchService
+from tki_sdk.serve.thumbnails import image_root_of
 
 __all__ = ["build_routers", "STATIC_DIR"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 KEY_MAX = 2**64 - 2
 
-_IMAGES_BODY = {
-    "multipart/form-data": {"schema": {"type": "object", "properties": {
-        "image": {"type": "array", "items": {"type": "string", "format": "binary"},
-                  "description": "one or more image files (any field name; every file part is a query)"},
-        "k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
-        "where": {"type": "string", "description": 'JSON filter, e.g. {"domain": "sketch"}'},
-    }}},
-}
-_SEARCH_BODY = {"requestBody": {"required": True, "content": {
-    **_IMAGES_BODY,
-    "application/json": {"schema": {"type": "object", "required": ["vectors"], "properties": {
-        "vectors": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
-        "k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
-        "where": {"type": "object", "additionalProperties": True},
-    }}},
-}}}
-_EMBED_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "properties": {"image": _IMAGES_BODY["multipart/form-data"]["schema"]["properties"]["image"]},
-}}}}}
+def _openapi_bodies(max_k: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The request bodies of /v1/search and /v1/embed for the OpenAPI document (k's bounds from the config)."""
+    k = {"type": "integer", "minimum": 1, "maximum": max_k, "default": DEFAULT_K}
+    image = {"type": "array", "items": {"type": "string", "format": "binary"},
+             "description": "one or more image files (any field name; every file part is a query)"}
+    images = {"multipart/form-data": {"schema": {"type": "object", "properties": {
+        "image": image, "k": k,
+        "where": {"type": "string", "description": 'JSON filter, e.g. {"domain": "sketch"}; see /v1/info filter_fields'},
+    }}}}
+    search = {"requestBody": {"required": True, "content": {
+        **images,
+        "application/json": {"schema": {"type": "object", "required": ["vectors"], "properties": {
+            "vectors": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+            "k": k, "where": {"type": "object", "additionalProperties": True},
+        }}},
+    }}}
+    embed = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "properties": {"image": image}}}}}}
+    return search, embed
 
 
 def _content_type(request: Request) -> str:
@@ -71,7 +78,8 @@ async def _read_form(request: Request, service: SearchService) -> tuple[list[tup
     try:
         form = await request.form(max_files=cfg.max_images, max_fields=16, max_part_size=cfg.max_body_bytes)
     except StarletteHTTPException as e:
-        status = 413 if "Too many files" in str(e.detail) else 400
+        too_many = "Too many files" in str(e.detail)
+        status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE if too_many else HTTPStatus.BAD_REQUEST
         raise APIError(status, f"multipart body refused: {e.detail}") from None
     images: list[tuple[str, bytes]] = []
     fields: dict[str, str] = {}
@@ -81,7 +89,7 @@ async def _read_form(request: Request, service: SearchService) -> tuple[list[tup
                 data = await value.read()
                 label = value.filename or f"part {len(images)}"
                 if not data:
-                    raise APIError(400, f"{label}: empty file")
+                    raise APIError(HTTPStatus.BAD_REQUEST, f"{label}: empty file")
                 images.append((label, data))
             else:
                 fields[name] = value
@@ -92,72 +100,81 @@ async def _read_form(request: Request, service: SearchService) -> tuple[list[tup
 
 def build_routers(service: SearchService) -> list[APIRouter]:
     cfg = service.config
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(bearer_key_checker(cfg.api_key))], tags=["search"])
+    v1 = APIRouter(prefix="/v1", tags=["search"])
     ops = APIRouter(tags=["operations"])
     dim = service.embedder.embedding_dim
+    unprocessable = HTTPStatus.UNPROCESSABLE_ENTITY
+    search_body, embed_body = _openapi_bodies(cfg.max_k)
 
-    async def _images_query(request: Request, *, search: bool) -> tuple[Query, dict[str, Any]]:
+    async def _images_query(request: Request, *, search: bool) -> Query:
         images, fields = await _read_form(request, service)
         if not images:
-            raise APIError(422, "no image in the request; send image files as multipart file parts")
-        query = Query(pixels=await service.decode(images))
-        extra: dict[str, Any] = {}
-        if search:
+            raise APIError(unprocessable, "no image in the request; send image files as multipart file parts")
+        query = Query()
+        if search:  # cheap checks first: a bad k or where costs no decoding
             query.k = parse_k(fields.get("k"), cfg.max_k)
-            query.where = parse_where(fields.get("where"))
-        return query, extra
+            query.where = parse_where(fields.get("where"), service.filter_fields())
+        query.pixels = await service.decode(images)
+        return query
 
-    @v1.post("/search", summary="nearest gallery items of query images or vectors", openapi_extra=_SEARCH_BODY)
+    async def _json_query(request: Request) -> Query:
+        # parsed off the event loop: a 16 MB body takes a while, and other requests keep being served
+        body = await asyncio.to_thread(parse_json, await request.body(), "the body")
+        if not isinstance(body, dict):
+            raise APIError(unprocessable, 'the JSON body must be an object like {"vectors": [[...]], "k": 10}')
+        unknown = set(body) - {"vectors", "k", "where"}
+        if unknown:
+            raise APIError(unprocessable, f"unknown field(s) {sorted(unknown)}; use vectors, k and where")
+        metric = service.live.snapshot.gallery.metric
+        return Query(vectors=parse_vectors(body.get("vectors"), dim, cfg.max_images, nonzero=metric == "cos"),
+                     k=parse_k(body.get("k"), cfg.max_k), where=parse_where(body.get("where"), service.filter_fields()))
+
+    async def _search(request: Request) -> tuple[Query, dict[str, Any]]:
+        ctype = _content_type(request)
+        if ctype == "multipart/form-data":
+            query = await _images_query(request, search=True)
+        elif ctype == "application/json":
+            query = await _json_query(request)
+        else:
+            raise APIError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                           "send multipart/form-data (image files) or application/json (vectors)")
+        return query, await service.run(query)
+
+    @v1.post("/search", summary="nearest gallery items of query images or vectors", openapi_extra=search_body)
     async def search(request: Request) -> JSONResponse:
         t0 = time.perf_counter()
         async with service.admit():
-            ctype = _content_type(request)
-            if ctype == "multipart/form-data":
-                query, _ = await _images_query(request, search=True)
-            elif ctype == "application/json":
-                try:
-                    body = await request.json()
-                except ValueError as e:
-                    raise APIError(400, f"the body is not valid JSON ({e})") from None
-                if not isinstance(body, dict):
-                    raise APIError(422, 'the JSON body must be an object like {"vectors": [[...]], "k": 10}')
-                unknown = set(body) - {"vectors", "k", "where"}
-                if unknown:
-                    raise APIError(422, f"unknown field(s) {sorted(unknown)}; use vectors, k and where")
-                metric = service.live.snapshot.gallery.metric
-                query = Query(vectors=parse_vectors(body.get("vectors"), dim, cfg.max_images, nonzero=metric == "cos"),
-                              k=parse_k(body.get("k"), cfg.max_k), where=parse_where(body.get("where")))
-            else:
-                raise APIError(415, "send multipart/form-data (image files) or application/json (vectors)")
-            out = await service.run(query)
+            query, out = await service.within_deadline(_search(request))
         return JSONResponse({"results": out["results"], "k": query.k, "where": query.where,
                              "gallery_version": out["version"], "batch_queries": out["batch"],
                              "took_ms": round((time.perf_counter() - t0) * 1000, 3)})
 
-    @v1.post("/embed", summary="embeddings of images", openapi_extra=_EMBED_BODY)
+    async def _embed(request: Request) -> dict[str, Any]:
+        if _content_type(request) != "multipart/form-data":
+            raise APIError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send images as multipart/form-data file parts")
+        return await service.run(await _images_query(request, search=False))
+
+    @v1.post("/embed", summary="embeddings of images", openapi_extra=embed_body)
     async def embed(request: Request) -> JSONResponse:
         t0 = time.perf_counter()
         async with service.admit():
-            if _content_type(request) != "multipart/form-data":
-                raise APIError(415, "send images as multipart/form-data file parts")
-            query, _ = await _images_query(request, search=False)
-            out = await service.run(query)
+            out = await service.within_deadline(_embed(request))
         vecs = out["vectors"]
         return JSONResponse({"embeddings": vecs.tolist(), "dim": int(vecs.shape[1]),
                              "model_fingerprint": service.embedder.model_fingerprint,
                              "batch_queries": out["batch"], "took_ms": round((time.perf_counter() - t0) * 1000, 3)})
 
-    def _item(key: int) -> tuple[Any, dict[str, Any]]:
+    def _item(key: int) -> tuple[GallerySnapshot, dict[str, Any]]:
         snap = service.live.snapshot
         meta = snap.gallery.get_metadata(key)[0] if snap.gallery.contains(key) else None
         if meta is None:
-            raise APIError(404, f"no item {key} in the gallery (version {snap.version or 'unversioned'})")
+            raise APIError(HTTPStatus.NOT_FOUND, f"no item {key} in the gallery (version {snap.version or 'unversioned'})")
         return snap, meta
 
     @v1.get("/items/{key}", summary="metadata of one gallery item")
     async def item(key: int = PathParam(ge=0, le=KEY_MAX)) -> dict[str, Any]:
         snap, meta = _item(key)
-        return {"key": key, "metadata": public_metadata(meta), "gallery_version": snap.version}
+        return {"key": key, "metadata": service.public(meta), "gallery_version": snap.version}
 
     @v1.get("/items/{key}/thumbnail", summary="bounded-size JPEG of one gallery item",
             response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
@@ -165,14 +182,21 @@ def build_routers(service: SearchService) -> list[APIRouter]:
         snap, meta = _item(key)
         path = meta.get("path")
         if not isinstance(path, str) or not path:
-            raise APIError(404, f"item {key} names no image file")
+            raise APIError(HTTPStatus.NOT_FOUND, f"item {key} names no image file")
+        root = image_root_of(meta, cfg.image_root)
+        if root is None:
+            raise APIError(HTTPStatus.NOT_FOUND, f"item {key} names no image file")
+        loop = asyncio.get_running_loop()
+
+        async def make() -> bytes:
+            return await loop.run_in_executor(service.decode_pool, service.thumbnails.get, snap.version, key,
+                                              Path(path), root)
+
         async with service.admit():
-            loop = asyncio.get_running_loop()
             try:
-                data = await loop.run_in_executor(service.decode_pool, service.thumbnails.get, snap.version, key,
-                                                  Path(path))
+                data = await service.within_deadline(make())
             except ImageLoadError as e:
-                raise APIError(404, f"the image of item {key} cannot be read ({e.reason})") from None
+                raise APIError(HTTPStatus.NOT_FOUND, f"the image of item {key} cannot be served ({e.reason})") from None
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
 
     @v1.get("/info", summary="model, gallery and limits")
@@ -187,9 +211,11 @@ def build_routers(service: SearchService) -> list[APIRouter]:
             "gallery": {"items": snap.size, "ndim": g.ndim, "dtype": g.dtype, "metric": g.metric,
                         "exact": g.exact, "version": snap.version, "loaded_at": snap.loaded_at,
                         "domains": snap.facets.get("domain", {}), "classes": snap.facets.get("class", {})},
+            "filter_fields": sorted(service.filter_fields()),
             "limits": {"max_k": cfg.max_k, "max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms,
                        "max_images": cfg.max_images, "max_body_bytes": cfg.max_body_bytes,
-                       "max_pixels": cfg.max_pixels, "request_timeout_s": cfg.request_timeout_s},
+                       "max_pixels": cfg.max_pixels, "max_request_pixels": cfg.max_request_pixels,
+                       "request_timeout_s": cfg.request_timeout_s},
             "auth": cfg.api_key is not None,
         }
 
@@ -200,7 +226,8 @@ def build_routers(service: SearchService) -> list[APIRouter]:
     @ops.get("/readyz", summary="ready to answer searches (503 while starting or draining)")
     async def readyz() -> JSONResponse:
         if not service.ready:
-            return JSONResponse({"status": "not ready"}, status_code=503, headers={"Retry-After": "1"})
+            return JSONResponse({"status": "not ready"}, status_code=HTTPStatus.SERVICE_UNAVAILABLE,
+                                headers={"Retry-After": "1"})
         return JSONResponse({"status": "ready", "gallery_version": service.live.snapshot.version})
 
     @ops.get("/metrics", summary="Prometheus metrics", response_class=Response)

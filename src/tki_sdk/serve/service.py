@@ -1,8 +1,12 @@
 """``SearchService``: the model, the live gallery, the decode pool and the micro-batcher of one instance.
 
 Request path: ``admit()`` (at most ``max_queue`` requests in flight, else 503 + ``Retry-After``) ->
-``decode()`` (images decoded and preprocessed in a pool of ``workers`` threads) -> ``run()`` (one
-:class:`~tki_sdk.serve.batching.Job` on the micro-batcher, answered within ``request_timeout_s`` or 504).
+``within_deadline()`` (everything below answers within ``request_timeout_s``, else 504 and the rest of the
+request's work is cancelled) -> ``decode()`` (the images' declared pixels checked against
+``max_request_pixels`` before any decoding, then decoded and preprocessed in a pool of ``workers`` threads,
+at most ``workers`` images of one request at a time, so that the images of concurrent requests interleave
+and a small query never waits behind a large one) -> ``run()`` (one :class:`~tki_sdk.serve.batching.Job` on
+the micro-batcher).
 
 One batch (:meth:`SearchService.process_batch`, on the inference thread): the pixels of every image query
 are stacked into one ``Embedder.embed_pixels`` call; the queries of the batch are then grouped by
@@ -13,17 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Mapping
+from http import HTTPStatus
+from typing import Any, AsyncIterator, Awaitable, Mapping, TypeVar
 
 import numpy as np
+from PIL import Image
 
 from tki_sdk.runtime import MISSING_KEY, Embedder, ImageLoadError
 
 from tki_sdk.serve.batching import Job, MicroBatcher, QueueFull
+from tki_sdk.serve.collaborators import BatcherLike, EmbedderLike
 from tki_sdk.serve.config import ServeConfig
 from tki_sdk.serve.errors import APIError
 from tki_sdk.serve.metrics import ServiceMetrics
@@ -32,10 +40,23 @@ from tki_sdk.serve.thumbnails import ThumbnailCache
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SearchService", "Query", "PRIVATE_FIELDS"]
+__all__ = ["SearchService", "Query", "PRIVATE_FIELDS", "declared_pixels"]
 
-#: Metadata fields never sent to clients (server file paths).
+#: Metadata fields neither sent to clients nor filterable (server file paths), unless ``expose_paths``.
 PRIVATE_FIELDS = frozenset({"path"})
+
+T = TypeVar("T")
+
+
+def declared_pixels(data: bytes) -> int:
+    """Width x height that the header of the encoded image ``data`` declares (0 when it has no readable
+    header: the decoder then refuses the file with its own reason). Reads the header only."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+    except Exception:  # noqa: BLE001 - any unreadable header is the decoder's to report
+        return 0
+    return max(0, int(w)) * max(0, int(h))
 
 
 @dataclass
@@ -61,17 +82,20 @@ class Query:
         return json.dumps(self.where, sort_keys=True) if self.where else ""
 
 
-def public_metadata(meta: Mapping[str, Any] | None) -> dict[str, Any]:
-    return {k: v for k, v in (meta or {}).items() if k not in PRIVATE_FIELDS}
+def public_metadata(meta: Mapping[str, Any] | None, hidden: frozenset[str] = PRIVATE_FIELDS) -> dict[str, Any]:
+    """``meta`` without the ``hidden`` fields."""
+    return {k: v for k, v in (meta or {}).items() if k not in hidden}
 
 
 class SearchService:
     """Everything one running instance holds; ``start()`` / ``stop()`` bracket its life."""
 
-    def __init__(self, config: ServeConfig, embedder: Any | None = None) -> None:
+    def __init__(self, config: ServeConfig, embedder: EmbedderLike | None = None) -> None:
         self.config = config
         self.metrics = ServiceMetrics()
-        self.embedder = embedder if embedder is not None else Embedder(
+        #: Metadata fields that answers leave out and filters may not name.
+        self.hidden_fields: frozenset[str] = frozenset() if config.expose_paths else PRIVATE_FIELDS
+        self.embedder: EmbedderLike = embedder if embedder is not None else Embedder(
             config.model, precision=config.precision, threads=config.threads,
             preprocess={"max_pixels": int(config.max_pixels)},
         )
@@ -84,7 +108,7 @@ class SearchService:
             raise ValueError(f"gallery vectors are {snap.gallery.ndim}-d but the model embeds "
                              f"{self.embedder.embedding_dim}-d; serve the gallery with the model that built it")
         self.metrics.set_gallery(snap.version, snap.size)
-        self.batcher = MicroBatcher(
+        self.batcher: BatcherLike = MicroBatcher(
             self.process_batch, max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000.0,
             max_queue=config.max_queue, observer=self.metrics, upstream=None if config.fixed_wait else (lambda: self.in_flight - self.queued),
         )
@@ -114,16 +138,35 @@ class SearchService:
         self.metrics.reloads.inc()
         self.metrics.set_gallery(snap.version, snap.size)
 
+    def filter_fields(self) -> frozenset[str]:
+        """The metadata fields a ``where`` may name: those the answers show (every field of the served
+        version's metadata but the hidden ones)."""
+        return self.live.snapshot.fields - self.hidden_fields
+
+    def public(self, meta: Mapping[str, Any] | None) -> dict[str, Any]:
+        return public_metadata(meta, self.hidden_fields)
+
     # ------------------------------------------------------------------ request path
+    async def within_deadline(self, work: Awaitable[T]) -> T:
+        """``work`` awaited for at most ``request_timeout_s``; at the deadline it is cancelled (its pending
+        decoding is dropped, its queued job skipped) and the request gets 504."""
+        try:
+            return await asyncio.wait_for(work, self.config.request_timeout_s)
+        except asyncio.TimeoutError:
+            self.metrics.rejected.labels(reason="timeout").inc()
+            raise APIError(HTTPStatus.GATEWAY_TIMEOUT, f"no answer within {self.config.request_timeout_s:g} s "
+                           "(--timeout; decoding included); send fewer or smaller images, or retry later",
+                           {"Retry-After": "1"}) from None
+
     @contextlib.asynccontextmanager
     async def admit(self) -> AsyncIterator[None]:
         """Count one request in flight; 503 with Retry-After when ``max_queue`` are already in flight."""
         if self.draining:
-            raise APIError(503, "the service is shutting down; retry on another instance",
+            raise APIError(HTTPStatus.SERVICE_UNAVAILABLE, "the service is shutting down; retry on another instance",
                            {"Retry-After": "1"})
         if self.in_flight >= self.config.max_queue:
             self.metrics.rejected.labels(reason="queue_full").inc()
-            raise APIError(503, f"overloaded: {self.in_flight} requests in flight (--max-queue "
+            raise APIError(HTTPStatus.SERVICE_UNAVAILABLE, f"overloaded: {self.in_flight} requests in flight (--max-queue "
                            f"{self.config.max_queue}); retry after 1 s", {"Retry-After": "1"})
         self.in_flight += 1
         self.metrics.in_flight.set(self.in_flight)
@@ -137,38 +180,60 @@ class SearchService:
         try:
             return self.embedder.preprocessor.process(data)
         except ImageLoadError as e:
-            status = 413 if "too many pixels" in e.reason else 400
+            too_big = "too many pixels" in e.reason
+            status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE if too_big else HTTPStatus.BAD_REQUEST
             raise APIError(status, f"{name}: {e.reason}") from None
         except Exception as e:  # noqa: BLE001 - any decoder failure is the upload's fault
-            raise APIError(400, f"{name}: cannot decode this image ({type(e).__name__}: {e})") from None
+            raise APIError(HTTPStatus.BAD_REQUEST,
+                           f"{name}: cannot decode this image ({type(e).__name__}: {e})") from None
+
+    def check_pixel_budget(self, images: list[tuple[str, bytes]]) -> int:
+        """Sum of the pixels the images declare; 413 above ``max_request_pixels`` (nothing decoded yet)."""
+        total = sum(declared_pixels(data) for _, data in images)
+        if total > self.config.max_request_pixels:
+            raise APIError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                           f"the images of this request declare {total:,} pixels together; at most "
+                           f"{self.config.max_request_pixels:,} per request (--max-request-pixels): send "
+                           "fewer or smaller images")
+        return total
 
     async def decode(self, images: list[tuple[str, bytes]]) -> np.ndarray:
-        """Encoded images -> preprocessed pixels [n, 3, H, W], decoded in parallel in the decode pool."""
+        """Encoded images -> preprocessed pixels [n, 3, H, W] (pixel budget first, then decoding).
+
+        At most ``workers`` images of this request are in the pool at a time, each lane submitting its next
+        image only when its last one is done: the images of concurrent requests interleave in the pool's
+        queue instead of one request's images all going first. Cancelling this coroutine (the request's
+        deadline, a client that left) drops the images not started yet."""
+        self.check_pixel_budget(images)
         loop = asyncio.get_running_loop()
-        tasks = [loop.run_in_executor(self.decode_pool, self._decode_one, data, name) for name, data in images]
-        done = await asyncio.gather(*tasks, return_exceptions=True)
-        for r in done:
-            if isinstance(r, BaseException):
-                raise r
-        return np.stack(done)
+        out: list[np.ndarray | None] = [None] * len(images)
+        todo = iter(enumerate(images))
+
+        async def lane() -> None:
+            for i, (name, data) in todo:  # one shared iterator: each image is taken by one lane
+                out[i] = await loop.run_in_executor(self.decode_pool, self._decode_one, data, name)
+
+        lanes = [asyncio.ensure_future(lane()) for _ in range(min(self.config.workers, len(images)))]
+        try:
+            await asyncio.gather(*lanes)
+        finally:
+            for t in lanes:
+                t.cancel()
+        return np.stack(out)
 
     async def run(self, query: Query) -> dict[str, Any]:
-        """Queue ``query`` on the micro-batcher and wait for its result (504 after the request timeout)."""
+        """Queue ``query`` on the micro-batcher and wait for its result (run it under :meth:`within_deadline`)."""
         try:
             job = self.batcher.submit(query, query.size)
         except QueueFull as e:
             self.metrics.rejected.labels(reason="queue_full").inc()
-            raise APIError(503, f"overloaded: {e}; retry after 1 s", {"Retry-After": "1"}) from None
+            raise APIError(HTTPStatus.SERVICE_UNAVAILABLE, f"overloaded: {e}; retry after 1 s",
+                           {"Retry-After": "1"}) from None
         self.queued += 1
         try:
-            return await asyncio.wait_for(asyncio.shield(job.future), self.config.request_timeout_s)
-        except asyncio.TimeoutError:
-            job.abandoned = True
-            self.metrics.rejected.labels(reason="timeout").inc()
-            raise APIError(504, f"no answer within {self.config.request_timeout_s:g} s (the service is "
-                           "overloaded); retry later", {"Retry-After": "1"}) from None
+            return await asyncio.shield(job.future)
         except asyncio.CancelledError:
-            job.abandoned = True  # the client went away: the batch skips this job
+            job.abandoned = True  # the deadline passed or the client went away: the batch skips this job
             raise
         finally:
             self.queued -= 1
@@ -184,7 +249,7 @@ class SearchService:
             except Exception as e:  # noqa: BLE001
                 log.exception("embedding failed")
                 for j in image_jobs:
-                    j.fail(APIError(500, f"the model failed on this batch ({type(e).__name__}); retry"))
+                    j.fail(APIError(HTTPStatus.INTERNAL_SERVER_ERROR, f"the model failed on this batch ({type(e).__name__}); retry"))
                 image_jobs, jobs = [], [j for j in jobs if j.payload.pixels is None]
             else:
                 s = 0
@@ -214,12 +279,12 @@ class SearchService:
             metas = dict(zip(uniq.tolist(), snap.gallery.get_metadata(uniq))) if uniq.size else {}
         except ValueError as e:
             for j in group:
-                j.fail(APIError(400, str(e)))
+                j.fail(APIError(HTTPStatus.BAD_REQUEST, str(e)))
             return
         except Exception as e:  # noqa: BLE001
             log.exception("search failed")
             for j in group:
-                j.fail(APIError(500, f"search failed ({type(e).__name__}); retry"))
+                j.fail(APIError(HTTPStatus.INTERNAL_SERVER_ERROR, f"search failed ({type(e).__name__}); retry"))
             return
         s = 0
         for j in group:
@@ -228,6 +293,6 @@ class SearchService:
                 m = valid[r]
                 rk = keys[r][m].tolist()
                 rows.append({"keys": rk, "distances": [float(d) for d in dists[r][m]],
-                             "metadata": [public_metadata(metas.get(key)) for key in rk]})
+                             "metadata": [self.public(metas.get(key)) for key in rk]})
             s += j.size
             j.resolve({"results": rows, "version": snap.version, "batch": batch_queries})
