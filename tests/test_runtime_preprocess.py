@@ -170,6 +170,19 @@ def test_decompression_bomb_refused_from_header_without_allocating():
         pre.process(buf.getvalue())
 
 
+def test_bomb_message_quotes_the_configured_limit_not_pillows():
+    """A header far over Pillow's own hard limit (2 x MAX_IMAGE_PIXELS) is refused quoting the caller's limit."""
+    data = png_header_only(50000, 50000)
+    pillow_hard = 2 * int(Image.MAX_IMAGE_PIXELS)
+    for limit in (40_000_000, 1_000):
+        with pytest.raises(ImageLoadError) as e:
+            load_image(data, max_pixels=limit)
+        msg = str(e.value)
+        assert f"2,500,000,000 > max_pixels {limit:,}" in msg, msg
+        assert f"{pillow_hard}" not in msg and f"{pillow_hard:,}" not in msg, msg
+        assert "\n" not in msg
+
+
 def test_load_image_names_each_failure(tmp_path, pacs_dir):
     jpg = pacs_sample(pacs_dir, 1, domains=("photo",))[0].read_bytes()
     (tmp_path / "empty.jpg").write_bytes(b"")

@@ -9,7 +9,8 @@ file:
 - ``not an image (unrecognised format)``
 - ``truncated or corrupt image data (...)``
 - ``too many pixels: W x H = N > max_pixels M (...)`` -- refused from the header alone, before any
-  pixel buffer is allocated (decompression-bomb guard)
+  pixel buffer is allocated (decompression-bomb guard); a header beyond Pillow's own hard limit reads
+  ``too many pixels: N > max_pixels M, refused before decoding (...)``, still quoting the caller's ``M``
 - ``truncated or corrupt image data (PNG pixel data ends after R of H rows)`` -- a PNG whose compressed
   data ends cleanly but early, which Pillow alone pads with black without a word
 - ``not a regular file (a FIFO)`` / ``(a socket)`` / ``(a device)`` -- refused from ``fstat`` of a
@@ -34,6 +35,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import stat
 import struct
 import threading
@@ -252,11 +254,27 @@ def png_rows_missing(fp: Any) -> tuple[int, int] | None:
     return produced // row_bytes(width), height
 
 
+_PILLOW_SIZE = re.compile(r"\((\d+) pixels\)")
+
+
+def _bomb_reason(e: Exception, max_pixels: int | None) -> str:
+    """The reason for a header Pillow's own guard refused, quoting the limit the caller set (``max_pixels``),
+    not Pillow's (which only applies with ``max_pixels=None``)."""
+    m = _PILLOW_SIZE.search(str(e))
+    n = f"{int(m.group(1)):,}" if m else "more"
+    if max_pixels is None:
+        hard = 2 * int(Image.MAX_IMAGE_PIXELS or DEFAULT_MAX_PIXELS)
+        return (f"too many pixels: {n} > Pillow's limit {hard:,}, refused before decoding "
+                "(possible decompression bomb; raise PIL.Image.MAX_IMAGE_PIXELS to allow it)")
+    return (f"too many pixels: {n} > max_pixels {int(max_pixels):,}, refused before decoding "
+            "(possible decompression bomb; raise max_pixels to allow it)")
+
+
 def _decode(fp: Any, item: Any, max_pixels: int | None, draft_size, exif_transpose: bool) -> Image.Image:
     try:
         im = Image.open(fp)
     except Image.DecompressionBombError as e:
-        raise ImageLoadError(item, f"too many pixels, refused before decoding ({e}); raise max_pixels to allow it") from None
+        raise ImageLoadError(item, _bomb_reason(e, max_pixels)) from None
     except UnidentifiedImageError:
         raise ImageLoadError(item, "not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
@@ -270,7 +288,7 @@ def _decode(fp: Any, item: Any, max_pixels: int | None, draft_size, exif_transpo
         try:
             im.load()
         except Image.DecompressionBombError as e:
-            raise ImageLoadError(item, f"too many pixels: {e}") from None
+            raise ImageLoadError(item, _bomb_reason(e, max_pixels)) from None
         except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct_error) as e:
             msg = str(e) or type(e).__name__
             raise ImageLoadError(item, f"truncated or corrupt image data ({msg})") from None
