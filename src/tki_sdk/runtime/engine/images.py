@@ -17,8 +17,9 @@ file:
   non-blocking open, before any byte is read (a FIFO would block the reader forever)
 - ``no such file`` / ``is a directory`` / ``cannot read file (...)``
 
-16-bit images (modes ``I;16*``, and ``I`` with values above 255) are scaled to 8 bits,
-``round(v * 255 / 65535)``, and returned as ``L``: ``convert("RGB")`` alone clips them to white
+16-bit images (modes ``I;16*`` and ``I``) holding a value above 255 are scaled to 8 bits,
+``round(v * 255 / 65535)``, and returned as ``L``: ``convert("RGB")`` alone clips them to white; wide-mode
+images whose values fit in 8 bits are left as they are, as open_clip handles them
 (:func:`to_8bit`; :class:`~tki_sdk.runtime.engine.preprocess.Preprocessor` applies it to PIL images given directly).
 Truncated images are always refused: ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is never consulted as a reason
 to pad.
@@ -171,14 +172,21 @@ def _open_regular(path: Path, item: Any) -> Any:
 
 
 def to_8bit(im: Image.Image) -> Image.Image:
-    """16-bit grey (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``, or ``I`` holding values above 255) -> ``L``,
-    ``round(v * 255 / 65535)``; every other mode unchanged (Pillow reads 16-bit RGB as 8-bit RGB itself)."""
+    """16-bit grey holding a value above 255 -> ``L``, ``round(v * 255 / 65535)`` (values clipped to
+    0..65535 first); every other image is returned unchanged.
+
+    Wide grey modes (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``, ``I``) whose values all fit in 0..255 are
+    left as they are: open_clip resizes them in their own mode and then converts to RGB, which is correct
+    for them, so the runtime does the same (equal to open_clip to float32 rounding). Only images with a
+    value above 255 depart from open_clip, whose ``convert("RGB")`` would clip them to white. An ``I``
+    image with negative values but none above 255 is also unchanged (open_clip clips them to 0).
+    Pillow reads 16-bit RGB files as 8-bit RGB itself."""
     if im.mode.startswith("I;16") or im.mode == "I":
         import numpy as np
 
         a = np.asarray(im)
-        if im.mode == "I" and (a.size == 0 or a.max() <= 255):
-            return im.convert("L") if a.size and a.min() >= 0 else im
+        if a.size == 0 or int(a.max()) <= 255:
+            return im
         a = np.clip(a.astype(np.int64), 0, 65535)
         return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), "L")
     return im
