@@ -20,12 +20,27 @@ TINY_MODEL = "TKI-Tiny-ViT"
 TINY_CLASSES = ["dog", "horse", "house", "guitar"]
 
 
+def under_ci() -> bool:
+    """True when ``$CI`` says the suite runs in continuous integration (``true``, ``1`` or ``yes``)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def require_pacs() -> Path:
+    """The PACS folder, or skip the calling test where it is absent -- except under CI (``CI=true``), where a
+    missing data folder fails the test instead of skipping it silently."""
+    if not PACS_DIR.is_dir():
+        msg = f"PACS images not found at {PACS_DIR} (set TKI_PACS_DIR)"
+        if under_ci():
+            pytest.fail(f"{msg}; CI=true requires the data folder", pytrace=False)
+        pytest.skip(msg)
+    return PACS_DIR
+
+
 @pytest.fixture(scope="session")
 def pacs_dir() -> Path:
-    """PACS images (``<domain>/<class>/<file>``), read in place; tests skip where the folder is absent."""
-    if not PACS_DIR.is_dir():
-        pytest.skip(f"PACS images not found at {PACS_DIR} (set TKI_PACS_DIR)")
-    return PACS_DIR
+    """PACS images (``<domain>/<class>/<file>``), read in place; tests skip where the folder is absent, and
+    fail under CI (:func:`require_pacs`)."""
+    return require_pacs()
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ def _cfg(out: Path, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def _one_adam_step_reference(objective: str) -> torch.Tensor:
+def _one_adam_step_reference(objective: str, lam: float = 1.0) -> torch.Tensor:
     """ν after one Adam step on the named objective, computed here from the loss functions (not the trainer)."""
     torch.manual_seed(3)
     gen = torch.Generator().manual_seed(3)
@@ -37,7 +37,7 @@ def _one_adam_step_reference(objective: str) -> torch.Tensor:
         cls_feats = bank.class_features()
     l_min = class_consistency_loss(bank.prompt_features(), cls_feats, 0.1)
     l_max = domain_diversity_loss(bank.domain_features(), 10.0, 0.5)
-    loss = {"min": l_min, "max": l_max, "both": l_min + l_max}[objective]
+    loss = {"min": l_min, "max": lam * l_max, "both": l_min + lam * l_max}[objective]
     opt = torch.optim.Adam([bank.domain_vectors], lr=0.005)
     opt.zero_grad()
     loss.backward()
@@ -72,6 +72,24 @@ def test_stage1_optimises_exactly_the_chosen_losses(tmp_path: Path) -> None:
     # The three objectives move ν differently (so the comparison above can fail).
     for a, b in (("both", "min"), ("both", "max"), ("min", "max")):
         assert (got[a] - got[b]).abs().max() > 1e-5
+
+
+def test_stage1_weighs_l_max_by_lambda(tmp_path: Path) -> None:
+    """L_exp = L_min + λ·L_max (eq. 5) with λ != 1: the recorded objective and the step ν takes both use λ."""
+    from safetensors.torch import load_file
+
+    lam = 0.25
+    for losses in ("both", "max"):
+        out = train(_cfg(tmp_path / losses, losses=losses, lam=lam))
+        rec = json.loads((out / "train_curves.json").read_text())["expand"][0]
+        assert rec["L_exp"] == pytest.approx(rec["L_min"] + lam * rec["L_max"], rel=1e-6)
+        want = rec["L_min"] + lam * rec["L_max"] if losses == "both" else lam * rec["L_max"]
+        assert rec["L_opt"] == pytest.approx(want, rel=1e-6)
+        assert json.loads((out / "config.json").read_text())["losses"]["lambda"] == lam
+    got = load_file(str(tmp_path / "both" / "model.safetensors"))["domain_vectors"]
+    torch.testing.assert_close(got, _one_adam_step_reference("both", lam), rtol=0, atol=1e-6)
+    # λ changes the step (so the comparison above fails when λ is dropped)
+    assert (_one_adam_step_reference("both", lam) - _one_adam_step_reference("both", 1.0)).abs().max() > 1e-5
 
 
 def _forms(s: str) -> set[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PACS_DIR
+from conftest import PACS_DIR, require_pacs
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -31,8 +31,7 @@ def test_train_and_info(tmp_path: Path) -> None:
 
 
 def test_classes_from_dataset_dir(tmp_path: Path) -> None:
-    if not PACS_DIR.is_dir():
-        pytest.skip("PACS not present")
+    require_pacs()
     from tki_sdk.common.imagefolders import discover_classes
 
     assert discover_classes(PACS_DIR) == ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person"]

@@ -228,6 +228,7 @@ def test_index_from_parquet_builds_the_same_gallery(export, pacs_dir, tmp_path, 
     assert main(["index", "--from-parquet", str(shards), "--gallery", str(tmp_path / "g3")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "another model" in err[0]
+    assert "--overwrite" not in err[0] and "--gallery" in err[0], err  # tki index has no --overwrite
 
 
 def test_graph_options_build_the_gallery_and_are_kept(export, pacs_dir, tmp_path, capsys):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gallery_keys import random_keys
 from runtime_fixtures import copy_tree_sample, make_tiny_export, one_error_line, pacs_sample, run_tki
 from tki_sdk.common.errors import EXIT_DAMAGED, EXIT_FAILED
 from tki_sdk.common.gallery_manifest import GalleryManifest
@@ -63,10 +64,11 @@ def built(tmp_path_factory, pacs_dir):
     files = copy_tree_sample(pacs_sample(pacs_dir, per_class=2), pacs_dir, root / "imgs")
     emb = Embedder(export, threads=1)
     res = emb.embed_images(files)
+    keys = random_keys(len(files), seed=21)  # file i is stored under keys[i], not under i
     out = {}
     for name, kw in KINDS.items():
         g = Gallery(**gallery_options(emb, **kw))
-        g.add(res.indices.astype(np.uint64), res.embeddings, [{"path": str(files[i]), "class": "c"} for i in res.indices])
+        g.add(keys[res.indices], res.embeddings, [{"path": str(files[i]), "class": "c"} for i in res.indices])
         g.save(root / name)
         out[name] = root / name
     return root, export, files[0], out
@@ -97,8 +99,10 @@ def test_galleries_without_checksums_still_load(built, tmp_path):
     (d / "gallery.json").write_text(json.dumps(doc))
     ref = Gallery.load(built[3]["hnsw"])
     old = Gallery.view(g, verify="sha256")
-    q = ref.get_vectors([0])
+    first = random_keys(len(ref), seed=21)[:1]
+    q = ref.get_vectors(first)
     np.testing.assert_array_equal(old.search(q, 5)[0], ref.search(q, 5)[0])
+    assert old.search(q, 1)[0][0, 0] == first[0]
     # and an old gallery whose metadata was emptied is still refused, by the item count
     (d / "meta.sqlite").write_bytes(b"")
     with pytest.raises(GalleryDamagedError, match="meta.sqlite"):
@@ -202,9 +206,13 @@ def test_tki_info_verify_passes_on_a_good_gallery_and_export(built, capsys):
 
 
 # ------------------------------------------------------------------------------------------ exclusive creation
+#: The keys of every _gallery (random large uint64s); the vectors differ with the seed.
+GKEYS = random_keys(10, seed=77)
+
+
 def _gallery(seed: int) -> Gallery:
     g = Gallery(8, exact=True)
-    g.add(np.arange(10), np.random.default_rng(seed).standard_normal((10, 8)).astype(np.float32))
+    g.add(GKEYS, np.random.default_rng(seed).standard_normal((10, 8)).astype(np.float32))
     return g
 
 
@@ -216,7 +224,7 @@ def test_save_without_overwrite_refuses_an_existing_gallery(tmp_path):
     assert isinstance(e.value, FileExistsError)
     assert read_current(tmp_path / "g") == before
     _gallery(1).save(tmp_path / "g")  # the default still replaces (re-saving a gallery one loaded)
-    np.testing.assert_array_equal(Gallery.load(tmp_path / "g").get_vectors([0]), _gallery(1).get_vectors([0]))
+    np.testing.assert_array_equal(Gallery.load(tmp_path / "g").get_vectors(GKEYS[:1]), _gallery(1).get_vectors(GKEYS[:1]))
 
 
 def test_two_racing_creators_one_wins_the_other_is_refused(tmp_path):
@@ -247,7 +255,7 @@ def test_two_racing_creators_one_wins_the_other_is_refused(tmp_path):
     winners = [i for i, r in results.items() if isinstance(r, Path)]
     losers = [i for i, r in results.items() if isinstance(r, GalleryExistsError)]
     assert len(winners) == 1 and len(losers) == 1, results
-    np.testing.assert_array_equal(Gallery.load(root).get_vectors([3]), _gallery(winners[0]).get_vectors([3]))
+    np.testing.assert_array_equal(Gallery.load(root).get_vectors(GKEYS[3:4]), _gallery(winners[0]).get_vectors(GKEYS[3:4]))
     assert len([p for p in root.iterdir() if p.name.startswith(("v-", ".tmp-"))]) == 1
 
 
@@ -314,20 +322,20 @@ def test_disk_full_during_save_is_one_oserror_and_keeps_the_previous_version(sma
     rng = np.random.default_rng(0)
     if what == "index":
         big = Gallery(256)
-        big.add(np.arange(1500), rng.standard_normal((1500, 256)).astype(np.float32))
+        big.add(random_keys(1500, 9), rng.standard_normal((1500, 256)).astype(np.float32))
     elif what == "vectors":
         big = Gallery(256, exact=True)
-        big.add(np.arange(1500), rng.standard_normal((1500, 256)).astype(np.float32))
+        big.add(random_keys(1500, 9), rng.standard_normal((1500, 256)).astype(np.float32))
     else:
         big = Gallery(8, exact=True)
-        big.add(np.arange(1500), rng.standard_normal((1500, 8)).astype(np.float32),
+        big.add(random_keys(1500, 9), rng.standard_normal((1500, 8)).astype(np.float32),
                 [{"path": "x" * 1000 + str(i)} for i in range(1500)])
     with pytest.raises(OSError) as e:
         big.save(small_disk / "g")
     msg = str(e.value)
     assert "\n" not in msg and "previous version" in msg and ("space" in msg or "full" in msg), msg
     back = Gallery.load(small_disk / "g", verify="sha256")
-    np.testing.assert_array_equal(back.get_vectors(np.arange(10)), prev.get_vectors(np.arange(10)))
+    np.testing.assert_array_equal(back.get_vectors(GKEYS), prev.get_vectors(GKEYS))
     assert not [p for p in (small_disk / "g").iterdir() if p.name.startswith(".tmp-")]
 
 

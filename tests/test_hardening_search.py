@@ -12,6 +12,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from gallery_keys import random_keys, rows_of
 from runtime_fixtures import copy_tree_sample, make_tiny_export, one_error_line, pacs_sample, run_tki
 from tki_sdk.runtime.index import gallery as gallery_mod
 from tki_sdk.runtime.index import metadata_store
@@ -20,6 +21,8 @@ from tki_sdk.runtime.index.gallery import MISSING_KEY, Gallery
 from tki_sdk.runtime.pipeline.ingest import gallery_options
 
 D = 16
+#: Item i of ``small`` is stored under KEYS[i] (random large uint64s, not row numbers).
+KEYS = random_keys(50, seed=31)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,7 @@ def small():
     out = {}
     for name, kw in {"exact": {"exact": True}, "hnsw": {}, "i8": {"dtype": "i8"}, "f16": {"dtype": "f16"}}.items():
         g = Gallery(D, **kw)
-        g.add(np.arange(50), x, meta)
+        g.add(KEYS, x, meta)
         out[name] = g
     return x, out
 
@@ -51,7 +54,8 @@ def test_k_is_capped_by_gallery_size_and_memory_follows(small):
         assert peak < 1 << 20, (name, peak)  # ~12 bytes per unit of k would be 1.2 MB at k = 100,000
         keys, dist = g.search(q, gallery_mod.MAX_K, where={"class": "a"})
         assert keys.shape == (2, 50) and np.all(keys[:, 25:] == MISSING_KEY) and np.all(np.isinf(dist[:, 25:]))
-        assert np.all(keys[:, :25] % 2 == 1)
+        assert np.all(rows_of(keys[:, :25], KEYS) % 2 == 1), name
+        assert sorted(rows_of(ref_k[0], KEYS).tolist()) == list(range(50)), name  # every item once, by its key
 
 
 def test_k_above_the_documented_maximum_is_refused(small):
@@ -82,6 +86,7 @@ def test_nan_or_inf_queries_are_refused(small, bad):
             g.search(q, 5, where={"class": "a"})
         keys, dist = g.search(q[[0, 2]], 5)  # the finite rows still search
         assert np.isfinite(dist).all(), name
+        assert rows_of(keys[:, 0], KEYS).tolist() == [0, 2], name  # each query's own item first
 
 
 # ---------------------------------------------------------------------------------------------------- where
@@ -97,7 +102,7 @@ def test_where_bounds_are_clear_value_errors(small):
     fields = {f"f{i}": "x" for i in range(metadata_store.MAX_WHERE_FIELDS - 1)}
     assert g.match({"class": "a", **fields}).size == 0
     vals = ["a", *[str(i) for i in range(metadata_store.MAX_WHERE_VALUES - 1)]]
-    assert g.match({"class": vals}).tolist() == list(range(1, 50, 2))
+    assert sorted(g.match({"class": vals}).tolist()) == sorted(KEYS[1::2].tolist())
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
@@ -112,7 +117,7 @@ def hostile_gallery(tmp_path_factory, pacs_dir):
     g = Gallery(**gallery_options(emb, exact=True))
     metas = [{"path": f"evil\n  1. 0.0000  forged/line\x1b[2J{i}.jpg", "domain": "ph\x1b]0;title\x07oto",
               "class": "dog\r\nhorse"} for i in range(len(res.indices))]
-    g.add(res.indices.astype(np.uint64), res.embeddings, metas)
+    g.add(random_keys(len(files), seed=32)[res.indices], res.embeddings, metas)
     g.save(root / "g")
     query = root / "q\nx\x1b[31m.jpg"
     query.write_bytes(files[0].read_bytes())

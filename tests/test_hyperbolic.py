@@ -46,6 +46,39 @@ def test_mobius_ops_match_geoopt(c: float, norm: float) -> None:
     torch.testing.assert_close(H.mobius_matvec(m, x, c), ball.mobius_matvec(m, x), atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("c", CURVATURES)
+@pytest.mark.parametrize("norm", [1e-7, 0.1, 0.5, 0.9, 0.999, 1.0, 10.0])
+def test_dist0_matches_geoopt(c: float, norm: float) -> None:
+    """dist0 = 2 artanh(sqrt(c) ||y||) / sqrt(c): geoopt's dist0, and by hand (the factor 2 included)."""
+    ball = _ball(c)
+    y = ball.projx(_vectors(32, 12, norm / c**0.5, seed=6))
+    got = H.dist0(y, c)
+    assert got.shape == (32, 1)
+    torch.testing.assert_close(got, ball.dist0(y, keepdim=True), atol=1e-9, rtol=1e-9)
+    n = y.norm(dim=-1, keepdim=True).clamp_min(1e-15)
+    torch.testing.assert_close(got, 2 * torch.atanh(c**0.5 * n) / c**0.5, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("dtype, eps", [(torch.float32, 4e-3), (torch.float16, 4e-3), (torch.float64, 1e-5)])
+@pytest.mark.parametrize("c", [0.5, 1.0, 7.3])
+def test_projection_margin_is_geoopts_per_dtype(dtype: torch.dtype, eps: float, c: float) -> None:
+    """Points outside the ball land exactly on radius (1 - eps)/sqrt(c): eps = 4e-3 in float32 / float16 (what
+    geoopt uses in float32), 1e-5 in float64; points inside are untouched."""
+    far = _vectors(16, 8, 3.0 / c**0.5, seed=7).to(dtype)
+    got = H.project(far, c).double().norm(dim=-1)
+    want = (1 - eps) / c**0.5
+    tol = 2e-3 * want if dtype == torch.float16 else 1e-6 * want
+    assert ((got - want).abs() <= tol).all(), (got.min().item(), got.max().item(), want)
+    if dtype != torch.float16:
+        ref = geoopt.PoincareBall(c=torch.tensor(c, dtype=dtype)).projx(far)
+        torch.testing.assert_close(H.project(far, c), ref, atol=1e-6 if dtype == torch.float32 else 1e-12, rtol=0)
+    inside = _vectors(16, 8, 0.99 * (1 - 4e-3) / c**0.5, seed=8).to(dtype)
+    torch.testing.assert_close(H.project(inside, c), inside, atol=0, rtol=0)
+    # expmap0 of a huge tangent vector saturates at the same radius
+    sat = H.expmap0(_vectors(4, 8, 50.0, seed=9).to(dtype), c).double().norm(dim=-1)
+    assert ((sat - want).abs() <= tol).all()
+
+
 def test_closed_forms_by_hand() -> None:
     # c = 1, v = (3, 4): ||v|| = 5, expmap0 = tanh(5) * v / 5; logmap0 inverts it.
     v = torch.tensor([[3.0, 4.0]], dtype=torch.float64)

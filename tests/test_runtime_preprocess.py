@@ -95,6 +95,43 @@ def test_every_pillow_mode_and_odd_sizes_equal_open_clip(name):
     assert checked >= 4 * len(MODES) and refused <= 3 * len(MODES)
 
 
+def _eight_bit_wide(mode: str, w: int, h: int, rng: np.random.Generator) -> Image.Image:
+    """A wide-mode image (``I``, ``I;16``) holding only 8-bit values: what open_clip converts correctly."""
+    if mode == "I-convert":  # the reported case: an 8-bit photo through Image.convert("I")
+        return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB").convert("I")
+    a = rng.integers(0, 256, (h, w))
+    if mode == "I;16":
+        return Image.fromarray(a.astype(np.uint16))
+    yy, xx = np.mgrid[0:h, 0:w]  # a smooth ramp with edges (bicubic overshoots on its steps)
+    return Image.fromarray((((xx * 7 + yy * 3) % 256) * (a > 40)).astype(np.int32), "I")
+
+
+@pytest.mark.parametrize("name", list(CFGS))
+def test_wide_modes_with_8bit_values_equal_open_clip_untouched(name, pacs_dir):
+    """``I`` / ``I;16`` images whose values fit in 8 bits are what open_clip handles correctly: equal to its
+    transform on the very same image (no 16-bit scaling applied to the reference)."""
+    ref, ours = _pair(CFGS[name])
+    rng = np.random.default_rng(11)
+    cases = [(m, _eight_bit_wide(m, w, h, rng)) for m in ("I-convert", "I", "I;16")
+             for w, h in ((31, 33), (224, 225), (61, 17), (640, 480))]
+    cases += [(f"pacs {f.name} -> I", Image.open(f).convert("L").convert("I"))
+              for f in pacs_sample(pacs_dir, per_class=1, classes=("dog",))[:2]]
+    for label, im in cases:
+        expected = ref(im).numpy()
+        np.testing.assert_allclose(ours(im), expected, rtol=0, atol=1e-5, err_msg=f"{label} {im.size}")
+
+
+def test_only_values_above_255_are_scaled():
+    """``to_8bit`` scales a wide image only when it holds a value above 255: round(v * 255 / 65535)."""
+    small = Image.fromarray(np.array([[0, 7, 255]], dtype=np.int32), "I")
+    assert to_8bit(small) is small
+    small16 = Image.fromarray(np.array([[0, 7, 255]], dtype=np.uint16))
+    assert np.array_equal(np.asarray(to_8bit(small16).convert("I")), [[0, 7, 255]])
+    big = Image.fromarray(np.array([[0, 256, 65535]], dtype=np.uint16))
+    out = to_8bit(big)
+    assert out.mode == "L" and np.asarray(out).tolist() == [[0, 1, 255]]
+
+
 def test_from_metadata_accepts_every_form(tmp_path):
     cfg = PreprocessConfig(size=(48, 48), interpolation="bilinear", resize_mode="squash")
     md = ModelMetadata(model_name="m", embedding_dim=4, preprocess=cfg)
@@ -168,6 +205,19 @@ def test_decompression_bomb_refused_from_header_without_allocating():
     pre = Preprocessor(PreprocessConfig(size=(32, 32)), max_pixels=10_000)
     with pytest.raises(ImageLoadError, match="too many pixels"):
         pre.process(buf.getvalue())
+
+
+def test_bomb_message_quotes_the_configured_limit_not_pillows():
+    """A header far over Pillow's own hard limit (2 x MAX_IMAGE_PIXELS) is refused quoting the caller's limit."""
+    data = png_header_only(50000, 50000)
+    pillow_hard = 2 * int(Image.MAX_IMAGE_PIXELS)
+    for limit in (40_000_000, 1_000):
+        with pytest.raises(ImageLoadError) as e:
+            load_image(data, max_pixels=limit)
+        msg = str(e.value)
+        assert f"2,500,000,000 > max_pixels {limit:,}" in msg, msg
+        assert f"{pillow_hard}" not in msg and f"{pillow_hard:,}" not in msg, msg
+        assert "\n" not in msg
 
 
 def test_load_image_names_each_failure(tmp_path, pacs_dir):

@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-count", type=int, default=64, help="images used to calibrate int8 (default 64)")
     p.add_argument("--val-count", type=int, default=16, help="real images used for validation (default 16)")
     p.add_argument("--int8-scheme", choices=["auto", "dynamic", "static_qdq"], default="auto",
-                   help="auto: build dynamic and static QDQ, ship the faster that meets parity (default)")
+                   help="auto: build dynamic and static QDQ, ship the faster batch-invariant one that meets parity "
+                        "(static QDQ; dynamic, whose vectors depend on the batch, only when no static passes) (default)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                    help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
     p.add_argument("--max-batch", type=int, default=64,

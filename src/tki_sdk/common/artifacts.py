@@ -10,13 +10,17 @@ Parity: an artifact passes when every embedding's cosine with the float64 torch 
 ``openvino_int8`` is an ONNX graph with QuantizeLinear / DequantizeLinear pairs written by NNCF's
 post-training quantisation; it is validated, timed and run with OpenVINO (``runtime="openvino"``), and
 built only when asked for (``tki-export --openvino``), so it is not in :data:`PRECISIONS`.
+
+Batch invariance (:func:`batch_invariant`): an artifact whose output for one image depends on the other
+images of its batch -- int8 quantised dynamically with one activation scale per batch tensor -- may run only
+when chosen explicitly; the runtime never picks it by itself (engine choice, default precision).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 __all__ = ["ArtifactKind", "ARTIFACT_KINDS", "ONNX", "TENSORRT_PLAN", "PRECISIONS", "artifact_kind",
-           "parity_threshold", "PARITY_FILE", "ONNXRUNTIME", "OPENVINO", "TENSORRT"]
+           "parity_threshold", "batch_invariant", "PARITY_FILE", "ONNXRUNTIME", "OPENVINO", "TENSORRT"]
 
 ONNX = "onnx"
 TENSORRT_PLAN = "tensorrt_plan"
@@ -67,3 +71,15 @@ def artifact_kind(key: str) -> ArtifactKind:
 def parity_threshold(key: str) -> float:
     """Min cosine against the torch reference that the artifact ``key`` must reach."""
     return artifact_kind(key).parity_threshold
+
+
+def batch_invariant(key: str, entry: dict | None) -> bool:
+    """Whether artifact ``key`` (its ``tki.json`` record ``entry``) gives each image the same vector whatever
+    else is in its batch (up to float rounding): the recorded ``batch_invariant`` when the export wrote one;
+    otherwise (older exports) False for int8 of ``scheme == "dynamic"`` (activations quantised with one scale
+    per batch tensor), True for everything else (fp32, fp16, static int8, TensorRT, OpenVINO NNCF int8)."""
+    entry = entry if isinstance(entry, dict) else {}
+    rec = entry.get("batch_invariant")
+    if isinstance(rec, bool):
+        return rec
+    return entry.get("scheme") != "dynamic"

@@ -11,7 +11,9 @@
 4. ``model.fp16.onnx`` (fp16 weights and compute, fp32 I/O and head), validated;
 5. int8: the onnxruntime-fused fp32 graph quantised with each scheme (dynamic, static QDQ), each candidate
    validated and timed (batch ``bench_batch``, ``threads`` threads, interleaved rounds); the fastest that
-   meets the int8 threshold becomes ``model.int8.onnx``; ``tki.json`` records the scheme and all candidates;
+   meets the int8 threshold and is batch-invariant (static; a dynamic scheme only when no static one
+   passes) becomes ``model.int8.onnx``; ``tki.json`` records the scheme, ``batch_invariant`` and all
+   candidates;
 6. optionally ``model.plan`` (TensorRT fp16), validated with the runtime's TensorRT runner;
 6b. optionally (``openvino``) ``model.onnx`` validated on OpenVINO (recorded under the fp32 artifact's
    ``engines``) and ``model.ov.int8.onnx`` quantised with NNCF on the calibration images
@@ -416,10 +418,17 @@ class _ExportRun:
         for k in cands:
             cands[k]["timing"] = timing.get(k)
         passing = [k for k in cands if cands[k]["parity"].passed]
+        # a batch-invariant scheme wins over a faster batch-dependent one, which the runtime never picks itself
+        steady = [k for k in passing if cands[k]["info"].get("batch_invariant", True)]
         if passing:
-            chosen = min(passing, key=lambda k: (timing.get(k) or {}).get("ms_per_image", 0.0))
-            why = ("fastest candidate meeting the int8 threshold" if len(passing) > 1
-                   else "only candidate meeting the int8 threshold")
+            pool = steady or passing
+            chosen = min(pool, key=lambda k: (timing.get(k) or {}).get("ms_per_image", 0.0))
+            why = ("fastest batch-invariant candidate meeting the int8 threshold" if len(steady) > 1
+                   else "only batch-invariant candidate meeting the int8 threshold" if steady
+                   else "fastest candidate meeting the int8 threshold (batch-dependent: used only when asked "
+                        "for by name)" if len(passing) > 1
+                   else "only candidate meeting the int8 threshold (batch-dependent: used only when asked for "
+                        "by name)")
         elif cands:
             chosen = max(cands, key=lambda k: cands[k]["parity"].min_cosine)
             why = "no candidate met the int8 threshold; best parity kept"

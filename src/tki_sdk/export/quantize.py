@@ -11,9 +11,13 @@ int8 (``model.int8.onnx``), two schemes, both on the onnxruntime-fused fp32 grap
 (:func:`.onnx_export.ort_fused_graph`; the head is left in float32 in both):
 
 - ``dynamic``: ``quantize_dynamic``: int8 weights (per output channel or per tensor), activations quantised
-  per batch at run time (``DynamicQuantizeMatMul``); no calibration data needed.
+  per batch at run time (``DynamicQuantizeMatMul``: one scale and zero point for the whole batch tensor); no
+  calibration data needed. **Batch-dependent**: an image's vector changes with the other images of its
+  batch (the tiny test model: cosine 0.99993 between alone and in a batch), so it is recorded
+  ``batch_invariant: false`` and the runtime runs it only when asked for by name.
 - ``static_qdq``: ``quantize_static`` in QDQ format: int8 weights per output channel (symmetric), uint8
-  activations with ranges calibrated (MinMax) on real images through the model's preprocessing.
+  activations with ranges calibrated (MinMax) on real images through the model's preprocessing. Fixed
+  scales: batch-invariant (``batch_invariant: true``).
 
 Only ``MatMul`` nodes with constant weights are quantised (``MatMulConstBOnly``): the attention products,
 Softmax, LayerNorm and the head stay float. :func:`.pipeline.run_export` measures each candidate's parity
@@ -102,7 +106,7 @@ def quantize_int8_dynamic(src: str | os.PathLike, dst: str | os.PathLike, *, per
     _finish(dst)
     return {"scheme": "dynamic", "weights": _weights(per_channel, reduce_range),
             "activations": "uint8, per batch at run time", "excluded_nodes": len(exclude),
-            "reduce_range": bool(reduce_range)}
+            "reduce_range": bool(reduce_range), "batch_invariant": False}
 
 
 def _weights(per_channel: bool, reduce_range: bool) -> str:
@@ -180,7 +184,7 @@ def quantize_int8_static(
     return {"scheme": "static_qdq", "weights": _weights(per_channel, reduce_range),
             "activations": f"{'int8' if activations == 'int8' else 'uint8'}, ranges calibrated (MinMax)",
             "calibration_images": int(len(calib_pixels)),
-            "excluded_nodes": len(exclude), "reduce_range": bool(reduce_range)}
+            "excluded_nodes": len(exclude), "reduce_range": bool(reduce_range), "batch_invariant": True}
 
 
 def _finish(dst: str | os.PathLike) -> None:

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from tki_sdk.runtime.engine.images import ImageItem, ImageLoadError
-from tki_sdk.common.artifacts import ONNX, ONNXRUNTIME, OPENVINO, TENSORRT_PLAN, artifact_kind
+from tki_sdk.common.artifacts import ONNX, ONNXRUNTIME, OPENVINO, TENSORRT_PLAN, artifact_kind, batch_invariant
 
 from tki_sdk.runtime.engine.artifact_check import VERIFY_MODES, checked_artifact_path
 from tki_sdk.common.model_metadata import METADATA_FILE, ModelMetadata
@@ -108,7 +108,10 @@ class Embedder:
         precision: key of ``tki.json``'s ``artifacts`` (``"fp32"``, ``"fp16"``, ``"int8"``, ``"openvino_int8"``,
             ``"tensorrt_fp16"``, ...); default: the measured choice (above), else ``default_precision`` (for
             ``backend="tensorrt"``: the first ``tensorrt*`` artifact; ``"openvino"``: ``openvino_int8`` when
-            exported).
+            exported). Defaults are batch-invariant: an artifact whose vector for one image depends on the other
+            images of its batch (per-tensor dynamic int8, :func:`~tki_sdk.common.artifacts.batch_invariant`) is
+            never picked by itself (a ``default_precision`` naming one falls back to fp32); named here it runs,
+            with a warning, and ``batch_invariant`` is False.
         providers: onnxruntime execution providers, in order of preference. Default: CUDA when onnxruntime-gpu
             offers it, then CPU. TensorRT through onnxruntime (``"TensorrtExecutionProvider"``) builds an engine
             when the session starts (minutes for a ViT-B; cached after that), so it is used only when asked for
@@ -139,7 +142,8 @@ class Embedder:
     ``auto`` chose and why; ``None`` when backend or precision were given),
     ``io_binding`` and ``cuda_graph`` (as in effect; onnxruntime only),
     ``embedding_dim``, ``model_fingerprint`` (:meth:`ModelMetadata.fingerprint`: identifies the model for
-    galleries), ``verified`` (what was checked of the model file: ``"sha256"``, ``"size (sha256 skipped)"``,
+    galleries), ``batch_invariant`` (False only for a batch-dependent artifact chosen by name),
+    ``verified`` (what was checked of the model file: ``"sha256"``, ``"size (sha256 skipped)"``,
     ...). All methods are safe to call from several threads at once.
     """
 
@@ -160,6 +164,7 @@ class Embedder:
             raise ValueError(f"verify={verify!r} unknown; use one of {', '.join(VERIFY_MODES)}")
         self._verify = verify
         self.verified = "nothing recorded"
+        self.batch_invariant = True
         if backend not in ("auto", "onnxruntime", "openvino", "tensorrt"):
             raise ValueError(f"backend {backend!r} unknown; use auto, onnxruntime, openvino or tensorrt")
         p = Path(model_dir)
@@ -240,6 +245,12 @@ class Embedder:
                 precision = self.metadata.default_precision or "fp32"
                 if backend == "onnxruntime" and precision in arts and self._artifact_format(precision) != ONNX:
                     precision = "fp32"
+                if precision in arts and precision != "fp32" and "fp32" in arts and not batch_invariant(
+                        precision, arts[precision]):
+                    log.warning("default precision %s is batch-dependent (an image's vector changes with its "
+                                "batch-mates); running fp32 instead (pass precision=%r to use it anyway)",
+                                precision, precision)
+                    precision = "fp32"
         if not arts:
             if precision == "fp32" and (self.model_dir / "model.onnx").is_file():
                 self.verified = "nothing recorded"
@@ -250,6 +261,11 @@ class Embedder:
         entry = arts[precision]
         if not isinstance(entry, dict) or not entry.get("file"):
             raise ValueError(f"artifact {precision!r} in tki.json has no 'file' entry; re-export the model")
+        self.batch_invariant = batch_invariant(precision, entry)
+        if not self.batch_invariant:
+            log.warning("artifact %s (%s int8) is batch-dependent: an image's vector changes with the other "
+                        "images of its batch; use another precision where vectors are compared or cached",
+                        precision, entry.get("scheme"))
         path, self.verified = checked_artifact_path(self.model_dir, precision, entry, self._verify)
         if not path.is_file():
             raise FileNotFoundError(f"model file {path} (precision {precision}) is missing; re-export or copy it")

@@ -5,7 +5,9 @@
 1. **Candidates** (:func:`candidates`): every ``(artifact, engine)`` pair whose parity the export recorded as
    passed, on an engine installed here. An artifact's own runtime counts when its ``parity_pass`` is true; an
    extra engine (OpenVINO running ``model.onnx``) when ``artifacts[key]["engines"][engine]["parity_pass"]`` is
-   true. TensorRT plans are GPU artifacts and never CPU candidates. No candidate: the export's default
+   true. TensorRT plans are GPU artifacts and never CPU candidates. A batch-dependent artifact
+   (:func:`~tki_sdk.common.artifacts.batch_invariant`: per-tensor dynamic int8, whose vector for one image
+   changes with its batch-mates) is never a candidate, however fast. No candidate: the export's default
    precision, as before (exports that record no parity, hand-written ``tki.json`` files).
 2. **Measurement** (:func:`measure_candidates`): each candidate built as the Embedder would build it (same
    threads, onnxruntime without spinning), one warm-up call, then ``rounds`` interleaved rounds of one call
@@ -36,7 +38,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from tki_sdk.common.artifacts import ONNXRUNTIME, OPENVINO, TENSORRT, artifact_kind
+from tki_sdk.common.artifacts import ONNXRUNTIME, OPENVINO, TENSORRT, artifact_kind, batch_invariant
 from tki_sdk.common.contract import ContractError, JsonContract, check_version
 from tki_sdk.common.cpu import CpuInfo, cpu_info
 from tki_sdk.common.versions import package_versions
@@ -169,6 +171,9 @@ def candidates(metadata: Any, model_dir: Path, engines: Sequence[str]) -> list[C
         except KeyError:
             own = ONNXRUNTIME
         if own == TENSORRT:
+            continue
+        if not batch_invariant(key, art):
+            log.info("engine choice: %s is batch-dependent (%s int8); not a candidate", key, art.get("scheme"))
             continue
         pairs = [(own, art.get("parity_pass") is True)]
         for eng, rec in (art.get("engines") or {}).items():

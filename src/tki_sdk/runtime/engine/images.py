@@ -9,15 +9,17 @@ file:
 - ``not an image (unrecognised format)``
 - ``truncated or corrupt image data (...)``
 - ``too many pixels: W x H = N > max_pixels M (...)`` -- refused from the header alone, before any
-  pixel buffer is allocated (decompression-bomb guard)
+  pixel buffer is allocated (decompression-bomb guard); a header beyond Pillow's own hard limit reads
+  ``too many pixels: N > max_pixels M, refused before decoding (...)``, still quoting the caller's ``M``
 - ``truncated or corrupt image data (PNG pixel data ends after R of H rows)`` -- a PNG whose compressed
   data ends cleanly but early, which Pillow alone pads with black without a word
 - ``not a regular file (a FIFO)`` / ``(a socket)`` / ``(a device)`` -- refused from ``fstat`` of a
   non-blocking open, before any byte is read (a FIFO would block the reader forever)
 - ``no such file`` / ``is a directory`` / ``cannot read file (...)``
 
-16-bit images (modes ``I;16*``, and ``I`` with values above 255) are scaled to 8 bits,
-``round(v * 255 / 65535)``, and returned as ``L``: ``convert("RGB")`` alone clips them to white
+16-bit images (modes ``I;16*`` and ``I``) holding a value above 255 are scaled to 8 bits,
+``round(v * 255 / 65535)``, and returned as ``L``: ``convert("RGB")`` alone clips them to white; wide-mode
+images whose values fit in 8 bits are left as they are, as open_clip handles them
 (:func:`to_8bit`; :class:`~tki_sdk.runtime.engine.preprocess.Preprocessor` applies it to PIL images given directly).
 Truncated images are always refused: ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is never consulted as a reason
 to pad.
@@ -34,6 +36,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import stat
 import struct
 import threading
@@ -169,14 +172,21 @@ def _open_regular(path: Path, item: Any) -> Any:
 
 
 def to_8bit(im: Image.Image) -> Image.Image:
-    """16-bit grey (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``, or ``I`` holding values above 255) -> ``L``,
-    ``round(v * 255 / 65535)``; every other mode unchanged (Pillow reads 16-bit RGB as 8-bit RGB itself)."""
+    """16-bit grey holding a value above 255 -> ``L``, ``round(v * 255 / 65535)`` (values clipped to
+    0..65535 first); every other image is returned unchanged.
+
+    Wide grey modes (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``, ``I``) whose values all fit in 0..255 are
+    left as they are: open_clip resizes them in their own mode and then converts to RGB, which is correct
+    for them, so the runtime does the same (equal to open_clip to float32 rounding). Only images with a
+    value above 255 depart from open_clip, whose ``convert("RGB")`` would clip them to white. An ``I``
+    image with negative values but none above 255 is also unchanged (open_clip clips them to 0).
+    Pillow reads 16-bit RGB files as 8-bit RGB itself."""
     if im.mode.startswith("I;16") or im.mode == "I":
         import numpy as np
 
         a = np.asarray(im)
-        if im.mode == "I" and (a.size == 0 or a.max() <= 255):
-            return im.convert("L") if a.size and a.min() >= 0 else im
+        if a.size == 0 or int(a.max()) <= 255:
+            return im
         a = np.clip(a.astype(np.int64), 0, 65535)
         return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), "L")
     return im
@@ -252,11 +262,27 @@ def png_rows_missing(fp: Any) -> tuple[int, int] | None:
     return produced // row_bytes(width), height
 
 
+_PILLOW_SIZE = re.compile(r"\((\d+) pixels\)")
+
+
+def _bomb_reason(e: Exception, max_pixels: int | None) -> str:
+    """The reason for a header Pillow's own guard refused, quoting the limit the caller set (``max_pixels``),
+    not Pillow's (which only applies with ``max_pixels=None``)."""
+    m = _PILLOW_SIZE.search(str(e))
+    n = f"{int(m.group(1)):,}" if m else "more"
+    if max_pixels is None:
+        hard = 2 * int(Image.MAX_IMAGE_PIXELS or DEFAULT_MAX_PIXELS)
+        return (f"too many pixels: {n} > Pillow's limit {hard:,}, refused before decoding "
+                "(possible decompression bomb; raise PIL.Image.MAX_IMAGE_PIXELS to allow it)")
+    return (f"too many pixels: {n} > max_pixels {int(max_pixels):,}, refused before decoding "
+            "(possible decompression bomb; raise max_pixels to allow it)")
+
+
 def _decode(fp: Any, item: Any, max_pixels: int | None, draft_size, exif_transpose: bool) -> Image.Image:
     try:
         im = Image.open(fp)
     except Image.DecompressionBombError as e:
-        raise ImageLoadError(item, f"too many pixels, refused before decoding ({e}); raise max_pixels to allow it") from None
+        raise ImageLoadError(item, _bomb_reason(e, max_pixels)) from None
     except UnidentifiedImageError:
         raise ImageLoadError(item, "not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
@@ -270,7 +296,7 @@ def _decode(fp: Any, item: Any, max_pixels: int | None, draft_size, exif_transpo
         try:
             im.load()
         except Image.DecompressionBombError as e:
-            raise ImageLoadError(item, f"too many pixels: {e}") from None
+            raise ImageLoadError(item, _bomb_reason(e, max_pixels)) from None
         except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct_error) as e:
             msg = str(e) or type(e).__name__
             raise ImageLoadError(item, f"truncated or corrupt image data ({msg})") from None

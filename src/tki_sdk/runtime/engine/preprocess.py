@@ -22,8 +22,9 @@ see in the training framework:
    (fill ``0``; ``fill_color`` in ``longest`` mode, as open_clip's ``CenterCropOrPad``), then cropped at
    ``top = int(round((h - H) / 2))``, ``left = int(round((w - W) / 2))``.
 3. **RGB**: ``image.convert("RGB")`` (open_clip's ``_convert_to_rgb``), whatever the source mode -- except
-   16-bit grey, which is first scaled to 8 bits (:func:`~tki_sdk.runtime.engine.images.to_8bit`; open_clip clips
-   it to white).
+   16-bit grey holding a value above 255, which is first scaled to 8 bits, ``round(v * 255 / 65535)``
+   (:func:`~tki_sdk.runtime.engine.images.to_8bit`; open_clip clips it to white). ``I`` / ``I;16`` images
+   whose values fit in 8 bits are not scaled: they follow open_clip exactly (resized in their own mode).
 4. **scale and normalise**: ``x = (u8 / 255 - mean[c]) / std[c]`` in float32, channels first.
    Computed through a 256-entry float32 table per channel, built with exactly that float32 arithmetic.
 
@@ -196,7 +197,7 @@ class Preprocessor:
         """Resize, pad / crop and convert to RGB: the PIL image open_clip hands to ``ToTensor``."""
         if not isinstance(image, Image.Image):
             raise TypeError(f"expected a PIL image, got {type(image).__name__}; use Preprocessor.process for paths")
-        image = to_8bit(image)  # 16-bit grey is scaled, not clipped to white by convert("RGB")
+        image = to_8bit(image)  # 16-bit grey above 255 is scaled, not clipped to white by convert("RGB")
         if self.exif_transpose:
             image = ImageOps.exif_transpose(image)
         w, h = image.size

@@ -531,34 +531,42 @@ def _save(gallery: Any, out: Path, overwrite: bool) -> None:
         raise UsageError(f"cannot write gallery {out}: {e}", code=EXIT_FAILED) from None
 
 
-def _open_gallery(job: EmbedJob, model: ShardInfo, new_gallery: Callable[[], Any], Gallery: Any, exists: bool) -> Any:
+#: How ``tki embed`` rebuilds a gallery it cannot update; ``tki index`` has no ``--overwrite``.
+_EMBED_REBUILD = "pass --overwrite to rebuild it"
+_INDEX_REBUILD = "index into a new --gallery path instead (tki index does not replace a gallery)"
+
+
+def _open_gallery(job: EmbedJob, model: ShardInfo, new_gallery: Callable[[], Any], Gallery: Any, exists: bool,
+                  rebuild: str = _EMBED_REBUILD) -> Any:
     if not exists or job.overwrite:
         return new_gallery()
     try:
         g = Gallery.load(job.out)
     except (OSError, ValueError) as e:
-        raise UsageError(f"cannot open gallery {job.out}: {e}; pass --overwrite to rebuild it") from None
+        raise UsageError(f"cannot open gallery {job.out}: {e}; {rebuild}") from None
     if g.model_fingerprint and g.model_fingerprint != model.model_fingerprint:
         raise UsageError(f"gallery {job.out} was built with another model ({g.model_fingerprint[:12]}); "
-                         "pass --overwrite to rebuild it with this one")
+                         + (f"{rebuild} with this one" if rebuild == _EMBED_REBUILD else rebuild))
     if job.exact is not None and bool(job.exact) != g.exact:
-        raise UsageError(f"gallery {job.out} is {'exact' if g.exact else 'HNSW'}; pass --overwrite to rebuild it")
+        raise UsageError(f"gallery {job.out} is {'exact' if g.exact else 'HNSW'}; {rebuild}")
     if job.dtype is not None and job.dtype != g.dtype:
-        raise UsageError(f"gallery {job.out} stores {g.dtype} vectors; pass --overwrite to rebuild it as {job.dtype}")
+        raise UsageError(f"gallery {job.out} stores {g.dtype} vectors; "
+                         + (f"{rebuild} as {job.dtype}" if rebuild == _EMBED_REBUILD else rebuild))
     check_same_graph(job.out, {"exact": g.exact, "connectivity": g.connectivity, "expansion_add": g.expansion_add},
-                     connectivity=job.connectivity, expansion_add=job.expansion_add)
+                     connectivity=job.connectivity, expansion_add=job.expansion_add, rebuild=rebuild)
     return g
 
 
 def check_same_graph(gallery: Path, built: dict[str, Any], *, connectivity: int | None,
-                     expansion_add: int | None) -> None:
+                     expansion_add: int | None, rebuild: str = _EMBED_REBUILD) -> None:
     """Refuse (:class:`UsageError`) graph options that differ from those the gallery was ``built`` with
-    (its ``gallery.json`` fields ``exact``, ``connectivity``, ``expansion_add``); ``None`` means not given."""
+    (its ``gallery.json`` fields ``exact``, ``connectivity``, ``expansion_add``); ``None`` means not given;
+    ``rebuild``: the hint that ends the message (``tki embed``'s ``--overwrite`` by default)."""
     for flag, key, want in (("--connectivity", "connectivity", connectivity),
                             ("--expansion-add", "expansion_add", expansion_add)):
         if want is not None and not built.get("exact") and int(want) != int(built[key]):
-            raise UsageError(f"gallery {gallery} was built with {flag} {built[key]}; pass --overwrite to rebuild "
-                             f"it with {want}")
+            raise UsageError(f"gallery {gallery} was built with {flag} {built[key]}; "
+                             + (f"{rebuild} with {want}" if rebuild == _EMBED_REBUILD else rebuild))
 
 
 def _claim_run(run_dir: Path, job: EmbedJob, model: ShardInfo) -> None:
@@ -602,7 +610,7 @@ def index_folder(
     if is_gallery(gallery_path):
         job = EmbedJob(images=Path("."), out=Path(gallery_path), exact=exact, dtype=dtype,
                        connectivity=connectivity, expansion_add=expansion_add)
-        gallery = _open_gallery(job, info, lambda: None, Gallery, True)
+        gallery = _open_gallery(job, info, lambda: None, Gallery, True, rebuild=_INDEX_REBUILD)
     else:
         try:
             graph = {k: v for k, v in (("connectivity", connectivity), ("expansion_add", expansion_add)) if v is not None}
