@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from tki_sdk.common.errors import EXIT_DAMAGED, EXIT_INTERRUPTED, UsageError, one_line, printable
 from tki_sdk.cli.base import OneLineParser, print_error, run_main
+from tki_sdk.runtime.pipeline.errors import PipelineError
 
 __all__ = ["register", "describe", "describe_or_refuse", "main", "parse_where", "INFO_EXAMPLE", "VERIFY_HELP"]
 
@@ -264,7 +265,7 @@ def _guarded(prog: str, run: Any, args: argparse.Namespace, interrupted: str) ->
     """Run a command; a :class:`UsageError` or Ctrl-C becomes one line on stderr and its exit status."""
     try:
         return run(args)
-    except UsageError as e:
+    except (UsageError, PipelineError) as e:
         print_error(prog, e)
         return e.code
     except KeyboardInterrupt:

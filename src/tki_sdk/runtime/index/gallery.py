@@ -284,9 +284,9 @@ class Gallery:
             raise ValueError(f"vectors must be [N, {self.ndim}], got {list(vecs.shape)}")
         if not np.issubdtype(vecs.dtype, np.number):
             raise ValueError("vectors must be numeric")
-        vecs = np.ascontiguousarray(vecs, dtype=np.float32)
-        if not np.all(np.isfinite(vecs)):
-            raise ValueError("vectors contain NaN or infinity")
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+        check_vectors(vecs, zero_ok=self.metric in ("l2sq", "poincare"))
         vecs = self._prepare(vecs)
         n = vecs.shape[0]
         if metadata is not None:
@@ -912,3 +912,30 @@ def _fill(out_k: np.ndarray, out_d: np.ndarray, rows: np.ndarray, keys: np.ndarr
     valid = np.arange(m)[None, :] < np.minimum(counts, m)[:, None]
     out_k[rows, :m] = np.where(valid, keys[:, :m], MISSING_KEY)
     out_d[rows, :m] = np.where(valid, dists[:, :m], np.inf)
+
+
+def first_bad_vector(vecs: np.ndarray, *, zero_ok: bool = False) -> tuple[int, str, int] | None:
+    """``(row, what, count)`` of the first float32 vector of ``vecs [N, D]`` a gallery must refuse, or ``None``:
+    NaN or infinity, a float32 norm ``sqrt(sum(v * v))`` that overflows (e.g. ``2e20``: normalised it became
+    all zeros), or -- unless ``zero_ok`` (l2sq, poincare: the origin is a point) -- a norm of 0 (``0``, or
+    ``1e-300`` / ``1e-30`` that underflow in float32): such a vector has no direction to search by."""
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        finite = np.isfinite(vecs).all(axis=1)
+        norm = np.sqrt(np.einsum("ij,ij->i", vecs, vecs, dtype=np.float32)) if vecs.size else np.ones(len(vecs))
+    bad = ~finite | ~np.isfinite(norm)
+    if not zero_ok:
+        bad |= norm <= 0
+    if not np.any(bad):
+        return None
+    i = int(np.flatnonzero(bad)[0])
+    what = ("contains NaN or infinity" if not finite[i] else "has a norm too large for float32"
+            if not np.isfinite(norm[i]) else "has zero norm in float32")
+    return i, what, int(bad.sum())
+
+
+def check_vectors(vecs: np.ndarray, *, zero_ok: bool = False) -> None:
+    """Refuse (``ValueError``, one line naming the first bad row) what :func:`first_bad_vector` finds."""
+    bad = first_bad_vector(vecs, zero_ok=zero_ok)
+    if bad is not None:
+        raise ValueError(f"vectors row {bad[0]} {bad[1]} ({bad[2]} such row(s)); nothing was added: "
+                         "pass finite vectors with a non-zero norm that float32 can hold")

@@ -40,11 +40,13 @@ from typing import Any
 import numpy as np
 
 from tki_sdk.common.atomic import atomic_write_json
-from tki_sdk.common.errors import EXIT_FAILED, UsageError
+from tki_sdk.common.errors import EXIT_FAILED, EXIT_USAGE, UsageError, printable
 from tki_sdk.common.contract import ContractError, check_version, read_json_object
 from tki_sdk.common.imagefolders import SkippedEntry
 
+from tki_sdk.runtime.index.gallery import first_bad_vector
 from tki_sdk.runtime.index.store import RUN_DIR
+from tki_sdk.runtime.pipeline.errors import PipelineError, ShardDamagedError
 from tki_sdk.runtime.pipeline.ingest import SourceFile, iter_chunks, scan_sources, stored_signature
 from tki_sdk.runtime.pipeline.shards import (
     SHARD_COLUMNS,
@@ -330,6 +332,7 @@ def index_shards(
         for path in shards:
             _check_shard(path, gallery.model_fingerprint)
             for b in iter_shard_batches(path, SHARD_COLUMNS, batch_rows):
+                _check_batch_vectors(path, b, gallery)
                 _apply_batch(gallery, b, wanted, use_hash, rep, before, applied, failed)
             if bar is not None:
                 bar.update(1)
@@ -346,6 +349,20 @@ def index_shards(
     if len(prune):
         rep.pruned = int(gallery.remove(np.asarray(prune, dtype=np.uint64)))
     return rep
+
+
+def _check_batch_vectors(path: Path, b: dict[str, Any], gallery: Any) -> None:
+    """Refuse the shard (naming it and the row) when a good row's vector cannot be indexed
+    (:func:`~tki_sdk.runtime.index.gallery.check_vectors`: non-finite, or a float32 norm of 0 or infinity)."""
+    good = np.flatnonzero(np.array([e is None for e in b["error"]], dtype=bool))
+    if not good.size:
+        return
+    bad = first_bad_vector(b["embedding"][good], zero_ok=gallery.metric in ("l2sq", "poincare"))
+    if bad is not None:
+        row = int(good[bad[0]])
+        raise ShardDamagedError(path, f"holds a vector that cannot be indexed (key {int(b['key'][row])}, "
+                                f"{printable(b['rel'][row])}: {bad[1]}); nothing was written: re-embed the file "
+                                "or remove the shard", code=EXIT_USAGE)
 
 
 def _apply_batch(gallery: Any, b: dict[str, Any], wanted: Mapping[int, SourceFile] | None, use_hash: bool,
