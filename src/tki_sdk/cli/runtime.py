@@ -61,6 +61,9 @@ Checks every file against what tki.json / gallery.json records: sizes (galleries
 by default, SHA-256 of every file with --verify. Exit status: 0 described (and verified), 2 not a checkpoint,
 export or gallery, 4 a file is damaged or changed (the message names it and what to do)."""
 
+NO_WAIT_HELP = ("refuse (exit 2) instead of waiting when another run is writing the gallery (one writer per "
+                "gallery, from listing to the last save; searches never wait)")
+
 VERIFY_HELP = "check the SHA-256 of every file against tki.json / gallery.json (reads them all once)"
 
 
@@ -103,6 +106,7 @@ def _add_embed(sub: Any) -> argparse.ArgumentParser:
                    help="write the embedding shards (Parquet) here and keep them (default: <out>/embed-run/shards, "
                    "removed once the gallery is saved)")
     g.add_argument("--restart", action="store_true", help="discard an unfinished run in <out>/embed-run")
+    g.add_argument("--no-wait", action="store_true", dest="no_wait", help=NO_WAIT_HELP)
     r = p.add_argument_group("Ray Data engine (pip install 'tki-sdk[distributed]')")
     r.add_argument("--engine", default="local", choices=["local", "ray"],
                    help="local: this process (default); ray: Ray Data tasks decode, an actor pool runs the model")
@@ -131,6 +135,7 @@ def _add_index(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--exact", action="store_true", default=None, help="new gallery: flat index (brute force)")
     p.add_argument("--dtype", default=None, choices=["f32", "f16", "i8"], help="new gallery: vector storage (default f32)")
     p.add_argument("--errors", metavar="FILE", help="also write the failed rows as JSON lines {path, reason}")
+    p.add_argument("--no-wait", action="store_true", dest="no_wait", help=NO_WAIT_HELP)
     _add_graph_options(p)
     p.set_defaults(func=run_index)
     return p
@@ -376,7 +381,7 @@ def _run_embed(args: argparse.Namespace) -> int:
         prune=args.prune, overwrite=args.overwrite, restart=args.restart,
         shards=Path(args.shards) if args.shards else None, every=args.checkpoint_every,
         seconds=args.checkpoint_seconds, exact=args.exact, dtype=args.dtype, engine=args.engine, progress=True,
-        target_recall=args.target_recall, **_graph_options(args),
+        target_recall=args.target_recall, wait=not args.no_wait, **_graph_options(args),
     )
     errors_f = _open_errors_file(args.errors) if args.errors else None
     try:
@@ -510,7 +515,7 @@ def _run_index(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         try:
             rep, gallery = index_folder(src, gpath, exact=args.exact, dtype=args.dtype, progress=True,
-                                        **_graph_options(args))
+                                        wait=not args.no_wait, **_graph_options(args))
         except ImportError as e:
             raise UsageError(str(e), code=3) from None
         except (OSError, ValueError) as e:

@@ -700,7 +700,7 @@ class Gallery:
         """What ``gallery.json`` records, as a dict."""
         return self.manifest().to_dict()
 
-    def save(self, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
+    def save(self, path: str | os.PathLike, *, overwrite: bool = True, expect: str | None = None) -> Path:
         """Write the gallery to folder ``path`` atomically (:func:`~tki_sdk.runtime.index.store.save_version`).
         Returns ``path``.
 
@@ -711,6 +711,7 @@ class Gallery:
         :class:`~tki_sdk.runtime.index.store.GalleryExistsError` (a ``FileExistsError``) and replaces
         nothing. A failed write (a full disk) raises
         :class:`~tki_sdk.runtime.index.store.GalleryWriteError` (an ``OSError``) and keeps the live version.
+        ``expect``: compare-and-swap on ``CURRENT`` (:func:`~tki_sdk.runtime.index.store.save_version`).
         """
         root = Path(path)
 
@@ -718,7 +719,7 @@ class Gallery:
             with self._lock:
                 self._write_version(d)
 
-        save_version(root, write, overwrite=overwrite)
+        save_version(root, write, overwrite=overwrite, expect=expect)
         self.path = root
         return root
 

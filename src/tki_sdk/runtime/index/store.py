@@ -4,6 +4,8 @@ On disk::
 
     G/CURRENT                 name of the live version (replaced atomically)
     G/.lock                   flock target: saves hold it exclusively, loads shared
+    G/.writer.lock            flock target: a writing run (tki embed, tki index) holds it exclusively from its
+                              listing to its last save (:func:`writer_lock`); readers never take it
     G/v-<id>/gallery.json     the manifest (:class:`tki_sdk.common.gallery_manifest.GalleryManifest`)
     G/v-<id>/index.usearch    HNSW graph + vectors   (exact galleries: keys.npy + vectors.npy)
     G/v-<id>/keys.npy, vectors.npy   re-ranking copy of an HNSW gallery (float16 vectors)
@@ -16,6 +18,12 @@ rename, fsync of the folder). A save killed at any point leaves the previous ver
 versions and leftovers of interrupted saves are removed after the swap. The whole save runs under an
 exclusive ``flock``, so concurrent saves to one folder serialise and ``CURRENT`` always names a complete
 version; :func:`live_version` reads under a shared lock.
+
+One writer per gallery: :func:`writer_lock` serialises whole runs (load, change, save), not only saves,
+so two runs can never both start from one version and the later save drop what the earlier added. Saves are
+compare-and-swap: ``save_version(root, write, expect=name)`` publishes only while ``CURRENT`` still names
+``name`` (``""``: no gallery yet), checked under the save lock; otherwise :class:`StaleVersionError` and
+nothing is replaced. Readers take only the save lock, shared, for the moment they open a version.
 
 Creation can be exclusive: ``save_version(root, write, overwrite=False)`` refuses (:class:`GalleryExistsError`)
 a ``root`` that is already a gallery, checked again under the lock, so of two runs racing to create one new
@@ -47,12 +55,13 @@ from tki_sdk.common.gallery_manifest import MANIFEST_FILE
 __all__ = [
     "CURRENT_FILE", "LOCK_FILE", "RUN_DIR", "MANIFEST_FILE", "INDEX_FILE", "KEYS_FILE", "VECTORS_FILE", "META_FILE",
     "VERIFY_MODES", "AUTO_SHA256_LIMIT", "GalleryDamagedError", "GalleryExistsError", "GalleryWriteError",
-    "folder_lock", "is_empty_dir", "read_current", "is_gallery", "save_version", "live_version",
+    "WRITER_LOCK_FILE", "StaleVersionError", "WriterBusyError", "writer_lock", "current_version", "folder_lock", "is_empty_dir", "read_current", "is_gallery", "save_version", "live_version",
     "file_records", "verify_files", "damaged",
 ]
 
 CURRENT_FILE = "CURRENT"
 LOCK_FILE = ".lock"
+WRITER_LOCK_FILE = ".writer.lock"
 INDEX_FILE = "index.usearch"
 KEYS_FILE = "keys.npy"
 VECTORS_FILE = "vectors.npy"
@@ -82,6 +91,14 @@ class GalleryExistsError(FileExistsError):
 
 class GalleryWriteError(OSError):
     """A save failed while writing (a full disk, an I/O error); the previous version, if any, is live."""
+
+
+class StaleVersionError(Exception):
+    """A compare-and-swap save found ``CURRENT`` naming another version than the one it was based on."""
+
+
+class WriterBusyError(Exception):
+    """:func:`writer_lock` with ``wait=False`` found another writer holding the gallery."""
 
 
 def damaged(where: str | os.PathLike, what: str) -> GalleryDamagedError:
@@ -161,17 +178,76 @@ def folder_lock(root: Path, *, exclusive: bool) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
+@contextlib.contextmanager
+def writer_lock(root: Path, *, wait: bool = True, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold ``root/.writer.lock`` exclusively (``root`` is created if needed): one writing run per gallery.
+
+    When another process holds it: ``wait=False`` raises :class:`WriterBusyError` (one line, naming the holder's
+    pid when known); ``wait=True`` calls ``on_wait(holder)`` once and blocks until it is released. The lock
+    goes with the process (``flock``), so a killed run never leaves the gallery locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX platforms: saves are still atomic and compare-and-swap
+        yield
+        return
+    told = False
+    while True:
+        root.mkdir(parents=True, exist_ok=True)
+        path = root / WRITER_LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                try:
+                    holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+                except OSError:
+                    holder = "unknown"
+                if not wait:
+                    raise WriterBusyError(f"gallery {root} is being written by another run (pid {holder}); "
+                                          "wait for it to finish or run again without --no-wait") from None
+                if on_wait is not None and not told:
+                    on_wait(holder)
+                    told = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the holder removed the folder it had created: lock the new one
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+            yield
+            return
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+
+def current_version(root: Path) -> str:
+    """The name ``CURRENT`` holds now (``""`` when ``root`` is no gallery yet): what a compare-and-swap save
+    expects."""
+    cur = root / CURRENT_FILE
+    try:
+        return cur.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return ""
+    except (OSError, UnicodeDecodeError) as e:
+        raise damaged(root, f"{CURRENT_FILE} cannot be read ({getattr(e, 'strerror', None) or e})") from None
+
+
 def is_empty_dir(root: Path) -> bool:
     """True when ``root`` holds nothing but the lock file, an unfinished embedding run and leftovers of
     interrupted saves."""
-    return not any(c.name not in (LOCK_FILE, RUN_DIR) and not c.name.startswith(".tmp-") for c in root.iterdir())
+    return not any(c.name not in (LOCK_FILE, WRITER_LOCK_FILE, RUN_DIR) and not c.name.startswith(".tmp-") for c in root.iterdir())
 
 
 def _only_gallery_entries(root: Path) -> bool:
     """True when every entry of ``root`` is one a save writes (lock, versions, ``CURRENT`` and temporaries)
     or the folder of an unfinished embedding run: a first save caught between renaming its version into place
     and writing ``CURRENT``, or the first save of a ``tki embed`` run."""
-    return all(c.name in (LOCK_FILE, CURRENT_FILE, RUN_DIR) or c.name.startswith((".tmp-", "v-", f".{CURRENT_FILE}."))
+    return all(c.name in (LOCK_FILE, WRITER_LOCK_FILE, CURRENT_FILE, RUN_DIR) or c.name.startswith((".tmp-", "v-", f".{CURRENT_FILE}."))
                for c in root.iterdir())
 
 
@@ -202,13 +278,16 @@ def _exists_error(root: Path) -> GalleryExistsError:
                               "pass --overwrite to replace it, or choose another --out")
 
 
-def save_version(root: Path, write: Callable[[Path], None], *, overwrite: bool = True) -> Path:
+def save_version(root: Path, write: Callable[[Path], None], *, overwrite: bool = True,
+                 expect: str | None = None) -> Path:
     """Create ``root`` if needed and publish a new version written by ``write(folder)``; returns the version.
 
     Refuses (``FileExistsError``) a ``root`` that is a file or a non-empty folder that is not a gallery.
     ``overwrite=False``: creation is exclusive -- a ``root`` that is already a gallery, or becomes one while
     this save waits for the lock, is refused with :class:`GalleryExistsError` and left as it is.
     ``overwrite=True`` (the default): the new version replaces the live one.
+    ``expect``: compare-and-swap -- publish only while ``CURRENT`` names ``expect`` (``""``: no gallery yet),
+    checked under the lock; otherwise :class:`StaleVersionError` (one line) and nothing is replaced.
     A failure while writing raises :class:`GalleryWriteError` (see the module docstring).
     """
     if root.exists() and not root.is_dir():
@@ -226,6 +305,12 @@ def save_version(root: Path, write: Callable[[Path], None], *, overwrite: bool =
             raise FileExistsError(f"{root} is a non-empty folder that is not a gallery; refusing to write into it")
         if not overwrite and is_gallery(root):  # another creator won the race
             raise _exists_error(root)
+        if expect is not None:
+            now = current_version(root)
+            if now != expect:
+                raise StaleVersionError(
+                    f"gallery {root} changed while this run worked (its live version is {now or 'gone'}, the run "
+                    f"started from {expect or 'no gallery'}); nothing was replaced: run it again")
         return _publish(root, write)
 
 
@@ -264,7 +349,7 @@ def _publish(root: Path, write: Callable[[Path], None]) -> Path:
         raise
     # The new version is live: remove older versions and leftovers of interrupted saves.
     for child in root.iterdir():
-        if child.name in (final.name, CURRENT_FILE, LOCK_FILE):
+        if child.name in (final.name, CURRENT_FILE, LOCK_FILE, WRITER_LOCK_FILE):
             continue
         if child.name.startswith(("v-", ".tmp-")) and child.is_dir():
             shutil.rmtree(child, ignore_errors=True)

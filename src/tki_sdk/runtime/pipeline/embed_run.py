@@ -28,11 +28,13 @@ run belongs to, so a run is never resumed with another model or folder.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,9 +46,17 @@ from tki_sdk.common.errors import EXIT_FAILED, EXIT_USAGE, UsageError, printable
 from tki_sdk.common.contract import ContractError, check_version, read_json_object
 from tki_sdk.common.imagefolders import SkippedEntry
 
-from tki_sdk.runtime.index.gallery import first_bad_vector
-from tki_sdk.runtime.index.store import RUN_DIR
-from tki_sdk.runtime.pipeline.errors import PipelineError, ShardDamagedError
+from tki_sdk.runtime.index.gallery import Gallery, first_bad_vector
+from tki_sdk.runtime.index.store import (
+    RUN_DIR,
+    GalleryExistsError,
+    StaleVersionError,
+    WriterBusyError,
+    current_version,
+    is_gallery,
+    writer_lock,
+)
+from tki_sdk.runtime.pipeline.errors import GalleryBusyError, GalleryChangedError, PipelineError, ShardDamagedError
 from tki_sdk.runtime.pipeline.ingest import SourceFile, iter_chunks, scan_sources, stored_signature
 from tki_sdk.runtime.pipeline.shards import (
     SHARD_COLUMNS,
@@ -72,6 +82,8 @@ RUN_FORMAT_VERSION = 1
 #: Diagnostics: when set to a file path, every file sent to the model is appended to it (one ``rel`` per
 #: line, from whichever process runs the model). Tests count inference calls with it.
 TRACE_ENV = "TKI_EMBED_TRACE"
+
+log = logging.getLogger(__name__)
 
 
 def trace_embedded(rels: Iterable[str]) -> None:
@@ -440,6 +452,8 @@ class EmbedJob:
     expansion_add: int | None = None
     engine: str = "local"
     progress: bool = False
+    #: When another run holds the gallery's writer lock: wait for it (True) or refuse (False).
+    wait: bool = True
     #: When the gallery changes, choose its HNSW ``expansion_search`` for this recall@10 (``Gallery.tune`` on
     #: leave-one-out queries; kept in gallery.json); 0 keeps the current value.
     target_recall: float = 0.0
@@ -477,12 +491,46 @@ def run_job(job: EmbedJob, model: ShardInfo, engine: Engine, new_gallery: Callab
     ``new_gallery()`` makes an empty gallery when ``job.out`` holds none (or ``job.overwrite``). Raises
     :class:`UsageError` for conditions the user must fix (code 1 when no file at all could be embedded).
     """
-    from tki_sdk.runtime.index.gallery import Gallery
-    from tki_sdk.runtime.index.store import is_gallery
-
     t0 = time.perf_counter()
     out = Path(job.out)
     out_existed = out.exists()
+    with _writer(out, job.wait):
+        try:
+            return _run_locked(job, model, engine, new_gallery, t0)
+        except BaseException:
+            if not out_existed and not is_gallery(out):  # nothing of this run may remain where it made the folder
+                _remove_created(out)
+            raise
+
+
+def _writer(out: Path, wait: bool) -> Any:
+    """The gallery's writer lock (:func:`~tki_sdk.runtime.index.store.writer_lock`) with the pipeline's messages."""
+    @contextlib.contextmanager
+    def held() -> Iterator[None]:
+        try:
+            with writer_lock(out, wait=wait, on_wait=lambda pid: log.warning(
+                    "gallery %s is being written by another run (pid %s); waiting for it to finish", out, pid)):
+                yield
+        except WriterBusyError as e:
+            raise GalleryBusyError(str(e)) from None
+
+    return held()
+
+
+def _remove_created(out: Path) -> None:
+    """Remove a gallery folder this run created and left without a gallery (keeps checkpoints, if any)."""
+    try:
+        if (out / RUN_DIR).exists():
+            return  # completed checkpoints are kept for the next run
+        shutil.rmtree(out, ignore_errors=True)
+    except OSError:
+        pass
+
+
+def _run_locked(job: EmbedJob, model: ShardInfo, engine: Engine, new_gallery: Callable[[], Any],
+                t0: float) -> JobReport:
+    out = Path(job.out)
+    base = current_version(out)  # read before loading: a save slipping in between fails the compare-and-swap
     run_dir = out / RUN_DIR
     shard_dir = Path(job.shards) if job.shards is not None else run_dir / SHARDS_DIR
     skipped: list[SkippedEntry] = []
@@ -521,10 +569,10 @@ def run_job(job: EmbedJob, model: ShardInfo, engine: Engine, new_gallery: Callab
         if changed:
             # a gallery this run creates is created exclusively: when another run created one at ``out``
             # meanwhile, this one refuses instead of replacing it (unless --overwrite)
-            _save(gallery, out, overwrite=job.overwrite or not is_new)
-    except UsageError as e:
-        if e.code == EXIT_FAILED and not out_existed:
-            shutil.rmtree(out, ignore_errors=True)
+            _save(gallery, out, overwrite=job.overwrite or not is_new, expect=base)
+    except (UsageError, PipelineError) as e:
+        if e.code == EXIT_FAILED and not base:
+            shutil.rmtree(run_dir, ignore_errors=True)
         raise
     _finish_run(run_dir, job)
     return JobReport(
@@ -535,15 +583,16 @@ def run_job(job: EmbedJob, model: ShardInfo, engine: Engine, new_gallery: Callab
     )
 
 
-def _save(gallery: Any, out: Path, overwrite: bool) -> None:
-    """``gallery.save`` with its two failures as one-line user errors (exit 2: another run created the
-    gallery; exit 1: the write failed, the previous version is kept)."""
-    from tki_sdk.runtime.index.store import GalleryExistsError
-
+def _save(gallery: Any, out: Path, overwrite: bool, expect: str | None = None) -> None:
+    """``gallery.save`` (compare-and-swap on ``expect``) with its failures as one-line errors (exit 2: another
+    run created the gallery; exit 1: the gallery changed meanwhile, or the write failed; the live version is
+    kept)."""
     try:
-        gallery.save(out, overwrite=overwrite)
+        gallery.save(out, overwrite=overwrite, expect=expect)
     except GalleryExistsError as e:
         raise UsageError(str(e)) from None
+    except StaleVersionError as e:
+        raise GalleryChangedError(str(e)) from None
     except OSError as e:
         raise UsageError(f"cannot write gallery {out}: {e}", code=EXIT_FAILED) from None
 
@@ -605,19 +654,32 @@ def _finish_run(run_dir: Path, job: EmbedJob) -> None:
 
 def index_folder(
     shard_dir: Path, gallery_path: Path, *, exact: bool | None = None, dtype: str | None = None,
-    progress: bool = False, connectivity: int | None = None, expansion_add: int | None = None,
+    progress: bool = False, connectivity: int | None = None, expansion_add: int | None = None, wait: bool = True,
 ) -> tuple[IndexReport, Any]:
     """``tki index``: build the gallery at ``gallery_path`` from every shard in ``shard_dir`` or update the
-    one there (same model required), then save it. Returns the report and the gallery."""
-    from tki_sdk.runtime.index.gallery import Gallery
-    from tki_sdk.runtime.index.store import is_gallery
-
+    one there (same model required), then save it (compare-and-swap), all under the gallery's writer lock
+    (``wait=False``: refuse when another run holds it). Returns the report and the gallery."""
     shards = list_shards(shard_dir)
     if not shards:
         raise UsageError(f"no shards (part-*.parquet) in {shard_dir}")
+    out = Path(gallery_path)
+    out_existed = out.exists()
+    with _writer(out, wait):
+        try:
+            return _index_locked(shards, shard_dir, out, exact=exact, dtype=dtype, progress=progress,
+                                 connectivity=connectivity, expansion_add=expansion_add)
+        except BaseException:
+            if not out_existed and not is_gallery(out):
+                _remove_created(out)
+            raise
+
+
+def _index_locked(shards: Sequence[Path], shard_dir: Path, out: Path, *, exact: bool | None, dtype: str | None,
+                  progress: bool, connectivity: int | None, expansion_add: int | None) -> tuple[IndexReport, Any]:
+    base = current_version(out)
     info = _check_shard(shards[0], None)
-    if is_gallery(gallery_path):
-        job = EmbedJob(images=Path("."), out=Path(gallery_path), exact=exact, dtype=dtype,
+    if is_gallery(out):
+        job = EmbedJob(images=Path("."), out=out, exact=exact, dtype=dtype,
                        connectivity=connectivity, expansion_add=expansion_add)
         gallery = _open_gallery(job, info, lambda: None, Gallery, True)
     else:
@@ -630,7 +692,7 @@ def index_folder(
     rep = index_shards(gallery, shards, progress=progress)
     if len(gallery) == 0:
         raise UsageError(f"the shards in {shard_dir} hold no embedded file; nothing was written", code=EXIT_FAILED)
-    _save(gallery, Path(gallery_path), overwrite=is_gallery(gallery_path))
+    _save(gallery, out, overwrite=is_gallery(out), expect=base)
     return rep, gallery
 
 
