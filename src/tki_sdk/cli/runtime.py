@@ -106,6 +106,9 @@ def _add_embed(sub: Any) -> argparse.ArgumentParser:
                    help="write the embedding shards (Parquet) here and keep them (default: <out>/embed-run/shards, "
                    "removed once the gallery is saved)")
     g.add_argument("--restart", action="store_true", help="discard an unfinished run in <out>/embed-run")
+    g.add_argument("--set-aside-damaged", action="store_true", dest="set_aside_damaged",
+                   help="resume past a damaged checkpoint shard: move it to <out>/embed-run/damaged and embed its "
+                   "rows again (default: refuse, naming it)")
     g.add_argument("--no-wait", action="store_true", dest="no_wait", help=NO_WAIT_HELP)
     r = p.add_argument_group("Ray Data engine (pip install 'tki-sdk[distributed]')")
     r.add_argument("--engine", default="local", choices=["local", "ray"],
@@ -378,7 +381,7 @@ def _run_embed(args: argparse.Namespace) -> int:
         _check_same_graph(out, args)
     job = EmbedJob(
         images=images, out=out, manifest=Path(args.manifest) if args.manifest else None, use_hash=args.hash,
-        prune=args.prune, overwrite=args.overwrite, restart=args.restart,
+        prune=args.prune, overwrite=args.overwrite, restart=args.restart, set_aside_damaged=args.set_aside_damaged,
         shards=Path(args.shards) if args.shards else None, every=args.checkpoint_every,
         seconds=args.checkpoint_seconds, exact=args.exact, dtype=args.dtype, engine=args.engine, progress=True,
         target_recall=args.target_recall, wait=not args.no_wait, **_graph_options(args),

@@ -66,6 +66,9 @@ from tki_sdk.runtime.pipeline.shards import (
     iter_shard_batches,
     list_shards,
     read_shard_info,
+    shard_sha256,
+    shard_width,
+    vector_hash,
     write_shard,
 )
 
@@ -77,6 +80,7 @@ __all__ = [
 
 RUN_FILE = "run.json"
 SHARDS_DIR = "shards"
+DAMAGED_DIR = "damaged"
 RUN_FORMAT = "tki-embed-run"
 RUN_FORMAT_VERSION = 1
 #: Diagnostics: when set to a file path, every file sent to the model is appended to it (one ``rel`` per
@@ -109,6 +113,8 @@ class RunState:
     use_hash: bool
     engine: str
     started: str
+    #: ``{shard file name: SHA-256}`` of every shard this run wrote (checked before a resume uses them).
+    shards: dict[str, str] = field(default_factory=dict)
     format: str = RUN_FORMAT
     format_version: int = RUN_FORMAT_VERSION
 
@@ -124,9 +130,13 @@ class RunState:
             raise ContractError(f"{folder / RUN_FILE} is not an embedding run state; {fix}")
         check_version(d.get("format_version"), RUN_FORMAT_VERSION, str(folder / RUN_FILE))
         try:
-            return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+            st = cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
         except TypeError as e:
             raise ContractError(f"{folder / RUN_FILE} lacks a field ({e}); {fix}") from None
+        if not isinstance(st.shards, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                       for k, v in st.shards.items()):
+            raise ContractError(f"{folder / RUN_FILE}: 'shards' is not a map of file names to SHA-256; {fix}")
+        return st
 
 
 # ---------------------------------------------------------------------------------------------- plan
@@ -162,7 +172,6 @@ def held_signatures(shards: Sequence[Path], use_hash: bool, fingerprint: str) ->
     shard of another model. Reads only the signature columns."""
     held: dict[int, tuple[Any, ...]] = {}
     for path in shards:
-        _check_shard(path, fingerprint)
         for b in iter_shard_batches(path, SIGNATURE_COLUMNS):
             for i, k in enumerate(b["key"].tolist()):
                 if b["error"][i] is None:
@@ -172,15 +181,55 @@ def held_signatures(shards: Sequence[Path], use_hash: bool, fingerprint: str) ->
     return held
 
 
-def _check_shard(path: Path, fingerprint: str | None) -> ShardInfo:
+def _check_shard(path: Path, fingerprint: str | None, width: int | None = None) -> ShardInfo:
+    """The shard's :class:`ShardInfo`, refusing a shard that is unreadable (:class:`ShardDamagedError`), of
+    another model, or whose vectors are not ``width`` wide (whatever its keys)."""
     try:
         info = read_shard_info(path)
     except ContractError as e:
-        raise UsageError(f"{e}; move it out of {path.parent}") from None
+        raise ShardDamagedError(path, f"cannot be used ({e}); move it out of {path.parent}") from None
     if fingerprint is not None and info.model_fingerprint != fingerprint:
-        raise UsageError(f"shard {path} was written by another model ({info.model_fingerprint[:12]}, "
-                         f"not {fingerprint[:12]}); use another --shards folder or pass --restart")
+        raise PipelineError(f"shard {path} was written by another model ({info.model_fingerprint[:12]}, "
+                            f"not {fingerprint[:12]}); use another --shards folder or pass --restart")
+    stored = shard_width(path)
+    if stored != info.embedding_dim:
+        raise ShardDamagedError(path, f"holds {stored}-d vectors but its metadata says {info.embedding_dim}-d")
+    if width is not None and info.embedding_dim != width:
+        raise PipelineError(f"shard {path} holds {info.embedding_dim}-d vectors but the gallery holds {width}-d "
+                            "ones; index it into a gallery of its own model")
     return info
+
+
+def verify_run_shards(shard_dir: Path, recorded: Mapping[str, str], fingerprint: str, *,
+                      set_aside: bool = False, damaged_dir: Path | None = None) -> list[Path]:
+    """The shards of ``shard_dir`` a resume may use, in write order. A shard whose SHA-256 differs from the one
+    the run ``recorded``, or (not recorded: the run was killed between writing it and recording it, or it
+    came from an earlier run into a kept ``--shards`` folder) one that fails a full read (page checksums and
+    row hashes), is damaged: refused in one line naming it (:class:`ShardDamagedError`), or with
+    ``set_aside`` moved into ``damaged_dir`` (logged), so its rows are embedded again."""
+    good: list[Path] = []
+    for path in list_shards(shard_dir):
+        try:
+            want = recorded.get(path.name)
+            if want is not None:
+                if shard_sha256(path) != want:
+                    raise ShardDamagedError(path, "differs from the SHA-256 the run recorded when it wrote it")
+                _check_shard(path, fingerprint)
+            else:
+                _check_shard(path, fingerprint)
+                for _ in iter_shard_batches(path, SHARD_COLUMNS):
+                    pass
+        except ShardDamagedError as e:
+            if not set_aside or damaged_dir is None:
+                raise ShardDamagedError(path, f"{str(e).removeprefix(f'shard {path} ')}; run again with "
+                                        f"--set-aside-damaged to move it to {damaged_dir or 'a damaged/ folder'} "
+                                        "and embed its rows again") from None
+            damaged_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(path, damaged_dir / path.name)
+            log.warning("%s; moved it to %s: its rows are embedded again", e, damaged_dir / path.name)
+            continue
+        good.append(path)
+    return good
 
 
 def plan_run(
@@ -213,10 +262,12 @@ class Checkpointer:
     """Collects rows and writes them as a shard every ``every`` rows or ``seconds`` seconds (and on
     :meth:`flush`); the only state a killed run loses is what :meth:`pending` holds."""
 
-    def __init__(self, folder: Path, info: ShardInfo, every: int = 1000, seconds: float = 60.0) -> None:
+    def __init__(self, folder: Path, info: ShardInfo, every: int = 1000, seconds: float = 60.0,
+                 on_write: Callable[[Path], None] | None = None) -> None:
         if every < 1 or seconds <= 0:
             raise ValueError("checkpoint every N >= 1 rows and T > 0 seconds")
         self.folder, self.info, self.every, self.seconds = Path(folder), info, int(every), float(seconds)
+        self.on_write = on_write
         self.rows = ShardRows()
         self.written: list[Path] = []
         self.rows_written = 0
@@ -240,6 +291,8 @@ class Checkpointer:
         if not self.rows:
             return None
         path = write_shard(self.folder, self.rows, self.info)
+        if self.on_write is not None:
+            self.on_write(path)
         self.written.append(path)
         self.rows_written += len(self.rows)
         self.rows = ShardRows()
@@ -342,7 +395,7 @@ def index_shards(
         bar = tqdm(total=len(shards), unit="shard", desc="index", dynamic_ncols=True)
     try:
         for path in shards:
-            _check_shard(path, gallery.model_fingerprint)
+            _check_shard(path, gallery.model_fingerprint, gallery.ndim)
             for b in iter_shard_batches(path, SHARD_COLUMNS, batch_rows):
                 _check_batch_vectors(path, b, gallery)
                 _apply_batch(gallery, b, wanted, use_hash, rep, before, applied, failed)
@@ -414,7 +467,7 @@ def _apply_batch(gallery: Any, b: dict[str, Any], wanted: Mapping[int, SourceFil
                 gallery.remove(np.asarray([k], dtype=np.uint64))
             continue
         failed.pop(k, None)
-        meta = row.metadata()
+        meta = {**row.metadata(), "embedding_hash": vector_hash(b["embedding"][i])}
         if old == meta:
             rep.unchanged += 1
             continue
@@ -454,6 +507,9 @@ class EmbedJob:
     progress: bool = False
     #: When another run holds the gallery's writer lock: wait for it (True) or refuse (False).
     wait: bool = True
+    #: A damaged checkpoint shard: move it to ``embed-run/damaged`` and embed its rows again (True), or
+    #: refuse the resume naming it (False).
+    set_aside_damaged: bool = False
     #: When the gallery changes, choose its HNSW ``expansion_search`` for this recall@10 (``Gallery.tune`` on
     #: leave-one-out queries; kept in gallery.json); 0 keeps the current value.
     target_recall: float = 0.0
@@ -548,11 +604,18 @@ def _run_locked(job: EmbedJob, model: ShardInfo, engine: Engine, new_gallery: Ca
         if job.shards is not None and job.overwrite:
             for p in list_shards(shard_dir):
                 p.unlink()
-    _claim_run(run_dir, job, model)
+    state = _claim_run(run_dir, job, model)
     try:
-        held = held_signatures(list_shards(shard_dir), job.use_hash, model.model_fingerprint)
+        usable = verify_run_shards(shard_dir, state.shards, model.model_fingerprint, set_aside=job.set_aside_damaged,
+                                   damaged_dir=run_dir / DAMAGED_DIR)
+        held = held_signatures(usable, job.use_hash, model.model_fingerprint)
         plan = plan_run(sources, {} if job.overwrite else indexed_metadata(gallery), held, job.use_hash, listing_failed)
-        ckpt = Checkpointer(shard_dir, model, every=job.every, seconds=job.seconds)
+
+        def record(path: Path) -> None:  # the shard is complete on disk: record its hash for later resumes
+            state.shards[path.name] = shard_sha256(path)
+            state.save(run_dir)
+
+        ckpt = Checkpointer(shard_dir, model, every=job.every, seconds=job.seconds, on_write=record)
         t1 = time.perf_counter()
         embedded = engine(plan.todo, ckpt) if plan.todo else 0
         t2 = time.perf_counter()
@@ -627,7 +690,7 @@ def check_same_graph(gallery: Path, built: dict[str, Any], *, connectivity: int 
                              f"it with {want}")
 
 
-def _claim_run(run_dir: Path, job: EmbedJob, model: ShardInfo) -> None:
+def _claim_run(run_dir: Path, job: EmbedJob, model: ShardInfo) -> RunState:
     """Resume the unfinished run in ``run_dir`` when it is the same run; start one otherwise."""
     root = str(Path(job.images).resolve())
     if (run_dir / RUN_FILE).is_file():
@@ -642,9 +705,10 @@ def _claim_run(run_dir: Path, job: EmbedJob, model: ShardInfo) -> None:
         if st.use_hash != job.use_hash:
             raise UsageError(f"{run_dir} holds an unfinished run {'with' if st.use_hash else 'without'} --hash; "
                              "run it the same way or pass --restart")
-        return
-    RunState(model.model_fingerprint, root, job.use_hash, job.engine,
-             time.strftime("%Y-%m-%dT%H:%M:%S%z")).save(run_dir)
+        return st
+    st = RunState(model.model_fingerprint, root, job.use_hash, job.engine, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    st.save(run_dir)
+    return st
 
 
 def _finish_run(run_dir: Path, job: EmbedJob) -> None:

@@ -10,7 +10,9 @@
   :func:`scan_image_folder` is the same listing as ``(path, metadata)`` pairs;
 - :func:`gallery_options` is what a gallery built for an embedder records (width, metric, fingerprint,
   model summary);
-- :func:`embed_into` embeds the files and adds every readable one to a gallery under its path key.
+- :func:`embed_into` embeds the files and adds every readable one to a gallery under its path key (its
+  metadata gains ``embedding_hash``, :func:`~tki_sdk.runtime.pipeline.shards.vector_hash` of the vector, as
+  every item an embedding run indexes: incremental runs compare it to tell an unchanged item).
 
 Key collisions: keys are 63-bit (:func:`item_key`), so two paths share one with probability about
 ``n^2 / 2^64`` (one in 18 million for a million files). Files are listed in sorted order of ``rel``; a file
@@ -31,6 +33,7 @@ import numpy as np
 
 from tki_sdk.common.atomic import sha256_file
 from tki_sdk.common.imagefolders import SkippedEntry, walk_images
+from tki_sdk.runtime.pipeline.shards import vector_hash
 
 __all__ = [
     "item_key", "SourceFile", "scan_sources", "read_manifest", "scan_image_folder",
@@ -264,7 +267,8 @@ def embed_into(
     res.errors = list(res.errors) + collided
     if len(res.indices):
         keys = np.asarray([item_key(str(files[i][1].get("rel", files[i][0]))) for i in res.indices], dtype=np.uint64)
-        gallery.add(keys, res.embeddings, [files[i][1] for i in res.indices])
+        metas = [{**files[i][1], "embedding_hash": vector_hash(res.embeddings[j])} for j, i in enumerate(res.indices)]
+        gallery.add(keys, res.embeddings, metas)
     return res
 
 
