@@ -32,7 +32,6 @@ import contextlib
 import logging
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -42,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from tki_sdk.common.atomic import atomic_write_json
-from tki_sdk.common.errors import EXIT_FAILED, EXIT_USAGE, UsageError, printable
+from tki_sdk.common.errors import EXIT_FAILED, EXIT_USAGE, one_line, printable
 from tki_sdk.common.contract import ContractError, check_version, read_json_object
 from tki_sdk.common.imagefolders import SkippedEntry
 
@@ -56,7 +55,15 @@ from tki_sdk.runtime.index.store import (
     is_gallery,
     writer_lock,
 )
-from tki_sdk.runtime.pipeline.errors import GalleryBusyError, GalleryChangedError, PipelineError, ShardDamagedError
+from tki_sdk.runtime.pipeline.config import EmbedConfig
+from tki_sdk.runtime.pipeline.errors import (
+    GalleryBusyError,
+    GalleryChangedError,
+    NothingEmbeddedError,
+    PipelineError,
+    ShardDamagedError,
+)
+from tki_sdk.runtime.pipeline.protocols import EmbedderLike, GalleryLike
 from tki_sdk.runtime.pipeline.ingest import SourceFile, iter_chunks, scan_sources, stored_signature
 from tki_sdk.runtime.pipeline.shards import (
     SHARD_COLUMNS,
@@ -75,7 +82,7 @@ from tki_sdk.runtime.pipeline.shards import (
 __all__ = [
     "RUN_DIR", "RUN_FILE", "SHARDS_DIR", "TRACE_ENV", "RunState", "RunPlan", "Checkpointer", "IndexReport",
     "EmbedJob", "JobReport", "plan_run", "held_signatures", "indexed_metadata", "embed_local", "index_shards",
-    "run_job", "trace_embedded",
+    "run_job", "trace_embedded", "verify_run_shards", "index_folder", "check_same_graph", "Engine",
 ]
 
 RUN_FILE = "run.json"
@@ -156,7 +163,7 @@ class RunPlan:
         return {s.key: s for s in (*self.resumed, *self.todo)}
 
 
-def indexed_metadata(gallery: Any, chunk: int = 10_000) -> dict[int, dict[str, Any]]:
+def indexed_metadata(gallery: GalleryLike, chunk: int = 10_000) -> dict[int, dict[str, Any]]:
     """Every item's metadata in ``gallery`` by key (read in chunks)."""
     keys = gallery.keys()
     out: dict[int, dict[str, Any]] = {}
@@ -301,7 +308,7 @@ class Checkpointer:
 
 def embed_local(
     todo: Sequence[SourceFile],
-    embedder: Any,
+    embedder: EmbedderLike,
     checkpoints: Checkpointer,
     *,
     batch_size: int = 32,
@@ -366,7 +373,7 @@ def _row_source(b: dict[str, Any], i: int) -> SourceFile:
 
 
 def index_shards(
-    gallery: Any,
+    gallery: GalleryLike,
     shards: Sequence[Path],
     *,
     wanted: Mapping[int, SourceFile] | None = None,
@@ -416,7 +423,7 @@ def index_shards(
     return rep
 
 
-def _check_batch_vectors(path: Path, b: dict[str, Any], gallery: Any) -> None:
+def _check_batch_vectors(path: Path, b: dict[str, Any], gallery: GalleryLike) -> None:
     """Refuse the shard (naming it and the row) when a good row's vector cannot be indexed
     (:func:`~tki_sdk.runtime.index.gallery.check_vectors`: non-finite, or a float32 norm of 0 or infinity)."""
     good = np.flatnonzero(np.array([e is None for e in b["error"]], dtype=bool))
@@ -430,7 +437,7 @@ def _check_batch_vectors(path: Path, b: dict[str, Any], gallery: Any) -> None:
                                 "or remove the shard", code=EXIT_USAGE)
 
 
-def _apply_batch(gallery: Any, b: dict[str, Any], wanted: Mapping[int, SourceFile] | None, use_hash: bool,
+def _apply_batch(gallery: GalleryLike, b: dict[str, Any], wanted: Mapping[int, SourceFile] | None, use_hash: bool,
                  rep: IndexReport, before: dict[int, bool], applied: set[int],
                  failed: dict[int, tuple[str, str]]) -> None:
     keys = b["key"]
@@ -479,40 +486,8 @@ def _apply_batch(gallery: Any, b: dict[str, Any], wanted: Mapping[int, SourceFil
 
 
 # ---------------------------------------------------------------------------------------------- the job
-@dataclass
-class EmbedJob:
-    """One ``tki embed`` run: where from, where to, and how to checkpoint (see the module docstring).
-
-    ``shards``: where the run's shards go (default ``out/embed-run/shards``, removed after the commit; a
-    folder given here is kept). ``exact`` / ``dtype`` / ``connectivity`` / ``expansion_add``: for a new gallery
-    (``None``: HNSW f32, M 16, efConstruction 128); an existing gallery keeps its own and refuses different
-    explicit ones.
-    """
-
-    images: Path
-    out: Path
-    manifest: Path | None = None
-    use_hash: bool = False
-    prune: bool = False
-    overwrite: bool = False
-    restart: bool = False
-    shards: Path | None = None
-    every: int = 1000
-    seconds: float = 60.0
-    exact: bool | None = None
-    dtype: str | None = None
-    connectivity: int | None = None
-    expansion_add: int | None = None
-    engine: str = "local"
-    progress: bool = False
-    #: When another run holds the gallery's writer lock: wait for it (True) or refuse (False).
-    wait: bool = True
-    #: A damaged checkpoint shard: move it to ``embed-run/damaged`` and embed its rows again (True), or
-    #: refuse the resume naming it (False).
-    set_aside_damaged: bool = False
-    #: When the gallery changes, choose its HNSW ``expansion_search`` for this recall@10 (``Gallery.tune`` on
-    #: leave-one-out queries; kept in gallery.json); 0 keeps the current value.
-    target_recall: float = 0.0
+#: The job's configuration (:class:`~tki_sdk.runtime.pipeline.config.EmbedConfig`); the old name stays.
+EmbedJob = EmbedConfig
 
 
 @dataclass
@@ -540,12 +515,14 @@ class JobReport:
 Engine = Callable[[Sequence[SourceFile], Checkpointer], int]
 
 
-def run_job(job: EmbedJob, model: ShardInfo, engine: Engine, new_gallery: Callable[[], Any]) -> JobReport:
+def run_job(job: EmbedConfig, model: ShardInfo, engine: Engine, new_gallery: Callable[[], GalleryLike]) -> JobReport:
     """Plan, embed (with ``engine``), commit and clean up one run; see the module docstring.
 
     ``model`` describes the model (fingerprint, width, metric, summary) and is written into every shard;
     ``new_gallery()`` makes an empty gallery when ``job.out`` holds none (or ``job.overwrite``). Raises
-    :class:`UsageError` for conditions the user must fix (code 1 when no file at all could be embedded).
+    :class:`~tki_sdk.runtime.pipeline.errors.PipelineError` for conditions the user must fix (code 1 when no file
+    at all could be embedded). Only ``job``'s run fields are used (not its model or engine fields: the caller
+    built ``model`` and ``engine``; :func:`tki_sdk.runtime.pipeline.job.embed_folder` does all of it).
     """
     t0 = time.perf_counter()
     out = Path(job.out)
@@ -559,7 +536,7 @@ def run_job(job: EmbedJob, model: ShardInfo, engine: Engine, new_gallery: Callab
             raise
 
 
-def _writer(out: Path, wait: bool) -> Any:
+def _writer(out: Path, wait: bool) -> contextlib.AbstractContextManager[None]:
     """The gallery's writer lock (:func:`~tki_sdk.runtime.index.store.writer_lock`) with the pipeline's messages."""
     @contextlib.contextmanager
     def held() -> Iterator[None]:
@@ -583,7 +560,7 @@ def _remove_created(out: Path) -> None:
         pass
 
 
-def _run_locked(job: EmbedJob, model: ShardInfo, engine: Engine, new_gallery: Callable[[], Any],
+def _run_locked(job: EmbedConfig, model: ShardInfo, engine: Engine, new_gallery: Callable[[], GalleryLike],
                 t0: float) -> JobReport:
     out = Path(job.out)
     base = current_version(out)  # read before loading: a save slipping in between fails the compare-and-swap
@@ -595,9 +572,9 @@ def _run_locked(job: EmbedJob, model: ShardInfo, engine: Engine, new_gallery: Ca
     # entries the walker never opened (FIFOs, sockets, devices, link loops, unreadable folders) are failures
     listing_failed = listing_failed + [(str(e.path), e.reason) for e in skipped]
     if not sources and not listing_failed and not is_gallery(out):
-        raise UsageError(f"no image files under {job.images} (looked for .jpg, .png, .gif, .bmp, .tif, .webp, ...)")
+        raise PipelineError(f"no image files under {job.images} (looked for .jpg, .png, .gif, .bmp, .tif, .webp, ...)")
 
-    gallery = _open_gallery(job, model, new_gallery, Gallery, is_gallery(out))
+    gallery = _open_gallery(job, model, new_gallery, is_gallery(out))
     is_new = len(gallery) == 0 and not is_gallery(out)
     if job.overwrite or job.restart:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -625,7 +602,7 @@ def _run_locked(job: EmbedJob, model: ShardInfo, engine: Engine, new_gallery: Ca
         failed = plan.listing_failed + rep.failed
         changed = bool(plan.todo or plan.resumed or rep.pruned or is_new or job.overwrite)
         if len(gallery) == 0 and is_new:
-            raise UsageError(f"none of the {len(sources) + len(listing_failed)} files under {job.images} could be "
+            raise NothingEmbeddedError(f"none of the {len(sources) + len(listing_failed)} files under {job.images} could be "
                              "read; nothing was written", code=EXIT_FAILED)
         if changed and job.target_recall > 0 and not gallery.exact and len(gallery) > 1:
             gallery.tune(min(1.0, job.target_recall))  # stored in gallery.json; `tki info` shows the estimate
@@ -633,7 +610,7 @@ def _run_locked(job: EmbedJob, model: ShardInfo, engine: Engine, new_gallery: Ca
             # a gallery this run creates is created exclusively: when another run created one at ``out``
             # meanwhile, this one refuses instead of replacing it (unless --overwrite)
             _save(gallery, out, overwrite=job.overwrite or not is_new, expect=base)
-    except (UsageError, PipelineError) as e:
+    except PipelineError as e:
         if e.code == EXIT_FAILED and not base:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
@@ -646,34 +623,37 @@ def _run_locked(job: EmbedJob, model: ShardInfo, engine: Engine, new_gallery: Ca
     )
 
 
-def _save(gallery: Any, out: Path, overwrite: bool, expect: str | None = None) -> None:
+def _save(gallery: GalleryLike, out: Path, overwrite: bool, expect: str | None = None) -> None:
     """``gallery.save`` (compare-and-swap on ``expect``) with its failures as one-line errors (exit 2: another
     run created the gallery; exit 1: the gallery changed meanwhile, or the write failed; the live version is
     kept)."""
     try:
         gallery.save(out, overwrite=overwrite, expect=expect)
     except GalleryExistsError as e:
-        raise UsageError(str(e)) from None
+        raise PipelineError(str(e).replace("pass --overwrite", "use {overwrite}"), fields=("overwrite",)) from None
     except StaleVersionError as e:
         raise GalleryChangedError(str(e)) from None
     except OSError as e:
-        raise UsageError(f"cannot write gallery {out}: {e}", code=EXIT_FAILED) from None
+        raise PipelineError(f"cannot write gallery {out}: {one_line(e)}", code=EXIT_FAILED) from None
 
 
-def _open_gallery(job: EmbedJob, model: ShardInfo, new_gallery: Callable[[], Any], Gallery: Any, exists: bool) -> Any:
+def _open_gallery(job: EmbedConfig, model: ShardInfo, new_gallery: Callable[[], GalleryLike], exists: bool) -> GalleryLike:
     if not exists or job.overwrite:
         return new_gallery()
     try:
         g = Gallery.load(job.out)
     except (OSError, ValueError) as e:
-        raise UsageError(f"cannot open gallery {job.out}: {e}; pass --overwrite to rebuild it") from None
+        raise PipelineError(f"cannot open gallery {job.out}: {one_line(e)}; use {{overwrite}} to rebuild it",
+                            fields=("overwrite",)) from None
     if g.model_fingerprint and g.model_fingerprint != model.model_fingerprint:
-        raise UsageError(f"gallery {job.out} was built with another model ({g.model_fingerprint[:12]}); "
-                         "pass --overwrite to rebuild it with this one")
+        raise PipelineError(f"gallery {job.out} was built with another model ({g.model_fingerprint[:12]}); "
+                            "use {overwrite} to rebuild it with this one", fields=("overwrite",))
     if job.exact is not None and bool(job.exact) != g.exact:
-        raise UsageError(f"gallery {job.out} is {'exact' if g.exact else 'HNSW'}; pass --overwrite to rebuild it")
+        raise PipelineError(f"gallery {job.out} is {'exact' if g.exact else 'HNSW'}; use {{overwrite}} to rebuild it",
+                            fields=("overwrite",))
     if job.dtype is not None and job.dtype != g.dtype:
-        raise UsageError(f"gallery {job.out} stores {g.dtype} vectors; pass --overwrite to rebuild it as {job.dtype}")
+        raise PipelineError(f"gallery {job.out} stores {g.dtype} vectors; use {{overwrite}} to rebuild it as "
+                            f"{job.dtype}", fields=("overwrite",))
     check_same_graph(job.out, {"exact": g.exact, "connectivity": g.connectivity, "expansion_add": g.expansion_add},
                      connectivity=job.connectivity, expansion_add=job.expansion_add)
     return g
@@ -681,13 +661,12 @@ def _open_gallery(job: EmbedJob, model: ShardInfo, new_gallery: Callable[[], Any
 
 def check_same_graph(gallery: Path, built: dict[str, Any], *, connectivity: int | None,
                      expansion_add: int | None) -> None:
-    """Refuse (:class:`UsageError`) graph options that differ from those the gallery was ``built`` with
+    """Refuse (:class:`PipelineError`) graph options that differ from those the gallery was ``built`` with
     (its ``gallery.json`` fields ``exact``, ``connectivity``, ``expansion_add``); ``None`` means not given."""
-    for flag, key, want in (("--connectivity", "connectivity", connectivity),
-                            ("--expansion-add", "expansion_add", expansion_add)):
+    for key, want in (("connectivity", connectivity), ("expansion_add", expansion_add)):
         if want is not None and not built.get("exact") and int(want) != int(built[key]):
-            raise UsageError(f"gallery {gallery} was built with {flag} {built[key]}; pass --overwrite to rebuild "
-                             f"it with {want}")
+            raise PipelineError(f"gallery {gallery} was built with {{{key}}} {built[key]}; use {{overwrite}} to "
+                                f"rebuild it with {want}", fields=(key, "overwrite"))
 
 
 def _claim_run(run_dir: Path, job: EmbedJob, model: ShardInfo) -> RunState:
@@ -697,14 +676,16 @@ def _claim_run(run_dir: Path, job: EmbedJob, model: ShardInfo) -> RunState:
         try:
             st = RunState.load(run_dir)
         except ContractError as e:
-            raise UsageError(str(e)) from None
+            raise PipelineError(str(e).replace("pass --restart", "use {restart}"), fields=("restart",)) from None
         if st.model_fingerprint != model.model_fingerprint:
-            raise UsageError(f"{run_dir} holds an unfinished run of another model; pass --restart to discard it")
+            raise PipelineError(f"{run_dir} holds an unfinished run of another model; use {{restart}} to discard it",
+                                fields=("restart",))
         if st.images_root != root:
-            raise UsageError(f"{run_dir} holds an unfinished run of {st.images_root}; pass --restart to discard it")
+            raise PipelineError(f"{run_dir} holds an unfinished run of {st.images_root}; use {{restart}} to discard "
+                                "it", fields=("restart",))
         if st.use_hash != job.use_hash:
-            raise UsageError(f"{run_dir} holds an unfinished run {'with' if st.use_hash else 'without'} --hash; "
-                             "run it the same way or pass --restart")
+            raise PipelineError(f"{run_dir} holds an unfinished run {'with' if st.use_hash else 'without'} "
+                                "{use_hash}; run it the same way or use {restart}", fields=("use_hash", "restart"))
         return st
     st = RunState(model.model_fingerprint, root, job.use_hash, job.engine, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     st.save(run_dir)
@@ -716,6 +697,10 @@ def _finish_run(run_dir: Path, job: EmbedJob) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def _no_new_gallery() -> GalleryLike:
+    raise AssertionError("an existing gallery is updated, never replaced")  # pragma: no cover
+
+
 def index_folder(
     shard_dir: Path, gallery_path: Path, *, exact: bool | None = None, dtype: str | None = None,
     progress: bool = False, connectivity: int | None = None, expansion_add: int | None = None, wait: bool = True,
@@ -725,7 +710,7 @@ def index_folder(
     (``wait=False``: refuse when another run holds it). Returns the report and the gallery."""
     shards = list_shards(shard_dir)
     if not shards:
-        raise UsageError(f"no shards (part-*.parquet) in {shard_dir}")
+        raise PipelineError(f"no shards (part-*.parquet) in {shard_dir}")
     out = Path(gallery_path)
     out_existed = out.exists()
     with _writer(out, wait):
@@ -745,35 +730,16 @@ def _index_locked(shards: Sequence[Path], shard_dir: Path, out: Path, *, exact: 
     if is_gallery(out):
         job = EmbedJob(images=Path("."), out=out, exact=exact, dtype=dtype,
                        connectivity=connectivity, expansion_add=expansion_add)
-        gallery = _open_gallery(job, info, lambda: None, Gallery, True)
+        gallery = _open_gallery(job, info, _no_new_gallery, True)
     else:
         try:
             graph = {k: v for k, v in (("connectivity", connectivity), ("expansion_add", expansion_add)) if v is not None}
             gallery = Gallery(info.embedding_dim, metric=info.metric, exact=bool(exact), dtype=dtype or "f32",
                               model_fingerprint=info.model_fingerprint, model_info=info.model, **graph)
         except ValueError as e:
-            raise UsageError(str(e)) from None
+            raise PipelineError(one_line(e)) from None
     rep = index_shards(gallery, shards, progress=progress)
     if len(gallery) == 0:
-        raise UsageError(f"the shards in {shard_dir} hold no embedded file; nothing was written", code=EXIT_FAILED)
+        raise NothingEmbeddedError(f"the shards in {shard_dir} hold no embedded file; nothing was written")
     _save(gallery, out, overwrite=is_gallery(out), expect=base)
     return rep, gallery
-
-
-def print_report(rep: JobReport, out: Path, file: Any = None) -> None:
-    """The run's summary lines (counts, failed files, rate) on ``file`` (default stderr)."""
-    from tki_sdk.common.errors import printable
-
-    file = file if file is not None else sys.stderr
-    if rep.failed:
-        print(f"skipped {len(rep.failed)} of {rep.listed} files:", file=file)
-        for path, reason in rep.failed:
-            print(f"  {printable(path)}: {printable(reason)}", file=file)
-    rate = rep.embedded / rep.embed_s if rep.embed_s > 0 else 0.0
-    print(f"added {rep.added}, updated {rep.updated}, unchanged {rep.unchanged}, pruned {rep.pruned}, "
-          f"failed {len(rep.failed)}" + (f" (resumed {rep.resumed} from checkpoints)" if rep.resumed else "")
-          + (f"; {rep.deleted_kept} deleted files still indexed (pass --prune to remove them)" if rep.deleted_kept else ""),
-          file=file)
-    print(f"indexed {rep.added + rep.updated} of {rep.listed} images into {out} ({rep.gallery_items} items) in "
-          f"{rep.wall_s:.1f} s (embedded {rep.embedded} at {rate:.1f} img/s, {rep.shards_written} checkpoint(s); "
-          f"index {rep.index_s:.1f} s)", file=file)
