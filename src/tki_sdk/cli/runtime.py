@@ -278,12 +278,18 @@ def parse_where(items: Sequence[str]) -> dict[str, list[Any]] | None:
 
 
 # ---------------------------------------------------------------------------------------------- embed
-def _guarded(prog: str, run: Any, args: argparse.Namespace, interrupted: str) -> int:
+#: How ``tki index`` names the fields its pipeline errors mention (it has no --overwrite of its own).
+INDEX_FLAGS = {"overwrite": "a new --gallery path", "connectivity": "--connectivity",
+               "expansion_add": "--expansion-add", "wait": "--no-wait", "exact": "--exact", "dtype": "--dtype"}
+
+
+def _guarded(prog: str, run: Any, args: argparse.Namespace, interrupted: str,
+             flags: dict[str, str] | None = None) -> int:
     """Run a command; a :class:`UsageError` or Ctrl-C becomes one line on stderr and its exit status."""
     try:
         return run(args)
     except PipelineError as e:
-        print_error(prog, e.render(EMBED_FLAGS))
+        print_error(prog, e.render(EMBED_FLAGS if flags is None else flags))
         return e.code
     except UsageError as e:
         print_error(prog, e)
@@ -417,7 +423,7 @@ def _write_errors(f: Any, name: str | None, errors: Sequence[tuple[Any, str]], s
 # ---------------------------------------------------------------------------------------------- index
 def run_index(args: argparse.Namespace) -> int:
     """``tki index``: returns the exit status."""
-    return _guarded("tki index", _run_index, args, "interrupted; the gallery was not changed")
+    return _guarded("tki index", _run_index, args, "interrupted; the gallery was not changed", INDEX_FLAGS)
 
 
 def _run_index(args: argparse.Namespace) -> int:

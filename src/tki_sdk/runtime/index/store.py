@@ -206,7 +206,7 @@ def writer_lock(root: Path, *, wait: bool = True, on_wait: Callable[[str], None]
                     holder = "unknown"
                 if not wait:
                     raise WriterBusyError(f"gallery {root} is being written by another run (pid {holder}); "
-                                          "wait for it to finish or run again without --no-wait") from None
+                                          "run again once it has finished") from None
                 if on_wait is not None and not told:
                     on_wait(holder)
                     told = True
