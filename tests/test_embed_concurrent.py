@@ -175,3 +175,38 @@ def test_the_pipeline_refuses_its_save_when_the_gallery_changed_under_it(tmp_pat
         run_job(job, info, meddling_engine, new_gallery)
     assert e.value.code == 1 and "changed while this run worked" in str(e.value)
     assert 123 in Gallery.load(out).keys().tolist() and len(Gallery.load(out)) == 4
+
+
+def test_readers_do_not_wait_for_a_save_that_is_writing(tmp_path):
+    """A save blocked inside its write (before the swap) holds no lock a reader needs: loads and views of the
+    live version complete meanwhile, and see the old version until the swap."""
+    import threading
+
+    from tki_sdk.runtime.index.store import save_version
+
+    out = tmp_path / "g"
+    g = Gallery(4, exact=True)
+    g.add([5], np.eye(4, dtype=np.float32)[:1])
+    g.save(out)
+    new = Gallery.load(out)
+    new.add([6], np.eye(4, dtype=np.float32)[1:2])
+    inside, release = threading.Event(), threading.Event()
+
+    def slow_write(d):
+        new._write_version(d)
+        inside.set()
+        release.wait(60)
+
+    saver = threading.Thread(target=lambda: save_version(out, slow_write))
+    saver.start()
+    try:
+        assert inside.wait(60), "the save never reached its write"
+        seen: list[int] = []
+        reader = threading.Thread(target=lambda: seen.extend([len(Gallery.load(out)), len(Gallery.view(out))]))
+        reader.start()
+        reader.join(60)
+        assert not reader.is_alive() and seen == [1, 1], seen
+    finally:
+        release.set()
+        saver.join(60)
+    assert len(Gallery.load(out)) == 2

@@ -704,9 +704,9 @@ class Gallery:
         """Write the gallery to folder ``path`` atomically (:func:`~tki_sdk.runtime.index.store.save_version`).
         Returns ``path``.
 
-        The whole write + swap + cleanup runs under an exclusive ``flock`` on ``path/.lock``, so concurrent
-        saves to one folder (threads or processes) serialise: the last one wins and ``CURRENT`` always names
-        a complete version. ``overwrite=False`` makes creation exclusive: when ``path`` is already a gallery
+        The version is written beside the live one without a lock; the swap and cleanup run under an exclusive
+        ``flock`` on ``path/.lock``, so concurrent saves to one folder (threads or processes) serialise there:
+        the last one wins and ``CURRENT`` always names a complete version; loads wait at most for a swap. ``overwrite=False`` makes creation exclusive: when ``path`` is already a gallery
         (also one another process created while this one was working) the save raises
         :class:`~tki_sdk.runtime.index.store.GalleryExistsError` (a ``FileExistsError``) and replaces
         nothing. A failed write (a full disk) raises

@@ -15,9 +15,11 @@ On disk::
 :func:`save_version` writes a complete new version beside the old one (every file fsync'ed by the writer),
 renames it into place and only then swaps ``CURRENT`` (the common atomic writer: temporary file, fsync,
 rename, fsync of the folder). A save killed at any point leaves the previous version loadable; older
-versions and leftovers of interrupted saves are removed after the swap. The whole save runs under an
-exclusive ``flock``, so concurrent saves to one folder serialise and ``CURRENT`` always names a complete
-version; :func:`live_version` reads under a shared lock.
+versions and leftovers of interrupted saves are removed after the swap (a ``.tmp-*`` folder another save is
+still writing holds a ``flock`` and is left alone). The version is written without any lock; its checks, the
+rename, the swap and the cleanup run under an exclusive ``flock``, so concurrent saves serialise there and
+``CURRENT`` always names a complete version; :func:`live_version` reads under a shared lock, so a reader
+waits at most for a swap, never for a write.
 
 One writer per gallery: :func:`writer_lock` serialises whole runs (load, change, save), not only saves,
 so two runs can never both start from one version and the later save drop what the earlier added. Saves are
@@ -300,18 +302,23 @@ def save_version(root: Path, write: Callable[[Path], None], *, overwrite: bool =
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise GalleryWriteError(f"cannot create gallery folder {root}: {one_line(e)}") from None
-    with folder_lock(root, exclusive=True):
-        if not _only_gallery_entries(root) and not is_gallery(root):  # checked again now that we own the folder
-            raise FileExistsError(f"{root} is a non-empty folder that is not a gallery; refusing to write into it")
-        if not overwrite and is_gallery(root):  # another creator won the race
-            raise _exists_error(root)
-        if expect is not None:
-            now = current_version(root)
-            if now != expect:
-                raise StaleVersionError(
-                    f"gallery {root} changed while this run worked (its live version is {now or 'gone'}, the run "
-                    f"started from {expect or 'no gallery'}); nothing was replaced: run it again")
-        return _publish(root, write)
+    tmp, hold = _write_tmp(root, write)  # written without the lock: readers never wait for a write
+    try:
+        with folder_lock(root, exclusive=True):  # only the checks, the swap and the cleanup hold it
+            if not _only_gallery_entries(root) and not is_gallery(root):  # checked again now that we own it
+                raise FileExistsError(f"{root} is a non-empty folder that is not a gallery; refusing to write into it")
+            if not overwrite and is_gallery(root):  # another creator won the race
+                raise _exists_error(root)
+            if expect is not None:
+                now = current_version(root)
+                if now != expect:
+                    raise StaleVersionError(
+                        f"gallery {root} changed while this run worked (its live version is {now or 'gone'}, the "
+                        f"run started from {expect or 'no gallery'}); nothing was replaced: run it again")
+            return _publish(root, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when published
+        os.close(hold)
 
 
 def _write_failure(root: Path, tmp: Path, e: BaseException) -> GalleryWriteError:
@@ -328,30 +335,76 @@ def _write_failure(root: Path, tmp: Path, e: BaseException) -> GalleryWriteError
     return GalleryWriteError(f"cannot write gallery {root}: {reason}; {kept}")
 
 
-def _publish(root: Path, write: Callable[[Path], None]) -> Path:
+def _write_tmp(root: Path, write: Callable[[Path], None]) -> tuple[Path, int]:
+    """``write`` a complete version into a new ``.tmp-*`` folder (fsync'ed); returns it and a descriptor
+    holding a ``flock`` on it, so another save's cleanup leaves an unfinished write alone."""
     tmp = root / f".tmp-{uuid.uuid4().hex}"
     try:
         tmp.mkdir()
+        hold = os.open(tmp, os.O_RDONLY)
+    except OSError as e:
+        raise _write_failure(root, tmp, e) from None
+    try:
+        _flock(hold, blocking=True)
         write(tmp)
         fsync_dir(tmp)
+    except (OSError, RuntimeError, sqlite3.Error) as e:
+        err = _write_failure(root, tmp, e)
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.close(hold)
+        raise err from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.close(hold)
+        raise
+    return tmp, hold
+
+
+def _flock(fd: int, *, blocking: bool) -> bool:
+    """Exclusive ``flock`` on ``fd``; False when ``blocking=False`` and another holds it (True where flock is
+    unavailable)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _in_progress(folder: Path) -> bool:
+    """True when another save is still writing ``folder`` (it holds the folder's flock)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return not _flock(fd, blocking=False)
+    finally:
+        os.close(fd)
+
+
+def _publish(root: Path, tmp: Path) -> Path:
+    """Rename the written ``tmp`` into place and point ``CURRENT`` at it (the caller holds the lock)."""
+    try:
         final = root / f"v-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
         os.rename(tmp, final)
         fsync_dir(root)
         atomic_write_text(root / CURRENT_FILE, final.name + "\n")
     except (OSError, RuntimeError, sqlite3.Error) as e:
         err = _write_failure(root, tmp, e)
-        shutil.rmtree(tmp, ignore_errors=True)
         if "final" in locals():
             shutil.rmtree(final, ignore_errors=True)
         raise err from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     # The new version is live: remove older versions and leftovers of interrupted saves.
     for child in root.iterdir():
         if child.name in (final.name, CURRENT_FILE, LOCK_FILE, WRITER_LOCK_FILE):
             continue
         if child.name.startswith(("v-", ".tmp-")) and child.is_dir():
+            if child.name.startswith(".tmp-") and _in_progress(child):
+                continue  # another save is writing it
             shutil.rmtree(child, ignore_errors=True)
         elif child.name.startswith(f".{CURRENT_FILE}."):
             child.unlink(missing_ok=True)
