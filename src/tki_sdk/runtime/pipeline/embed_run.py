@@ -24,7 +24,17 @@ decide what is unchanged for incremental runs, so resuming is the same compariso
 (the shards), works the same for both engines, and costs one read of three small columns per shard.
 
 ``G/embed-run/run.json`` (:class:`RunState`) records which model, folder and signature mode the unfinished
-run belongs to, so a run is never resumed with another model or folder.
+run belongs to, so a run is never resumed with another model or folder, and the SHA-256 of every shard it
+wrote: a resume checks them (:func:`verify_run_shards`; unrecorded shards get a full read, page checksums
+and row hashes) and refuses a damaged one naming it, or sets it aside (``set_aside_damaged``) and embeds its
+rows again.
+
+One writer per gallery: the whole run -- listing, planning, embedding, commit -- holds the gallery's writer
+lock (:func:`~tki_sdk.runtime.index.store.writer_lock`; a second run waits, with a logged message, or with
+``wait=False`` refuses), and the commit is a compare-and-swap on ``CURRENT`` against the version the run
+loaded, so a writer that bypassed the lock makes the commit fail instead of losing its items. Items record
+``embedding_hash`` (:func:`~tki_sdk.runtime.pipeline.shards.vector_hash`): a row is *unchanged* only when its
+metadata and its vector are the gallery's, so later rows of a key supersede earlier ones.
 """
 from __future__ import annotations
 
@@ -704,7 +714,7 @@ def _no_new_gallery() -> GalleryLike:
 def index_folder(
     shard_dir: Path, gallery_path: Path, *, exact: bool | None = None, dtype: str | None = None,
     progress: bool = False, connectivity: int | None = None, expansion_add: int | None = None, wait: bool = True,
-) -> tuple[IndexReport, Any]:
+) -> tuple[IndexReport, GalleryLike]:
     """``tki index``: build the gallery at ``gallery_path`` from every shard in ``shard_dir`` or update the
     one there (same model required), then save it (compare-and-swap), all under the gallery's writer lock
     (``wait=False``: refuse when another run holds it). Returns the report and the gallery."""
@@ -724,7 +734,7 @@ def index_folder(
 
 
 def _index_locked(shards: Sequence[Path], shard_dir: Path, out: Path, *, exact: bool | None, dtype: str | None,
-                  progress: bool, connectivity: int | None, expansion_add: int | None) -> tuple[IndexReport, Any]:
+                  progress: bool, connectivity: int | None, expansion_add: int | None) -> tuple[IndexReport, GalleryLike]:
     base = current_version(out)
     info = _check_shard(shards[0], None)
     if is_gallery(out):
