@@ -65,9 +65,11 @@ def _blocked_on_flock(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/wchan").exists(), reason="needs Linux /proc/<pid>/wchan")
-def test_two_runs_creating_one_gallery_one_wins_the_other_refuses(tmp_path):
-    """Both runs embed while the test holds the gallery folder's lock, so both reach their save before
-    either can publish: exactly one creates the gallery, the other refuses in one line and replaces nothing."""
+@pytest.mark.parametrize("no_wait", [False, True])
+def test_two_runs_creating_one_gallery_one_writes_the_other_waits_or_refuses(tmp_path, no_wait):
+    """Both runs start while the test holds the gallery folder's save lock: one run holds the writer lock and
+    blocks on its save; the other waits for the writer lock (then finds every file unchanged) or, with
+    --no-wait, refuses in one line. Either way one gallery version, 40 items, nothing replaced."""
     import fcntl
     import os
 
@@ -79,21 +81,35 @@ def test_two_runs_creating_one_gallery_one_wins_the_other_refuses(tmp_path):
     fcntl.flock(lock, fcntl.LOCK_EX)
     cmd = [sys.executable, "-m", "tki_sdk.cli.runtime", "embed", "--model", str(model), "--images", str(images),
            "--out", str(out), "--batch-size", "4"]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [first]
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and not all(_blocked_on_flock(p.pid) for p in procs):
-            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        while time.time() < deadline and not _blocked_on_flock(first.pid):
+            assert first.poll() is None, first.communicate()
             time.sleep(0.1)
-        assert all(_blocked_on_flock(p.pid) for p in procs), "the runs never reached their save"
+        assert _blocked_on_flock(first.pid), "the first run never reached its save"
+        second = subprocess.Popen(cmd + (["--no-wait"] if no_wait else []), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        procs.append(second)
+        if no_wait:
+            second.wait(timeout=120)
+        else:
+            while time.time() < deadline and not _blocked_on_flock(second.pid):
+                assert second.poll() is None, second.communicate()
+                time.sleep(0.1)
+            assert _blocked_on_flock(second.pid), "the second run never waited"
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
         os.close(lock)
     errs = [p.communicate(timeout=120)[1] for p in procs]
     results = [(p.returncode, err) for p, err in zip(procs, errs)]
-    assert sorted(rc for rc, _ in results) == [0, 2], results
-    loser = [ln for ln in next(err for rc, err in results if rc == 2).splitlines() if "error" in ln]
-    assert len(loser) == 1 and "--overwrite" in loser[0], loser
+    assert [rc for rc, _ in results] == ([0, 2] if no_wait else [0, 0]), results
+    if no_wait:
+        loser = [ln for ln in results[1][1].splitlines() if "error" in ln]
+        assert len(loser) == 1 and "being written by another run" in loser[0], loser
+    else:
+        assert "waiting for it to finish" in results[1][1] and "unchanged 40" in results[1][1], results[1][1]
     from tki_sdk.runtime.index.gallery import Gallery
 
     g = Gallery.load(out)

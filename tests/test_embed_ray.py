@@ -85,7 +85,8 @@ def test_driver_killed_mid_job_then_resumed(ray_cluster, export, pacs_dir, tmp_p
     rels = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.*"))
     out, trace1, trace2 = tmp_path / "g", tmp_path / "t1.txt", tmp_path / "t2.txt"
     argv = ["embed", "--model", str(export), "--images", str(images), "--out", str(out), "--threads", "1",
-            "--batch-size", "4", "--engine", "ray", "--address", ray_cluster, "--checkpoint-every", "8"]
+            "--batch-size", "4", "--engine", "ray", "--address", ray_cluster, "--checkpoint-every", "8",
+            "--checkpoint-seconds", "3600"]  # shards by row count only: a loaded machine may take > 60 s to start
     env = {**os.environ, TRACE_ENV: str(trace1), "PYTHONPATH": str(Path(__file__).parent)}
     kill_after_checkpoints(argv, out / "embed-run" / "shards", 2, env, timeout=150)
     assert not (out / "CURRENT").exists()

@@ -198,7 +198,7 @@ def run_engines(args: argparse.Namespace) -> dict[str, Any]:
     load["after_stage_costs"] = list(os.getloadavg())
 
     def job(out: str) -> EmbedJob:
-        return EmbedJob(images=images, out=root / out, every=1000, seconds=60.0)
+        return EmbedJob(images=images, out=root / out, every=1000, seconds=60.0, target_recall=0.0)
 
     def local(todo: Any, ck: Any) -> int:
         return embed_local(todo, emb, ck, batch_size=args.batch_size, workers=args.workers)

@@ -6,6 +6,7 @@ The ``tki`` console script adds these with :func:`register`; :func:`main` runs t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -15,6 +16,9 @@ from typing import Any, Sequence
 
 from tki_sdk.common.errors import EXIT_DAMAGED, EXIT_INTERRUPTED, UsageError, one_line, printable
 from tki_sdk.cli.base import OneLineParser, configure_logging, print_error, run_main
+from tki_sdk.runtime.pipeline.config import BACKENDS, DTYPES, ENGINES, FIELD_HELP, EmbedConfig
+from tki_sdk.runtime.pipeline.embed_run import JobReport
+from tki_sdk.runtime.pipeline.errors import PipelineError
 
 __all__ = ["register", "describe", "describe_or_refuse", "main", "parse_where", "INFO_EXAMPLE", "VERIFY_HELP"]
 
@@ -59,10 +63,55 @@ Checks every file against what tki.json / gallery.json records: sizes (galleries
 by default, SHA-256 of every file with --verify. Exit status: 0 described (and verified), 2 not a checkpoint,
 export or gallery, 4 a file is damaged or changed (the message names it and what to do)."""
 
+NO_WAIT_HELP = ("refuse (exit 2) instead of waiting when another run is writing the gallery (one writer per "
+                "gallery, from listing to the last save; searches never wait)")
+
 VERIFY_HELP = "check the SHA-256 of every file against tki.json / gallery.json (reads them all once)"
 
 
 # ---------------------------------------------------------------------------------------------- parsers
+#: The one place a field of :class:`~tki_sdk.runtime.pipeline.config.EmbedConfig` gets its flag: the embed
+#: options are built from it and pipeline errors name flags through it.
+EMBED_FLAGS = {
+    "model": "--model", "images": "--images", "out": "--out", "manifest": "--manifest", "batch_size": "--batch-size",
+    "workers": "--workers", "threads": "--threads", "backend": "--backend", "precision": "--precision",
+    "draft": "--draft", "exif_transpose": "--exif-transpose", "max_pixels": "--max-pixels", "exact": "--exact",
+    "dtype": "--dtype", "connectivity": "--connectivity", "expansion_add": "--expansion-add",
+    "overwrite": "--overwrite", "target_recall": "--target-recall", "use_hash": "--hash", "prune": "--prune",
+    "restart": "--restart", "shards": "--shards", "every": "--checkpoint-every", "seconds": "--checkpoint-seconds",
+    "wait": "--no-wait", "set_aside_damaged": "--set-aside-damaged", "engine": "--engine", "address": "--address",
+    "actors": "--actors", "cpus_per_actor": "--cpus-per-actor", "gpus_per_actor": "--gpus-per-actor",
+}
+_METAVARS = {"model": "DIR", "images": "DIR", "out": "GALLERY", "manifest": "FILE", "batch_size": "N",
+             "workers": "N", "threads": "N", "precision": "P", "max_pixels": "N", "connectivity": "M",
+             "expansion_add": "EF", "target_recall": "R", "shards": "DIR", "every": "N", "seconds": "T",
+             "address": "ADDR", "actors": "N", "cpus_per_actor": "C", "gpus_per_actor": "G"}
+_CHOICES = {"backend": BACKENDS, "dtype": DTYPES, "engine": ENGINES}
+_EMBED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EmbedConfig)}
+
+
+def _embed_option(p: Any, name: str, required: bool = False) -> None:
+    """Add the flag of ``EmbedConfig.<name>``: its type, default and help come from the config."""
+    flag, default, text = EMBED_FLAGS[name], _EMBED_DEFAULTS[name], FIELD_HELP[name]
+    if name == "wait":
+        p.add_argument(flag, action="store_false", dest=name, help=f"do not wait: {text.split('; off: ')[-1]} "
+                       "(exit 2); by default " + text.split("; off: ")[0])
+        return
+    if name == "exact":
+        p.add_argument(flag, action="store_true", default=None, dest=name, help=text)
+        return
+    if isinstance(default, bool):
+        p.add_argument(flag, action="store_true", dest=name, help=text)
+        return
+    kind = {"batch_size": int, "workers": int, "threads": int, "max_pixels": int, "connectivity": int,
+            "expansion_add": int, "every": int, "actors": int, "target_recall": float, "seconds": float,
+            "cpus_per_actor": float, "gpus_per_actor": float}.get(name, str)
+    shown = "" if required or default is None or "default" in text else f" (default {default:g})" if isinstance(default, float) \
+        else f" (default {default})"
+    p.add_argument(flag, dest=name, type=kind, default=None if required else default, required=required,
+                   metavar=_METAVARS.get(name), choices=_CHOICES.get(name), help=text + shown)
+
+
 def _add_embed(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "embed",
@@ -71,46 +120,23 @@ def _add_embed(sub: Any) -> argparse.ArgumentParser:
         epilog=EMBED_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, metavar="DIR", help="export folder written by tki-export (holds tki.json)")
-    p.add_argument("--images", required=True, metavar="DIR", help="folder of images (searched recursively)")
-    p.add_argument("--out", required=True, metavar="GALLERY", help="gallery folder to write or update")
-    p.add_argument("--manifest", metavar="FILE",
-                   help="embed the paths listed in a CSV (column 'path', or one per line) or Parquet file "
-                   "(column 'path') instead of listing --images; relative paths are under --images")
-    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per model call (default 32)")
-    _add_model_options(p)
-    p.add_argument("--workers", type=int, default=None, metavar="N", help="decode threads (default min(8, cores))")
+    for name in ("model", "images", "out"):
+        _embed_option(p, name, required=True)
+    for name in ("manifest", "batch_size", "backend", "precision", "threads", "draft", "exif_transpose",
+                 "max_pixels", "workers"):
+        _embed_option(p, name)
     p.add_argument("--errors", metavar="FILE", help="also write skipped files as JSON lines {path, reason}")
-    p.add_argument("--exact", action="store_true", default=None,
-                   help="new gallery: flat index searched by brute force (no HNSW graph)")
-    p.add_argument("--dtype", default=None, choices=["f32", "f16", "i8"], help="new gallery: vector storage (default f32)")
-    p.add_argument("--overwrite", action="store_true", help="rebuild the gallery at --out from scratch")
-    p.add_argument("--target-recall", type=float, default=0.99, metavar="R",
-                   help="tune HNSW ef_search for this recall@10 on leave-one-out queries whenever the gallery "
-                   "changes (default 0.99; 0: keep the current ef_search)")
-    _add_graph_options(p)
+    for name in ("exact", "dtype", "overwrite", "target_recall"):
+        _embed_option(p, name)
+    g = p.add_argument_group("HNSW graph", GRAPH_HELP)
+    for name in ("connectivity", "expansion_add"):
+        _embed_option(g, name)
     g = p.add_argument_group("incremental runs and checkpoints")
-    g.add_argument("--hash", action="store_true",
-                   help="detect changed files by a SHA-256 of their content instead of size and modification time")
-    g.add_argument("--prune", action="store_true", help="remove items whose file is gone")
-    g.add_argument("--checkpoint-every", type=int, default=1000, metavar="N",
-                   help="write a checkpoint shard every N images (default 1000)")
-    g.add_argument("--checkpoint-seconds", type=float, default=60.0, metavar="T",
-                   help="... or every T seconds, whichever comes first (default 60)")
-    g.add_argument("--shards", metavar="DIR",
-                   help="write the embedding shards (Parquet) here and keep them (default: <out>/embed-run/shards, "
-                   "removed once the gallery is saved)")
-    g.add_argument("--restart", action="store_true", help="discard an unfinished run in <out>/embed-run")
+    for name in ("use_hash", "prune", "every", "seconds", "shards", "restart", "set_aside_damaged", "wait"):
+        _embed_option(g, name)
     r = p.add_argument_group("Ray Data engine (pip install 'tki-sdk[distributed]')")
-    r.add_argument("--engine", default="local", choices=["local", "ray"],
-                   help="local: this process (default); ray: Ray Data tasks decode, an actor pool runs the model")
-    r.add_argument("--address", default=None, metavar="ADDR",
-                   help="Ray cluster to attach to (e.g. ray://head:10001 or auto); default: $RAY_ADDRESS, else a "
-                   "local Ray on this machine")
-    r.add_argument("--actors", type=int, default=1, metavar="N", help="model actors (default 1)")
-    r.add_argument("--cpus-per-actor", type=float, default=1.0, metavar="C", help="CPUs reserved per actor (default 1)")
-    r.add_argument("--gpus-per-actor", type=float, default=0.0, metavar="G",
-                   help="GPUs per actor; > 0 runs the model on onnxruntime's CUDA provider (default 0)")
+    for name in ("engine", "address", "actors", "cpus_per_actor", "gpus_per_actor"):
+        _embed_option(r, name)
     p.set_defaults(func=run_embed)
     return p
 
@@ -129,6 +155,7 @@ def _add_index(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--exact", action="store_true", default=None, help="new gallery: flat index (brute force)")
     p.add_argument("--dtype", default=None, choices=["f32", "f16", "i8"], help="new gallery: vector storage (default f32)")
     p.add_argument("--errors", metavar="FILE", help="also write the failed rows as JSON lines {path, reason}")
+    p.add_argument("--no-wait", action="store_true", dest="no_wait", help=NO_WAIT_HELP)
     _add_graph_options(p)
     p.set_defaults(func=run_index)
     return p
@@ -158,17 +185,8 @@ def _add_search(sub: Any) -> argparse.ArgumentParser:
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino", "tensorrt"],
-                   help="inference engine (default auto: on a CPU the fastest artifact and engine that passed parity, "
-                        "measured once and cached; `tki info --model M` says which and why)")
-    p.add_argument("--precision", default=None, metavar="P",
-                   help="model artifact from tki.json: fp32, fp16, int8, openvino_int8, tensorrt_fp16 "
-                        "(default: the engine choice, else the export's default)")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="inference threads on CPU")
-    p.add_argument("--draft", action="store_true", help="fast reduced-scale JPEG decoding (slightly different pixels)")
-    p.add_argument("--exif-transpose", action="store_true", help="apply EXIF orientation (open_clip does not)")
-    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
-                   help="refuse images declaring more pixels than this (default: Pillow's 89,478,485)")
+    for name in ("backend", "precision", "threads", "draft", "exif_transpose", "max_pixels"):
+        _embed_option(p, name)
 
 
 def register(subparsers: Any) -> None:
@@ -207,14 +225,14 @@ def _preprocess_options(args: argparse.Namespace) -> dict[str, Any]:
     return pre
 
 
-def _make_embedder(args: argparse.Namespace, cpu_only: bool = False) -> Any:
+def _make_embedder(args: argparse.Namespace) -> Any:
     from tki_sdk.runtime.engine.artifact_check import ArtifactCheckError
     from tki_sdk.runtime.engine.embedder import Embedder
 
     model = _check_model_dir(args.model)
     _positive("--threads", args.threads)
     pre = _preprocess_options(args)
-    extra: dict[str, Any] = {"providers": ["CPUExecutionProvider"], "threads": 1} if cpu_only else {"threads": args.threads}
+    extra: dict[str, Any] = {"threads": args.threads}
     try:
         emb = Embedder(model, backend=args.backend, precision=args.precision, preprocess=pre, **extra)
     except ArtifactCheckError as e:
@@ -259,10 +277,19 @@ def parse_where(items: Sequence[str]) -> dict[str, list[Any]] | None:
 
 
 # ---------------------------------------------------------------------------------------------- embed
-def _guarded(prog: str, run: Any, args: argparse.Namespace, interrupted: str) -> int:
+#: How ``tki index`` names the fields its pipeline errors mention (it has no --overwrite of its own).
+INDEX_FLAGS = {"overwrite": "a new --gallery path", "connectivity": "--connectivity",
+               "expansion_add": "--expansion-add", "wait": "--no-wait", "exact": "--exact", "dtype": "--dtype"}
+
+
+def _guarded(prog: str, run: Any, args: argparse.Namespace, interrupted: str,
+             flags: dict[str, str] | None = None) -> int:
     """Run a command; a :class:`UsageError` or Ctrl-C becomes one line on stderr and its exit status."""
     try:
         return run(args)
+    except PipelineError as e:
+        print_error(prog, e.render(EMBED_FLAGS if flags is None else flags))
+        return e.code
     except UsageError as e:
         print_error(prog, e)
         return e.code
@@ -326,75 +353,33 @@ def _graph_options(args: argparse.Namespace) -> dict[str, int]:
     return opts
 
 
-def _check_embed_args(args: argparse.Namespace) -> None:
-    from tki_sdk.runtime.engine.embedder import MAX_BATCH_SIZE
-
-    _positive("--batch-size", args.batch_size)
-    if args.batch_size > MAX_BATCH_SIZE:
-        raise UsageError(f"--batch-size must be at most {MAX_BATCH_SIZE:,} (got {args.batch_size:,})")
-    _positive("--workers", args.workers)
-    _positive("--checkpoint-every", args.checkpoint_every)
-    _positive("--actors", args.actors)
-    if not args.checkpoint_seconds > 0:
-        raise UsageError(f"--checkpoint-seconds must be > 0 (got {args.checkpoint_seconds})")
-    if not args.cpus_per_actor > 0:
-        raise UsageError(f"--cpus-per-actor must be > 0 (got {args.cpus_per_actor})")
-    if args.gpus_per_actor < 0:
-        raise UsageError(f"--gpus-per-actor must be >= 0 (got {args.gpus_per_actor})")
-    if args.engine != "ray":
-        for flag, value, default in (("--address", args.address, None), ("--actors", args.actors, 1),
-                                     ("--gpus-per-actor", args.gpus_per_actor, 0.0)):
-            if value != default:
-                raise UsageError(f"{flag} needs --engine ray")
-    if args.manifest and not Path(args.manifest).is_file():
-        raise UsageError(f"--manifest {args.manifest} is not a file")
+def embed_config(args: argparse.Namespace) -> EmbedConfig:
+    """The :class:`EmbedConfig` of parsed ``tki embed`` arguments (every field under its own name)."""
+    values = {name: getattr(args, name) for name in EMBED_FLAGS}
+    for name in ("model", "images", "out", "manifest", "shards"):
+        if values[name] is not None:
+            values[name] = Path(values[name])
+    return EmbedConfig(**values, progress=True)
 
 
 def _run_embed(args: argparse.Namespace) -> int:
-    from tki_sdk.common.imagefolders import walk_images
+    from tki_sdk.runtime.pipeline.job import check_paths, describe_embedder, embed_folder, make_embedder
 
-    from tki_sdk.runtime.pipeline.embed_run import EmbedJob, print_report, run_job
-    from tki_sdk.runtime.index.store import is_empty_dir, is_gallery
-
-    _check_embed_args(args)
-    images = Path(args.images)
-    if not images.is_dir():
-        raise UsageError(f"image folder {images} does not exist or is not a folder")
-    out = Path(args.out)
-    if out.exists() and not is_gallery(out) and not (out.is_dir() and is_empty_dir(out)):
-        raise UsageError(f"--out {out} exists and is not a gallery; choose a new path")
-    _check_out_writable(out)
-    if not args.manifest and not is_gallery(out) and next(iter(walk_images(images)), None) is None:
-        raise UsageError(f"no image files under {images} (looked for .jpg, .png, .gif, .bmp, .tif, .webp, ...)")
-    if is_gallery(out) and not args.overwrite:
-        _check_same_model(out, args.model)
-        _check_same_graph(out, args)
-    job = EmbedJob(
-        images=images, out=out, manifest=Path(args.manifest) if args.manifest else None, use_hash=args.hash,
-        prune=args.prune, overwrite=args.overwrite, restart=args.restart,
-        shards=Path(args.shards) if args.shards else None, every=args.checkpoint_every,
-        seconds=args.checkpoint_seconds, exact=args.exact, dtype=args.dtype, engine=args.engine, progress=True,
-        target_recall=args.target_recall, **_graph_options(args),
-    )
+    config = embed_config(args)
+    config.validate()
+    check_paths(config)
     errors_f = _open_errors_file(args.errors) if args.errors else None
     try:
-        emb = _make_embedder(args, cpu_only=args.engine == "ray")
-        info, new_gallery = _model_record(emb, args)
-        engine = _local_engine(emb, args) if args.engine == "local" else _ray_engine(emb, args)
+        emb = make_embedder(config)
+        print(describe_embedder(emb), file=sys.stderr)
         try:
-            rep = run_job(job, info, engine, new_gallery)
+            rep = embed_folder(config, embedder=emb)
         except KeyboardInterrupt:
-            print_error("tki embed", f"interrupted; the checkpoints in {out}/embed-run are kept: re-run the same "
-                        "command to resume")
+            print_error("tki embed", f"interrupted; the checkpoints in {config.out}/embed-run are kept: re-run the "
+                        "same command to resume")
             return EXIT_INTERRUPTED
-        except OSError as e:  # a full disk, an I/O error while checkpointing or saving
-            kept = "the gallery is unchanged" if is_gallery(out) else "no gallery was written"
-            raise UsageError(f"cannot write gallery {out}: {one_line(e)}; {kept}; completed checkpoints in "
-                             f"{out}/embed-run are kept for the next run", code=1) from None
-        except (ImportError, ValueError) as e:
-            raise UsageError(str(e), code=1) from None
-        print_report(rep, out)
-        _write_errors(errors_f, args.errors, rep.failed, saved=out)
+        print_report(rep, config.out)
+        _write_errors(errors_f, args.errors, rep.failed, saved=config.out)
         return 0
     finally:
         if errors_f is not None:
@@ -404,77 +389,21 @@ def _run_embed(args: argparse.Namespace) -> int:
                 pass  # already reported by _write_errors
 
 
-def _check_same_model(gallery: Path, model: str) -> None:
-    """Refuse, before loading the model, to update a gallery another model built."""
-    from tki_sdk.runtime.index.gallery import Gallery
-    from tki_sdk.common.model_metadata import ModelMetadata
-
-    try:
-        found = Gallery.read_info(gallery).get("model_fingerprint")
-        want = ModelMetadata.load(_check_model_dir(model)).fingerprint()
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read {gallery} or {model}: {e}") from None
-    if found and found != want:
-        raise UsageError(f"gallery {gallery} was built with another model ({found[:12]}); "
-                         "pass --overwrite to rebuild it with this one")
-
-
-def _check_same_graph(gallery: Path, args: argparse.Namespace) -> None:
-    """Refuse, before loading the model, graph options that differ from those the gallery was built with."""
-    from tki_sdk.runtime.pipeline.embed_run import check_same_graph
-    from tki_sdk.runtime.index.gallery import Gallery
-
-    try:
-        info = Gallery.read_info(gallery)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read {gallery}: {e}") from None
-    check_same_graph(gallery, info, connectivity=args.connectivity, expansion_add=args.expansion_add)
-
-
-def _model_record(emb: Any, args: argparse.Namespace) -> tuple[Any, Any]:
-    """The shard metadata for ``emb``'s embeddings and a factory of an empty gallery for them."""
-    from tki_sdk.runtime.index.gallery import Gallery
-    from tki_sdk.runtime.pipeline.ingest import gallery_options
-    from tki_sdk.runtime.pipeline.shards import ShardInfo
-
-    opts = gallery_options(emb, exact=bool(args.exact), dtype=args.dtype or "f32", **_graph_options(args))
-    info = ShardInfo(model_fingerprint=emb.model_fingerprint, embedding_dim=emb.embedding_dim, metric=opts["metric"],
-                     model=opts["model_info"], images_root=str(Path(args.images).resolve()), engine=args.engine)
-
-    def new_gallery() -> Any:
-        try:
-            return Gallery(**opts)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-
-    return info, new_gallery
-
-
-def _local_engine(emb: Any, args: argparse.Namespace) -> Any:
-    from tki_sdk.runtime.pipeline.embed_run import embed_local
-
-    def engine(todo: Sequence[Any], checkpoints: Any) -> int:
-        return embed_local(todo, emb, checkpoints, batch_size=args.batch_size, workers=args.workers, progress=True)
-
-    return engine
-
-
-def _ray_engine(emb: Any, args: argparse.Namespace) -> Any:
-    from tki_sdk.runtime.pipeline.distributed import RayOptions, embed_ray
-
-    opts = RayOptions(
-        model_dir=str(emb.model_dir), precision=emb.precision, preprocess=_preprocess_options(args),
-        address=args.address, actors=args.actors, cpus_per_actor=args.cpus_per_actor,
-        gpus_per_actor=args.gpus_per_actor, threads=args.threads, batch_size=args.batch_size,
-    )
-
-    def engine(todo: Sequence[Any], checkpoints: Any) -> int:
-        try:
-            return embed_ray(todo, checkpoints, opts, progress=True)
-        except ImportError as e:
-            raise UsageError(str(e), code=3) from None
-
-    return engine
+def print_report(rep: JobReport, out: Path, file: Any = None) -> None:
+    """The run's summary lines (counts, failed files, rate) on ``file`` (default stderr)."""
+    file = file if file is not None else sys.stderr
+    if rep.failed:
+        print(f"skipped {len(rep.failed)} of {rep.listed} files:", file=file)
+        for path, reason in rep.failed:
+            print(f"  {printable(path)}: {printable(reason)}", file=file)
+    rate = rep.embedded / rep.embed_s if rep.embed_s > 0 else 0.0
+    print(f"added {rep.added}, updated {rep.updated}, unchanged {rep.unchanged}, pruned {rep.pruned}, "
+          f"failed {len(rep.failed)}" + (f" (resumed {rep.resumed} from checkpoints)" if rep.resumed else "")
+          + (f"; {rep.deleted_kept} deleted files still indexed (pass --prune to remove them)" if rep.deleted_kept else ""),
+          file=file)
+    print(f"indexed {rep.added + rep.updated} of {rep.listed} images into {out} ({rep.gallery_items} items) in "
+          f"{rep.wall_s:.1f} s (embedded {rep.embedded} at {rate:.1f} img/s, {rep.shards_written} checkpoint(s); "
+          f"index {rep.index_s:.1f} s)", file=file)
 
 
 def _write_errors(f: Any, name: str | None, errors: Sequence[tuple[Any, str]], saved: Path | None = None) -> None:
@@ -493,7 +422,7 @@ def _write_errors(f: Any, name: str | None, errors: Sequence[tuple[Any, str]], s
 # ---------------------------------------------------------------------------------------------- index
 def run_index(args: argparse.Namespace) -> int:
     """``tki index``: returns the exit status."""
-    return _guarded("tki index", _run_index, args, "interrupted; the gallery was not changed")
+    return _guarded("tki index", _run_index, args, "interrupted; the gallery was not changed", INDEX_FLAGS)
 
 
 def _run_index(args: argparse.Namespace) -> int:
@@ -508,7 +437,7 @@ def _run_index(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         try:
             rep, gallery = index_folder(src, gpath, exact=args.exact, dtype=args.dtype, progress=True,
-                                        **_graph_options(args))
+                                        wait=not args.no_wait, **_graph_options(args))
         except ImportError as e:
             raise UsageError(str(e), code=3) from None
         except (OSError, ValueError) as e:

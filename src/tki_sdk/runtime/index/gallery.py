@@ -286,9 +286,9 @@ class Gallery:
             raise ValueError(f"vectors must be [N, {self.ndim}], got {list(vecs.shape)}")
         if not np.issubdtype(vecs.dtype, np.number):
             raise ValueError("vectors must be numeric")
-        vecs = np.ascontiguousarray(vecs, dtype=np.float32)
-        if not np.all(np.isfinite(vecs)):
-            raise ValueError("vectors contain NaN or infinity")
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+        check_vectors(vecs, zero_ok=self.metric in ("l2sq", "poincare"))
         vecs = self._prepare(vecs)
         n = vecs.shape[0]
         if metadata is not None:
@@ -748,17 +748,18 @@ class Gallery:
         """What ``gallery.json`` records, as a dict."""
         return self.manifest().to_dict()
 
-    def save(self, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
+    def save(self, path: str | os.PathLike, *, overwrite: bool = True, expect: str | None = None) -> Path:
         """Write the gallery to folder ``path`` atomically (:func:`~tki_sdk.runtime.index.store.save_version`).
         Returns ``path``.
 
-        The whole write + swap + cleanup runs under an exclusive ``flock`` on ``path/.lock``, so concurrent
-        saves to one folder (threads or processes) serialise: the last one wins and ``CURRENT`` always names
-        a complete version. ``overwrite=False`` makes creation exclusive: when ``path`` is already a gallery
+        The version is written beside the live one without a lock; the swap and cleanup run under an exclusive
+        ``flock`` on ``path/.lock``, so concurrent saves to one folder (threads or processes) serialise there:
+        the last one wins and ``CURRENT`` always names a complete version; loads wait at most for a swap. ``overwrite=False`` makes creation exclusive: when ``path`` is already a gallery
         (also one another process created while this one was working) the save raises
         :class:`~tki_sdk.runtime.index.store.GalleryExistsError` (a ``FileExistsError``) and replaces
         nothing. A failed write (a full disk) raises
         :class:`~tki_sdk.runtime.index.store.GalleryWriteError` (an ``OSError``) and keeps the live version.
+        ``expect``: compare-and-swap on ``CURRENT`` (:func:`~tki_sdk.runtime.index.store.save_version`).
         """
         root = Path(path)
 
@@ -766,7 +767,7 @@ class Gallery:
             with self._lock:
                 self._write_version(d)
 
-        save_version(root, write, overwrite=overwrite)
+        save_version(root, write, overwrite=overwrite, expect=expect)
         self.path = root
         return root
 
@@ -960,3 +961,30 @@ def _fill(out_k: np.ndarray, out_d: np.ndarray, rows: np.ndarray, keys: np.ndarr
     valid = np.arange(m)[None, :] < np.minimum(counts, m)[:, None]
     out_k[rows, :m] = np.where(valid, keys[:, :m], MISSING_KEY)
     out_d[rows, :m] = np.where(valid, dists[:, :m], np.inf)
+
+
+def first_bad_vector(vecs: np.ndarray, *, zero_ok: bool = False) -> tuple[int, str, int] | None:
+    """``(row, what, count)`` of the first float32 vector of ``vecs [N, D]`` a gallery must refuse, or ``None``:
+    NaN or infinity, a float32 norm ``sqrt(sum(v * v))`` that overflows (e.g. ``2e20``: normalised it became
+    all zeros), or -- unless ``zero_ok`` (l2sq, poincare: the origin is a point) -- a norm of 0 (``0``, or
+    ``1e-300`` / ``1e-30`` that underflow in float32): such a vector has no direction to search by."""
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        finite = np.isfinite(vecs).all(axis=1)
+        norm = np.sqrt(np.einsum("ij,ij->i", vecs, vecs, dtype=np.float32)) if vecs.size else np.ones(len(vecs))
+    bad = ~finite | ~np.isfinite(norm)
+    if not zero_ok:
+        bad |= norm <= 0
+    if not np.any(bad):
+        return None
+    i = int(np.flatnonzero(bad)[0])
+    what = ("contains NaN or infinity" if not finite[i] else "has a norm too large for float32"
+            if not np.isfinite(norm[i]) else "has zero norm in float32")
+    return i, what, int(bad.sum())
+
+
+def check_vectors(vecs: np.ndarray, *, zero_ok: bool = False) -> None:
+    """Refuse (``ValueError``, one line naming the first bad row) what :func:`first_bad_vector` finds."""
+    bad = first_bad_vector(vecs, zero_ok=zero_ok)
+    if bad is not None:
+        raise ValueError(f"vectors row {bad[0]} {bad[1]} ({bad[2]} such row(s)); nothing was added: "
+                         "pass finite vectors with a non-zero norm that float32 can hold")

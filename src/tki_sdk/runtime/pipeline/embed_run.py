@@ -24,15 +24,26 @@ decide what is unchanged for incremental runs, so resuming is the same compariso
 (the shards), works the same for both engines, and costs one read of three small columns per shard.
 
 ``G/embed-run/run.json`` (:class:`RunState`) records which model, folder and signature mode the unfinished
-run belongs to, so a run is never resumed with another model or folder.
+run belongs to, so a run is never resumed with another model or folder, and the SHA-256 of every shard it
+wrote: a resume checks them (:func:`verify_run_shards`; unrecorded shards get a full read, page checksums
+and row hashes) and refuses a damaged one naming it, or sets it aside (``set_aside_damaged``) and embeds its
+rows again.
+
+One writer per gallery: the whole run -- listing, planning, embedding, commit -- holds the gallery's writer
+lock (:func:`~tki_sdk.runtime.index.store.writer_lock`; a second run waits, with a logged message, or with
+``wait=False`` refuses), and the commit is a compare-and-swap on ``CURRENT`` against the version the run
+loaded, so a writer that bypassed the lock makes the commit fail instead of losing its items. Items record
+``embedding_hash`` (:func:`~tki_sdk.runtime.pipeline.shards.vector_hash`): a row is *unchanged* only when its
+metadata and its vector are the gallery's, so later rows of a key supersede earlier ones.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
-import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,11 +51,29 @@ from typing import Any
 import numpy as np
 
 from tki_sdk.common.atomic import atomic_write_json
-from tki_sdk.common.errors import EXIT_FAILED, UsageError
+from tki_sdk.common.errors import EXIT_FAILED, EXIT_USAGE, one_line, printable
 from tki_sdk.common.contract import ContractError, check_version, read_json_object
 from tki_sdk.common.imagefolders import SkippedEntry
 
-from tki_sdk.runtime.index.store import RUN_DIR
+from tki_sdk.runtime.index.gallery import Gallery, first_bad_vector
+from tki_sdk.runtime.index.store import (
+    RUN_DIR,
+    GalleryExistsError,
+    StaleVersionError,
+    WriterBusyError,
+    current_version,
+    is_gallery,
+    writer_lock,
+)
+from tki_sdk.runtime.pipeline.config import EmbedConfig
+from tki_sdk.runtime.pipeline.errors import (
+    GalleryBusyError,
+    GalleryChangedError,
+    NothingEmbeddedError,
+    PipelineError,
+    ShardDamagedError,
+)
+from tki_sdk.runtime.pipeline.protocols import EmbedderLike, GalleryLike
 from tki_sdk.runtime.pipeline.ingest import SourceFile, iter_chunks, scan_sources, stored_signature
 from tki_sdk.runtime.pipeline.shards import (
     SHARD_COLUMNS,
@@ -54,22 +83,28 @@ from tki_sdk.runtime.pipeline.shards import (
     iter_shard_batches,
     list_shards,
     read_shard_info,
+    shard_sha256,
+    shard_width,
+    vector_hash,
     write_shard,
 )
 
 __all__ = [
     "RUN_DIR", "RUN_FILE", "SHARDS_DIR", "TRACE_ENV", "RunState", "RunPlan", "Checkpointer", "IndexReport",
     "EmbedJob", "JobReport", "plan_run", "held_signatures", "indexed_metadata", "embed_local", "index_shards",
-    "run_job", "trace_embedded",
+    "run_job", "trace_embedded", "verify_run_shards", "index_folder", "check_same_graph", "Engine",
 ]
 
 RUN_FILE = "run.json"
 SHARDS_DIR = "shards"
+DAMAGED_DIR = "damaged"
 RUN_FORMAT = "tki-embed-run"
 RUN_FORMAT_VERSION = 1
 #: Diagnostics: when set to a file path, every file sent to the model is appended to it (one ``rel`` per
 #: line, from whichever process runs the model). Tests count inference calls with it.
 TRACE_ENV = "TKI_EMBED_TRACE"
+
+log = logging.getLogger(__name__)
 
 
 def trace_embedded(rels: Iterable[str]) -> None:
@@ -95,6 +130,8 @@ class RunState:
     use_hash: bool
     engine: str
     started: str
+    #: ``{shard file name: SHA-256}`` of every shard this run wrote (checked before a resume uses them).
+    shards: dict[str, str] = field(default_factory=dict)
     format: str = RUN_FORMAT
     format_version: int = RUN_FORMAT_VERSION
 
@@ -110,9 +147,13 @@ class RunState:
             raise ContractError(f"{folder / RUN_FILE} is not an embedding run state; {fix}")
         check_version(d.get("format_version"), RUN_FORMAT_VERSION, str(folder / RUN_FILE))
         try:
-            return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+            st = cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
         except TypeError as e:
             raise ContractError(f"{folder / RUN_FILE} lacks a field ({e}); {fix}") from None
+        if not isinstance(st.shards, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                       for k, v in st.shards.items()):
+            raise ContractError(f"{folder / RUN_FILE}: 'shards' is not a map of file names to SHA-256; {fix}")
+        return st
 
 
 # ---------------------------------------------------------------------------------------------- plan
@@ -132,7 +173,7 @@ class RunPlan:
         return {s.key: s for s in (*self.resumed, *self.todo)}
 
 
-def indexed_metadata(gallery: Any, chunk: int = 10_000) -> dict[int, dict[str, Any]]:
+def indexed_metadata(gallery: GalleryLike, chunk: int = 10_000) -> dict[int, dict[str, Any]]:
     """Every item's metadata in ``gallery`` by key (read in chunks)."""
     keys = gallery.keys()
     out: dict[int, dict[str, Any]] = {}
@@ -148,7 +189,6 @@ def held_signatures(shards: Sequence[Path], use_hash: bool, fingerprint: str) ->
     shard of another model. Reads only the signature columns."""
     held: dict[int, tuple[Any, ...]] = {}
     for path in shards:
-        _check_shard(path, fingerprint)
         for b in iter_shard_batches(path, SIGNATURE_COLUMNS):
             for i, k in enumerate(b["key"].tolist()):
                 if b["error"][i] is None:
@@ -158,15 +198,55 @@ def held_signatures(shards: Sequence[Path], use_hash: bool, fingerprint: str) ->
     return held
 
 
-def _check_shard(path: Path, fingerprint: str | None) -> ShardInfo:
+def _check_shard(path: Path, fingerprint: str | None, width: int | None = None) -> ShardInfo:
+    """The shard's :class:`ShardInfo`, refusing a shard that is unreadable (:class:`ShardDamagedError`), of
+    another model, or whose vectors are not ``width`` wide (whatever its keys)."""
     try:
         info = read_shard_info(path)
     except ContractError as e:
-        raise UsageError(f"{e}; move it out of {path.parent}") from None
+        raise ShardDamagedError(path, f"cannot be used ({e}); move it out of {path.parent}") from None
     if fingerprint is not None and info.model_fingerprint != fingerprint:
-        raise UsageError(f"shard {path} was written by another model ({info.model_fingerprint[:12]}, "
-                         f"not {fingerprint[:12]}); use another --shards folder or pass --restart")
+        raise PipelineError(f"shard {path} was written by another model ({info.model_fingerprint[:12]}, "
+                            f"not {fingerprint[:12]}); use another --shards folder or pass --restart")
+    stored = shard_width(path)
+    if stored != info.embedding_dim:
+        raise ShardDamagedError(path, f"holds {stored}-d vectors but its metadata says {info.embedding_dim}-d")
+    if width is not None and info.embedding_dim != width:
+        raise PipelineError(f"shard {path} holds {info.embedding_dim}-d vectors but the gallery holds {width}-d "
+                            "ones; index it into a gallery of its own model")
     return info
+
+
+def verify_run_shards(shard_dir: Path, recorded: Mapping[str, str], fingerprint: str, *,
+                      set_aside: bool = False, damaged_dir: Path | None = None) -> list[Path]:
+    """The shards of ``shard_dir`` a resume may use, in write order. A shard whose SHA-256 differs from the one
+    the run ``recorded``, or (not recorded: the run was killed between writing it and recording it, or it
+    came from an earlier run into a kept ``--shards`` folder) one that fails a full read (page checksums and
+    row hashes), is damaged: refused in one line naming it (:class:`ShardDamagedError`), or with
+    ``set_aside`` moved into ``damaged_dir`` (logged), so its rows are embedded again."""
+    good: list[Path] = []
+    for path in list_shards(shard_dir):
+        try:
+            want = recorded.get(path.name)
+            if want is not None:
+                if shard_sha256(path) != want:
+                    raise ShardDamagedError(path, "differs from the SHA-256 the run recorded when it wrote it")
+                _check_shard(path, fingerprint)
+            else:
+                _check_shard(path, fingerprint)
+                for _ in iter_shard_batches(path, SHARD_COLUMNS):
+                    pass
+        except ShardDamagedError as e:
+            if not set_aside or damaged_dir is None:
+                raise ShardDamagedError(path, f"{str(e).removeprefix(f'shard {path} ')}; run again with "
+                                        f"--set-aside-damaged to move it to {damaged_dir or 'a damaged/ folder'} "
+                                        "and embed its rows again") from None
+            damaged_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(path, damaged_dir / path.name)
+            log.warning("%s; moved it to %s: its rows are embedded again", e, damaged_dir / path.name)
+            continue
+        good.append(path)
+    return good
 
 
 def plan_run(
@@ -199,10 +279,12 @@ class Checkpointer:
     """Collects rows and writes them as a shard every ``every`` rows or ``seconds`` seconds (and on
     :meth:`flush`); the only state a killed run loses is what :meth:`pending` holds."""
 
-    def __init__(self, folder: Path, info: ShardInfo, every: int = 1000, seconds: float = 60.0) -> None:
+    def __init__(self, folder: Path, info: ShardInfo, every: int = 1000, seconds: float = 60.0,
+                 on_write: Callable[[Path], None] | None = None) -> None:
         if every < 1 or seconds <= 0:
             raise ValueError("checkpoint every N >= 1 rows and T > 0 seconds")
         self.folder, self.info, self.every, self.seconds = Path(folder), info, int(every), float(seconds)
+        self.on_write = on_write
         self.rows = ShardRows()
         self.written: list[Path] = []
         self.rows_written = 0
@@ -226,6 +308,8 @@ class Checkpointer:
         if not self.rows:
             return None
         path = write_shard(self.folder, self.rows, self.info)
+        if self.on_write is not None:
+            self.on_write(path)
         self.written.append(path)
         self.rows_written += len(self.rows)
         self.rows = ShardRows()
@@ -234,7 +318,7 @@ class Checkpointer:
 
 def embed_local(
     todo: Sequence[SourceFile],
-    embedder: Any,
+    embedder: EmbedderLike,
     checkpoints: Checkpointer,
     *,
     batch_size: int = 32,
@@ -299,7 +383,7 @@ def _row_source(b: dict[str, Any], i: int) -> SourceFile:
 
 
 def index_shards(
-    gallery: Any,
+    gallery: GalleryLike,
     shards: Sequence[Path],
     *,
     wanted: Mapping[int, SourceFile] | None = None,
@@ -328,8 +412,9 @@ def index_shards(
         bar = tqdm(total=len(shards), unit="shard", desc="index", dynamic_ncols=True)
     try:
         for path in shards:
-            _check_shard(path, gallery.model_fingerprint)
+            _check_shard(path, gallery.model_fingerprint, gallery.ndim)
             for b in iter_shard_batches(path, SHARD_COLUMNS, batch_rows):
+                _check_batch_vectors(path, b, gallery)
                 _apply_batch(gallery, b, wanted, use_hash, rep, before, applied, failed)
             if bar is not None:
                 bar.update(1)
@@ -348,7 +433,21 @@ def index_shards(
     return rep
 
 
-def _apply_batch(gallery: Any, b: dict[str, Any], wanted: Mapping[int, SourceFile] | None, use_hash: bool,
+def _check_batch_vectors(path: Path, b: dict[str, Any], gallery: GalleryLike) -> None:
+    """Refuse the shard (naming it and the row) when a good row's vector cannot be indexed
+    (:func:`~tki_sdk.runtime.index.gallery.check_vectors`: non-finite, or a float32 norm of 0 or infinity)."""
+    good = np.flatnonzero(np.array([e is None for e in b["error"]], dtype=bool))
+    if not good.size:
+        return
+    bad = first_bad_vector(b["embedding"][good], zero_ok=gallery.metric in ("l2sq", "poincare"))
+    if bad is not None:
+        row = int(good[bad[0]])
+        raise ShardDamagedError(path, f"holds a vector that cannot be indexed (key {int(b['key'][row])}, "
+                                f"{printable(b['rel'][row])}: {bad[1]}); nothing was written: re-embed the file "
+                                "or remove the shard", code=EXIT_USAGE)
+
+
+def _apply_batch(gallery: GalleryLike, b: dict[str, Any], wanted: Mapping[int, SourceFile] | None, use_hash: bool,
                  rep: IndexReport, before: dict[int, bool], applied: set[int],
                  failed: dict[int, tuple[str, str]]) -> None:
     keys = b["key"]
@@ -385,7 +484,7 @@ def _apply_batch(gallery: Any, b: dict[str, Any], wanted: Mapping[int, SourceFil
                 gallery.remove(np.asarray([k], dtype=np.uint64))
             continue
         failed.pop(k, None)
-        meta = row.metadata()
+        meta = {**row.metadata(), "embedding_hash": vector_hash(b["embedding"][i])}
         if old == meta:
             rep.unchanged += 1
             continue
@@ -397,35 +496,8 @@ def _apply_batch(gallery: Any, b: dict[str, Any], wanted: Mapping[int, SourceFil
 
 
 # ---------------------------------------------------------------------------------------------- the job
-@dataclass
-class EmbedJob:
-    """One ``tki embed`` run: where from, where to, and how to checkpoint (see the module docstring).
-
-    ``shards``: where the run's shards go (default ``out/embed-run/shards``, removed after the commit; a
-    folder given here is kept). ``exact`` / ``dtype`` / ``connectivity`` / ``expansion_add``: for a new gallery
-    (``None``: HNSW f32, M 16, efConstruction 128); an existing gallery keeps its own and refuses different
-    explicit ones.
-    """
-
-    images: Path
-    out: Path
-    manifest: Path | None = None
-    use_hash: bool = False
-    prune: bool = False
-    overwrite: bool = False
-    restart: bool = False
-    shards: Path | None = None
-    every: int = 1000
-    seconds: float = 60.0
-    exact: bool | None = None
-    dtype: str | None = None
-    connectivity: int | None = None
-    expansion_add: int | None = None
-    engine: str = "local"
-    progress: bool = False
-    #: When the gallery changes, choose its HNSW ``expansion_search`` for this recall@10 (``Gallery.tune`` on
-    #: leave-one-out queries; kept in gallery.json); 0 keeps the current value.
-    target_recall: float = 0.0
+#: The job's configuration (:class:`~tki_sdk.runtime.pipeline.config.EmbedConfig`); the old name stays.
+EmbedJob = EmbedConfig
 
 
 @dataclass
@@ -453,19 +525,55 @@ class JobReport:
 Engine = Callable[[Sequence[SourceFile], Checkpointer], int]
 
 
-def run_job(job: EmbedJob, model: ShardInfo, engine: Engine, new_gallery: Callable[[], Any]) -> JobReport:
+def run_job(job: EmbedConfig, model: ShardInfo, engine: Engine, new_gallery: Callable[[], GalleryLike]) -> JobReport:
     """Plan, embed (with ``engine``), commit and clean up one run; see the module docstring.
 
     ``model`` describes the model (fingerprint, width, metric, summary) and is written into every shard;
     ``new_gallery()`` makes an empty gallery when ``job.out`` holds none (or ``job.overwrite``). Raises
-    :class:`UsageError` for conditions the user must fix (code 1 when no file at all could be embedded).
+    :class:`~tki_sdk.runtime.pipeline.errors.PipelineError` for conditions the user must fix (code 1 when no file
+    at all could be embedded). Only ``job``'s run fields are used (not its model or engine fields: the caller
+    built ``model`` and ``engine``; :func:`tki_sdk.runtime.pipeline.job.embed_folder` does all of it).
     """
-    from tki_sdk.runtime.index.gallery import Gallery
-    from tki_sdk.runtime.index.store import is_gallery
-
     t0 = time.perf_counter()
     out = Path(job.out)
     out_existed = out.exists()
+    with _writer(out, job.wait):
+        try:
+            return _run_locked(job, model, engine, new_gallery, t0)
+        except BaseException:
+            if not out_existed and not is_gallery(out):  # nothing of this run may remain where it made the folder
+                _remove_created(out)
+            raise
+
+
+def _writer(out: Path, wait: bool) -> contextlib.AbstractContextManager[None]:
+    """The gallery's writer lock (:func:`~tki_sdk.runtime.index.store.writer_lock`) with the pipeline's messages."""
+    @contextlib.contextmanager
+    def held() -> Iterator[None]:
+        try:
+            with writer_lock(out, wait=wait, on_wait=lambda pid: log.warning(
+                    "gallery %s is being written by another run (pid %s); waiting for it to finish", out, pid)):
+                yield
+        except WriterBusyError as e:
+            raise GalleryBusyError(str(e)) from None
+
+    return held()
+
+
+def _remove_created(out: Path) -> None:
+    """Remove a gallery folder this run created and left without a gallery (keeps checkpoints, if any)."""
+    try:
+        if (out / RUN_DIR).exists():
+            return  # completed checkpoints are kept for the next run
+        shutil.rmtree(out, ignore_errors=True)
+    except OSError:
+        pass
+
+
+def _run_locked(job: EmbedConfig, model: ShardInfo, engine: Engine, new_gallery: Callable[[], GalleryLike],
+                t0: float) -> JobReport:
+    out = Path(job.out)
+    base = current_version(out)  # read before loading: a save slipping in between fails the compare-and-swap
     run_dir = out / RUN_DIR
     shard_dir = Path(job.shards) if job.shards is not None else run_dir / SHARDS_DIR
     skipped: list[SkippedEntry] = []
@@ -474,20 +582,27 @@ def run_job(job: EmbedJob, model: ShardInfo, engine: Engine, new_gallery: Callab
     # entries the walker never opened (FIFOs, sockets, devices, link loops, unreadable folders) are failures
     listing_failed = listing_failed + [(str(e.path), e.reason) for e in skipped]
     if not sources and not listing_failed and not is_gallery(out):
-        raise UsageError(f"no image files under {job.images} (looked for .jpg, .png, .gif, .bmp, .tif, .webp, ...)")
+        raise PipelineError(f"no image files under {job.images} (looked for .jpg, .png, .gif, .bmp, .tif, .webp, ...)")
 
-    gallery = _open_gallery(job, model, new_gallery, Gallery, is_gallery(out))
+    gallery = _open_gallery(job, model, new_gallery, is_gallery(out))
     is_new = len(gallery) == 0 and not is_gallery(out)
     if job.overwrite or job.restart:
         shutil.rmtree(run_dir, ignore_errors=True)
         if job.shards is not None and job.overwrite:
             for p in list_shards(shard_dir):
                 p.unlink()
-    _claim_run(run_dir, job, model)
+    state = _claim_run(run_dir, job, model)
     try:
-        held = held_signatures(list_shards(shard_dir), job.use_hash, model.model_fingerprint)
+        usable = verify_run_shards(shard_dir, state.shards, model.model_fingerprint, set_aside=job.set_aside_damaged,
+                                   damaged_dir=run_dir / DAMAGED_DIR)
+        held = held_signatures(usable, job.use_hash, model.model_fingerprint)
         plan = plan_run(sources, {} if job.overwrite else indexed_metadata(gallery), held, job.use_hash, listing_failed)
-        ckpt = Checkpointer(shard_dir, model, every=job.every, seconds=job.seconds)
+
+        def record(path: Path) -> None:  # the shard is complete on disk: record its hash for later resumes
+            state.shards[path.name] = shard_sha256(path)
+            state.save(run_dir)
+
+        ckpt = Checkpointer(shard_dir, model, every=job.every, seconds=job.seconds, on_write=record)
         t1 = time.perf_counter()
         embedded = engine(plan.todo, ckpt) if plan.todo else 0
         t2 = time.perf_counter()
@@ -497,17 +612,17 @@ def run_job(job: EmbedJob, model: ShardInfo, engine: Engine, new_gallery: Callab
         failed = plan.listing_failed + rep.failed
         changed = bool(plan.todo or plan.resumed or rep.pruned or is_new or job.overwrite)
         if len(gallery) == 0 and is_new:
-            raise UsageError(f"none of the {len(sources) + len(listing_failed)} files under {job.images} could be "
+            raise NothingEmbeddedError(f"none of the {len(sources) + len(listing_failed)} files under {job.images} could be "
                              "read; nothing was written", code=EXIT_FAILED)
         if changed and job.target_recall > 0 and not gallery.exact and len(gallery) > 1:
             gallery.tune(min(1.0, job.target_recall))  # stored in gallery.json; `tki info` shows the estimate
         if changed:
             # a gallery this run creates is created exclusively: when another run created one at ``out``
             # meanwhile, this one refuses instead of replacing it (unless --overwrite)
-            _save(gallery, out, overwrite=job.overwrite or not is_new)
-    except UsageError as e:
-        if e.code == EXIT_FAILED and not out_existed:
-            shutil.rmtree(out, ignore_errors=True)
+            _save(gallery, out, overwrite=job.overwrite or not is_new, expect=base)
+    except PipelineError as e:
+        if e.code == EXIT_FAILED and not base:
+            shutil.rmtree(run_dir, ignore_errors=True)
         raise
     _finish_run(run_dir, job)
     return JobReport(
@@ -518,75 +633,73 @@ def run_job(job: EmbedJob, model: ShardInfo, engine: Engine, new_gallery: Callab
     )
 
 
-def _save(gallery: Any, out: Path, overwrite: bool) -> None:
-    """``gallery.save`` with its two failures as one-line user errors (exit 2: another run created the
-    gallery; exit 1: the write failed, the previous version is kept)."""
-    from tki_sdk.runtime.index.store import GalleryExistsError
-
+def _save(gallery: GalleryLike, out: Path, overwrite: bool, expect: str | None = None) -> None:
+    """``gallery.save`` (compare-and-swap on ``expect``) with its failures as one-line errors (exit 2: another
+    run created the gallery; exit 1: the gallery changed meanwhile, or the write failed; the live version is
+    kept)."""
     try:
-        gallery.save(out, overwrite=overwrite)
+        gallery.save(out, overwrite=overwrite, expect=expect)
     except GalleryExistsError as e:
-        raise UsageError(str(e)) from None
+        raise PipelineError(str(e).replace("pass --overwrite", "use {overwrite}"), fields=("overwrite",)) from None
+    except StaleVersionError as e:
+        raise GalleryChangedError(str(e)) from None
     except OSError as e:
-        raise UsageError(f"cannot write gallery {out}: {e}", code=EXIT_FAILED) from None
+        raise PipelineError(f"cannot write gallery {out}: {one_line(e)}", code=EXIT_FAILED) from None
 
 
-#: How ``tki embed`` rebuilds a gallery it cannot update; ``tki index`` has no ``--overwrite``.
-_EMBED_REBUILD = "pass --overwrite to rebuild it"
-_INDEX_REBUILD = "index into a new --gallery path instead (tki index does not replace a gallery)"
-
-
-def _open_gallery(job: EmbedJob, model: ShardInfo, new_gallery: Callable[[], Any], Gallery: Any, exists: bool,
-                  rebuild: str = _EMBED_REBUILD) -> Any:
+def _open_gallery(job: EmbedConfig, model: ShardInfo, new_gallery: Callable[[], GalleryLike], exists: bool) -> GalleryLike:
     if not exists or job.overwrite:
         return new_gallery()
     try:
         g = Gallery.load(job.out)
     except (OSError, ValueError) as e:
-        raise UsageError(f"cannot open gallery {job.out}: {e}; {rebuild}") from None
+        raise PipelineError(f"cannot open gallery {job.out}: {one_line(e)}; use {{overwrite}} to rebuild it",
+                            fields=("overwrite",)) from None
     if g.model_fingerprint and g.model_fingerprint != model.model_fingerprint:
-        raise UsageError(f"gallery {job.out} was built with another model ({g.model_fingerprint[:12]}); "
-                         + (f"{rebuild} with this one" if rebuild == _EMBED_REBUILD else rebuild))
+        raise PipelineError(f"gallery {job.out} was built with another model ({g.model_fingerprint[:12]}); "
+                            "use {overwrite} to rebuild it with this one", fields=("overwrite",))
     if job.exact is not None and bool(job.exact) != g.exact:
-        raise UsageError(f"gallery {job.out} is {'exact' if g.exact else 'HNSW'}; {rebuild}")
+        raise PipelineError(f"gallery {job.out} is {'exact' if g.exact else 'HNSW'}; use {{overwrite}} to rebuild it",
+                            fields=("overwrite",))
     if job.dtype is not None and job.dtype != g.dtype:
-        raise UsageError(f"gallery {job.out} stores {g.dtype} vectors; "
-                         + (f"{rebuild} as {job.dtype}" if rebuild == _EMBED_REBUILD else rebuild))
+        raise PipelineError(f"gallery {job.out} stores {g.dtype} vectors; use {{overwrite}} to rebuild it as "
+                            f"{job.dtype}", fields=("overwrite",))
     check_same_graph(job.out, {"exact": g.exact, "connectivity": g.connectivity, "expansion_add": g.expansion_add},
-                     connectivity=job.connectivity, expansion_add=job.expansion_add, rebuild=rebuild)
+                     connectivity=job.connectivity, expansion_add=job.expansion_add)
     return g
 
 
 def check_same_graph(gallery: Path, built: dict[str, Any], *, connectivity: int | None,
-                     expansion_add: int | None, rebuild: str = _EMBED_REBUILD) -> None:
-    """Refuse (:class:`UsageError`) graph options that differ from those the gallery was ``built`` with
-    (its ``gallery.json`` fields ``exact``, ``connectivity``, ``expansion_add``); ``None`` means not given;
-    ``rebuild``: the hint that ends the message (``tki embed``'s ``--overwrite`` by default)."""
-    for flag, key, want in (("--connectivity", "connectivity", connectivity),
-                            ("--expansion-add", "expansion_add", expansion_add)):
+                     expansion_add: int | None) -> None:
+    """Refuse (:class:`PipelineError`) graph options that differ from those the gallery was ``built`` with
+    (its ``gallery.json`` fields ``exact``, ``connectivity``, ``expansion_add``); ``None`` means not given."""
+    for key, want in (("connectivity", connectivity), ("expansion_add", expansion_add)):
         if want is not None and not built.get("exact") and int(want) != int(built[key]):
-            raise UsageError(f"gallery {gallery} was built with {flag} {built[key]}; "
-                             + (f"{rebuild} with {want}" if rebuild == _EMBED_REBUILD else rebuild))
+            raise PipelineError(f"gallery {gallery} was built with {{{key}}} {built[key]}; use {{overwrite}} to "
+                                f"rebuild it with {want}", fields=(key, "overwrite"))
 
 
-def _claim_run(run_dir: Path, job: EmbedJob, model: ShardInfo) -> None:
+def _claim_run(run_dir: Path, job: EmbedJob, model: ShardInfo) -> RunState:
     """Resume the unfinished run in ``run_dir`` when it is the same run; start one otherwise."""
     root = str(Path(job.images).resolve())
     if (run_dir / RUN_FILE).is_file():
         try:
             st = RunState.load(run_dir)
         except ContractError as e:
-            raise UsageError(str(e)) from None
+            raise PipelineError(str(e).replace("pass --restart", "use {restart}"), fields=("restart",)) from None
         if st.model_fingerprint != model.model_fingerprint:
-            raise UsageError(f"{run_dir} holds an unfinished run of another model; pass --restart to discard it")
+            raise PipelineError(f"{run_dir} holds an unfinished run of another model; use {{restart}} to discard it",
+                                fields=("restart",))
         if st.images_root != root:
-            raise UsageError(f"{run_dir} holds an unfinished run of {st.images_root}; pass --restart to discard it")
+            raise PipelineError(f"{run_dir} holds an unfinished run of {st.images_root}; use {{restart}} to discard "
+                                "it", fields=("restart",))
         if st.use_hash != job.use_hash:
-            raise UsageError(f"{run_dir} holds an unfinished run {'with' if st.use_hash else 'without'} --hash; "
-                             "run it the same way or pass --restart")
-        return
-    RunState(model.model_fingerprint, root, job.use_hash, job.engine,
-             time.strftime("%Y-%m-%dT%H:%M:%S%z")).save(run_dir)
+            raise PipelineError(f"{run_dir} holds an unfinished run {'with' if st.use_hash else 'without'} "
+                                "{use_hash}; run it the same way or use {restart}", fields=("use_hash", "restart"))
+        return st
+    st = RunState(model.model_fingerprint, root, job.use_hash, job.engine, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    st.save(run_dir)
+    return st
 
 
 def _finish_run(run_dir: Path, job: EmbedJob) -> None:
@@ -594,51 +707,49 @@ def _finish_run(run_dir: Path, job: EmbedJob) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def _no_new_gallery() -> GalleryLike:
+    raise AssertionError("an existing gallery is updated, never replaced")  # pragma: no cover
+
+
 def index_folder(
     shard_dir: Path, gallery_path: Path, *, exact: bool | None = None, dtype: str | None = None,
-    progress: bool = False, connectivity: int | None = None, expansion_add: int | None = None,
-) -> tuple[IndexReport, Any]:
+    progress: bool = False, connectivity: int | None = None, expansion_add: int | None = None, wait: bool = True,
+) -> tuple[IndexReport, GalleryLike]:
     """``tki index``: build the gallery at ``gallery_path`` from every shard in ``shard_dir`` or update the
-    one there (same model required), then save it. Returns the report and the gallery."""
-    from tki_sdk.runtime.index.gallery import Gallery
-    from tki_sdk.runtime.index.store import is_gallery
-
+    one there (same model required), then save it (compare-and-swap), all under the gallery's writer lock
+    (``wait=False``: refuse when another run holds it). Returns the report and the gallery."""
     shards = list_shards(shard_dir)
     if not shards:
-        raise UsageError(f"no shards (part-*.parquet) in {shard_dir}")
+        raise PipelineError(f"no shards (part-*.parquet) in {shard_dir}")
+    out = Path(gallery_path)
+    out_existed = out.exists()
+    with _writer(out, wait):
+        try:
+            return _index_locked(shards, shard_dir, out, exact=exact, dtype=dtype, progress=progress,
+                                 connectivity=connectivity, expansion_add=expansion_add)
+        except BaseException:
+            if not out_existed and not is_gallery(out):
+                _remove_created(out)
+            raise
+
+
+def _index_locked(shards: Sequence[Path], shard_dir: Path, out: Path, *, exact: bool | None, dtype: str | None,
+                  progress: bool, connectivity: int | None, expansion_add: int | None) -> tuple[IndexReport, GalleryLike]:
+    base = current_version(out)
     info = _check_shard(shards[0], None)
-    if is_gallery(gallery_path):
-        job = EmbedJob(images=Path("."), out=Path(gallery_path), exact=exact, dtype=dtype,
+    if is_gallery(out):
+        job = EmbedJob(images=Path("."), out=out, exact=exact, dtype=dtype,
                        connectivity=connectivity, expansion_add=expansion_add)
-        gallery = _open_gallery(job, info, lambda: None, Gallery, True, rebuild=_INDEX_REBUILD)
+        gallery = _open_gallery(job, info, _no_new_gallery, True)
     else:
         try:
             graph = {k: v for k, v in (("connectivity", connectivity), ("expansion_add", expansion_add)) if v is not None}
             gallery = Gallery(info.embedding_dim, metric=info.metric, exact=bool(exact), dtype=dtype or "f32",
                               model_fingerprint=info.model_fingerprint, model_info=info.model, **graph)
         except ValueError as e:
-            raise UsageError(str(e)) from None
+            raise PipelineError(one_line(e)) from None
     rep = index_shards(gallery, shards, progress=progress)
     if len(gallery) == 0:
-        raise UsageError(f"the shards in {shard_dir} hold no embedded file; nothing was written", code=EXIT_FAILED)
-    _save(gallery, Path(gallery_path), overwrite=is_gallery(gallery_path))
+        raise NothingEmbeddedError(f"the shards in {shard_dir} hold no embedded file; nothing was written")
+    _save(gallery, out, overwrite=is_gallery(out), expect=base)
     return rep, gallery
-
-
-def print_report(rep: JobReport, out: Path, file: Any = None) -> None:
-    """The run's summary lines (counts, failed files, rate) on ``file`` (default stderr)."""
-    from tki_sdk.common.errors import printable
-
-    file = file if file is not None else sys.stderr
-    if rep.failed:
-        print(f"skipped {len(rep.failed)} of {rep.listed} files:", file=file)
-        for path, reason in rep.failed:
-            print(f"  {printable(path)}: {printable(reason)}", file=file)
-    rate = rep.embedded / rep.embed_s if rep.embed_s > 0 else 0.0
-    print(f"added {rep.added}, updated {rep.updated}, unchanged {rep.unchanged}, pruned {rep.pruned}, "
-          f"failed {len(rep.failed)}" + (f" (resumed {rep.resumed} from checkpoints)" if rep.resumed else "")
-          + (f"; {rep.deleted_kept} deleted files still indexed (pass --prune to remove them)" if rep.deleted_kept else ""),
-          file=file)
-    print(f"indexed {rep.added + rep.updated} of {rep.listed} images into {out} ({rep.gallery_items} items) in "
-          f"{rep.wall_s:.1f} s (embedded {rep.embedded} at {rate:.1f} img/s, {rep.shards_written} checkpoint(s); "
-          f"index {rep.index_s:.1f} s)", file=file)

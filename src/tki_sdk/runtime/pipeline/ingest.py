@@ -10,7 +10,9 @@
   :func:`scan_image_folder` is the same listing as ``(path, metadata)`` pairs;
 - :func:`gallery_options` is what a gallery built for an embedder records (width, metric, fingerprint,
   model summary);
-- :func:`embed_into` embeds the files and adds every readable one to a gallery under its path key.
+- :func:`embed_into` embeds the files and adds every readable one to a gallery under its path key (its
+  metadata gains ``embedding_hash``, :func:`~tki_sdk.runtime.pipeline.shards.vector_hash` of the vector, as
+  every item an embedding run indexes: incremental runs compare it to tell an unchanged item).
 
 Key collisions: keys are 63-bit (:func:`item_key`), so two paths share one with probability about
 ``n^2 / 2^64`` (one in 18 million for a million files). Files are listed in sorted order of ``rel``; a file
@@ -31,6 +33,9 @@ import numpy as np
 
 from tki_sdk.common.atomic import sha256_file
 from tki_sdk.common.imagefolders import SkippedEntry, walk_images
+from tki_sdk.runtime.index.gallery import Gallery
+from tki_sdk.runtime.pipeline.protocols import EmbedderLike, EmbedResultLike, GalleryLike
+from tki_sdk.runtime.pipeline.shards import vector_hash
 
 __all__ = [
     "item_key", "SourceFile", "scan_sources", "read_manifest", "scan_image_folder",
@@ -207,7 +212,7 @@ def scan_image_folder(
     return out
 
 
-def model_info(embedder: Any) -> dict[str, Any]:
+def model_info(embedder: EmbedderLike) -> dict[str, Any]:
     """The model summary a gallery stores (``gallery.json``'s ``model``)."""
     md = embedder.metadata
     return {
@@ -220,7 +225,7 @@ def model_info(embedder: Any) -> dict[str, Any]:
     }
 
 
-def gallery_options(embedder: Any, **gallery_kwargs: Any) -> dict[str, Any]:
+def gallery_options(embedder: EmbedderLike, **gallery_kwargs: Any) -> dict[str, Any]:
     """``Gallery(**options)`` for a gallery of ``embedder``'s embeddings: ``ndim``, ``metric`` (the export's,
     unless given), ``model_fingerprint`` and ``model_info``, plus ``gallery_kwargs``."""
     opts = dict(gallery_kwargs)
@@ -247,14 +252,14 @@ def _keyed(files: Sequence[tuple[Path, dict[str, Any]]]) -> tuple[list[int], lis
 
 
 def embed_into(
-    gallery: Any,
+    gallery: GalleryLike,
     files: Sequence[tuple[Path, dict[str, Any]]],
-    embedder: Any,
+    embedder: EmbedderLike,
     *,
     batch_size: int = 32,
     workers: int | None = None,
     progress: Any = False,
-) -> Any:
+) -> EmbedResultLike:
     """Embed ``files`` (from :func:`scan_image_folder`) and add each readable one to ``gallery`` with key =
     :func:`item_key` of its ``rel``. Returns the ``EmbedResult`` (``indices`` are positions in ``files``;
     its ``errors`` name each skipped file, key collisions included)."""
@@ -264,7 +269,8 @@ def embed_into(
     res.errors = list(res.errors) + collided
     if len(res.indices):
         keys = np.asarray([item_key(str(files[i][1].get("rel", files[i][0]))) for i in res.indices], dtype=np.uint64)
-        gallery.add(keys, res.embeddings, [files[i][1] for i in res.indices])
+        metas = [{**files[i][1], "embedding_hash": vector_hash(res.embeddings[j])} for j, i in enumerate(res.indices)]
+        gallery.add(keys, res.embeddings, metas)
     return res
 
 
@@ -276,13 +282,13 @@ def iter_chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 
 def gallery_from_folder(
     folder: str | os.PathLike,
-    embedder: Any,
+    embedder: EmbedderLike,
     *,
     batch_size: int = 32,
     workers: int | None = None,
     progress: Any = False,
     **gallery_kwargs: Any,
-) -> tuple[Any, Any]:
+) -> tuple[Gallery, EmbedResultLike]:
     """Embed every image file under ``folder`` into a new :class:`~tki_sdk.runtime.index.gallery.Gallery`.
 
     The same code ``tki embed`` runs. ``gallery_kwargs`` go to ``Gallery`` (``exact``, ``dtype``, ...); the
@@ -290,8 +296,6 @@ def gallery_from_folder(
     result's ``errors`` name each skipped file with its reason. Raises ``ValueError`` for a folder with no
     image file.
     """
-    from tki_sdk.runtime.index.gallery import Gallery
-
     files = scan_image_folder(folder)
     if not files:
         raise ValueError(f"no image files under {folder}")
