@@ -39,7 +39,22 @@ slower of the two is named as the limit.
 Targets (ARCHITECTURE.md, "Targets"): the best exported path >= 20,000 img/s at batch 256 on one H100 and ahead of the best
 torch path; parity >= 0.999 for fp16 / TensorRT.
 
-Without CUDA (``torch.cuda.is_available()`` false) the suite prints one line and writes nothing.
+Presets (``--preset``): ``full`` (default) is every backend above and the end-to-end run; ``budget`` is
+``torch-fp32``, ``torch-fp16`` and ``torch-fp16-cudagraph`` from ``--checkpoint`` alone (no export folder, no
+onnxruntime-gpu), 1 s per row, no end to end: sized for one call of a lent GPU machine
+(benchmarks/gpu/README.md). A run of torch backends only never needs ``--model-dir``; without one the exported
+backends are listed as skipped. Beside the float64 parity, ``parity_vs_torch_fp32`` compares every fp16 path
+with ``torch-fp32`` on the same rows (min / mean cosine, max abs error).
+
+Every throughput row and parity entry records ``provider``, what actually ran it (``torch:cuda:0 (<GPU>)``,
+``CUDAExecutionProvider``, ``TensorRT <version>``): onnxruntime sessions are created strictly (a provider that
+does not start raises and the row is skipped with that line), and the TensorRT provider's row exists only when
+its engine cache holds an engine after the first run.
+
+Without CUDA (``torch.cuda.is_available()`` false) the suite prints one line and writes nothing, unless
+``--device cpu`` or ``--dry-run`` asks for the CPU rehearsal: the same steps, the CUDA-only rows (CUDA graphs,
+``torch.compile``, TensorRT) skipped with their reason, the ONNX rows on the CPU provider, and ``--dry-run``
+with the shortest timings. The numbers of a rehearsal mean nothing.
 """
 from __future__ import annotations
 
