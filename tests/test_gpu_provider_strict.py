@@ -71,3 +71,16 @@ def test_suite_makes_no_row_for_a_provider_that_did_not_start(tiny, gpu_listed, 
     for name in ("ort-fp32-cuda", "ort-fp16-cuda-host", "ort-fp16-cuda-iobind", "ort-fp16-cuda-graph"):
         assert CUDA in notes[name] and "\n" not in notes[name], notes
     assert TENSORRT in notes["ort-fp16-tensorrt-ep"]
+
+
+def test_tensorrt_row_needs_an_engine_in_its_cache(tiny, tmp_path):
+    """onnxruntime's TensorRT provider can start and still take no node: with no engine in its cache after a
+    run there is no TensorRT row (the session here is a real CPU one; only the cache folder is looked at)."""
+    path, _ = tiny
+    s = OrtSession(path, device="cpu", threads=1)
+    cache = tmp_path / "trt"
+    note = gb._tensorrt_ep_built(s, path, cache)
+    assert note is not None and "built no engine" in note and "\n" not in note
+    cache.mkdir()
+    (cache / "TensorrtExecutionProvider_TRTKernel_graph_main_1_1_fp16_sm90.engine").write_bytes(b"x")
+    assert gb._tensorrt_ep_built(s, path, cache) is None
