@@ -119,8 +119,13 @@ if has install; then
     log "wheels in $WHEELS do not match SHA256SUMS"; exit 4
   fi
   log "pip install --no-index --no-deps --target $SITE: $(cd "$WHEELS" && ls *.whl | tr '\n' ' ')"
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl \
-    >>"$LOG" 2>&1 || { log "pip install failed (see the log)"; exit 1; }
+  PLATFORM=()
+  if [ "${TKI_GPU_PIP_AS_DEVICE:-0}" = 1 ]; then  # the CPU rehearsal: install for the device's interpreter
+    PLATFORM=(--python-version 3.12 --implementation cp --only-binary=:all: --platform manylinux_2_28_x86_64
+              --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
+  fi
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade "${PLATFORM[@]}" \
+    --target "$SITE" "$WHEELS"/*.whl >>"$LOG" 2>&1 || { log "pip install failed (see the log)"; exit 1; }
   NV=$("$PY" - <<'PYEOF'
 import glob, os, site
 roots = [*site.getsitepackages(), site.getusersitepackages()]
