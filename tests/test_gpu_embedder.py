@@ -71,10 +71,13 @@ def test_pretended_gpu_providers_are_requested_with_options(export, monkeypatch,
     assert calls[-1] == [("CUDAExecutionProvider", {"device_id": "0"}), ("CPUExecutionProvider", {})]
     assert e.provider == "CPUExecutionProvider" and not e.cuda_graph  # what really runs is reported
 
-    e = Embedder(d, providers=["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    # asked for by name, TensorRT must start; here it fell back to the CPU, so the Embedder is refused
+    with pytest.raises(osm.ProviderUnavailable, match="did not start TensorrtExecutionProvider"):
+        Embedder(d, providers=["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
     trt = calls[-1][0]
     assert trt[0] == "TensorrtExecutionProvider" and trt[1]["trt_fp16_enable"] == "True"
     assert trt[1]["trt_engine_cache_enable"] == "True" and trt[1]["trt_engine_cache_path"] == str(tmp_path / "trt")
     assert trt[1]["trt_profile_max_shapes"] == f"pixel_values:256x3x{TINY_SIZE}x{TINY_SIZE}"
+    e = Embedder(d, providers=["CPUExecutionProvider"])
     x = _x(4, 5)
     np.testing.assert_allclose(e.embed_pixels(x), tiny_reference(x, w), atol=2e-6)

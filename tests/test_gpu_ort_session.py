@@ -195,14 +195,15 @@ def test_pretend_cuda_and_tensorrt_exist(tiny, monkeypatch, caplog, tmp_path):
     x = _x(3, 5)
     np.testing.assert_allclose(s.run(x), tiny_reference(x, w), atol=2e-6)
 
-    s = OrtSession(path, device="tensorrt", trt_cache_dir=tmp_path / "trt", trt_max_batch=32, cuda_graph=True)
+    # asked for by name, TensorRT must be what runs: here the session started on the CPU, so it is refused
+    with pytest.raises(ProviderUnavailable, match="did not start TensorrtExecutionProvider"):
+        OrtSession(path, device="tensorrt", trt_cache_dir=tmp_path / "trt", trt_max_batch=32, cuda_graph=True)
     trt_call = rec.calls[-1]
     assert [p for p, _ in trt_call] == [TENSORRT, CUDA, CPU]
     assert trt_call[0][1]["trt_profile_max_shapes"] == f"pixel_values:32x3x{TINY_SIZE}x{TINY_SIZE}"
     assert (tmp_path / "trt").is_dir()  # engine cache folder made ready
     # the main session (free batch axis) never captures graphs; only the per-batch sessions would
     assert "trt_cuda_graph_enable" not in trt_call[0][1] and "enable_cuda_graph" not in trt_call[1][1]
-    assert not s.cuda_graph  # it fell back to the CPU here
 
 
 def test_bad_model_and_arguments(tmp_path, tiny):

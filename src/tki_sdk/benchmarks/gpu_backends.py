@@ -93,9 +93,14 @@ def measure(step: Callable[[], Any], sync: Callable[[], None], batch: int, *, se
 
 
 def _torch_backends(model: Any, wanted: set[str], device: Any, compile_mode: str, notes: dict[str, str]) -> list[Backend]:
-    """The PyTorch paths on ``device`` (a CUDA device)."""
+    """The PyTorch paths on ``device``: a CUDA device, or the CPU for the rehearsal (``--dry-run``), where the
+    eager fp32 / fp16 paths run and the CUDA-graph and compiled ones are noted as skipped, never faked.
+    Each backend's ``info["provider"]`` is ``torch:<device>`` (with the GPU's name on CUDA)."""
     import torch
     from torch import nn
+
+    on_cuda = torch.device(device).type == "cuda"
+    where = f"torch:{torch.device(device)}" + (f" ({torch.cuda.get_device_name(device)})" if on_cuda else "")
 
     class HalfVisual(nn.Module):
         """Visual encoder in float16: float32 pixels in, float32 features out (the head stays float32)."""
@@ -108,7 +113,8 @@ def _torch_backends(model: Any, wanted: set[str], device: Any, compile_mode: str
             return self.visual(x.half()).float()
 
     def sync() -> None:
-        torch.cuda.synchronize(device)
+        if on_cuda:
+            torch.cuda.synchronize(device)
 
     def host(fn: Callable[[Any], Any]) -> Callable[[np.ndarray], np.ndarray]:
         def run(x: np.ndarray) -> np.ndarray:
@@ -132,7 +138,7 @@ def _torch_backends(model: Any, wanted: set[str], device: Any, compile_mode: str
     m32 = copy.deepcopy(model).to(device).eval()
     if "torch-fp32" in wanted:
         out.append(Backend("torch-fp32", "torch", "device", host(m32.encode_image), prep(m32.encode_image), sync,
-                           FP32_THRESHOLD, info={"tf32": False}))
+                           FP32_THRESHOLD, info={"tf32": False, "provider": where}))
     need16 = {"torch-fp16", "torch-fp16-compile", "torch-fp16-cudagraph"} & wanted
     if not need16:
         return out
@@ -140,7 +146,12 @@ def _torch_backends(model: Any, wanted: set[str], device: Any, compile_mode: str
     m16.visual = HalfVisual(m16.visual)
     if "torch-fp16" in wanted:
         out.append(Backend("torch-fp16", "torch", "device", host(m16.encode_image), prep(m16.encode_image), sync,
-                           FP16_THRESHOLD))
+                           FP16_THRESHOLD, info={"provider": where}))
+    if not on_cuda:
+        for name in ("torch-fp16-compile", "torch-fp16-cudagraph"):
+            if name in wanted:
+                notes[name] = f"needs a CUDA device (this run is on {torch.device(device)})"
+        return out
     if "torch-fp16-compile" in wanted:
         if compile_mode == "none":
             notes["torch-fp16-compile"] = "--compile-mode none"
@@ -155,7 +166,8 @@ def _torch_backends(model: Any, wanted: set[str], device: Any, compile_mode: str
                 return y.clone() if graphs else y  # cudagraph outputs are overwritten by the next replay
 
             out.append(Backend("torch-fp16-compile", "torch", "device", host(run_compiled),
-                               prep(compiled, before=mark), sync, FP16_THRESHOLD, info={"mode": compile_mode}))
+                               prep(compiled, before=mark), sync, FP16_THRESHOLD,
+                               info={"mode": compile_mode, "provider": where}))
     if "torch-fp16-cudagraph" in wanted:
         graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}
 
@@ -179,7 +191,7 @@ def _torch_backends(model: Any, wanted: set[str], device: Any, compile_mode: str
             return static_out
 
         out.append(Backend("torch-fp16-cudagraph", "torch", "device", host(lambda x: graphed(x).clone()),
-                           prep(graphed), sync, FP16_THRESHOLD))
+                           prep(graphed), sync, FP16_THRESHOLD, info={"provider": where + ", CUDA graph"}))
     return out
 
 
@@ -188,7 +200,7 @@ def _ort_backends(paths: dict[str, Path], wanted: set[str], device: str, batches
     """The onnxruntime paths. ``device="cuda"`` on a GPU; ``"cpu"`` runs the same plumbing on the CPU provider
     (used by the tests)."""
     from tki_sdk.runtime.native import import_onnxruntime
-    from tki_sdk.runtime.engine.ort_session import OrtSession, ProviderUnavailable
+    from tki_sdk.runtime.engine.ort_session import CPU, CUDA, TENSORRT, OrtSession, ProviderUnavailable
 
     ort = import_onnxruntime()
     available = ort.get_available_providers()
@@ -237,19 +249,44 @@ def _ort_backends(paths: dict[str, Path], wanted: set[str], device: str, batches
                 opts["static_shapes"] = True  # same one-session-per-batch plumbing, without graphs
         t0 = time.perf_counter()
         try:
+            # device "cuda" / "tensorrt" is strict: a provider that does not start raises (no quiet fallback)
             sess = OrtSession(paths[art], device=dev, device_id=device_id, **opts)
         except (ProviderUnavailable, RuntimeError, ValueError) as e:
             notes[name] = str(e).splitlines()[0][:300]
             continue
-        if device == "cuda" and sess.provider not in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
-            notes[name] = f"onnxruntime ran it on {sess.provider}, not on the GPU"
+        expected = {"cuda": CUDA, "tensorrt": TENSORRT, "cpu": CPU}[dev]
+        if sess.provider != expected:  # belt and braces: the row must say what ran
+            notes[name] = f"onnxruntime started {sess.provider}, not {expected}: no row"
             continue
+        if dev == "tensorrt":
+            built = _tensorrt_ep_built(sess, paths[art], trt_cache)
+            if built is not None:
+                notes[name] = built
+                continue
         prepare = device_prepare(sess) if inp == "device" else host_prepare(sess)
         out.append(Backend(name, "onnxruntime", inp, f32(sess), prepare, _noop, thr,
                            setup_s=time.perf_counter() - t0,
-                           info={"provider": sess.provider, "io_binding": sess.io_binding,
-                                 "cuda_graph": sess.cuda_graph, "file": paths[art].name}))
+                           info={"provider": sess.provider, "providers": list(sess.providers),
+                                 "io_binding": sess.io_binding, "cuda_graph": sess.cuda_graph,
+                                 "file": paths[art].name}))
     return out
+
+
+def _tensorrt_ep_built(sess: Any, path: Path, cache: Path | None) -> str | None:
+    """``None`` when onnxruntime's TensorRT provider really built (or loaded) an engine for ``path``: after one
+    run, its engine cache (``cache``, the suite's own folder) holds a ``*.engine`` file. Else the note saying
+    why there is no TensorRT row: the provider took no node and CUDA ran everything."""
+    x = np.zeros([1, *[int(d) for d in sess.input_shape[1:]]], dtype=sess.input_dtype)
+    try:
+        sess.run(x)
+    except Exception as e:  # noqa: BLE001 - the note carries it
+        return f"TensorRT provider failed on its first run: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    folder = Path(cache) if cache is not None else None
+    engines = sorted(folder.glob("*.engine")) if folder is not None and folder.is_dir() else []
+    if not engines:
+        return (f"onnxruntime's TensorRT provider built no engine for {path.name} (none in {folder}): "
+                "CUDA ran every node, so there is no TensorRT row")
+    return None
 
 
 def _tensorrt_backend(plan: Path, md: Any, device: Any, notes: dict[str, str]) -> list[Backend]:
@@ -276,14 +313,16 @@ def _tensorrt_backend(plan: Path, md: Any, device: Any, notes: dict[str, str]) -
         stream = torch.cuda.current_stream(device)
 
         def step() -> Any:
-            ctx.execute_async_v3(stream.cuda_stream)
+            if not ctx.execute_async_v3(stream.cuda_stream):
+                raise RuntimeError(f"TensorRT execute_async_v3 failed on {plan.name} (batch {xd.shape[0]})")
             return out
         step.keep = (xd, out)  # type: ignore[attr-defined]
         return step
 
     return [Backend("tensorrt-plan", "tensorrt", "device", lambda x: runner.run(x), prepare,
                     lambda: torch.cuda.synchronize(device), FP16_THRESHOLD, max_batch=runner.max_batch,
-                    info={"file": plan.name, "max_batch": runner.max_batch})]
+                    info={"file": plan.name, "max_batch": runner.max_batch,
+                          "provider": f"TensorRT {runner.version}"})]
 
 
 def count_flops(model: Any, x1: np.ndarray) -> float | None:

@@ -39,7 +39,22 @@ slower of the two is named as the limit.
 Targets (ARCHITECTURE.md, "Targets"): the best exported path >= 20,000 img/s at batch 256 on one H100 and ahead of the best
 torch path; parity >= 0.999 for fp16 / TensorRT.
 
-Without CUDA (``torch.cuda.is_available()`` false) the suite prints one line and writes nothing.
+Presets (``--preset``): ``full`` (default) is every backend above and the end-to-end run; ``budget`` is
+``torch-fp32``, ``torch-fp16`` and ``torch-fp16-cudagraph`` from ``--checkpoint`` alone (no export folder, no
+onnxruntime-gpu), 1 s per row, no end to end: sized for one call of a lent GPU machine
+(benchmarks/gpu/README.md). A run of torch backends only never needs ``--model-dir``; without one the exported
+backends are listed as skipped. Beside the float64 parity, ``parity_vs_torch_fp32`` compares every fp16 path
+with ``torch-fp32`` on the same rows (min / mean cosine, max abs error).
+
+Every throughput row and parity entry records ``provider``, what actually ran it (``torch:cuda:0 (<GPU>)``,
+``CUDAExecutionProvider``, ``TensorRT <version>``): onnxruntime sessions are created strictly (a provider that
+does not start raises and the row is skipped with that line), and the TensorRT provider's row exists only when
+its engine cache holds an engine after the first run.
+
+Without CUDA (``torch.cuda.is_available()`` false) the suite prints one line and writes nothing, unless
+``--device cpu`` or ``--dry-run`` asks for the CPU rehearsal: the same steps, the CUDA-only rows (CUDA graphs,
+``torch.compile``, TensorRT) skipped with their reason, the ONNX rows on the CPU provider, and ``--dry-run``
+with the shortest timings. The numbers of a rehearsal mean nothing.
 """
 from __future__ import annotations
 
@@ -183,7 +198,8 @@ def summarize(records: Sequence[dict[str, Any]], parity: dict[str, dict[str, Any
 
 
 def _markdown(parity: dict[str, dict[str, Any]], records: list[dict[str, Any]], e2e: list[dict[str, Any]],
-              summary: dict[str, Any], skipped: dict[str, str], gpu_name: str) -> str:
+              summary: dict[str, Any], skipped: dict[str, str], gpu_name: str,
+              vs_fp32: dict[str, dict[str, Any]] | None = None) -> str:
     parts = [f"GPU: {gpu_name}"]
     if parity:
         rows = [[k, v.get("min_cosine"), v.get("mean_cosine"), v.get("max_abs_error"), v.get("threshold"),
@@ -192,11 +208,15 @@ def _markdown(parity: dict[str, dict[str, Any]], records: list[dict[str, Any]], 
         parts.append("Parity vs TKIModel.encode_image (float64), PACS images + random tensors, batch 1 and 32\n\n"
                      + markdown_table(["backend", "min cos", "mean cos", "max abs err", "threshold", "result"], rows,
                                       digits=6))
+    if vs_fp32:
+        rows = [[k, v["min_cosine"], v["mean_cosine"], v["max_abs_error"]] for k, v in vs_fp32.items()]
+        parts.append("Against torch-fp32 on the same inputs\n\n" + markdown_table(
+            ["backend", "min cos", "mean cos", "max abs err"], rows, digits=6))
     if records:
-        rows = [[r["backend"], r["input"], r["batch_size"], r["images_per_s"], r["p50_ms"], r["p95_ms"], r["p99_ms"],
-                 r.get("tflops")] for r in records]
+        rows = [[r["backend"], r.get("provider"), r["input"], r["batch_size"], r["images_per_s"], r["p50_ms"],
+                 r["p95_ms"], r["p99_ms"], r.get("tflops")] for r in records]
         parts.append("Throughput on preprocessed tensors\n\n" + markdown_table(
-            ["backend", "input", "batch", "img/s", "p50 ms", "p95 ms", "p99 ms", "TFLOP/s"], rows))
+            ["backend", "ran on", "input", "batch", "img/s", "p50 ms", "p95 ms", "p99 ms", "TFLOP/s"], rows))
     if e2e:
         rows = [[r["label"], r["precision"], r["batch_size"], r["workers"], r["images_per_s"], r["decode_images_per_s"],
                  r["inference_images_per_s"], r["limit"]] for r in e2e]
@@ -218,23 +238,48 @@ def _markdown(parity: dict[str, dict[str, Any]], records: list[dict[str, Any]], 
     return "\n\n".join(parts)
 
 
+# ------------------------------------------------------------------------------------------------ presets
+#: ``--preset budget``: the torch paths of the fused model straight from a checkpoint (no export, no
+#: onnxruntime-gpu), sized to fit one call of a lent GPU machine with its install (benchmarks/gpu/README.md).
+BUDGET_BACKENDS = ("torch-fp32", "torch-fp16", "torch-fp16-cudagraph")
+TORCH_BACKENDS = tuple(b for b in ALL_BACKENDS if b.startswith("torch-"))
+PRESETS: dict[str, dict[str, Any]] = {
+    "full": {"backends": ALL_BACKENDS, "seconds": 2.0, "warmup": 10, "parity_images": 64, "e2e": True},
+    "budget": {"backends": BUDGET_BACKENDS, "seconds": 1.0, "warmup": 5, "parity_images": 64, "e2e": False},
+}
+#: ``--dry-run`` / ``--quick`` timings (the CPU rehearsal of a preset: every step but the GPU itself).
+QUICK = {"seconds": 0.4, "warmup": 3, "parity_images": 32, "e2e_images": 512}
+DRY_RUN = {"seconds": 0.1, "warmup": 1, "parity_images": 32, "e2e_images": 64}
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``tki-bench gpu``."""
     g = parser.add_argument_group("gpu")
+    g.add_argument("--preset", choices=sorted(PRESETS), default="full",
+                   help="full: every backend (needs --model-dir for the exported ones) and end to end; budget: "
+                        "torch fp32 / fp16 / fp16 + CUDA graph from --checkpoint alone, no export (default full)")
+    g.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                   help="cuda (default); cpu rehearses the same steps without a GPU (numbers mean nothing)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="--device cpu with the shortest timings: the whole preset end to end, to check it before "
+                        "a GPU run")
     g.add_argument("--model-dir", type=Path, default=None,
-                   help="tki-export folder (model.onnx, model.fp16.onnx, optional model.plan)")
+                   help="tki-export folder (model.onnx, model.fp16.onnx, optional model.plan); not needed when "
+                        "only torch backends run (--preset budget)")
     g.add_argument("--checkpoint", type=Path, default=None,
                    help="tki train folder for the torch paths (default: the one tki.json records)")
     g.add_argument("--pretrained", default=None, help="CLIP weights (default: what tki.json records)")
     g.add_argument("--dataset-dir", type=Path, default=None,
                    help="PACS-style image folder (default $TKI_PACS_DIR, else ../shared/data/pacs/images beside the repository)")
     g.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCHES)), help="default 1,32,256")
-    g.add_argument("--backends", default=",".join(ALL_BACKENDS), help="comma-separated subset of the backends")
-    g.add_argument("--seconds", type=float, default=None, help="time per (backend, batch) (default 2; --quick 0.4)")
-    g.add_argument("--warmup", type=int, default=None, help="warm-up calls (default 10; --quick 3)")
+    g.add_argument("--backends", default=None,
+                   help="comma-separated subset of the backends (default: the preset's)")
+    g.add_argument("--seconds", type=float, default=None,
+                   help="time per (backend, batch) (default: full 2, budget 1; --quick 0.4; --dry-run 0.1)")
+    g.add_argument("--warmup", type=int, default=None, help="warm-up calls (default: full 10, budget 5; --quick 3)")
     g.add_argument("--parity-images", type=int, default=None,
-                   help="PACS images for parity, a multiple of 32 (default 64; --quick 32)")
+                   help="PACS images for parity, a multiple of 32 (default 64; --quick / --dry-run 32)")
     g.add_argument("--e2e-images", type=int, default=None, help="JPEG files end to end (default 4096; --quick 512)")
     g.add_argument("--e2e-batch-size", type=int, default=256, help="Embedder batch size end to end (default 256)")
     g.add_argument("--e2e-workers", type=int, default=None, help="decode threads (default: all usable CPUs)")
@@ -245,21 +290,101 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device-id", type=int, default=0, help="CUDA device (default 0)")
 
 
-def _cuda_or_skip() -> Any:
+def _cuda_or_skip(device: str = "cuda") -> Any:
     from tki_sdk.common.errors import UsageError
 
     try:
         import torch
     except ImportError:
         raise UsageError("tki-bench gpu: skipped: torch is not installed (pip install 'tki-sdk[bench]')") from None
+    if device == "cpu":
+        return torch
     if not torch.cuda.is_available():
         raise UsageError("tki-bench gpu: skipped: no CUDA device (torch.cuda.is_available() is False); "
                          "run it on a machine with an NVIDIA GPU (see benchmarks/gpu/README.md)")
     return torch
 
 
-def _device(torch: Any, device_id: int) -> Any:
-    return torch.device("cuda", int(device_id))
+def _device(torch: Any, device_id: int, kind: str = "cuda") -> Any:
+    return torch.device("cuda", int(device_id)) if kind == "cuda" else torch.device("cpu")
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's settings: the preset's, then ``--quick`` / ``--dry-run`` timings, then explicit options."""
+    from tki_sdk.common.errors import UsageError
+
+    preset = PRESETS[getattr(args, "preset", None) or "full"]
+    dry = bool(getattr(args, "dry_run", False))
+    quick = bool(getattr(args, "quick", False))
+    short = DRY_RUN if dry else QUICK if quick else {}
+    st = {
+        "preset": getattr(args, "preset", None) or "full",
+        "device": "cpu" if dry else (getattr(args, "device", None) or "cuda"),
+        "dry_run": dry,
+        "seconds": args.seconds if args.seconds is not None else short.get("seconds", preset["seconds"]),
+        "warmup": args.warmup if args.warmup is not None else short.get("warmup", preset["warmup"]),
+        "parity_images": args.parity_images or short.get("parity_images", preset["parity_images"]),
+        "e2e_images": args.e2e_images or short.get("e2e_images", 4096),
+        "e2e": preset["e2e"] and not args.no_e2e,
+        "batches": _ints(args.batch_sizes, "--batch-sizes"),
+    }
+    wanted = ([b.strip() for b in str(args.backends).split(",") if b.strip()] if args.backends
+              else list(preset["backends"]))
+    unknown = sorted(set(wanted) - set(ALL_BACKENDS))
+    if unknown:
+        raise UsageError(f"gpu: unknown backend(s) {unknown}; choose from {', '.join(ALL_BACKENDS)}")
+    st["backends"] = wanted
+    st["exported"] = [b for b in wanted if b not in TORCH_BACKENDS]
+    if args.model_dir is None:
+        if args.backends and st["exported"]:
+            raise UsageError(f"gpu: {', '.join(st['exported'])} run exported artifacts; pass --model-dir "
+                             "(a tki-export folder) or choose torch backends only")
+        if args.checkpoint is None:
+            raise UsageError("gpu: pass --checkpoint (a tki train folder) for the torch paths, and --model-dir "
+                             "(a tki-export folder) for the exported ones")
+    return st
+
+
+class _CheckpointInfo:
+    """What the suite reads from ``tki.json``, taken from the model itself when there is no export folder."""
+
+    def __init__(self, model: Any) -> None:
+        self.model_name = model.clip.model_name
+        self.head = "tki" if model.head is not None else "none"
+        self.embedding_dim = int(model.embedding_dim)
+        self.weights = dict(model.clip.weights or {})
+        self.preprocess = dict(model.clip.preprocess_cfg)
+        self.artifacts: dict[str, Any] = {}
+
+
+def _reference(model: Any, x: np.ndarray, device: Any, batch: int = 32) -> np.ndarray:
+    """``model.encode_image`` in float64 on ``device`` (the parity reference; the GPU computes it in seconds
+    where the CPU takes minutes for a ViT-B): a float64 copy of the model, TF32 irrelevant in float64."""
+    import copy
+
+    import torch
+
+    ref = copy.deepcopy(model).double().to(device).eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch):
+            xi = torch.from_numpy(np.ascontiguousarray(x[i:i + batch], dtype=np.float64)).to(device)
+            out.append(ref.encode_image(xi).cpu().numpy())
+    del ref
+    return np.concatenate(out, axis=0)
+
+
+def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def parity_vs(base: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict[str, float]:
+    """Row cosines of ``other`` against ``base`` over every input group (the fp16 rows against torch-fp32)."""
+    cos = np.concatenate([_cosine_rows(base[k], other[k]) for k in base])
+    err = max(float(np.abs(np.asarray(base[k], np.float64) - np.asarray(other[k], np.float64)).max()) for k in base)
+    return {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()), "max_abs_error": err, "rows": int(cos.size)}
 
 
 def _load_model(md: Any, checkpoint: Path | None, pretrained: str | None) -> Any:
@@ -291,11 +416,13 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the GPU suite (see module docstring); one line and no result file without CUDA."""
-    torch = _cuda_or_skip()
+    """Run the GPU suite (see module docstring); one line and no result file without CUDA (``--device cpu`` /
+    ``--dry-run`` run the same steps on the CPU, for rehearsal)."""
+    torch = _cuda_or_skip("cpu" if getattr(args, "dry_run", False) else getattr(args, "device", "cuda"))
+    st = _settings(args)
     import onnxruntime  # noqa: F401 - after torch (CUDA libraries), before anything that may load usearch
 
-    from tki_sdk.export.validate import build_inputs, validate_runner
+    from tki_sdk.export.validate import ValidationInputs, validate_runner
     from tki_sdk.common.model_metadata import ModelMetadata
     from tki_sdk.runtime.engine.preprocess import Preprocessor
 
@@ -303,19 +430,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tki_sdk.benchmarks.plots import plot_latency, plot_throughput
 
     quick = bool(getattr(args, "quick", False))
-    seconds = args.seconds if args.seconds is not None else (0.4 if quick else 2.0)
-    warmup = args.warmup if args.warmup is not None else (3 if quick else 10)
-    n_par = args.parity_images or (32 if quick else 64)
-    n_e2e = args.e2e_images or (512 if quick else 4096)
-    batches = _ints(args.batch_sizes, "--batch-sizes")
-    wanted = {b.strip() for b in str(args.backends).split(",") if b.strip()}
-    unknown = sorted(wanted - set(ALL_BACKENDS))
-    if unknown:
-        raise UsageError(f"gpu: unknown backend(s) {unknown}; choose from {', '.join(ALL_BACKENDS)}")
-    if args.model_dir is None:
-        raise UsageError("gpu: pass --model-dir (a tki-export folder with model.onnx / model.fp16.onnx)")
-    md = ModelMetadata.load(args.model_dir)
-    model_dir = Path(args.model_dir)
+    seconds, warmup, n_par, n_e2e = st["seconds"], st["warmup"], st["parity_images"], st["e2e_images"]
+    batches = st["batches"]
+    wanted = set(st["backends"])
     data = dataset_dir(args.dataset_dir)
     if data is None:
         raise UsageError("gpu: parity needs PACS images; pass --dataset-dir <root>/<domain>/<class>/<image> "
@@ -326,19 +443,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if progress:
             print(f"[gpu] {msg}", file=sys.stderr, flush=True)
 
-    device = _device(torch, args.device_id)
-    torch.cuda.set_device(device)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    props = torch.cuda.get_device_properties(device)
-    gpu = {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
-           "multiprocessors": props.multi_processor_count, "capability": f"{props.major}.{props.minor}",
-           "torch_cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
+    device = _device(torch, args.device_id, st["device"])
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        props = torch.cuda.get_device_properties(device)
+        gpu = {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+               "multiprocessors": props.multi_processor_count, "capability": f"{props.major}.{props.minor}",
+               "torch_cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
+    else:
+        gpu = {"name": "none (CPU rehearsal: the numbers mean nothing)", "torch_cuda": torch.version.cuda}
 
     # ---------------------------------------------------------------- model, inputs, reference
-    say(f"loading {md.model_name} ({md.head}) and {n_par} PACS images from {data}")
-    model = _load_model(md, args.checkpoint, args.pretrained)
-    pre = Preprocessor.from_metadata(md)
+    notes: dict[str, str] = {}
+    if args.model_dir is not None:
+        md: Any = ModelMetadata.load(args.model_dir)
+        model_dir: Path | None = Path(args.model_dir)
+        say(f"loading {md.model_name} ({md.head}) and {n_par} PACS images from {data}")
+        model = _load_model(md, args.checkpoint, args.pretrained)
+        pre = Preprocessor.from_metadata(md)
+    else:
+        from tki_sdk.export.fused import load_model
+
+        say(f"loading the checkpoint {args.checkpoint} (no export folder: torch paths only)")
+        model = load_model(args.checkpoint, head="tki", pretrained=args.pretrained)
+        md = _CheckpointInfo(model)
+        model_dir = None
+        pre = Preprocessor.from_metadata(md.preprocess)
+        for name in st["exported"]:
+            notes[name] = "no export folder (--model-dir): exported paths not measured"
     par_files = pick_files(data, n_par)
     if not par_files:
         raise UsageError(f"gpu: no images under {data}")
@@ -346,42 +480,57 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # whole chunks of PARITY_BATCH rows: the compiled / graphed paths then see only batch 1 and 32
     n_keep = max(PARITY_BATCH, (x_img.shape[0] // PARITY_BATCH) * PARITY_BATCH)
     x_img = _repeat_to(x_img, n_keep)
-    say("float64 reference on the CPU")
-    inputs = build_inputs(model, x_img, image_source=f"PACS ({len(par_files)} files from {data})",
-                          n_random=PARITY_BATCH, large_batch=PARITY_BATCH)
+    say(f"float64 reference on {device}")
+    rnd = np.random.default_rng(0).standard_normal((PARITY_BATCH, *x_img.shape[1:])).astype(np.float32)
+    groups = {"images": np.ascontiguousarray(x_img, dtype=np.float32), "random": rnd}
+    inputs = ValidationInputs(groups, {k: _reference(model, v, device) for k, v in groups.items()},
+                              (1, PARITY_BATCH), {"images": f"PACS ({len(par_files)} files from {data})",
+                                                  "random": "standard normal, seed 0"})
     flops = count_flops(model, x_img[:1])
     if flops is None:
         say("FLOP count unavailable")
 
     # ---------------------------------------------------------------- backends
-    notes: dict[str, str] = {}
     backends: list[Backend] = []
     t0 = time.perf_counter()
     backends += _torch_backends(model, wanted, device, args.compile_mode, notes)
-    arts = {k: model_dir / str(v.get("file")) for k, v in (md.artifacts or {}).items() if v.get("file")}
-    onnx_paths = {k: p for k, p in arts.items() if k in ("fp32", "fp16") and p.is_file()}
-    trt_cache = Path(os.environ.get("TKI_TRT_CACHE", "/tmp/tki-ort-trt-cache"))
-    say("starting onnxruntime sessions")
-    backends += _ort_backends(onnx_paths, wanted, "cuda", batches, notes, trt_cache=trt_cache,
-                              device_id=args.device_id)
-    if "tensorrt-plan" in wanted:
-        plan = next((p for k, p in arts.items() if k.startswith("tensorrt") and p.is_file()), None)
-        if plan is None:
-            notes["tensorrt-plan"] = "no TensorRT plan in the export (tki-export --tensorrt)"
-        else:
-            backends += _tensorrt_backend(plan, md, device, notes)
+    if model_dir is not None and st["exported"]:
+        arts = {k: model_dir / str(v.get("file")) for k, v in (md.artifacts or {}).items() if v.get("file")}
+        onnx_paths = {k: p for k, p in arts.items() if k in ("fp32", "fp16") and p.is_file()}
+        trt_cache = Path(os.environ.get("TKI_TRT_CACHE", "/tmp/tki-ort-trt-cache"))
+        say("starting onnxruntime sessions")
+        backends += _ort_backends(onnx_paths, wanted, device.type, batches, notes, trt_cache=trt_cache,
+                                  device_id=args.device_id)
+        if "tensorrt-plan" in wanted:
+            plan = next((p for k, p in arts.items() if k.startswith("tensorrt") and p.is_file()), None)
+            if device.type != "cuda":
+                notes["tensorrt-plan"] = "needs a CUDA device"
+            elif plan is None:
+                notes["tensorrt-plan"] = "no TensorRT plan in the export (tki-export --tensorrt)"
+            else:
+                backends += _tensorrt_backend(plan, md, device, notes)
     setup_s = time.perf_counter() - t0
 
     # ---------------------------------------------------------------- parity
     parity: dict[str, dict[str, Any]] = {}
+    outputs: dict[str, dict[str, np.ndarray]] = {}
     for b in backends:
         say(f"parity {b.name}")
         res = validate_runner(b.name, b.info.get("file", b.kind), b.host_run, inputs, threshold=b.threshold,
                               max_batch=b.max_batch)
-        parity[b.name] = res.to_dict()
+        parity[b.name] = {**res.to_dict(), "provider": b.info.get("provider")}
+        if b.name == "torch-fp32" or b.threshold < 0.99999:
+            try:
+                outputs[b.name] = {k: np.concatenate([np.asarray(b.host_run(v[i:i + PARITY_BATCH]), np.float32)
+                                                      for i in range(0, v.shape[0], PARITY_BATCH)])
+                                   for k, v in inputs.groups.items()}
+            except Exception as e:  # noqa: BLE001 - the float64 parity above already records the failure
+                notes[f"{b.name} vs torch-fp32"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    vs_fp32 = ({k: parity_vs(outputs["torch-fp32"], v) for k, v in outputs.items() if k != "torch-fp32"}
+               if "torch-fp32" in outputs else {})
 
     # ---------------------------------------------------------------- throughput
-    peak = _peak(gpu["name"])
+    peak = _peak(gpu["name"]) if device.type == "cuda" else None
     records: list[dict[str, Any]] = []
     pool = _repeat_to(inputs.groups["images"], max(batches))
     for bs in batches:
@@ -399,7 +548,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             finally:
                 gc.collect()
-            rec = {"backend": b.name, "kind": b.kind, "input": b.input, "batch_size": bs, **t}
+            rec = {"backend": b.name, "kind": b.kind, "provider": b.info.get("provider"), "input": b.input,
+                   "batch_size": bs, **t}
             if flops:
                 rec["tflops"] = rec["images_per_s"] * flops / 1e12
                 if peak:
@@ -408,7 +558,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     # ---------------------------------------------------------------- end to end
     e2e: list[dict[str, Any]] = []
-    if not args.no_e2e:
+    if st["e2e"] and model_dir is not None:
         if "fp16" not in (md.artifacts or {}):
             notes["e2e"] = "no fp16 artifact"
         else:
@@ -420,18 +570,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 files = [jpgs[i % len(jpgs)] for i in range(n_e2e)]
                 workers = args.e2e_workers or _usable_cpus()
+                ep = ["CUDAExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
                 for label, opts in (("jpeg", {}), ("jpeg, draft decode", {"draft": True})):
                     say(f"end to end ({label}), {len(files)} files, {workers} decode threads")
                     try:
-                        emb = Embedder(model_dir, precision="fp16", preprocess=opts)
+                        emb = Embedder(model_dir, precision="fp16", preprocess=opts, providers=ep)
                         e2e.append(end_to_end(emb, files, batch_size=args.e2e_batch_size, workers=workers,
                                               seconds=seconds, label=label))
                         del emb
                     except Exception as e:  # noqa: BLE001
                         notes[f"e2e {label}"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    elif st["e2e"]:
+        notes["e2e"] = "no export folder (--model-dir)"
 
     summary = summarize(records, parity, target_batch=TARGET_BATCH if TARGET_BATCH in batches else max(batches))
-    stem = getattr(args, "name", None) or ("quick" if quick else "results")
+    default_stem = ("dry-run" if st["dry_run"] else "quick" if quick else "results")
+    stem = getattr(args, "name", None) or (f"{st['preset']}-{default_stem}" if st["preset"] != "full" else default_stem)
     plots: list[str] = []
     if records:
         suite_dir = Path(getattr(args, "suite_dir", Path(args.out_dir) / SUITE))
@@ -450,17 +604,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "gpu": gpu,
         "onnxruntime": ort_info,
         "model": {"model_name": md.model_name, "head": md.head, "embedding_dim": md.embedding_dim,
-                  "image_size": list(md.preprocess.size), "weights": md.weights, "flops_per_image": flops,
-                  "export_dir": str(model_dir)},
-        "settings": {"batch_sizes": batches, "seconds": seconds, "warmup": warmup, "compile_mode": args.compile_mode,
-                     "parity_images": int(x_img.shape[0]), "parity_random": PARITY_BATCH,
-                     "dataset": str(data), "fp16_peak_flops": peak, "setup_s": setup_s},
+                  "image_size": [int(v) for v in x_img.shape[2:]], "weights": md.weights, "flops_per_image": flops,
+                  "export_dir": str(model_dir) if model_dir is not None else None,
+                  "checkpoint": str(args.checkpoint) if args.checkpoint is not None else None},
+        "settings": {"preset": st["preset"], "device": str(device), "dry_run": st["dry_run"],
+                     "backends": st["backends"], "batch_sizes": batches, "seconds": seconds, "warmup": warmup,
+                     "compile_mode": args.compile_mode, "parity_images": int(x_img.shape[0]),
+                     "parity_random": PARITY_BATCH, "dataset": str(data), "fp16_peak_flops": peak,
+                     "setup_s": setup_s},
         "parity": parity,
+        "parity_vs_torch_fp32": vs_fp32,
         "throughput": records,
         "e2e": e2e,
         "summary": summary,
         "skipped": notes,
         "backend_info": {b.name: {**b.info, "setup_s": b.setup_s} for b in backends},
-        "markdown": _markdown(parity, records, e2e, summary, notes, gpu["name"]),
+        "markdown": _markdown(parity, records, e2e, summary, notes, gpu["name"], vs_fp32),
         "plots": plots,
     }

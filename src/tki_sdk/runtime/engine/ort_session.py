@@ -1,4 +1,4 @@
-"""``OrtSession``: an onnxruntime session tuned for GPUs, with a plain CPU fallback.
+"""``OrtSession``: an onnxruntime session tuned for GPUs; the CPU when no provider is asked for by name.
 
 What it adds over ``onnxruntime.InferenceSession.run``:
 
@@ -6,6 +6,10 @@ What it adds over ``onnxruntime.InferenceSession.run``:
   provider when onnxruntime-gpu offers it, else the CPU; ``"tensorrt"`` puts onnxruntime's TensorRT execution
   provider first (fp16, engine + timing cache, an optimisation profile for batch 1..``trt_max_batch``), then
   CUDA for what TensorRT does not take, then CPU. Bare provider names are given these options too.
+* **Strict providers**: a provider asked for by name (``device="cuda"`` / ``"tensorrt"``, or an explicit
+  ``providers`` list led by a GPU provider) must be the one the session starts on; onnxruntime otherwise falls
+  through its list without a word (onnxruntime-gpu lists TensorRT even where ``libnvinfer`` is missing), so
+  :class:`ProviderUnavailable` is raised in one line instead. Only ``device="auto"`` falls back (warning).
 * **I/O binding** (on by default on CUDA / TensorRT): input and output live in device buffers that are
   allocated once per input shape and reused, so consecutive batches of one size allocate nothing; a host batch
   is copied in with ``OrtValue.update_inplace`` and the output copied back once. :meth:`OrtSession.run_device`
@@ -66,6 +70,14 @@ _GPU_INSTALL_HINT = (
     "install onnxruntime-gpu in place of onnxruntime (pip uninstall onnxruntime; pip install 'tki-sdk[gpu]') "
     "on a machine with an NVIDIA driver"
 )
+
+#: What to do when a requested provider is listed by onnxruntime but does not start.
+_NOT_STARTED_HINT = {
+    TENSORRT: "TensorRT 10's libnvinfer.so.10 was not found (pip install 'tensorrt-cu13<11' or put it on "
+              "LD_LIBRARY_PATH), or ask for device='cuda'",
+    CUDA: "CUDA 13 / cuDNN 9 libraries were not found (put NVIDIA's pip libraries, site-packages/nvidia/*/lib, on "
+          "LD_LIBRARY_PATH; see benchmarks/gpu/README.md) or there is no NVIDIA driver",
+}
 
 _NP_TYPES = {
     "tensor(float)": np.float32,
@@ -142,7 +154,8 @@ def select_providers(
     * ``"auto"``: CUDA when available (else ROCm / DirectML / CoreML), then CPU. TensorRT only on request: its
       first session builds an engine (minutes for a ViT-B).
     * ``"cuda"`` / ``"tensorrt"`` / ``"cpu"``: that provider (TensorRT followed by CUDA when available), then
-      CPU; :class:`ProviderUnavailable` when it is not offered here.
+      CPU; :class:`ProviderUnavailable` when it is not offered here (and, in :class:`OrtSession`, when it is
+      offered but the session does not start on it).
 
     Options: CUDA ``device_id`` and ``enable_cuda_graph="1"`` when ``cuda_graph``, plus ``cuda_options``;
     TensorRT ``trt_fp16_enable``, ``trt_engine_cache_enable`` / ``trt_timing_cache_enable`` with their paths
@@ -367,9 +380,13 @@ class OrtSession:
         self.output_dim: int | None = int(d1) if isinstance(d1, int) and d1 > 0 else None
         self.providers: list[str] = list(self._session.get_providers())
         self.provider = self.providers[0]
-        requested = names[0]
-        if requested != self.provider:
-            log.warning("onnxruntime could not start %s for %s and runs it on %s", requested, self.path.name,
+        # A provider asked for by name (device="cuda" / "tensorrt", or an explicit list led by a GPU provider)
+        # must be the one that runs: onnxruntime otherwise starts the next one in the list without a word.
+        self._requested = names[0] if (providers is not None or device in ("cuda", "tensorrt")) else None
+        if self._requested is not None and self._requested != CPU:
+            self._require(self._requested, self.providers)
+        elif names[0] != self.provider:
+            log.warning("onnxruntime could not start %s for %s and runs it on %s", names[0], self.path.name,
                         self.provider)
         on_gpu = self.provider in (CUDA, TENSORRT)
         self.device_type = "cuda" if on_gpu else "cpu"
@@ -417,6 +434,16 @@ class OrtSession:
         except Exception as e:  # noqa: BLE001 - onnxruntime raises several types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise RuntimeError(f"onnxruntime cannot load {self.path} on {providers[0][0]}: {first}") from None
+
+    def _require(self, requested: str, started: Sequence[str], batch: int | None = None) -> None:
+        """:class:`ProviderUnavailable` (one line) unless ``requested`` is the provider the session started on."""
+        first = started[0] if started else "no provider"
+        if first == requested:
+            return
+        why = _NOT_STARTED_HINT.get(requested, "check that onnxruntime supports it on this machine")
+        where = f" (batch {batch})" if batch is not None else ""
+        raise ProviderUnavailable(f"onnxruntime did not start {requested} for {self.path.name}{where}: it started "
+                                  f"{first} instead, so nothing runs; {why}")
 
     @staticmethod
     def _pick_io(sess: Any, input_name: str | None, output_name: str | None) -> tuple[Any, Any]:
@@ -525,6 +552,8 @@ class OrtSession:
         if entry is not None or not create:
             return entry
         sess = self._load(batch, self._graph_provider_list)
+        if self._requested is not None and self._requested != CPU:
+            self._require(self._requested, sess.get_providers(), batch=batch)
         if self.cuda_graph and sess.get_providers()[0] not in (CUDA, TENSORRT):
             raise RuntimeError(f"{self.path.name}: the CUDA-graph session for batch {batch} did not start on CUDA")
         shape = (int(batch), *[int(d) for d in self.input_shape[1:]])

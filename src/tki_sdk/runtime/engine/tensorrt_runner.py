@@ -46,6 +46,7 @@ class TensorRTRunner:
             except ImportError:
                 raise ImportError("backend='tensorrt' needs cuda-python (pip install cuda-python)") from None
         self._trt = trt
+        self.version = str(getattr(trt, "__version__", "unknown"))
         self._cudart = cudart
         self._logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self._logger)
