@@ -1,7 +1,6 @@
 """The torch-free CLIP tokenizer gives open_clip's token ids on every kind of string."""
 from __future__ import annotations
 
-import random
 import subprocess
 import sys
 import textwrap
@@ -11,71 +10,11 @@ import numpy as np
 import pytest
 
 from runtime_fixtures import BLOCK_TRAINING_STACK
+from text_fixtures import generated_strings
 from tki_sdk.runtime.engine.tokenizer import ClipTokenizer, TokenizerError
 
 open_clip = pytest.importorskip("open_clip")
 from open_clip.tokenizer import default_bpe  # noqa: E402
-
-ACCENTED = "àáâãäåæçèéêëìíîïñòóôõöøùúûüýÿÀÉÎÕÜßœŒłŁđĐšŠžŽčČőŰğİşı"
-CJK = "猫犬馬家吉他照片素描卡通絵画写真の犬고양이사진강아지中文字符号测试"
-EMOJI = ["😀", "🐶", "🐴", "🏠", "🎸", "👍🏽", "👨‍👩‍👧", "🇫🇷", "❤️", "✨", "🦄"]
-ENTITIES = ["&amp;", "&lt;", "&gt;", "&quot;", "&#39;", "&nbsp;", "&eacute;", "&amp;amp;", "&#x1F600;", "&copy;",
-            "&hellip;", "&mdash;", "&bogus;"]
-WORDS = ["dog", "horse", "house", "guitar", "photo", "sketch", "of", "a", "the", "painting", "cartoon",
-         "elephant", "giraffe", "person", "it's", "they're", "I'll", "we've", "x-ray", "3D", "42", "CAPS", "MiXeD"]
-PUNCT = list(".,;:!?'\"()[]{}<>/\\|@#$%^&*-_+=~`")
-WHITESPACE = [" ", "\t", "\n", "\r\n", "\u00a0", "\u2003", "\u3000", "\u200b", "\x0b", "\x0c"]
-
-
-def _mojibake(s: str, rng: random.Random) -> str:
-    """UTF-8 text decoded with a wrong codec (what ftfy repairs), sometimes twice."""
-    enc = rng.choice(["latin-1", "cp1252", "cp1252"])
-    out = s.encode("utf-8").decode(enc, errors="replace")
-    if rng.random() < 0.3:
-        out = out.encode("utf-8").decode(enc, errors="replace")
-    return out
-
-
-def generated_strings(n: int = 5200, seed: int = 22) -> list[str]:
-    """``n`` strings: ASCII, accents, CJK, emoji, HTML entities, mojibake, 300-word strings, empty, whitespace."""
-    rng = random.Random(seed)
-    out = ["", " ", "   ", "\t\n", "\u00a0\u3000", "a", "A photo of a dog.", "<start_of_text>",
-           "<end_of_text> dog <start_of_text>"]
-
-    def words(k: int, pool: list[str]) -> str:
-        return " ".join(rng.choice(pool) for _ in range(k))
-
-    def chars(k: int, alphabet: str | list[str]) -> str:
-        return "".join(rng.choice(alphabet) for _ in range(k))
-
-    kinds = ["ascii", "accents", "cjk", "emoji", "entities", "mojibake", "long", "whitespace", "mixed", "random"]
-    while len(out) < n:
-        kind = kinds[len(out) % len(kinds)]
-        if kind == "ascii":
-            s = words(rng.randint(1, 12), WORDS + PUNCT)
-        elif kind == "accents":
-            s = " ".join(chars(rng.randint(1, 8), ACCENTED + "aeiou") for _ in range(rng.randint(1, 5)))
-        elif kind == "cjk":
-            s = chars(rng.randint(1, 20), CJK + " ")
-        elif kind == "emoji":
-            s = words(rng.randint(1, 8), EMOJI + WORDS)
-        elif kind == "entities":
-            s = "".join(rng.choice(ENTITIES + WORDS + [" "]) for _ in range(rng.randint(1, 10)))
-        elif kind == "mojibake":
-            s = _mojibake(words(rng.randint(1, 6), WORDS + list(ACCENTED) + EMOJI + list(CJK[:6])), rng)
-        elif kind == "long":
-            s = words(300, WORDS + EMOJI + list(ACCENTED) + PUNCT)
-        elif kind == "whitespace":
-            s = chars(rng.randint(0, 6), WHITESPACE) + words(rng.randint(0, 3), WORDS) + chars(rng.randint(0, 4), WHITESPACE)
-        elif kind == "mixed":
-            s = words(rng.randint(1, 30), WORDS + EMOJI + ENTITIES + list(CJK) + list(ACCENTED) + PUNCT + WHITESPACE)
-        else:  # random code points from the planes people type in (surrogates excluded)
-            s = "".join(chr(rng.choice([rng.randint(32, 0x2FF), rng.randint(0x370, 0x52F), rng.randint(0x600, 0x6FF),
-                                        rng.randint(0x900, 0x97F), rng.randint(0x3040, 0x30FF),
-                                        rng.randint(0x4E00, 0x9FFF), rng.randint(0xAC00, 0xD7A3),
-                                        rng.randint(0x1F300, 0x1FAFF)])) for _ in range(rng.randint(1, 25)))
-        out.append(s)
-    return out[:n]
 
 
 @pytest.fixture(scope="module")

@@ -67,7 +67,9 @@ class FusedTextEncoder(nn.Module):
 def text_reference(model: TKIModel, token_ids: np.ndarray, domain_vector: np.ndarray, domain_position: np.ndarray,
                    batch_size: int = 64) -> np.ndarray:
     """:class:`FusedTextEncoder` of a float64 copy of ``model``: the parity reference of the text artifact."""
-    ref = FusedTextEncoder(copy.deepcopy(model).double().eval())
+    m = copy.deepcopy(model).double().eval()
+    m.clip.model.double()  # the text tower lives in clip.model (TKIModel registers only the visual tower)
+    ref = FusedTextEncoder(m)
     out = []
     for s in range(0, token_ids.shape[0], batch_size):
         out.append(ref(torch.from_numpy(np.ascontiguousarray(token_ids[s:s + batch_size], dtype=np.int64)),
