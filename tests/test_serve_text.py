@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -224,3 +228,21 @@ def test_text_on_an_export_without_text_is_422_naming_the_fix(setup, tmp_path):
             assert r.status_code == 200 and r.json()["results"][0]["keys"][0] == 0  # images still work
 
     run(main())
+
+
+def test_serve_refuses_a_tampered_text_artifact_at_start_exit_4(setup, tmp_path):
+    s = setup
+    model = tmp_path / "export"
+    shutil.copytree(s["model"], model)
+    text = json.loads((model / "tki.json").read_text())["text"]["artifacts"]["text_fp32"]["file"]
+    data = bytearray((model / text).read_bytes())
+    data[-1] ^= 0xFF  # same size, other content: only the SHA-256 tells
+    (model / text).write_bytes(bytes(data))
+    r = subprocess.run([sys.executable, "-m", "tki_sdk.cli.serve", "--model", str(model), "--gallery",
+                        str(s["gallery"]), "--host", "127.0.0.1", "--port", "0", "--reload-interval", "0",
+                        "--log-level", "warning"],
+                       capture_output=True, text=True, timeout=120, cwd=str(Path(__file__).parent))
+    assert r.returncode == 4, (r.returncode, r.stderr[-2000:])
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("tki serve: error: "), r.stderr
+    assert "text_fp32" in lines[0] or text in lines[0], lines[0]
