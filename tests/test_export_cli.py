@@ -112,7 +112,7 @@ def test_full_run_prints_summary(tiny_checkpoint, tmp_path, calib, capsys):
     table = lines[start + 2: lines.index("", start)]
     rows = {ln.split()[0]: ln for ln in table}
     assert "int8 candidates: dynamic: min cosine" in stdout
-    assert set(rows) == {"fp32", "int8", "torch"}
+    assert set(rows) == {"fp32", "int8", "torch", "text_fp32"}  # the text encoder is exported by default
     assert "pass" in rows["fp32"] and "int8 (dynamic)" in rows["int8"]
     n_files = len(list(calib.iterdir()))
     assert (f"images (calibration / validation): {calib} (--calib-images; {n_files} images; "

@@ -56,7 +56,8 @@ def test_overwrite_replaces_only_what_tki_export_writes(tiny_checkpoint, tmp_pat
     code, _, err = export(tiny_checkpoint, out, calib, capsys, "--overwrite")
     assert code == 0, err
     names = {p.name for p in out.iterdir()}
-    assert names == {"model.onnx", "tki.json", "parity.json", "notes.txt", "model.plan.notes"}, names
+    assert names == {"model.onnx", "tki.json", "parity.json", "notes.txt", "model.plan.notes",
+                     "text.onnx", "bpe_simple_vocab_16e6.txt.gz", "domain_vectors.npy"}, names
     assert (out / "notes.txt").read_bytes() == b"do not delete"
     md = ModelMetadata.load(out)
     assert set(md.artifacts) == {"fp32"}

@@ -231,7 +231,9 @@ def test_hostile_uploads_get_4xx_and_the_service_keeps_serving(setup, tmp_path):
                     yield b"x" * 100_000
             r = await c.post("/v1/search", content=chunks(), headers={"content-type": "application/json"})
             assert r.status_code == 413, r.text
-            r = await c.post("/v1/embed", json={"vectors": [good_vec]})
+            r = await c.post("/v1/embed", json={"vectors": [good_vec]})  # JSON embeds texts only
+            assert r.status_code == 422 and "unknown field" in r.json()["error"], r.text
+            r = await c.post("/v1/embed", content=b"k=3", headers={"content-type": "text/plain"})
             assert r.status_code == 415
             assert (await c.get("/healthz")).status_code == 200
             assert (await c.get("/readyz")).status_code == 200

@@ -27,6 +27,9 @@ What it measures (``tki-bench throughput``):
   otherwise; method recorded).
 * Engine choice: :func:`tki_sdk.runtime.engine.engine_choice.choose_engine` measured afresh (no cache) and reported
   with its reason.
+* Texts (exports with a text artifact): texts/s of ``Embedder.embed_texts`` at batch 1 and 64 for the raw
+  query and the export's default construction (the TKI ensemble runs P prompts per text), beside torch eager
+  ``TKIModel.encode_text`` on the same raw strings, interleaved (:func:`text_throughput`).
 * Profiles: onnxruntime's per-node profile of the fp32 and int8 artifacts: share of kernel time per operator
   type, and the head (``expmap0``, Möbius layers, normalisation) over the encoder.
 
@@ -52,7 +55,7 @@ from tki_sdk.export.validate import measure_interleaved
 
 from tki_sdk.benchmarks.results import markdown_table
 
-__all__ = ["add_arguments", "run", "TARGETS", "measure_interleaved", "head_share_from_profile"]
+__all__ = ["add_arguments", "run", "TARGETS", "measure_interleaved", "head_share_from_profile", "text_throughput"]
 
 TARGETS = {"auto_vs_plain_fp32": 2.5, "auto_vs_torch": 3.0, "auto_of_fastest": 0.9, "embedder_vs_plain": 0.97,
            "int8_fraction_of_peak": 0.5, "head_fraction": 0.01}
@@ -358,6 +361,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if art and p in precisions:
                     profiles[p] = head_share_from_profile(export_dir / art["file"],
                                                           np.ascontiguousarray(xmax[: args.batch_size]), args.threads)
+        text = text_throughput(model, md, export_dir, args.threads, max(3, rounds // 2))
         variants = None
         if getattr(args, "int8_variants", False):
             variants = _int8_variants(model, md, fp32_file, args)
@@ -428,6 +432,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 [[k, f"{v['min_cosine']:.5f}", round(v["images_per_s"], 1), f"{v['vs_fp32']:.2f}x",
                   ", ".join(f"{op} {100 * sh:.0f}%" for op, sh in list(v["op_share"].items())[:3])]
                  for k, v in variants["variants"].items()])]
+        for r in (text or {}).get("records", []):
+            lines.append(f"- text {r['backend']} batch {r['batch_size']}: {r['texts_per_s']:.1f} texts/s "
+                         f"(p50 {r['p50_ms']:.1f} ms)")
         lines.append(f"- load average before/after: {load_before} / {load_after} on {os.cpu_count()} CPUs")
         return {
             "name": name,
@@ -452,6 +459,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                         "engines", "weights", "activations")}
                           for k, v in (md.artifacts or {}).items()},
             "int8_variants": variants,
+            "text": text,
             "export_seconds": export_seconds,
             "loadavg": {"before": load_before, "after": load_after},
             "seconds_total": time.perf_counter() - t_start,
@@ -461,6 +469,47 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if tmp_ctx is not None:
             tmp_ctx.cleanup()
+
+
+#: Batch sizes of the text rows.
+TEXT_BATCHES = (1, 64)
+
+
+def text_throughput(model: Any, md: Any, export_dir: Path, threads: int, rounds: int) -> dict[str, Any] | None:
+    """texts/s of ``Embedder.embed_texts`` (raw query; the export's default construction) and of torch eager
+    ``model.encode_text`` at :data:`TEXT_BATCHES`, interleaved; None when the export has no text artifact.
+    Texts: the words of the PACS classes and styles in short phrases (tokenisation included in every row)."""
+    import torch
+
+    from tki_sdk.runtime import Embedder
+
+    if not md.has_text:
+        return None
+    emb = Embedder(export_dir, backend="onnxruntime", precision="fp32", threads=threads)
+    words = ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person", "sketch", "cartoon", "painting"]
+    phrases = [f"a {a} {b}" for a in words for b in words][:max(TEXT_BATCHES)]
+    default = str(md.text.get("default_query") or "raw")
+    records = []
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for b in TEXT_BATCHES:
+            xs = phrases[:b]
+            fns: dict[str, Callable[[], Any]] = {"torch:encode_text": lambda xs=xs: model.encode_text(xs)}
+            fns["onnxruntime:text_fp32 raw"] = lambda xs=xs: emb.embed_texts(xs, template="raw")
+            if default != "raw":
+                fns[f"onnxruntime:text_fp32 {default}"] = lambda xs=xs: emb.embed_texts(xs)
+            for k, t in measure_interleaved(fns, rounds).items():
+                st = _stats(t, b)
+                st["texts_per_s"] = st.pop("images_per_s")
+                st["ms_per_text"] = st.pop("ms_per_image")
+                records.append({"backend": k, **st})
+    finally:
+        torch.set_num_threads(prev)
+    return {"records": records, "default_query": default, "threads": threads, "rounds": rounds,
+            "texts": "two-word phrases of PACS class and style words ('a dog sketch'), tokenised in every call",
+            "prompts_per_text": {"raw": 1, default: (int(md.text["domain_vectors"]["shape"][0])
+                                                     if default == "ensemble" else 1)}}
 
 
 def _int8_variants(model: Any, md: Any, fp32_file: Path, args: argparse.Namespace) -> dict[str, Any]:

@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="onnxruntime / torch threads for validation and timing (default 2)")
     p.add_argument("--allow-parity-failure", action="store_true",
                    help="keep artifacts that miss their parity threshold (with a warning) instead of failing")
+    p.add_argument("--no-text", action="store_true",
+                   help="skip the text encoder (text.onnx + vocabulary; without it the export cannot search by text)")
     p.add_argument("--no-timing", action="store_true", help="skip the torch eager timing row of the summary")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -185,7 +187,7 @@ def _config(args: argparse.Namespace):  # -> ExportConfig
         calib_count=args.calib_count, val_count=args.val_count, opset=args.opset, max_batch=args.max_batch,
         triton_repo=args.triton_repo, allow_parity_failure=args.allow_parity_failure, int8_schemes=schemes,
         threads=args.threads, time_torch=not args.no_timing, progress=not args.no_progress, overwrite=args.overwrite,
-        embedding=args.embedding, metric=args.metric,
+        embedding=args.embedding, metric=args.metric, text=not args.no_text,
     )
 
 

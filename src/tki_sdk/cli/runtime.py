@@ -47,6 +47,12 @@ an error are reported and remove the key's old item. Reads one batch of rows at 
 SEARCH_EXAMPLE = """example:
   tki search --gallery pacs.gallery --model export/ --image query.jpg -k 5 --where domain=sketch
   tki search --gallery pacs.gallery --model export/ --images queries/ --where class=dog,horse --json
+  tki search --gallery pacs.gallery --model export/ --text "a horse" --text "a guitar" -k 5 --where domain=sketch
+
+--text searches by words (repeatable; exports with a text encoder: tki-export writes one unless --no-text).
+--text-template says how a query becomes text for the model: raw (as typed), ensemble (TKI: the query in each
+learned domain prompt "a [DOMAIN]_p style of {}.", the embeddings averaged), or a template holding {} such as
+"a photo of a {}."; default: the export's (the ensemble for a TKI head, "a photo of a {}." for vanilla CLIP).
 
 --where NAME=VALUE keeps gallery items whose metadata field NAME equals VALUE (VALUE may be a comma list:
 any of them); several --where options must all hold (at most 32 fields, 900 values). --json prints one JSON
@@ -174,6 +180,11 @@ def _add_search(sub: Any) -> argparse.ArgumentParser:
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--image", nargs="+", metavar="FILE", help="query image file(s)")
     q.add_argument("--images", metavar="DIR", help="folder of query images")
+    q.add_argument("--text", action="append", metavar="WORDS",
+                   help="query by words, e.g. --text \"a horse\" (repeatable: one query each)")
+    p.add_argument("--text-template", default=None, metavar="T",
+                   help="how --text becomes the model's text: raw, ensemble, or a template with {} "
+                        "(default: the export's: ensemble for a TKI head, 'a photo of a {}.' for vanilla CLIP)")
     p.add_argument("-k", type=int, default=10, metavar="N",
                    help="hits per query (default 10; at most 100,000, capped by the gallery size)")
     p.add_argument("--where", action="append", default=[], metavar="NAME=VALUE",
@@ -478,12 +489,15 @@ def _run_search(args: argparse.Namespace) -> int:
     gpath = Path(args.gallery)
     if not is_gallery(gpath):
         raise UsageError(f"{gpath} is not a gallery; build one with tki embed")
-    if args.images:
+    texts = _text_queries(args)
+    if texts is not None:
+        queries: list[Any] = list(texts)
+    elif args.images:
         qdir = Path(args.images)
         if not qdir.is_dir():
             raise UsageError(f"query folder {qdir} does not exist or is not a folder")
         skipped: list[SkippedEntry] = []
-        queries: list[Path] = [f.path for f in list_images(qdir, skipped)]
+        queries = [f.path for f in list_images(qdir, skipped)]
         for entry in skipped:
             print(f"tki search: skipped {printable(entry.path)}: {printable(entry.reason)}", file=sys.stderr)
         if not queries:
@@ -510,7 +524,10 @@ def _run_search(args: argparse.Namespace) -> int:
     emb = _make_embedder(args)
     if emb.embedding_dim != gallery.ndim:
         raise UsageError(f"model embeds {emb.embedding_dim}-d vectors but the gallery holds {gallery.ndim}-d ones")
-    res = emb.embed_images(queries, progress=len(queries) > 64)
+    if texts is not None:
+        res = _embed_text_queries(emb, texts, args.text_template)
+    else:
+        res = emb.embed_images(queries, progress=len(queries) > 64)
     for item, reason in res.errors:
         print(f"tki search: skipped query {printable(item)}: {printable(reason)}", file=sys.stderr)
     if not len(res.indices):
@@ -545,6 +562,51 @@ def _run_search(args: argparse.Namespace) -> int:
                 print(f"  {h['rank']:>3}. {h['distance']:.4f}  {printable(where_txt)}"
                       + (f"  [{printable(label)}]" if label else ""))
     return 0
+
+
+def _text_queries(args: argparse.Namespace) -> list[str] | None:
+    """The ``--text`` queries, checked (None without ``--text``); the model must have a text encoder."""
+    from tki_sdk.common.model_metadata import ModelMetadata
+    from tki_sdk.runtime.engine.text_encoder import MAX_TEXT_CHARS, resolve_template
+
+    if not getattr(args, "text", None):
+        if getattr(args, "text_template", None) is not None:
+            raise UsageError("--text-template applies to --text queries only; add --text WORDS")
+        return None
+    texts = list(args.text)
+    if any(not t.strip() for t in texts):
+        raise UsageError("--text is empty; give the words to search for, e.g. --text \"a horse\"")
+    long = [t for t in texts if len(t) > MAX_TEXT_CHARS]
+    if long:
+        raise UsageError(f"--text is {len(long[0]):,} characters; at most {MAX_TEXT_CHARS:,} are accepted")
+    try:
+        md = ModelMetadata.load(_check_model_dir(args.model))
+    except (OSError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    if not md.has_text:
+        raise UsageError(f"{args.model} has no text encoder (exported before text search or with --no-text); "
+                         "re-export the model with tki-export (without --no-text) to search by --text")
+    try:
+        resolve_template(args.text_template, "raw")
+    except ValueError as e:
+        raise UsageError(f"--text-template: {e}") from None
+    return texts
+
+
+def _embed_text_queries(emb: Any, texts: list[str], template: str | None) -> Any:
+    """``--text`` queries -> an ``EmbedResult`` (one row per query, no errors)."""
+    import numpy as np
+
+    from tki_sdk.runtime.engine.artifact_check import ArtifactCheckError
+    from tki_sdk.runtime.engine.embedder import EmbedResult
+
+    try:
+        vectors = emb.embed_texts(texts, template=template)
+    except ArtifactCheckError as e:
+        raise UsageError(str(e), code=EXIT_DAMAGED) from None
+    except ValueError as e:
+        raise UsageError(one_line(e)) from None
+    return EmbedResult(vectors, np.arange(len(texts), dtype=np.int64))
 
 
 # ---------------------------------------------------------------------------------------------- info

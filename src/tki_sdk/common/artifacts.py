@@ -14,18 +14,25 @@ built only when asked for (``tki-export --openvino``), so it is not in :data:`PR
 Batch invariance (:func:`batch_invariant`): an artifact whose output for one image depends on the other
 images of its batch -- int8 quantised dynamically with one activation scale per batch tensor -- may run only
 when chosen explicitly; the runtime never picks it by itself (engine choice, default precision).
+
+Each kind has a ``role``: ``"image"`` (pixels -> embedding, ``tki.json`` ``artifacts``) or ``"text"`` (token
+ids -> embedding in the same space, ``tki.json`` ``text.artifacts``; :data:`TEXT_ARTIFACTS`). Text artifacts
+are fp32 only: the text graph is validated against ``TKIModel.encode_text`` in float64 at the fp32 threshold.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 __all__ = ["ArtifactKind", "ARTIFACT_KINDS", "ONNX", "TENSORRT_PLAN", "PRECISIONS", "artifact_kind",
-           "parity_threshold", "batch_invariant", "PARITY_FILE", "ONNXRUNTIME", "OPENVINO", "TENSORRT"]
+           "parity_threshold", "batch_invariant", "PARITY_FILE", "ONNXRUNTIME", "OPENVINO", "TENSORRT", "IMAGE",
+           "TEXT", "TEXT_ARTIFACTS"]
 
 ONNX = "onnx"
 TENSORRT_PLAN = "tensorrt_plan"
 #: Runtimes (engines) an artifact can name.
 ONNXRUNTIME, OPENVINO, TENSORRT = "onnxruntime", "openvino", "tensorrt"
+#: Roles: what an artifact embeds.
+IMAGE, TEXT = "image", "text"
 #: ``parity.json``: the validation report written beside the artifacts.
 PARITY_FILE = "parity.json"
 
@@ -34,7 +41,8 @@ PARITY_FILE = "parity.json"
 class ArtifactKind:
     """One kind of exported file: ``key`` in ``tki.json``'s ``artifacts``, the ``file`` name, its ``format``
     (``"onnx"`` or ``"tensorrt_plan"``), numeric ``precision``, ``parity_threshold`` (min cosine vs torch) and
-    the ``runtime`` that executes it (``"onnxruntime"``, ``"openvino"`` or ``"tensorrt"``)."""
+    the ``runtime`` that executes it (``"onnxruntime"``, ``"openvino"`` or ``"tensorrt"``), and its ``role``
+    (``"image"`` or ``"text"``)."""
 
     key: str
     file: str
@@ -42,6 +50,7 @@ class ArtifactKind:
     precision: str
     parity_threshold: float
     runtime: str
+    role: str = IMAGE
 
 
 ARTIFACT_KINDS: dict[str, ArtifactKind] = {
@@ -51,12 +60,16 @@ ARTIFACT_KINDS: dict[str, ArtifactKind] = {
         ArtifactKind("int8", "model.int8.onnx", ONNX, "int8", 0.99, ONNXRUNTIME),
         ArtifactKind("tensorrt_fp16", "model.plan", TENSORRT_PLAN, "fp16", 0.999, TENSORRT),
         ArtifactKind("openvino_int8", "model.ov.int8.onnx", ONNX, "int8", 0.99, OPENVINO),
+        ArtifactKind("text_fp32", "text.onnx", ONNX, "fp32", 0.99999, ONNXRUNTIME, TEXT),
     )
 }
 
 #: The onnxruntime precisions ``tki-export --precision`` accepts, in build order (fp32 first: the others derive
 #: from it). The OpenVINO int8 artifact has its own flag (``--openvino``).
-PRECISIONS: tuple[str, ...] = tuple(k for k, a in ARTIFACT_KINDS.items() if a.format == ONNX and a.runtime == ONNXRUNTIME)
+PRECISIONS: tuple[str, ...] = tuple(k for k, a in ARTIFACT_KINDS.items()
+                                    if a.format == ONNX and a.runtime == ONNXRUNTIME and a.role == IMAGE)
+#: The text artifacts (``tki.json`` ``text.artifacts``), in build order.
+TEXT_ARTIFACTS: tuple[str, ...] = tuple(k for k, a in ARTIFACT_KINDS.items() if a.role == TEXT)
 
 
 def artifact_kind(key: str) -> ArtifactKind:

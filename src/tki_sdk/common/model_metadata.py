@@ -26,8 +26,21 @@ Layout (``format_version`` 2)::
                              "sha256": "...", "parity_min_cosine": ..., ...}, ...},   # keys: common.artifacts
       "default_precision": "fp32",
       "versions": {"tki-sdk": "...", "torch": "...", "open-clip-torch": "...", "onnx": "...", ...},
-      "export": {...}                          # how and when it was exported, the images used
+      "export": {...},                         # how and when it was exported, the images used
+      "text": {...} | null                     # the text encoder (optional; absent before text search)
     }
+
+``text`` (optional; null or absent: the export embeds images only)::
+
+    {"artifacts": {"text_fp32": {"file": "text.onnx", "role": "text", "format": "onnx", "bytes": ..,
+                                 "sha256": "..", "parity_min_cosine": .., ...}},
+     "default_precision": "text_fp32",
+     "input_names": ["token_ids", "domain_vector", "domain_position"], "output_name": "text_embedding",
+     "tokenizer": {"kind": "clip_bpe", "clean": "lower", "context_length": 77, "sot_token_id": 49406,
+                   "eot_token_id": 49407, "vocab": {"file": "bpe_simple_vocab_16e6.txt.gz", "bytes": .., "sha256": ".."}},
+     "domain_vectors": {"file": "domain_vectors.npy", "bytes": .., "sha256": "..", "shape": [P, W]} | null,
+     "domain_prompt": {"prefix": "a", "placeholder": "x", "suffix": "style of", "end": "."},
+     "default_query": "ensemble" | "a photo of a {}." | "raw", "not_exported": {"fp16": "why", ...}}
 
 The curvature is read from ``head_config`` (:attr:`ModelMetadata.curvature`: None for a Euclidean head or
 no head). Format 1 files, which also carried top-level ``curvature``, ``image_size`` and ``precisions``
@@ -47,7 +60,7 @@ from tki_sdk.common.atomic import sha256_file
 from tki_sdk.common.contract import ContractError, JsonContract, check_version, require
 
 __all__ = ["ModelMetadata", "PreprocessConfig", "sha256_file", "METADATA_FILE", "INPUT_NAME", "OUTPUT_NAME",
-           "FORMAT_VERSION"]
+           "FORMAT_VERSION", "TEXT_INPUT_NAMES", "TEXT_OUTPUT_NAME"]
 
 FORMAT_VERSION = 2
 #: Format-1 copies of facts recorded elsewhere in the file, dropped on load.
@@ -55,6 +68,9 @@ _DERIVED_V1 = ("curvature", "image_size", "precisions")
 METADATA_FILE = "tki.json"
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "embedding"
+#: Inputs and output of the text graph (``tki.json`` ``text``).
+TEXT_INPUT_NAMES = ("token_ids", "domain_vector", "domain_position")
+TEXT_OUTPUT_NAME = "text_embedding"
 
 
 @dataclass
@@ -120,7 +136,14 @@ class ModelMetadata(JsonContract):
     default_precision: str = "fp32"
     versions: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    #: The text encoder (see the module docstring); None for exports that embed images only.
+    text: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_text(self) -> bool:
+        """True when the export carries a text encoder (``text.artifacts`` is not empty)."""
+        return isinstance(self.text, dict) and bool(self.text.get("artifacts"))
 
     @property
     def curvature(self) -> float | None:
@@ -147,12 +170,16 @@ class ModelMetadata(JsonContract):
         kwargs["format_version"] = FORMAT_VERSION if version < FORMAT_VERSION else version
         if not isinstance(kwargs.get("artifacts", {}), dict):
             raise ContractError(f"{where}: artifacts is not an object; {fix}")
+        if kwargs.get("text") is not None and not isinstance(kwargs["text"], dict):
+            raise ContractError(f"{where}: text is not an object; {fix}")
         extra = {k: v for k, v in d.items() if k not in known and k not in _DERIVED_V1}
         return cls(**kwargs, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["preprocess"] = self.preprocess.to_dict()
+        if d.get("text") is None:
+            d.pop("text", None)  # image-only exports keep the layout they always had
         extra = d.pop("extra")
         return self.with_extra(d, extra)
 

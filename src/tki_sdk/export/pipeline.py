@@ -15,6 +15,8 @@
    passes) becomes ``model.int8.onnx``; ``tki.json`` records the scheme, ``batch_invariant`` and all
    candidates;
 6. optionally ``model.plan`` (TensorRT fp16), validated with the runtime's TensorRT runner;
+3b. unless ``text=False``: the text artifact (``text.onnx`` + vocabulary + domain vectors, :mod:`.text`),
+   validated against ``TKIModel.encode_text``; recorded under ``tki.json`` ``text``;
 6b. optionally (``openvino``) ``model.onnx`` validated on OpenVINO (recorded under the fp32 artifact's
    ``engines``) and ``model.ov.int8.onnx`` quantised with NNCF on the calibration images
    (:mod:`.openvino_int8`), validated and timed on OpenVINO;
@@ -55,6 +57,7 @@ import numpy as np
 from tki_sdk.common.artifacts import ARTIFACT_KINDS, ONNX, OPENVINO, PARITY_FILE, PRECISIONS
 from tki_sdk.common.model_metadata import METADATA_FILE, ModelMetadata, PreprocessConfig, sha256_file
 
+from tki_sdk.export.text import TEXT_FILES, text_file_names
 from tki_sdk.export.onnx_export import DEFAULT_OPSET, ExportError, export_onnx, graph_info, load_proto, ort_fused_graph, tail_nodes
 from tki_sdk.export.validate import (
     THRESHOLDS,
@@ -72,7 +75,7 @@ __all__ = ["ExportConfig", "ExportResult", "run_export", "validate_export", "PRE
 #: File name of each artifact key (from the artifact table, :data:`tki_sdk.common.artifacts.ARTIFACT_KINDS`).
 ARTIFACT_FILES = {k: a.file for k, a in ARTIFACT_KINDS.items()}
 #: Every file name tki-export writes into ``out``: the only ones it ever replaces or removes there.
-WRITTEN_FILES = frozenset({*ARTIFACT_FILES.values(), METADATA_FILE, PARITY_FILE})
+WRITTEN_FILES = frozenset({*ARTIFACT_FILES.values(), *TEXT_FILES, METADATA_FILE, PARITY_FILE})
 STAGING_PREFIX = ".tki-export-"
 STAGING_LOCK = ".lock"
 #: Age (seconds) after which a staging folder without a lock file (older tki-export) counts as stale.
@@ -191,6 +194,8 @@ class ExportConfig:
     embedding: str = "cosine"
     #: How embeddings are compared: None = the embedding's default ("cos"; "poincare" for "ball"), or "ip".
     metric: str | None = None
+    #: Also export the text encoder (``tki-export --no-text``: False).
+    text: bool = True
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -304,6 +309,7 @@ class _ExportRun:
         self.extra_parity: dict[str, Any] = {}
         self.timing: dict[str, dict[str, float]] = {}
         self.metadata: ModelMetadata | None = None
+        self.text_export: Any = None
 
     def path(self, key: str) -> Path:
         """Where artifact ``key`` is built (its file name from the artifact table)."""
@@ -353,6 +359,21 @@ class _ExportRun:
                      opset=info.opset, domains=info.domains, standard_ops_only=info.standard,
                      input_shape=info.input_shape, output_shape=info.output_shape)
         self.steps.done()
+
+    def text(self) -> None:
+        """The text artifact (:mod:`.text`); a CLIP whose text side is not CLIP's is skipped with a warning."""
+        from tki_sdk.export.text import TextUnsupported, export_text
+
+        self.steps.start("text: export + validate the text encoder")
+        try:
+            self.text_export = export_text(self.model, self.stage, opset=self.cfg.opset, threads=self.cfg.threads)
+        except TextUnsupported as e:
+            self.warnings.append(str(e))
+        self.steps.done()
+
+    def _text_failures(self) -> list[ParityResult]:
+        te = self.text_export
+        return [te.parity] if te is not None and not te.parity.passed else []
 
     def fp16(self) -> None:
         from tki_sdk.export.quantize import convert_fp16
@@ -533,7 +554,8 @@ class _ExportRun:
         ``allow_parity_failure``)."""
         cfg, fields = self.cfg, self.fields
         self.steps.start("write tki.json + parity.json")
-        failures = [r for r in self.parity.values() if not r.passed]
+        failures = [r for r in self.parity.values() if not r.passed] + self._text_failures()
+        te = self.text_export
         for k, r in self.parity.items():
             self.artifacts[k]["parity_min_cosine"] = r.min_cosine
             self.artifacts[k]["parity_pass"] = r.passed
@@ -544,6 +566,7 @@ class _ExportRun:
             "passed": not failures,
             "artifacts": {k: r.to_dict() for k, r in self.parity.items()},
             **self.extra_parity,
+            **({"text": {te.parity.artifact: te.parity.to_dict()}} if te is not None else {}),
         })
         if not failures or cfg.allow_parity_failure:
             for r in failures:
@@ -562,6 +585,7 @@ class _ExportRun:
                 artifacts=_clean(self.artifacts),
                 default_precision="fp32",
                 versions=_versions(),
+                text=None if te is None else _clean(te.record),
                 extra={
                     "export": {
                         "tool": "tki-export",
@@ -577,7 +601,8 @@ class _ExportRun:
                 },
             )
             md.save(self.stage)
-            _install(self.stage, cfg.out, [a["file"] for a in self.artifacts.values()], overwrite=cfg.overwrite)
+            _install(self.stage, cfg.out, [a["file"] for a in self.artifacts.values()]
+                     + (te.files if te is not None else []), overwrite=cfg.overwrite)
         self.steps.done()
 
     def summary_rows(self) -> list[dict[str, Any]]:
@@ -593,6 +618,12 @@ class _ExportRun:
             rows.append({"artifact": label, "file": a["file"], "bytes": a["bytes"],
                          "min_cosine": self.parity[k].min_cosine, "threshold": self.parity[k].threshold,
                          "pass": self.parity[k].passed, "ms_per_image": t and t["ms_per_image"]})
+        te = self.text_export
+        if te is not None:
+            a = te.record["artifacts"][te.parity.artifact]
+            rows.append({"artifact": te.parity.artifact, "file": a["file"], "bytes": a["bytes"],
+                         "min_cosine": te.parity.min_cosine, "threshold": te.parity.threshold,
+                         "pass": te.parity.passed, "ms_per_image": None})
         return rows
 
 
@@ -604,7 +635,7 @@ def run_export(cfg: ExportConfig, model: Any | None = None) -> ExportResult:
     check_out_folder(cfg.out, cfg.overwrite)
     cfg.out.mkdir(parents=True, exist_ok=True)
     stale = clean_stale_staging(cfg.out)
-    n_steps = 4 + ("fp16" in cfg.precisions) + 2 * ("int8" in cfg.precisions) + bool(cfg.tensorrt) + 1 + cfg.openvino
+    n_steps = 4 + bool(cfg.text) + ("fp16" in cfg.precisions) + 2 * ("int8" in cfg.precisions) + bool(cfg.tensorrt) + 1 + cfg.openvino
     steps = _Steps(n_steps, cfg.progress)
     with _staging(cfg.out) as stage:
         run = _ExportRun(cfg, stage, steps)
@@ -615,6 +646,8 @@ def run_export(cfg: ExportConfig, model: Any | None = None) -> ExportResult:
             run.load(model)
             run.reference()
             run.fp32()
+            if cfg.text:
+                run.text()
             if "fp16" in cfg.precisions:
                 run.fp16()
             if "int8" in cfg.precisions:
@@ -628,7 +661,7 @@ def run_export(cfg: ExportConfig, model: Any | None = None) -> ExportResult:
         finally:
             steps.close()
 
-    failures = [r for r in run.parity.values() if not r.passed]
+    failures = [r for r in run.parity.values() if not r.passed] + run._text_failures()
     result = ExportResult(cfg.out, run.metadata, run.parity, run.summary_rows(), run.warnings, failures,
                           time.perf_counter() - t_start, run.images)
     if failures and not cfg.allow_parity_failure:
@@ -707,8 +740,10 @@ def validate_export(
 def _listed_files(folder: Path) -> set[str]:
     """Artifact file names the ``tki.json`` in ``folder`` lists (only names of the artifact table)."""
     try:
-        arts = json.loads((folder / METADATA_FILE).read_text(encoding="utf-8")).get("artifacts") or {}
-        return {a.get("file") for a in arts.values() if isinstance(a, dict)} & set(ARTIFACT_FILES.values())
+        md = json.loads((folder / METADATA_FILE).read_text(encoding="utf-8"))
+        arts = md.get("artifacts") or {}
+        return ({a.get("file") for a in arts.values() if isinstance(a, dict)} & set(ARTIFACT_FILES.values())) \
+            | text_file_names(md.get("text"))
     except (OSError, ValueError, AttributeError):
         return set()
 
@@ -718,7 +753,7 @@ def _install(stage: Path, out: Path, files: list[str], overwrite: bool = False) 
     is either the old or the new one, never partly written), then remove the artifact files the earlier
     ``tki.json`` listed and the new one does not (with ``overwrite``: every artifact-table file the new one
     does not list). Files tki-export does not write are never touched."""
-    stale = _listed_files(out) | (set(ARTIFACT_FILES.values()) if overwrite else set())
+    stale = _listed_files(out) | (set(ARTIFACT_FILES.values()) | TEXT_FILES if overwrite else set())
     for name in files:
         os.replace(stage / name, out / name)
     os.replace(stage / METADATA_FILE, out / METADATA_FILE)

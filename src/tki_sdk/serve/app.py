@@ -107,4 +107,6 @@ def describe(config: ServeConfig, service: SearchService) -> str:
     emb = service.embedder
     return (f"tki serve: {emb.metadata.model_name} {emb.precision} on {getattr(emb, 'provider', '?')}; gallery "
             f"{config.gallery} version {snap.version or '-'} ({snap.size:,} items); batches up to "
-            f"{config.max_batch}, wait <= {config.max_wait_ms:g} ms; http://{config.host}:{config.port}/")
+            f"{config.max_batch}, wait <= {config.max_wait_ms:g} ms; text search "
+            f"{'by ' + repr(service.text.default_query) if service.text else 'off (export without text)'}; "
+            f"http://{config.host}:{config.port}/")

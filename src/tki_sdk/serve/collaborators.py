@@ -10,13 +10,19 @@ import numpy as np
 
 from tki_sdk.common.model_metadata import ModelMetadata
 
-__all__ = ["Preprocess", "EmbedderLike", "GalleryLike", "BatcherLike"]
+__all__ = ["Preprocess", "TextEncoderLike", "EmbedderLike", "GalleryLike", "BatcherLike"]
 
 
 class Preprocess(Protocol):
     def process(self, item: Any) -> np.ndarray:
         """Encoded image bytes -> preprocessed pixels [3, H, W] (``ImageLoadError`` when unreadable)."""
         ...
+
+
+class TextEncoderLike(Protocol):
+    default_query: str
+    domain_vectors: np.ndarray | None
+    context_length: int
 
 
 class EmbedderLike(Protocol):
@@ -27,8 +33,23 @@ class EmbedderLike(Protocol):
     model_fingerprint: str
     embedding_dim: int
 
+    @property
+    def has_text(self) -> bool:
+        """True when the export carries a text artifact."""
+        ...
+
+    @property
+    def text_encoder(self) -> TextEncoderLike:
+        """The text artifact, its files checked (only called when ``has_text``)."""
+        ...
+
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Preprocessed pixels [n, 3, H, W] -> embeddings [n, D] float32."""
+        ...
+
+    def embed_texts(self, texts: list[str], template: str | None = None, batch_size: int = 64) -> np.ndarray:
+        """Texts -> embeddings [n, D] float32 in the images' space (``template``: raw, a string with ``{}`` or
+        ensemble; None: the export's default); ``ValueError`` for a construction the export cannot make."""
         ...
 
 

@@ -13,6 +13,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from tki_sdk.runtime.engine.text_encoder import MAX_TEXT_CHARS
+
 __all__ = ["ServeConfig", "ServeConfigError", "Option", "option_of", "DEFAULT_MAX_PIXELS", "api_key_problem"]
 
 #: Largest image (declared width x height) the service decodes; larger uploads get 413 before decoding.
@@ -90,7 +92,8 @@ class ServeConfig:
     (else 504, and its remaining decoding is cancelled).
     Limits: request bodies over ``max_body_bytes`` get 413; at most ``max_images`` images or vectors per
     request; images declaring more than ``max_pixels`` pixels, or requests whose images declare more than
-    ``max_request_pixels`` together, are refused before decoding.
+    ``max_request_pixels`` together, are refused before decoding; at most ``max_texts`` text queries per
+    request, each of 1..``max_text_chars`` characters (at most the runtime's ``MAX_TEXT_CHARS``).
     Connections: at most ``max_connections`` open (a new one closes the oldest idle one; never more than the
     process's file limit allows), a listen ``backlog``, idle connections closed after ``keep_alive_s``.
     Access: ``api_key`` guards everything but ``/healthz``, ``/readyz`` and the page; ``docs`` False removes
@@ -130,6 +133,9 @@ class ServeConfig:
     max_body_bytes: int = _opt(16 * 2**20, "--max-body-mb", "request body limit, 413 above (default "
                                "%(default)s)", metavar="MB", scale=2**20)
     max_images: int = _opt(64, "--max-images", "images or vectors per request (default %(default)s)", metavar="N")
+    max_texts: int = _opt(64, "--max-texts", "text queries per request (default %(default)s)", metavar="N")
+    max_text_chars: int = _opt(1000, "--max-text-chars", "longest text query in characters (default "
+                               "%(default)s)", metavar="N")
     max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "--max-pixels", "refuse images declaring more pixels (default "
                            "%(default)s)", metavar="N")
     max_request_pixels: int = _opt(160_000_000, "--max-request-pixels", "refuse requests whose images declare "
@@ -177,6 +183,8 @@ class ServeConfig:
             ("request_timeout_s", finite(self.request_timeout_s) and self.request_timeout_s > 0, "must be > 0"),
             ("max_body_bytes", self.max_body_bytes >= 1024, "must be at least 1 KiB"),
             ("max_images", self.max_images >= 1, "must be >= 1"),
+            ("max_texts", self.max_texts >= 1, "must be >= 1"),
+            ("max_text_chars", 1 <= self.max_text_chars <= MAX_TEXT_CHARS, f"must be 1..{MAX_TEXT_CHARS}"),
             ("max_pixels", self.max_pixels >= 1, "must be >= 1"),
             ("max_request_pixels", self.max_request_pixels >= 1, "must be >= 1"),
             ("max_k", self.max_k >= 1, "must be >= 1"),

@@ -11,6 +11,9 @@
   range; each row's float32 norm must be finite (and non-zero for the cosine metric), so no query turns into
   zero or infinity once converted.
 - images: the file parts of a ``multipart/form-data`` body, each non-empty.
+- ``text``: one string or a list of strings (repeatable form field ``text``), at most ``max_texts``, each
+  1..``max_chars`` characters and not blank once whitespace is stripped (the text itself is kept as sent).
+- ``text_template``: ``raw``, ``template``, ``ensemble`` or a string holding ``{}``; absent: the export's default.
 """
 from __future__ import annotations
 
@@ -23,8 +26,8 @@ import numpy as np
 
 from tki_sdk.serve.errors import APIError
 
-__all__ = ["DEFAULT_K", "parse_k", "parse_where", "parse_vectors", "parse_json", "json_depth", "MAX_WHERE_FIELDS",
-           "MAX_WHERE_VALUES", "MAX_JSON_DEPTH"]
+__all__ = ["DEFAULT_K", "parse_k", "parse_where", "parse_vectors", "parse_json", "json_depth", "parse_texts",
+           "parse_template", "MAX_WHERE_FIELDS", "MAX_WHERE_VALUES", "MAX_JSON_DEPTH", "MAX_TEMPLATE_CHARS"]
 
 #: k of a search that names none.
 DEFAULT_K = 10
@@ -32,6 +35,8 @@ MAX_WHERE_FIELDS = 16
 MAX_WHERE_VALUES = 256
 #: Deepest nesting of arrays and objects accepted in a JSON body (a search body needs 3).
 MAX_JSON_DEPTH = 8
+#: Longest ``text_template`` accepted (characters).
+MAX_TEMPLATE_CHARS = 200
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 _SCALARS = (str, int, float, bool)
@@ -175,3 +180,42 @@ def parse_vectors(value: Any, dim: int, max_rows: int, nonzero: bool = False) ->
             raise APIError(_UNPROCESSABLE, f"vector {i} becomes {'zero' if n == 0 else 'infinite'} in float32 "
                            "(its squared norm leaves float32 range); scale it towards unit length")
     return out
+
+
+def parse_texts(value: Any, max_texts: int, max_chars: int) -> list[str]:
+    """One string or a list of strings -> the text queries; 413 above ``max_texts`` (as for images), 422 for a
+    text that is not a string, blank, or longer than ``max_chars`` characters."""
+    texts = value if isinstance(value, list) else [value]
+    if not texts:
+        raise APIError(_UNPROCESSABLE, "text is an empty list; give one or more non-empty strings")
+    if len(texts) > max_texts:
+        raise APIError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                       f"{len(texts)} texts in one request; at most {max_texts} (--max-texts)")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise APIError(_UNPROCESSABLE, f"text {i} is {type(t).__name__}, not a string")
+        if not t.strip():
+            raise APIError(_UNPROCESSABLE, f"text {i} is empty; type some words to search for")
+        if len(t) > max_chars:
+            raise APIError(_UNPROCESSABLE, f"text {i} is {len(t):,} characters long; at most {max_chars:,} "
+                           "(--max-text-chars)")
+    return list(texts)
+
+
+def parse_template(value: Any, *, ensemble_ok: bool) -> str | None:
+    """``text_template``: None / ``""`` -> None (the export's default); else ``raw``, ``template``, ``ensemble``
+    or a string holding ``{}``, up to :data:`MAX_TEMPLATE_CHARS` characters. ``ensemble`` only when the export
+    has learned domain vectors (``ensemble_ok``)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise APIError(_UNPROCESSABLE, "text_template must be a string: raw, template, ensemble or one holding {}")
+    if len(value) > MAX_TEMPLATE_CHARS:
+        raise APIError(_UNPROCESSABLE, f"text_template is {len(value):,} characters; at most {MAX_TEMPLATE_CHARS}")
+    if value not in ("raw", "template", "ensemble") and "{}" not in value:
+        raise APIError(_UNPROCESSABLE, f"text_template {value[:40]!r} is neither raw, template, ensemble nor a "
+                       "template holding {} (e.g. 'a photo of a {}.')")
+    if value == "ensemble" and not ensemble_ok:
+        raise APIError(_UNPROCESSABLE, "this model has no learned domain vectors (vanilla CLIP, --head none); "
+                       "use text_template raw, template or one holding {}")
+    return value

@@ -8,8 +8,13 @@ at most ``workers`` images of one request at a time, so that the images of concu
 and a small query never waits behind a large one) -> ``run()`` (one :class:`~tki_sdk.serve.batching.Job` on
 the micro-batcher).
 
+Text queries skip decoding and take the same micro-batcher: one inference thread owns the cores (a text
+call beside an image call would oversubscribe them), concurrent text queries coalesce into one graph call,
+and the deadline, the queue bound, cancellation and the batch metrics apply to them unchanged.
+
 One batch (:meth:`SearchService.process_batch`, on the inference thread): the pixels of every image query
-are stacked into one ``Embedder.embed_pixels`` call; the queries of the batch are then grouped by
+are stacked into one ``Embedder.embed_pixels`` call; the texts of every text query are one
+``Embedder.embed_texts`` call per query construction (``text_template``); the queries of the batch are then grouped by
 ``(k, where)`` and each group is one ``Gallery.search`` call on the gallery snapshot taken at the start of
 the batch (so a reload never splits a batch); the metadata of all hits is read in one lookup.
 """
@@ -40,7 +45,7 @@ from tki_sdk.serve.thumbnails import ThumbnailCache
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SearchService", "Query", "PRIVATE_FIELDS", "declared_pixels"]
+__all__ = ["SearchService", "Query", "TextSupport", "PRIVATE_FIELDS", "declared_pixels"]
 
 #: Metadata fields neither sent to clients nor filterable (server file paths), unless ``expose_paths``.
 PRIVATE_FIELDS = frozenset({"path"})
@@ -63,23 +68,44 @@ def declared_pixels(data: bytes) -> int:
 class Query:
     """What one request asks of the inference thread.
 
-    ``pixels`` [n, 3, H, W] (images to embed) or ``vectors`` [n, D] (already embedded); ``k`` None means
+    ``pixels`` [n, 3, H, W] (images to embed), ``texts`` (n text queries, made into text for the head by
+    ``template``; None: the export's default) or ``vectors`` [n, D] (already embedded); ``k`` None means
     embed only. ``where`` is the validated filter, ``where_key`` its canonical JSON (the batch grouping key).
     """
 
     pixels: np.ndarray | None = None
     vectors: np.ndarray | None = None
+    texts: list[str] | None = None
+    template: str | None = None
     k: int | None = None
     where: Mapping[str, Any] | None = None
 
     @property
     def size(self) -> int:
+        if self.texts is not None:
+            return len(self.texts)
         arr = self.pixels if self.pixels is not None else self.vectors
         return int(arr.shape[0]) if arr is not None else 0
 
     @property
     def where_key(self) -> str:
         return json.dumps(self.where, sort_keys=True) if self.where else ""
+
+
+@dataclass(frozen=True)
+class TextSupport:
+    """What the served export offers for text queries: its default query construction (``tki.json``
+    ``text.default_query``), whether the TKI ensemble is possible (learned domain vectors exported) and the
+    tokenizer's context length."""
+
+    default_query: str
+    ensemble: bool
+    context_length: int
+
+
+#: The one line a text query gets from an export without a text artifact.
+NO_TEXT = ("this model has no text encoder (exported before text search or with --no-text); re-export it with "
+           "tki-export without --no-text to search by words")
 
 
 def public_metadata(meta: Mapping[str, Any] | None, hidden: frozenset[str] = PRIVATE_FIELDS) -> dict[str, Any]:
@@ -108,6 +134,12 @@ class SearchService:
             raise ValueError(f"gallery vectors are {snap.gallery.ndim}-d but the model embeds "
                              f"{self.embedder.embedding_dim}-d; serve the gallery with the model that built it")
         self.metrics.set_gallery(snap.version, snap.size)
+        #: None when the export has no text artifact (text queries get 422).
+        self.text: TextSupport | None = None
+        if self.embedder.has_text:  # files checked against tki.json now: a damaged one stops the start
+            enc = self.embedder.text_encoder
+            self.text = TextSupport(default_query=str(enc.default_query), ensemble=enc.domain_vectors is not None,
+                                    context_length=int(enc.context_length))
         self.batcher: BatcherLike = MicroBatcher(
             self.process_batch, max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000.0,
             max_queue=config.max_queue, observer=self.metrics, upstream=None if config.fixed_wait else (lambda: self.in_flight - self.queued),
@@ -242,6 +274,7 @@ class SearchService:
     def process_batch(self, jobs: list[Job]) -> None:
         snap = self.live.snapshot
         vectors: dict[int, np.ndarray] = {}
+        jobs = self._embed_texts(jobs, vectors)
         image_jobs = [j for j in jobs if j.payload.pixels is not None]
         if image_jobs:
             try:
@@ -259,6 +292,7 @@ class SearchService:
         for j in jobs:
             if j.payload.vectors is not None:
                 vectors[id(j)] = j.payload.vectors
+        jobs = [j for j in jobs if id(j) in vectors]
         queries = sum(j.size for j in jobs)
         groups: dict[tuple[int, str], list[Job]] = {}
         for j in jobs:
@@ -268,6 +302,35 @@ class SearchService:
                 groups.setdefault((j.payload.k, j.payload.where_key), []).append(j)
         for (k, _), group in groups.items():
             self._search_group(snap, k, group, vectors, queries)
+
+    def _embed_texts(self, jobs: list[Job], vectors: dict[int, np.ndarray]) -> list[Job]:
+        """Embed the text jobs' texts, one ``embed_texts`` call per template, into ``vectors``; returns the jobs
+        still to answer (a failed call fails its jobs)."""
+        by_template: dict[str | None, list[Job]] = {}
+        for j in jobs:
+            if j.payload.texts is not None:
+                by_template.setdefault(j.payload.template, []).append(j)
+        failed: set[int] = set()
+        for template, group in by_template.items():
+            try:
+                emb = self.embedder.embed_texts([t for j in group for t in j.payload.texts], template=template,
+                                                batch_size=self.config.max_batch)
+            except ValueError as e:  # a construction this export cannot make (checked earlier; kept as a 422)
+                err = APIError(HTTPStatus.UNPROCESSABLE_ENTITY, str(e))
+            except Exception as e:  # noqa: BLE001
+                log.exception("text embedding failed")
+                err = APIError(HTTPStatus.INTERNAL_SERVER_ERROR, f"the text model failed on this batch "
+                               f"({type(e).__name__}); retry")
+            else:
+                s = 0
+                for j in group:
+                    vectors[id(j)] = emb[s : s + j.size]
+                    s += j.size
+                continue
+            for j in group:
+                j.fail(err)
+                failed.add(id(j))
+        return [j for j in jobs if id(j) not in failed]
 
     def _search_group(self, snap: GallerySnapshot, k: int, group: list[Job], vectors: dict[int, np.ndarray],
                       batch_queries: int) -> None:

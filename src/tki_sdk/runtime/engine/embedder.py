@@ -11,6 +11,7 @@ model file it names. No torch anywhere.
     res.embeddings   # float32 [M, D], one row per good item
     res.indices      # int64 [M], position of each row in the input
     res.errors       # [(item, reason), ...] for the items that could not be read
+    q = emb.embed_texts(["a dog on a beach"])   # float32 [1, D], same space (exports with a text artifact)
 """
 from __future__ import annotations
 
@@ -178,6 +179,8 @@ class Embedder:
         if threads is not None and int(threads) < 1:
             raise ValueError("threads must be >= 1")
         self.engine_choice = None
+        self._text_encoder: Any = None
+        self._text_lock = threading.Lock()
         if backend == "auto" and precision is None and providers is None and not _cuda_offered():
             from tki_sdk.runtime.engine.engine_choice import choose_engine
 
@@ -473,3 +476,38 @@ class Embedder:
         """One item -> float32 ``[D]``; raises :class:`ImageLoadError` when it cannot be read."""
         x = self.preprocessor.process(item)
         return self.embed_pixels(x[None])[0]
+
+    # ------------------------------------------------------------------ text
+    @property
+    def has_text(self) -> bool:
+        """True when the export carries a text encoder (:meth:`embed_texts` works)."""
+        return self.metadata.has_text
+
+    @property
+    def text_encoder(self) -> Any:
+        """The export's :class:`~tki_sdk.runtime.engine.text_encoder.TextEncoder`, built at first use: its files
+        checked against ``tki.json`` as the image model's (``verify``), run by onnxruntime on the image model's
+        CUDA / CPU provider with the same ``threads``. :class:`~.text_encoder.TextUnavailableError` (a
+        ``ValueError``, one line naming the fix) for an export without a text artifact."""
+        with self._text_lock:
+            if self._text_encoder is None:
+                from tki_sdk.runtime.engine.text_encoder import TextEncoder
+
+                providers = None
+                if getattr(self, "_ort", None) is not None:
+                    providers = [p for p in self._ort.session.get_providers()
+                                 if p in ("CUDAExecutionProvider", "CPUExecutionProvider")] or None
+                self._text_encoder = TextEncoder.from_metadata(
+                    self.metadata, self.model_dir, verify=self._verify, threads=getattr(self, "threads", None),
+                    providers=providers)
+            return self._text_encoder
+
+    def embed_texts(self, texts: Iterable[str] | str, template: str | None = None, batch_size: int = 64) -> np.ndarray:
+        """Texts -> float32 ``[N, D]`` in the images' space (for searching a gallery of this model by words).
+
+        ``template``: ``"raw"`` (the text as typed), a string with ``{}`` (e.g. ``"a photo of a {}."``), or
+        ``"ensemble"`` (TKI: the text in each learned domain prompt, the P embeddings averaged in the head's
+        space); ``None``: the export's default (the ensemble for a TKI head, the template for vanilla CLIP;
+        :mod:`~tki_sdk.runtime.engine.text_encoder` gives the formulas and the reason). ``batch_size`` rows go
+        through the text graph per call."""
+        return self.text_encoder.embed(texts, template=template, batch_size=batch_size)

@@ -5,7 +5,9 @@
   const form = $("query-form"), fileInput = $("query-file"), drop = $("drop-zone"), preview = $("query-preview");
   const kInput = $("k"), domainSelect = $("domain"), keyInput = $("api-key"), keyLabel = $("api-key-label");
   const button = $("search-button"), errorBox = $("error"), statusLine = $("status"), results = $("results");
+  const textZone = $("text-zone"), textInput = $("query-text"), textHelp = $("text-help");
   let queryFile = null;
+  let mode = "image"; // what the last query was: "image" (the picked file) or "text" (the words typed)
   let thumbUrls = [];
   let generation = 0;
 
@@ -61,6 +63,10 @@
     }
     domainSelect.value = keep;
     kInput.max = String(Math.min(info.limits.max_k, 200));
+    const text = info.text && info.text.available;
+    textZone.hidden = !text;
+    textHelp.hidden = !text;
+    if (text) textInput.maxLength = info.limits.max_text_chars;
   }
 
   function setFile(file) {
@@ -70,6 +76,7 @@
     preview.src = URL.createObjectURL(file);
     preview.alt = "query image " + file.name;
     preview.hidden = false;
+    mode = "image";
     search();
   }
 
@@ -117,8 +124,18 @@
     });
   }
 
+  function hasQuery() {
+    return mode === "text" ? textInput.value.trim() !== "" : queryFile !== null;
+  }
+
   async function search() {
-    if (!queryFile) { showError("choose a query image first"); fileInput.focus(); return; }
+    const words = textInput.value.trim();
+    if (mode === "text" && !words) { showError("type some words to search for"); textInput.focus(); return; }
+    if (mode === "image" && !queryFile) {
+      showError(textZone.hidden ? "choose a query image first" : "choose a query image or type some words");
+      fileInput.focus();
+      return;
+    }
     const k = Number(kInput.value);
     if (!Number.isInteger(k) || k < 1 || k > Number(kInput.max)) {
       showError("k must be a whole number from 1 to " + kInput.max);
@@ -127,15 +144,24 @@
     }
     clearError();
     const gen = ++generation;
-    const data = new FormData();
-    data.append("image", queryFile, queryFile.name);
-    data.append("k", String(k));
-    if (domainSelect.value) data.append("where", JSON.stringify({ domain: domainSelect.value }));
+    let request;
+    if (mode === "text") {
+      const body = { text: words, k: k };
+      if (domainSelect.value) body.where = { domain: domainSelect.value };
+      request = { method: "POST", body: JSON.stringify(body),
+                  headers: Object.assign({ "Content-Type": "application/json" }, headers()) };
+    } else {
+      const data = new FormData();
+      data.append("image", queryFile, queryFile.name);
+      data.append("k", String(k));
+      if (domainSelect.value) data.append("where", JSON.stringify({ domain: domainSelect.value }));
+      request = { method: "POST", body: data, headers: headers() };
+    }
     button.disabled = true;
     statusLine.textContent = "searching\u2026";
     const t0 = performance.now();
     try {
-      const response = await fetch("/v1/search", { method: "POST", body: data, headers: headers() });
+      const response = await fetch("/v1/search", request);
       if (gen !== generation) return;
       if (response.status === 401) needKey();
       if (!response.ok) {
@@ -148,7 +174,8 @@
       const ms = performance.now() - t0;
       render(body, gen);
       const n = body.results[0].keys.length;
-      statusLine.textContent = n + " result" + (n === 1 ? "" : "s") + " in " + ms.toFixed(0) + " ms (server " +
+      statusLine.textContent = n + " result" + (n === 1 ? "" : "s") +
+        (mode === "text" ? " for \u201c" + words + "\u201d" : "") + " in " + ms.toFixed(0) + " ms (server " +
         body.took_ms.toFixed(0) + " ms)" + (domainSelect.value ? " from domain " + domainSelect.value : "");
     } catch (e) {
       showError("the search failed: " + e.message);
@@ -160,8 +187,9 @@
 
   form.addEventListener("submit", (ev) => { ev.preventDefault(); search(); });
   fileInput.addEventListener("change", () => setFile(fileInput.files[0]));
-  domainSelect.addEventListener("change", () => { if (queryFile) search(); });
-  kInput.addEventListener("change", () => { if (queryFile) search(); });
+  textInput.addEventListener("input", () => { mode = "text"; });
+  domainSelect.addEventListener("change", () => { if (hasQuery()) search(); });
+  kInput.addEventListener("change", () => { if (hasQuery()) search(); });
   keyInput.addEventListener("change", () => { sessionStorage.setItem("tki-api-key", keyInput.value); loadInfo(); });
   for (const ev of ["dragenter", "dragover"]) {
     drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.add("dragging"); });

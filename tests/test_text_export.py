@@ -1,0 +1,111 @@
+"""The text artifact: CLIP's text tower fused with the image head, exported to ONNX, run by the runtime."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from text_fixtures import euclidean_model, generated_strings, text_artifact, vanilla_export_with_text
+from tki_sdk.common.model_metadata import ModelMetadata, sha256_file
+from tki_sdk.runtime.engine.artifact_check import ArtifactCheckError
+from tki_sdk.train.model import TKIModel
+from tki_sdk.train.prompts import PromptBank
+
+GEOMETRIES = ["hyperbolic", "euclidean", "none"]
+
+
+def _model(kind: str, tiny_checkpoint) -> TKIModel:
+    if kind == "hyperbolic":
+        return TKIModel.from_checkpoint(tiny_checkpoint)
+    if kind == "euclidean":
+        return euclidean_model()
+    return TKIModel.vanilla("TKI-Tiny-ViT")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("text_export")
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.mark.parametrize("kind", GEOMETRIES)
+def test_text_artifact_matches_encode_text_on_500_strings(kind, tiny_checkpoint, root):
+    art = text_artifact(kind, _model(kind, tiny_checkpoint), root)
+    model, enc = art["model"], art["encoder"]
+    assert art["export"].parity.passed, art["export"].parity.failure_line()
+    strings = generated_strings()[:500]
+    got = enc.embed(strings, template="raw", batch_size=64)
+    ref = model.encode_text(strings).numpy()
+    assert got.shape == ref.shape == (500, model.embedding_dim)
+    c = _cos(got, ref)
+    assert c.min() >= 0.9999, (c.min(), strings[int(c.argmin())])
+    # the embedding is the head's output as encode_text gives it: unit vectors, same values
+    assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
+    assert np.abs(got - ref).max() < 1e-3
+
+
+@pytest.mark.parametrize("kind", ["hyperbolic", "euclidean"])
+def test_ensemble_is_the_mean_of_the_trained_domain_prompts(kind, tiny_checkpoint, root):
+    """Reference: the prompt learner of training (PromptBank) with the checkpoint's word vectors, head.embed per
+    prompt, mean over P, normalised."""
+    art = text_artifact(kind, _model(kind, tiny_checkpoint), root)
+    model, enc = art["model"], art["encoder"]
+    queries = ["dog", "a red guitar", "café au lait", "写真"]
+    bank = PromptBank(model.clip, queries, n_domains=int(model.domain_vectors.shape[0]))
+    with torch.no_grad():
+        bank.domain_vectors.copy_(model.domain_vectors)
+        feats = bank.prompt_features(full_context=True)  # [P, C, D] raw CLIP text features
+        per_prompt = model.head.embed(feats.reshape(-1, feats.shape[-1])).reshape(feats.shape[0], feats.shape[1], -1)
+        ref = torch.nn.functional.normalize(per_prompt.mean(0), dim=-1).numpy()
+    got = enc.embed(queries, template="ensemble")
+    assert _cos(got, ref).min() >= 0.9999
+    # the default for a TKI head is the ensemble, and it differs from the raw query
+    assert np.allclose(enc.embed(queries), got)
+    assert _cos(enc.embed(queries, template="raw"), got).max() < 0.99999
+
+
+def test_export_records_text_in_tki_json_and_verifies_it_on_load(tmp_path, root):
+    out = vanilla_export_with_text(root)
+    md = ModelMetadata.load(out)
+    assert md.has_text
+    t = md.text
+    art = t["artifacts"]["text_fp32"]
+    assert art["role"] == "text" and art["parity_pass"] and art["parity_min_cosine"] >= 0.99999
+    assert art["sha256"] == sha256_file(out / art["file"])
+    vocab = t["tokenizer"]["vocab"]
+    assert vocab["sha256"] == sha256_file(out / vocab["file"]) and vocab["bytes"] == (out / vocab["file"]).stat().st_size
+    assert t["tokenizer"]["context_length"] == 77 and t["domain_vectors"] is None
+    assert t["default_query"] == "a photo of a {}."
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["text"]["text_fp32"]["pass"] is True
+
+    from tki_sdk.runtime.engine.embedder import Embedder
+
+    emb = Embedder(out, threads=1)
+    ref = TKIModel.vanilla("TKI-Tiny-ViT").encode_text(["a photo of a dog."]).numpy()
+    assert _cos(emb.embed_texts(["dog"]), ref)[0] >= 0.9999  # the default template
+
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    v = bytearray((bad / vocab["file"]).read_bytes())
+    v[-10] ^= 0xFF
+    (bad / vocab["file"]).write_bytes(bytes(v))
+    with pytest.raises(ArtifactCheckError, match="bpe_simple_vocab"):
+        Embedder(bad, threads=1).embed_texts(["dog"])
+
+
+def test_no_text_flag_turns_the_text_step_off(tmp_path):
+    from tki_sdk.cli.export import _config, build_parser
+
+    args = build_parser().parse_args(["--head", "none", "--model", "TKI-Tiny-ViT", "--out", str(tmp_path / "o"),
+                                      "--no-text"])
+    assert _config(args).text is False
+    args = build_parser().parse_args(["--head", "none", "--model", "TKI-Tiny-ViT", "--out", str(tmp_path / "o")])
+    assert _config(args).text is True
