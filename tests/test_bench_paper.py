@@ -22,19 +22,132 @@ def paper_lines() -> list[str]:
     return PAPER.read_text(encoding="utf-8").splitlines()
 
 
-def test_every_paper_number_is_on_the_line_it_cites(paper_lines):
+def _num(tok: str) -> float | None:
+    try:
+        return float(tok)
+    except ValueError:
+        return None
+
+
+def _paper_grid(lines: list[str]) -> dict[tuple, tuple[float, int]]:
+    """Every numeric cell of Tables 2-7 read from the paper's text by its own table, row and column headers:
+    ``(table, dataset, backbone, method, query, gallery, metric) -> (value, 1-based line)``. Written apart from
+    the transcription: it walks each table's header lines ("A → C", gallery names) and assigns columns from them."""
+    grid: dict[tuple, tuple[float, int]] = {}
+    start = {t: next(i for i, ln in enumerate(lines) if ln.startswith(f"Table {t}.")) for t in "234567"}
+
+    def put(key: tuple, value: float, i: int) -> None:
+        assert key not in grid, key
+        grid[key] = (value, i + 1)
+
+    # Table 2: gallery names on the header line, query in column 2 of the vanilla row.
+    i = start["2"]
+    head = next(j for j in range(i, i + 6) if "Sketch" in lines[j] and "Quickdraw" in lines[j])
+    gals = [t.replace("Clip-art", "Clipart") for t in lines[head].split("\t") if t.strip()] + ["Avg."]
+    query = None
+    for j in range(head + 2, head + 14):
+        toks = lines[j].split("\t")
+        method = {"Vanilla CLIP": "Vanilla CLIP", "Our TKI": "TKI"}[toks[0]]
+        query = toks[1].replace("Clip-art", "Clipart") or query
+        vals = toks[2:]
+        for gi, g in enumerate(gals):
+            for mi, m in enumerate(("mAP", "Prec")):
+                v = _num(vals[2 * gi + mi])
+                assert (v is None) == (g == query), (j, g)
+                if v is not None:
+                    put(("2", "DomainNet", None, method, query, g, m), v, j)
+    # Tables 3 and 4: blocks of a "X → Y" header line (two halves of four column groups) and two method rows.
+    halves = {"3": (("PACS", None), ("Office-Home", None)), "4": (("PACS", "ResNet-50"), ("PACS", "ViT-L/14"))}
+    for t, (left, right) in halves.items():
+        j = start[t]
+        end = start[str(int(t) + 1)]
+        groups = None
+        while j < end:
+            ln = lines[j]
+            if "→" in ln:
+                toks = [x.strip() for x in ln.split("\t") if x.strip() and x.strip() != "Method"]
+                groups = []
+                for x in toks:
+                    q, g = (x.split(" → ") if "→" in x else (groups[-1][0], "Avg."))
+                    groups.append((q, g))
+                assert len(groups) == 8, ln
+            elif ln.startswith(("Vanilla CLIP\t", "Our TKI\t")) and groups:
+                method = "Vanilla CLIP" if ln.startswith("Vanilla") else "TKI"
+                vals = [_num(x) for x in ln.split("\t")[1:] if x.strip()]
+                assert len(vals) == 16
+                for gi, (q, g) in enumerate(groups):
+                    ds, bb = left if gi < 4 else right
+                    for mi, m in enumerate(("mAP", "Prec")):
+                        put((t, ds, bb, method, q, g, m), vals[2 * gi + mi], j)
+            j += 1
+    # Tables 5 and 6: one header line of groups (query A), rows named by check marks / strategy.
+    names5 = {("-", "-"): "neither", ("✓", "-"): "L_max only", ("-", "✓"): "L_min only", ("✓", "✓"): "both"}
+    names6 = {"Baseline": "Baseline (vanilla CLIP)", "Strategy 2": "Strategy 2 (random labels)",
+              "Strategy 1": "Strategy 1 (true labels)"}
+    for t in ("5", "6"):
+        j = next(k for k in range(start[t], start[t] + 5) if "→" in lines[k])
+        groups = [x.strip() for x in lines[j].split("\t") if x.strip()]
+        groups = [(g.split(" → ") if "→" in g else ("A", "Avg.")) for g in groups]
+        for k in range(j + 1, j + 7):
+            toks = lines[k].split("\t") + [""]
+            if t == "5" and (toks[0], toks[1]) in names5:
+                method = names5[(toks[0], toks[1])]
+            elif t == "6" and toks[0] in names6:
+                method = names6[toks[0]]
+            else:
+                continue
+            vals = [_num(x) for x in toks[2:]]
+            for gi, (q, g) in enumerate(groups):
+                for mi, m in enumerate(("mAP", "Prec")):
+                    put((t, "PACS", None, method, q, g, m), vals[2 * gi + mi], k)
+    # Table 7: gallery names on the header line; groups of three rows, the query named on the middle one.
+    j = start["7"]
+    head = next(k for k in range(j, j + 5) if lines[k].split("\t")[2:3] == ["Real"])
+    gals = [x for x in lines[head].split("\t") if x.strip()] + ["Average"]
+    names7 = {"Vanilla CLIP": "Vanilla CLIP", "Ours w/ non-Euclidean MLP": "non-Euclidean MLP",
+              "Ours w/ Euclidean MLP": "Euclidean MLP"}
+    rows = list(range(head + 1, head + 19))
+    for r0 in rows[::3]:
+        query = lines[r0 + 1].split("\t")[1]
+        for k in (r0, r0 + 1, r0 + 2):
+            toks = lines[k].split("\t")
+            vals = [_num(x) for x in toks[2:]]
+            for gi, g in enumerate(gals):
+                assert (vals[gi] is None) == (g == query)
+                if vals[gi] is not None:
+                    put(("7", "DomainNet", None, names7[toks[0]], query, g, "Prec@1"), vals[gi], k)
+    return grid
+
+
+def _key(c: dict) -> tuple:
+    return (c["table"], c["dataset"], c.get("backbone"), c["method"], c["query"], c["gallery"], c["metric"])
+
+
+def test_every_paper_number_is_the_cell_of_the_paper_by_table_row_and_column(paper_lines):
+    """All ~560 transcribed cells against the paper's text read independently: same cells, no more, no fewer,
+    same value, same line."""
     doc = paper_numbers()
     cells = doc["cells"]
-    assert {(c["table"], c["dataset"]) for c in cells} == {("3", "PACS"), ("3", "Office-Home"), ("5", "PACS"),
-                                                            ("6", "PACS"), ("7", "DomainNet")}
-    for c in cells:
-        tokens = [t.strip() for t in paper_lines[c["line"] - 1].split("\t")]
-        assert f"{c['value']:.2f}" in tokens, c
-    keys = [(c["table"], c["dataset"], c["method"], c["query"], c["gallery"], c["metric"]) for c in cells]
+    grid = _paper_grid(paper_lines)
+    keys = [_key(c) for c in cells]
     assert len(keys) == len(set(keys))  # one value per cell
+    assert set(keys) == set(grid)  # every cell of Tables 2-7, nothing else
+    assert len(cells) == 144 + 128 + 128 + 32 + 24 + 108
+    for c in cells:
+        assert grid[_key(c)] == (c["value"], c["line"]), c
     # Each table's caption is the paper's.
+    assert set(doc["captions"]) == {"2", "3", "4", "5", "6", "7"}
     for t, caption in doc["captions"].items():
         assert caption in paper_lines and caption.startswith(f"Table {t}.")
+
+
+def test_the_grid_reader_sees_a_changed_cell(paper_lines):
+    """The check above can fail: one digit changed in the text moves one cell's value."""
+    changed = list(paper_lines)
+    i = next(k for k, ln in enumerate(changed) if ln.startswith("Vanilla CLIP\tQuickdraw"))
+    changed[i] = changed[i].replace("0.21", "0.12", 1)
+    a, b = _paper_grid(paper_lines), _paper_grid(changed)
+    assert [k for k in a if a[k] != b[k]] == [("2", "DomainNet", None, "Vanilla CLIP", "Quickdraw", "Infograph", "mAP")]
 
 
 @pytest.mark.parametrize("table,dataset,method,query,gallery,metric,row_start", [
