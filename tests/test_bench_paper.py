@@ -176,9 +176,42 @@ def test_sample_cells_against_the_paper_text(paper_lines, table, dataset, method
 
 
 def test_bad_tables_are_one_line(tmp_path, capsys):
-    assert cli.main(["paper", "--tables", "4", "--out-dir", str(tmp_path)]) == 2
+    assert cli.main(["paper", "--tables", "8", "--out-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--tables" in err[0]
+
+
+def test_other_datasets_need_their_folder(tmp_path, capsys):
+    assert cli.main(["paper", "--dataset", "domainnet", "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--dataset-dir" in err[0]
+
+
+def _toy_table(method: str, value: float) -> "AccuracyTable":
+    from tki_sdk.benchmarks.accuracy import AccuracyTable
+
+    doms = ["art_painting", "cartoon", "photo", "sketch"]
+    metrics = ["mAP", "mAP@200", "mAP@200:min", "Prec@200"]
+    cells = {q: {g: {m: value + 0.01 * i for i, m in enumerate(metrics)} for g in doms if g != q} for q in doms}
+    return AccuracyTable(method, "w", doms, cells, metrics)
+
+
+@pytest.mark.parametrize("convention,metric", [("whole", "mAP"), ("hits", "mAP@200"), ("min", "mAP@200:min")])
+def test_rendered_table_compares_the_convention_asked_and_marks_the_papers_contradictions(convention, metric):
+    from tki_sdk.benchmarks.metrics import map_key
+    from tki_sdk.benchmarks.paper import _letters, _Paper, _render
+
+    numbers = paper_numbers()
+    t = _toy_table("TKI (cosine)", 0.5)
+    letters = _letters(t.domains, numbers, "PACS")
+    md, cells, notes = _render("3", [("TKI (cosine)", "TKI", t)], t.domains, letters, _Paper(numbers), ("PACS", None),
+                               [("mAP", map_key(convention, 200)), ("Prec", "Prec@200")], "Avg.")
+    a_c = next(c for c in cells if c["query"] == "art_painting" and c["gallery"] == "cartoon" and c["paper_column"] == "mAP")
+    assert a_c["metric"] == metric and a_c["ours"] == pytest.approx(100 * t.cells["art_painting"]["cartoon"][metric])
+    assert a_c["paper"] == 80.94  # Table 3, TKI, A -> C, mAP (line 204)
+    flagged = [c for c in cells if c["paper_inconsistent"]]
+    assert [(c["query"], c["gallery"], c["paper_column"]) for c in flagged] == [("photo", "Avg.", "Prec")]
+    assert "88.03 †" in md and len(notes) == 1 and "82.75" in notes[0]
 
 
 def test_quick_run_end_to_end_says_the_numbers_mean_nothing(tmp_path, capsys, pacs_dir):
@@ -187,14 +220,29 @@ def test_quick_run_end_to_end_says_the_numbers_mean_nothing(tmp_path, capsys, pa
     assert code == 0
     out = capsys.readouterr().out
     assert "RANDOM WEIGHTS" in out and "means nothing" in out
+    # Every table of the paper is printed, each naming the convention its "mAP" column is read as.
+    for title in ("Table 2 (DomainNet)", "Table 3 (PACS half)", "Table 3 (Office-Home half)",
+                  "Table 4 (ResNet-50 on PACS)", "Table 4 (ViT-L/14 on PACS)", "Table 5", "Table 6", "Table 7"):
+        line = next(ln for ln in out.splitlines() if ln.startswith(f"### {title}"))
+        if not title.startswith("Table 7"):
+            assert "'mAP' = mAP over the whole gallery" in line, line
+    assert "compared with **mAP**" in out and "--map-convention hits|min" in out
+    assert "88.03 †" in out and "60.62 †" in out and "0.80 †" in out  # the paper's own contradictions, marked
     res = json.loads((tmp_path / "paper" / "quick.json").read_text())["results"]
     assert res["numbers_meaningful"] is False and res["dataset"]["paper_dataset"] == "PACS"
-    assert set(res["tables"]) == {"3", "5", "6", "7"} and set(res["figures"]) == {"3", "5"}
+    assert res["map_convention"]["used"] == "whole" and res["settings"]["column_metrics"]["mAP"] == "mAP"
+    assert set(res["tables"]) == {"2", "3", "4", "5", "6", "7"} and set(res["figures"]) == {"3", "5"}
+    assert res["tables"]["2"]["paper_only"] and res["tables"]["3"]["Office-Home"]["paper_only"]
     runs = res["settings"]["runs"]
     assert runs["losses-max"]["losses"] == "max" and runs["labels-random"]["labels"] == "random"
     assert runs["geometry-euclidean"]["geometry"] == "euclidean" and runs["prompts-2"]["prompts"] == 2
+    # Table 7: the paper's Euclidean row as written (eq. 6 at τ), the matched one as a row of ours.
+    assert runs["geometry-euclidean"]["temperature_rule"] == "as_written"
+    assert runs["geometry-euclidean-matched"]["temperature_rule"] == "matched"
+    t7 = res["tables"]["7"]["cells"]
+    assert {c["paper_method"] for c in t7 if "matched" in c["method"]} == {None}
     numbers = paper_numbers()
-    t3 = [c for c in res["tables"]["3"]["cells"] if c["paper"] is not None]
+    t3 = [c for c in res["tables"]["3"]["PACS"]["cells"] if c["paper"] is not None]
     assert len(t3) == 2 * 4 * 4 * 2  # vanilla + TKI rows, 4 queries x (3 galleries + Avg.) x 2 metrics
     for c in t3:
         want = next(n["value"] for n in numbers["cells"] if n["table"] == "3" and n["dataset"] == "PACS"
@@ -202,13 +250,21 @@ def test_quick_run_end_to_end_says_the_numbers_mean_nothing(tmp_path, capsys, pa
                     and n["gallery"] == (c["gallery"] if c["gallery"] == "Avg." else res["dataset"]["letters"][c["gallery"]])
                     and n["metric"] == c["paper_column"])
         assert c["paper"] == want and c["diff_pp"] == pytest.approx(c["ours"] - want)
-    # Table 5's "both" row and Table 6's "strategy 1" row are the base run, as Table 3's TKI (cosine) row.
-    both = {(c["gallery"], c["metric"]): c["ours"] for c in res["tables"]["5"]["cells"] if c["method"] == "both"}
-    tki = {(c["gallery"], c["metric"]): c["ours"] for c in res["tables"]["3"]["cells"]
-           if c["method"] == "TKI (cosine)" and c["query"] == "art_painting"}
-    assert both == tki
+        assert c["metric"] == {"mAP": "mAP", "Prec": "Prec@200"}[c["paper_column"]]
+    # Table 5's "none" row is the paper's experiment, vanilla CLIP; "both" and Table 6's "strategy 1" are the
+    # base run, as Table 3's TKI (cosine) row.
+    def row(cells, method, query="art_painting"):
+        return {(c["gallery"], c["metric"]): c["ours"] for c in cells if c["method"] == method and c["query"] == query}
+    t3_all = res["tables"]["3"]["PACS"]["cells"]
+    assert row(res["tables"]["5"]["cells"], "both") == row(t3_all, "TKI (cosine)")
+    assert row(res["tables"]["5"]["cells"], "none = vanilla CLIP (the paper's row)") == row(t3_all, "Vanilla CLIP")
+    assert row(res["tables"]["5"]["cells"], "ours, not in the paper: stage 1 skipped, head trained") != row(
+        t3_all, "Vanilla CLIP")
+    # Every mAP convention and Prec@1 on every run.
+    for tab in res["tables"]["5"]["tables"]:
+        assert set(tab["metrics"]) >= {"mAP", "mAP@200", "mAP@200:min", "Prec@200", "Prec@1"}
     assert not any(w.lower() in {"dog", "elephant", "giraffe", "guitar", "horse", "house", "person"}
                    for w in res["tables"]["6"]["random_labels"])
-    assert all(t in res["seconds"]["tables"] for t in ("3", "5", "6", "7"))
+    assert all(t in res["seconds"]["tables"] for t in ("2", "3", "4", "5", "6", "7"))
     for p in res["plots"]:
         assert Path(p).read_bytes()[:4] == b"\x89PNG"
