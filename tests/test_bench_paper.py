@@ -268,3 +268,59 @@ def test_quick_run_end_to_end_says_the_numbers_mean_nothing(tmp_path, capsys, pa
     assert all(t in res["seconds"]["tables"] for t in ("2", "3", "4", "5", "6", "7"))
     for p in res["plots"]:
         assert Path(p).read_bytes()[:4] == b"\x89PNG"
+
+
+def _images(root: Path, layout: dict[str, list[str]], n: int, lists: bool = False) -> None:
+    """Tiny real JPEGs in <root>/<domain>/<class>/ (DomainNet-style test lists when ``lists``)."""
+    from PIL import Image
+
+    rng = __import__("numpy").random.default_rng(0)
+    for domain, classes in layout.items():
+        entries = []
+        for label, cls in enumerate(classes):
+            (root / domain / cls).mkdir(parents=True)
+            for i in range(n):
+                rel = f"{domain}/{cls}/{domain}_{label:03d}_{i:06d}.jpg"
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype="uint8")).save(root / rel)
+                entries.append(f"{rel} {label}")
+        if lists:
+            (root / f"{domain}_test.txt").write_text("\n".join(entries) + "\n")
+
+
+def test_quick_run_on_domainnet_compares_table_2(tmp_path, capsys):
+    """A DomainNet folder with the official test lists: Table 2 is run and compared with the paper's cells."""
+    root = tmp_path / "domainnet"
+    _images(root, {"real": ["bird", "cat"], "sketch": ["bird", "cat"], "clipart": ["bird", "cat"]}, 2, lists=True)
+    code = cli.main(["paper", "--quick", "--dataset", "domainnet", "--dataset-dir", str(root), "--tables", "2",
+                     "--figures", "none", "--out-dir", str(tmp_path / "out"), "--no-progress"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "### Table 2 (DomainNet); 'mAP' = mAP over the whole gallery" in out
+    res = json.loads((tmp_path / "out" / "paper" / "quick.json").read_text())["results"]
+    assert res["dataset"]["split"] == "test" and res["dataset"]["letters"] == {
+        "real": "Real", "sketch": "Sketch", "clipart": "Clipart"}
+    cells = res["tables"]["2"]["cells"]
+    rs = next(c for c in cells if c["method"] == "Vanilla CLIP" and c["query"] == "real" and c["gallery"] == "sketch"
+              and c["paper_column"] == "mAP")
+    assert rs["paper"] == 21.03 and rs["metric"] == "mAP"
+    # The Avg. column is ours over the galleries present; the paper's averages five galleries.
+    assert {c["gallery"] for c in cells} == {"real", "sketch", "clipart", "Avg."}
+
+
+def test_quick_run_on_office_home_compares_its_half_of_table_3(tmp_path, capsys):
+    top = tmp_path / "OfficeHomeDataset_10072016"
+    _images(top, {"Art": ["Bike", "Mug"], "Clipart": ["Bike", "Mug"], "Product": ["Bike", "Mug"],
+                  "Real World": ["Bike", "Mug"]}, 2)
+    code = cli.main(["paper", "--quick", "--dataset", "officehome", "--dataset-dir", str(tmp_path), "--tables", "3",
+                     "--figures", "none", "--map-convention", "min", "--out-dir", str(tmp_path / "out"),
+                     "--no-progress"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "### Table 3 (Office-Home half): cross-domain retrieval; 'mAP' = mAP@200 over min(200, R)" in out
+    assert "NOT the convention the paper's own numbers support (whole)" in out
+    assert "### Table 3 (PACS half) -- the paper's numbers only" in out
+    res = json.loads((tmp_path / "out" / "paper" / "quick.json").read_text())["results"]
+    cells = res["tables"]["3"]["Office-Home"]["cells"]
+    rw = next(c for c in cells if c["method"] == "Vanilla CLIP" and c["query"] == "Real World"
+              and c["gallery"] == "Product" and c["paper_column"] == "mAP")
+    assert rw["paper"] == 47.48 and rw["metric"] == "mAP@200:min"  # Table 3, Office-Home, R -> P (line 215)
