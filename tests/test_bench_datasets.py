@@ -165,3 +165,105 @@ def test_suites_use_the_default_dataset_dir(tmp_path, monkeypatch):
 
     with pytest.raises(UsageError, match="TKI_PACS_DIR"):
         dataset_dir(None, required_by="accuracy")
+
+
+# -- the paper's datasets in their published layouts -----------------------------------------------------------
+
+
+def _office_home(root: Path) -> dict[str, dict[str, int]]:
+    """Office-Home as published: OfficeHomeDataset_10072016/{Art,Clipart,Product,Real World}/<Class>/NNNNN.jpg
+    plus ImageInfo.csv and imagelist.txt at the top."""
+    top = root / "OfficeHomeDataset_10072016"
+    layout = {"Art": {"Alarm_Clock": 2, "Bike": 3}, "Clipart": {"Alarm_Clock": 1, "Bike": 2},
+              "Product": {"Alarm_Clock": 2, "Bike": 1}, "Real World": {"Alarm_Clock": 3, "Bike": 2}}
+    for domain, classes in layout.items():
+        for cls, n in classes.items():
+            (top / domain / cls).mkdir(parents=True)
+            for i in range(n):
+                (top / domain / cls / f"{i + 1:05d}.jpg").write_bytes(b"x")
+    (top / "ImageInfo.csv").write_text("image,license\n")
+    (top / "imagelist.txt").write_text("")
+    return layout
+
+
+def test_office_home_published_layout(tmp_path):
+    from tki_sdk.benchmarks.datasets import read_dataset
+
+    layout = _office_home(tmp_path)
+    for root in (tmp_path, tmp_path / "OfficeHomeDataset_10072016"):  # the download folder or the one inside
+        ds = read_dataset("officehome", root)
+        assert ds.domains == ["Art", "Clipart", "Product", "Real World"]  # the paper's A, C, P, R
+        assert ds.classes == ["Alarm_Clock", "Bike"]
+        assert ds.counts() == {d: sum(c.values()) for d, c in layout.items()}
+        assert list(ds.labels("Real World")) == [0, 0, 0, 1, 1]
+    (tmp_path / "OfficeHomeDataset_10072016" / "Product").rename(tmp_path / "OfficeHomeDataset_10072016" / "Prod")
+    with pytest.raises(ValueError, match="Product"):
+        read_dataset("officehome", tmp_path)
+
+
+_DN = {"clipart": {"aircraft_carrier": 3, "zebra": 2}, "real": {"aircraft_carrier": 2, "zebra": 4},
+       "sketch": {"aircraft_carrier": 2, "zebra": 2}}
+
+
+def _domainnet(root: Path, lists: bool = True) -> dict[str, dict[str, list[str]]]:
+    """DomainNet as published: <domain>/<class>/<domain>_<class idx>_<n>.jpg and the official split lists
+    <domain>_train.txt / <domain>_test.txt, lines '<domain>/<class>/<file> <label>'. Here the last image of
+    every (domain, class) is in the test list, the others in the train list."""
+    split: dict[str, dict[str, list[str]]] = {}
+    for domain, classes in _DN.items():
+        split[domain] = {"train": [], "test": []}
+        for label, (cls, n) in enumerate(sorted(classes.items())):
+            (root / domain / cls).mkdir(parents=True)
+            for i in range(n):
+                rel = f"{domain}/{cls}/{domain}_{label + 1:03d}_{i:06d}.jpg"
+                (root / rel).write_bytes(b"x")
+                split[domain]["test" if i == n - 1 else "train"].append(f"{rel} {label}")
+        if lists:
+            for part, entries in split[domain].items():
+                (root / f"{domain}_{part}.txt").write_text("\n".join(entries) + "\n")
+    return split
+
+
+def test_domainnet_published_layout_with_official_splits(tmp_path):
+    from tki_sdk.benchmarks.datasets import read_dataset
+
+    split = _domainnet(tmp_path)
+    test = read_dataset("domainnet", tmp_path, split="test")
+    assert test.domains == ["real", "sketch", "clipart"]  # the paper's order (Real, Sketch, ..., Clipart)
+    assert test.classes == ["aircraft_carrier", "zebra"]
+    assert test.counts() == {"real": 2, "sketch": 2, "clipart": 2}  # one test image per (domain, class)
+    for d in test.domains:
+        listed = [line.split()[0] for line in split[d]["test"]]
+        assert [str(p.relative_to(tmp_path)) for p in test.paths(d)] == listed
+        assert list(test.labels(d)) == [int(line.split()[1]) for line in split[d]["test"]]
+    train = read_dataset("domainnet", tmp_path, split="train")
+    assert train.counts() == {d: sum(c.values()) - len(c) for d, c in [(d, _DN[d]) for d in train.domains]}
+    whole = read_dataset("domainnet", tmp_path, split="all")
+    assert whole.counts() == {d: sum(_DN[d].values()) for d in whole.domains}
+
+
+def test_domainnet_split_errors_are_one_line(tmp_path):
+    from tki_sdk.benchmarks.datasets import read_dataset
+
+    _domainnet(tmp_path, lists=False)
+    with pytest.raises(ValueError, match="split") as e:
+        read_dataset("domainnet", tmp_path, split="test")
+    assert "\n" not in str(e.value) and "--split all" in str(e.value)
+    read_dataset("domainnet", tmp_path, split="all")  # the folders alone are enough for "all"
+    (tmp_path / "real_test.txt").write_text("real/zebra/missing.jpg 1\n")
+    (tmp_path / "sketch_test.txt").write_text("")
+    (tmp_path / "clipart_test.txt").write_text("clipart/zebra/clipart_002_000000.jpg 0\n")  # label disagrees
+    with pytest.raises(ValueError, match="missing.jpg"):
+        read_dataset("domainnet", tmp_path, split="test")
+    (tmp_path / "real_test.txt").write_text("real/zebra/real_002_000000.jpg 1\n")
+    with pytest.raises(ValueError, match="label"):
+        read_dataset("domainnet", tmp_path, split="test")
+
+
+def test_pacs_reader_is_the_folder_reader(tmp_path):
+    from tki_sdk.benchmarks.datasets import read_dataset
+
+    _make_tree(tmp_path / "images")
+    assert read_dataset("pacs", tmp_path).counts() == DomainDataset(tmp_path).counts()
+    with pytest.raises(ValueError, match="pacs, officehome, domainnet"):
+        read_dataset("imagenet", tmp_path)

@@ -177,3 +177,53 @@ def test_bad_inputs():
         precision_at_k(np.zeros((1, 3)), [0], [0, 0, 0], 0)
     with pytest.raises(ValueError):
         retrieval_metrics(np.zeros((2, 3)), [0, 0], np.zeros((4, 3)), [0] * 4, exclude_self=True)
+
+
+def _reference_ap_min(rel_topk, n_relevant, k):
+    """SAKE's mAP@k: the sum of P(j) over the hits within the top k, divided by min(k, relevant in the gallery)."""
+    hits, total = 0, 0.0
+    for j, r in enumerate(rel_topk[:k], start=1):
+        if r:
+            hits += 1
+            total += hits / j
+    return total / min(k, n_relevant) if n_relevant else 0.0
+
+
+def test_every_map_convention_and_prec1_against_pure_python():
+    """Whole-gallery mAP, mAP@k by hits and mAP@k over min(k, relevant), Prec@k and Prec@1 on one run."""
+    rng = np.random.default_rng(3)
+    q, g, k = 13, 40, 7
+    qe, ge = rng.normal(size=(q, 5)), rng.normal(size=(g, 5))
+    ql, gl = rng.integers(0, 4, q), rng.integers(0, 4, g)
+    gl[gl == 3] = 2  # label 3 has no relevant item in the gallery: every AP of such a query is 0
+    ql[0] = 3
+    res = retrieval_metrics(qe, ql, ge, gl, ks=(1, k))
+    qn = qe / np.linalg.norm(qe, axis=1, keepdims=True)
+    gn = ge / np.linalg.norm(ge, axis=1, keepdims=True)
+    s = (qn @ gn.T).tolist()
+    full = [_reference_rel(s[i], ql[i], gl) for i in range(q)]
+    n_rel = [int((gl == ql[i]).sum()) for i in range(q)]
+    assert res["mAP"] == pytest.approx(np.mean([_reference_ap(r) for r in full]))
+    assert res[f"mAP@{k}"] == pytest.approx(np.mean([_reference_ap(r[:k]) for r in full]))
+    assert res[f"mAP@{k}:min"] == pytest.approx(np.mean([_reference_ap_min(r, n, k) for r, n in zip(full, n_rel)]))
+    assert res[f"Prec@{k}"] == pytest.approx(np.mean([sum(r[:k]) / k for r in full]))
+    assert res["Prec@1"] == pytest.approx(np.mean([r[0] for r in full]))
+    # The conventions differ on this data (else the test could not tell them apart).
+    assert len({round(res[m], 9) for m in ("mAP", f"mAP@{k}", f"mAP@{k}:min")}) == 3
+
+
+def test_map_min_counts_relevant_items_without_the_query_itself():
+    """Same-domain search (exclude_self): the query's own item is not among its relevant items."""
+    rng = np.random.default_rng(4)
+    e = rng.normal(size=(12, 4))
+    lab = np.array([0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2])
+    k = 3
+    res = retrieval_metrics(e, lab, e, lab, ks=(k,), exclude_self=True)
+    en = e / np.linalg.norm(e, axis=1, keepdims=True)
+    s = en @ en.T
+    vals = []
+    for i in range(12):
+        keep = [j for j in range(12) if j != i]
+        rel = _reference_rel(s[i, keep].tolist(), lab[i], lab[keep])
+        vals.append(_reference_ap_min(rel, int((lab[keep] == lab[i]).sum()), k))
+    assert res[f"mAP@{k}:min"] == pytest.approx(np.mean(vals))

@@ -1,11 +1,13 @@
-"""Accuracy suite: the paper's cross-domain retrieval tables (mAP, mAP@200, Prec@200).
+"""Accuracy suite: the paper's cross-domain retrieval tables (every mAP convention, Prec@200).
 
 Protocol (the paper's): for every ordered pair of distinct domains ``(q, g)``, every image
 of domain ``q`` is a query against the gallery of all images of domain ``g``; a gallery
 image is relevant when its class equals the query's; images are ranked by cosine
 similarity of their embeddings. Per pair: mAP (whole gallery), mAP@200 and Prec@200 as
 defined in :mod:`tki_sdk.benchmarks.metrics`; per query domain: the average over its
-gallery domains (the paper's "Avg." column); overall: the average over all pairs.
+gallery domains (the paper's "Avg." column); overall: the average over all pairs. Every mAP
+convention is computed on every run (whole-gallery mAP, mAP@200 by hits, mAP@200:min over min(200, R);
+:data:`~tki_sdk.benchmarks.metrics.MAP_CONVENTIONS`).
 
 Embeddings come from any *embedding function*: a callable taking a list of image paths
 and returning an ``[N, D]`` array (one row per path). Adapters here wrap a torch
@@ -81,7 +83,8 @@ def describe_weights(weights: Mapping[str, Any] | None, checkpoint: Mapping[str,
 
 
 def _metric_names(ks: Sequence[int], full_map: bool = True) -> list[str]:
-    return (["mAP"] if full_map else []) + [f"mAP@{k}" for k in ks] + [f"Prec@{k}" for k in ks]
+    return (["mAP"] if full_map else []) + [f"mAP@{k}" for k in ks] + [f"mAP@{k}:min" for k in ks] \
+        + [f"Prec@{k}" for k in ks]
 
 
 @dataclass

@@ -12,6 +12,15 @@ index across domains (``label = classes.index(name)``), so a label means the sam
 in every domain even when a domain lacks some class. Files are listed in sorted order,
 so everything here is deterministic.
 
+The paper's three datasets in their published layouts (:func:`read_dataset`):
+
+* ``pacs``: the folder layouts above (``<root>[/images]/<domain>/<class>/<file>``);
+* ``officehome``: ``OfficeHomeDataset_10072016/{Art,Clipart,Product,Real World}/<Class>/<file>`` (``root`` is
+  that folder or the one holding it; ``ImageInfo.csv`` and the other top-level files are ignored);
+* ``domainnet``: ``<root>/<domain>/<class>/<file>`` for the six domains with the official split lists
+  ``<root>/<domain>_{train,test}.txt`` (lines ``<domain>/<class>/<file> <label>``); ``split`` ``test`` /
+  ``train`` reads the listed images only, ``all`` every image in the folders.
+
 Cross-domain protocol (the paper's): for every ordered pair ``(query domain q, gallery
 domain g)`` with ``q != g``, every image of ``q`` is searched against every image of ``g``;
 a gallery image is relevant when its class equals the query's.
@@ -29,8 +38,17 @@ from tki_sdk.common.imagefolders import DATASET_ENV, IMAGE_SUFFIXES, default_dat
 
 __all__ = [
     "IMAGE_EXTENSIONS", "ImageRecord", "DomainDataset", "cross_domain_pairs", "find_dataset_root",
-    "default_dataset_dir", "DATASET_ENV", "dataset_dir",
+    "default_dataset_dir", "DATASET_ENV", "dataset_dir", "PAPER_DATASETS", "DOMAINNET_DOMAINS",
+    "OFFICE_HOME_DOMAINS", "DOMAINNET_SPLITS", "read_dataset",
 ]
+
+#: ``--dataset`` values and the paper's name of each.
+PAPER_DATASETS = {"pacs": "PACS", "officehome": "Office-Home", "domainnet": "DomainNet"}
+#: Office-Home's domain folders, in the paper's order (A, C, P, R).
+OFFICE_HOME_DOMAINS = ("Art", "Clipart", "Product", "Real World")
+#: DomainNet's domain folders, in the order of the paper's Tables 2 and 7.
+DOMAINNET_DOMAINS = ("real", "sketch", "quickdraw", "infograph", "painting", "clipart")
+DOMAINNET_SPLITS = ("test", "train", "all")
 
 #: Suffixes of the files a dataset holds: the one set (``tki_sdk.common.imagefolders.IMAGE_SUFFIXES``).
 IMAGE_EXTENSIONS = IMAGE_SUFFIXES
@@ -226,3 +244,66 @@ class DomainDataset:
 def cross_domain_pairs(domains: Sequence[str]) -> list[tuple[str, str]]:
     """Every ordered ``(query, gallery)`` pair of distinct domains, query-major, in the given order."""
     return [(q, g) for q in domains for g in domains if q != g]
+
+
+def read_dataset(name: str, root: str | Path, *, split: str = "test") -> "DomainDataset":
+    """One of the paper's datasets (``pacs``, ``officehome``, ``domainnet``) from its published layout (module
+    docstring). ``split`` applies to DomainNet only. Raises ``FileNotFoundError`` / ``ValueError`` with one line
+    saying what is missing."""
+    if name not in PAPER_DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(PAPER_DATASETS)}")
+    root = Path(root).expanduser()
+    if name == "pacs":
+        return DomainDataset(root)
+    if name == "officehome":
+        top = root / "OfficeHomeDataset_10072016" if (root / "OfficeHomeDataset_10072016").is_dir() else root
+        missing = [d for d in OFFICE_HOME_DOMAINS if not (top / d).is_dir()]
+        if missing:
+            raise ValueError(f"{top} is not Office-Home: no {', '.join(missing)} folder(s); expected "
+                             f"OfficeHomeDataset_10072016/{{{','.join(OFFICE_HOME_DOMAINS)}}}/<Class>/<image>")
+        ds = DomainDataset(top, domains=list(OFFICE_HOME_DOMAINS))
+        return ds.subset(OFFICE_HOME_DOMAINS) if ds.domains != list(OFFICE_HOME_DOMAINS) else ds
+    return _read_domainnet(root, split)
+
+
+def _read_domainnet(root: Path, split: str) -> "DomainDataset":
+    if split not in DOMAINNET_SPLITS:
+        raise ValueError(f"DomainNet split must be one of {', '.join(DOMAINNET_SPLITS)}, got {split!r}")
+    if not root.is_dir():
+        raise FileNotFoundError(f"DomainNet folder {root} does not exist; expected <root>/<domain>/<class>/<image>")
+    present = [d for d in DOMAINNET_DOMAINS if (root / d).is_dir()]
+    if len(present) < 2:
+        raise ValueError(f"{root} holds {len(present)} of DomainNet's domain folders ({', '.join(DOMAINNET_DOMAINS)});"
+                         " cross-domain retrieval needs at least 2")
+    if split == "all":
+        ds = DomainDataset(root, domains=present)
+        return DomainDataset(ds.root, _records=ds.records(), _classes=ds.classes, _domains=present)
+    lists = {d: root / f"{d}_{split}.txt" for d in present}
+    absent = [p.name for p in lists.values() if not p.is_file()]
+    if absent:
+        raise ValueError(f"no DomainNet {split} split list {', '.join(absent)} in {root}: put the official "
+                         f"<domain>_{split}.txt files there, or pass --split all to read every image")
+    entries: list[tuple[str, str, Path, int]] = []
+    label_of: dict[str, int] = {}
+    for d, lst in lists.items():
+        for n, line in enumerate(lst.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            rel, label = " ".join(parts[:-1]), parts[-1]
+            bits = rel.split("/")
+            if len(parts) < 2 or not label.isdigit() or len(bits) != 3 or bits[0] != d:
+                raise ValueError(f"{lst}:{n}: expected '{d}/<class>/<file> <label>', got {line.strip()!r}")
+            path = root / rel
+            if not path.is_file():
+                raise ValueError(f"{lst}:{n}: {rel} is listed but not in {root}; the images and the list must "
+                                 "come from the same release")
+            if label_of.setdefault(bits[1], int(label)) != int(label):
+                raise ValueError(f"{lst}:{n}: class {bits[1]} has label {label} here and {label_of[bits[1]]} "
+                                 "elsewhere; the split lists disagree")
+            entries.append((d, bits[1], path, int(label)))
+    classes = sorted(label_of)
+    index = {c: i for i, c in enumerate(classes)}
+    records = [ImageRecord(p, d, c, index[c]) for d, c, p, _ in entries]
+    domains = [d for d in present if any(r.domain == d for r in records)]
+    return DomainDataset(root, _records=records, _classes=classes, _domains=domains)

@@ -1,4 +1,4 @@
-"""Retrieval metrics of the paper: mAP, mAP@k and Prec@k (numpy in, numpy out).
+"""Retrieval metrics of the paper: mAP in its three conventions, Prec@k (numpy in, numpy out).
 
 Ranking convention (the contract every function here follows):
 
@@ -16,6 +16,11 @@ Definitions:
   ``R_k = 0``. ``k=None`` (or ``k >= G``) ranks the whole gallery, which is the usual
   (uninterpolated) average precision: ``sklearn.metrics.average_precision_score`` gives
   the same value when there are no ties.
+* ``AP@k:min = sum_{j<=k} P(j) * rel(j) / min(k, R)`` with ``R`` the number of relevant items in the
+  *whole gallery* (SAKE's / the sketch-retrieval literature's mAP@200); 0 when ``R = 0``. Unlike ``AP@k``
+  it is never above ``Prec@k * k / min(k, R)``, so for ``R >= k`` it is at most Prec@k.
+* The three mAP conventions (:data:`MAP_CONVENTIONS`): ``whole`` = mAP (whole gallery), ``hits`` = mAP@k
+  (divided by the hits within the top k), ``min`` = mAP@k:min (divided by min(k, R)).
 * ``Prec@k = R_k / k``: relevant items within the top k, divided by k, as the paper's
   protocol does on full datasets (every gallery there holds far more than k = 200 items).
   The divisor stays ``k`` when the gallery holds fewer than ``k`` items: a small sampled
@@ -43,7 +48,27 @@ __all__ = [
     "retrieval_metrics",
     "ap_from_relevance",
     "precision_from_relevance",
+    "ap_min_from_relevance",
+    "relevant_counts",
+    "MAP_CONVENTIONS",
+    "map_key",
 ]
+
+#: The mAP conventions and what each divides the sum of P(j) over the ranked hits by: ``whole`` every
+#: relevant item of the gallery (all ranks), ``hits`` the relevant items within the top k, ``min``
+#: min(k, relevant items of the gallery) (top k only).
+MAP_CONVENTIONS = {
+    "whole": "mAP over the whole ranked gallery (sum of P(j) over all hits / relevant items in the gallery)",
+    "hits": "mAP@k by hits (sum of P(j) over the hits within the top k / those hits)",
+    "min": "mAP@k over min(k, R) (sum of P(j) over the hits within the top k / min(k, relevant items in the gallery))",
+}
+
+
+def map_key(convention: str, k: int) -> str:
+    """The result key of an mAP convention: ``whole`` -> ``mAP``, ``hits`` -> ``mAP@k``, ``min`` -> ``mAP@k:min``."""
+    if convention not in MAP_CONVENTIONS:
+        raise ValueError(f"mAP convention must be one of {', '.join(MAP_CONVENTIONS)}, got {convention!r}")
+    return {"whole": "mAP", "hits": f"mAP@{k}", "min": f"mAP@{k}:min"}[convention]
 
 # Budget for the per-chunk score matrix plus its sort indices (bytes).
 _DEFAULT_CHUNK_BYTES = 256 * 2**20
@@ -144,6 +169,32 @@ def ap_from_relevance(rel: np.ndarray) -> np.ndarray:
     return np.divide(num, n_rel, out=np.zeros_like(num), where=n_rel > 0)
 
 
+def ap_min_from_relevance(rel: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
+    """``AP@k:min = sum_{j<=k} P(j) rel(j) / min(k, R)`` per row; ``n_relevant`` is R, the relevant items of the
+    whole gallery (0 where R = 0)."""
+    rel = np.asarray(rel, dtype=bool)[:, :k]
+    n_relevant = np.asarray(n_relevant, dtype=np.float64)
+    if rel.shape[1] == 0:
+        return np.zeros(rel.shape[0])
+    hits = np.cumsum(rel, axis=1, dtype=np.float64)
+    ranks = np.arange(1, rel.shape[1] + 1, dtype=np.float64)
+    num = np.where(rel, hits / ranks, 0.0).sum(axis=1)
+    den = np.minimum(float(k), n_relevant)
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+def relevant_counts(query_labels: Any, gallery_labels: Any, *, exclude_self: bool = False) -> np.ndarray:
+    """R per query: gallery items with the query's label (less the query itself under ``exclude_self``)."""
+    ql = np.asarray(query_labels).reshape(-1)
+    gl = np.asarray(gallery_labels).reshape(-1)
+    values, counts = np.unique(gl, return_counts=True)
+    pos = np.searchsorted(values, ql)
+    pos_c = np.clip(pos, 0, max(len(values) - 1, 0))
+    found = (pos < len(values)) & (values[pos_c] == ql) if len(values) else np.zeros(len(ql), bool)
+    r = np.where(found, counts[pos_c] if len(values) else 0, 0).astype(np.int64)
+    return r - 1 if exclude_self else r
+
+
 def precision_from_relevance(rel: np.ndarray, k: int | None = None) -> np.ndarray:
     """``Prec@k = sum_{j<=k} rel(j) / k`` per row of a ranked relevance matrix (``k=None``: the list length).
 
@@ -201,7 +252,7 @@ def retrieval_metrics(
     metric: str = "cos",
     curvature: float | None = None,
 ) -> dict[str, Any]:
-    """mAP (whole gallery), mAP@k and Prec@k for every k in ``ks``, by ``metric``.
+    """mAP (whole gallery), mAP@k (by hits), mAP@k:min and Prec@k for every k in ``ks``, by ``metric``.
 
     ``metric``: ``"cos"`` (default) scores ``cos(q, g)``; ``"ip"`` the raw inner product ``q . g``
     (no normalisation); ``"poincare"`` minus the Poincaré-ball distance ``-d_c(q, g)``
@@ -218,7 +269,7 @@ def retrieval_metrics(
     each query's own item is removed from its ranking. Not needed for the cross-domain
     pairs of the paper, where query and gallery domains differ.
 
-    Returns ``{"mAP": float, "mAP@k": float, "Prec@k": float, ..., "n_queries": Q,
+    Returns ``{"mAP": float, "mAP@k": float, "mAP@k:min": float, "Prec@k": float, ..., "n_queries": Q,
     "n_gallery": G}`` (values in [0, 1]); with ``return_per_query`` also
     ``"per_query": {name: ndarray[Q]}``.
     """
@@ -252,7 +303,9 @@ def retrieval_metrics(
     chunk = max(1, int(chunk))
     kmax = None if full_map else (max(ks) if ks else 1)
 
-    names = (["mAP"] if full_map else []) + [f"mAP@{k}" for k in ks] + [f"Prec@{k}" for k in ks]
+    names = (["mAP"] if full_map else []) + [f"mAP@{k}" for k in ks] + [f"mAP@{k}:min" for k in ks] \
+        + [f"Prec@{k}" for k in ks]
+    n_rel = relevant_counts(ql, gl, exclude_self=exclude_self)
     per_query = {name: np.zeros(n_q) for name in names}
     for start in range(0, n_q, chunk):
         stop = min(n_q, start + chunk)
@@ -262,6 +315,7 @@ def retrieval_metrics(
             per_query["mAP"][start:stop] = ap_from_relevance(rel)
         for k in ks:
             per_query[f"mAP@{k}"][start:stop] = ap_from_relevance(rel[:, :k])
+            per_query[f"mAP@{k}:min"][start:stop] = ap_min_from_relevance(rel, n_rel[start:stop], k)
             per_query[f"Prec@{k}"][start:stop] = precision_from_relevance(rel[:, :k], k)
 
     out: dict[str, Any] = {name: float(v.mean()) if n_q else float("nan") for name, v in per_query.items()}
