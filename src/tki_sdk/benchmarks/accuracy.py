@@ -42,6 +42,7 @@ import numpy as np
 from tki_sdk.benchmarks.datasets import DomainDataset, cross_domain_pairs, dataset_dir
 from tki_sdk.benchmarks.metrics import retrieval_metrics
 from tki_sdk.benchmarks.results import markdown_table
+from tki_sdk.common.progress import progress_bar
 
 __all__ = [
     "EmbedFn",
@@ -146,10 +147,8 @@ def embed_dataset(
     ``embed_fn`` gets lists of at most ``batch_size`` path strings and must return one row
     per path; rows must be finite.
     """
-    from tqdm.auto import tqdm
-
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    bar = tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress, leave=False)
+    bar = progress_bar(len(dataset), desc, unit="img", enabled=bool(progress), leave=False)
     for domain in dataset.domains:
         paths = [str(p) for p in dataset.paths(domain)]
         chunks = []

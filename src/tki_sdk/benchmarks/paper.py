@@ -49,6 +49,7 @@ from tki_sdk.benchmarks.accuracy import RANDOM_INIT, AccuracyTable, cross_domain
 from tki_sdk.benchmarks.datasets import DOMAINNET_SPLITS, PAPER_DATASETS, DomainDataset, dataset_dir, read_dataset
 from tki_sdk.benchmarks.metrics import MAP_CONVENTIONS, map_key
 from tki_sdk.benchmarks.results import markdown_table
+from tki_sdk.common.progress import progress_bar
 
 __all__ = ["add_arguments", "run", "paper_numbers", "paper_backbone", "PAPER_NUMBERS_FILE"]
 
@@ -121,15 +122,13 @@ class _Features:
 
     def __init__(self, clip: Any, ds: DomainDataset, batch_size: int, device: str, progress: bool) -> None:
         import torch
-        from tqdm.auto import tqdm
-
         from tki_sdk.common.model_metadata import PreprocessConfig
         from tki_sdk.runtime.engine.preprocess import Preprocessor
 
         pre = Preprocessor(PreprocessConfig.from_dict(dict(clip.preprocess_cfg)))
         visual = clip.model.visual.to(device).eval()
         self.feats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        bar = tqdm(total=len(ds), desc="CLIP image features", unit="img", disable=not progress, leave=False)
+        bar = progress_bar(len(ds), "CLIP image features", unit="img", enabled=bool(progress), leave=False)
         for d in ds.domains:
             paths = [str(p) for p in ds.paths(d)]
             out = []

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from tki_sdk.common.progress import progress_bar
 
 __all__ = [
     "EmbeddingSpectrum",
@@ -240,16 +241,17 @@ def _embed_images_random_clip(files: Sequence[Path], model_name: str, seed: int,
     clip = load_clip(model_name, None, init_seed=seed)
     pre = Preprocessor.from_metadata(clip.preprocess_cfg)
     feats = []
-    from tqdm.auto import tqdm
-
+    bar = progress_bar(len(files), "embed", unit="img")
     with torch.inference_mode():
-        for s in tqdm(range(0, len(files), batch), desc="embed", unit="batch"):
+        for s in range(0, len(files), batch):
+            bar.update(len(files[s : s + batch]))
             imgs = []
             for f in files[s : s + batch]:
                 with Image.open(f) as im:
                     imgs.append(pre(im))
             x = torch.from_numpy(np.stack(imgs))
             feats.append(clip.model.encode_image(x).float().numpy())
+    bar.close()
     return np.concatenate(feats)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import resource
 import signal
@@ -34,6 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+#: Status lines of a long run (shown by the console scripts, like progress; library code never prints).
+_status = logging.getLogger("tki_sdk.progress.bench_serve")
+
 
 BATCHING_GAIN_TARGET = 1.5
 HTTP_FRACTION_TARGET = 0.8
@@ -264,8 +269,7 @@ def _soak(server: _Server, gallery: Path, queries: list[tuple[str, bytes]], args
     for t in threads:
         t.start()
     if progress:
-        print(f"soak: {seconds:g} s at concurrency {args.soak_concurrency}, gallery reload at {seconds / 2:g} s",
-              file=sys.stderr)
+        _status.info(f"soak: {seconds:g} s at concurrency {args.soak_concurrency}, gallery reload at {seconds / 2:g} s")
     res = asyncio.run(_drive("127.0.0.1", server.port, queries, args.soak_concurrency, seconds, args.k))
     stop.set()
     for t in threads:
@@ -408,8 +412,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError(str(e)) from None
         emb.embed_pixels(np.stack([emb.preprocessor.process(p) for p in query_paths[:8]]))  # warm-up
         if progress:
-            print(f"serve: embedding a {len(g_records)}-image gallery with {emb.metadata.model_name} {emb.precision}",
-                  file=sys.stderr)
+            _status.info(f"serve: embedding a {len(g_records)}-image gallery with {emb.metadata.model_name} {emb.precision}")
         res = emb.embed_images([str(r.path) for r in g_records], batch_size=32, progress=progress)
         embed_rate = len(res.indices) / res.stats["wall_s"]
         g = Gallery(emb.embedding_dim, model_fingerprint=emb.model_fingerprint,
@@ -436,7 +439,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 rows = []
                 for c in levels:
                     if progress:
-                        print(f"serve [{mode}]: concurrency {c} for {level_s:g} s", file=sys.stderr)
+                        _status.info(f"serve [{mode}]: concurrency {c} for {level_s:g} s")
                     r = _level(server, queries, c, level_s, args.k)
                     r["rss_mb"] = server.rss() / 2**20
                     rows.append(r)

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from tki_sdk.common.imagefolders import PACS_CLASSES
+from tki_sdk.common.progress import progress_bar
 
 STAGE1_TARGET_S = 3.0
 
@@ -26,13 +27,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _stage1_step_seconds(bank, class_feats, opt, full: bool, steps: int, progress: bool = True) -> list[float]:
-    from tqdm.auto import tqdm
-
     from tki_sdk.train.losses import expansion_loss
 
     times = []
     desc = f"stage 1, {'full' if full else 'truncated'} context"
-    for _ in tqdm(range(steps + 1), desc=desc, disable=not progress, leave=False):  # first step warms up
+    bar = progress_bar(steps + 1, desc, unit="step", enabled=bool(progress), leave=False)
+    for _ in range(steps + 1):  # the first step warms up
+        bar.update(1)
         t0 = time.perf_counter()
         loss, _, _ = expansion_loss(bank.prompt_features(full_context=full), class_feats,
                                     bank.domain_features(full_context=full))
@@ -40,6 +41,7 @@ def _stage1_step_seconds(bank, class_feats, opt, full: bool, steps: int, progres
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - t0)
+    bar.close()
     return times[1:]
 
 

@@ -88,6 +88,7 @@ from tki_sdk.runtime.pipeline.shards import (
     vector_hash,
     write_shard,
 )
+from tki_sdk.common.progress import progress_bar
 
 __all__ = [
     "RUN_DIR", "RUN_FILE", "SHARDS_DIR", "TRACE_ENV", "RunState", "RunPlan", "Checkpointer", "IndexReport",
@@ -328,11 +329,7 @@ def embed_local(
     """Embed ``todo`` in this process (``Embedder.embed_images`` over slices of at most 16 batches, so a
     checkpoint can fall between slices) and hand every row to ``checkpoints``. Pending rows are written on
     Ctrl-C too. Returns the number of files sent to the model."""
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo), unit="img", desc="embed", dynamic_ncols=True)
+    bar = progress_bar(len(todo), "embed", unit="img") if progress else None
     sent = 0
     step = max(1, min(checkpoints.every, 16 * batch_size))
     try:
@@ -405,11 +402,7 @@ def index_shards(
     before: dict[int, bool] = {}  # key -> held an item before this call
     applied: set[int] = set()
     failed: dict[int, tuple[str, str]] = {}
-    bar = None
-    if progress and shards:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(shards), unit="shard", desc="index", dynamic_ncols=True)
+    bar = progress_bar(len(shards), "index", unit="shard") if progress and shards else None
     try:
         for path in shards:
             _check_shard(path, gallery.model_fingerprint, gallery.ndim)
