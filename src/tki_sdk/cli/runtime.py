@@ -112,6 +112,8 @@ def _add_embed(sub: Any) -> argparse.ArgumentParser:
     r.add_argument("--cpus-per-actor", type=float, default=1.0, metavar="C", help="CPUs reserved per actor (default 1)")
     r.add_argument("--gpus-per-actor", type=float, default=0.0, metavar="G",
                    help="GPUs per actor; > 0 runs the model on onnxruntime's CUDA provider (default 0)")
+    r.add_argument("--ray-decode", default="auto", choices=["auto", "actor", "tasks"],
+                   help="where images are decoded: in the model actors, in Ray tasks, or auto (actors on one node)")
     r.add_argument("--stall-seconds", type=float, default=300.0, metavar="T",
                    help="stop the run when Ray returns no result for T seconds (default 300)")
     p.set_defaults(func=run_embed)
@@ -471,7 +473,7 @@ def _ray_engine(emb: Any, args: argparse.Namespace) -> Any:
         model_dir=str(emb.model_dir), precision=emb.precision, preprocess=_preprocess_options(args),
         address=args.address, actors=args.actors, cpus_per_actor=args.cpus_per_actor,
         gpus_per_actor=args.gpus_per_actor, threads=args.threads, batch_size=args.batch_size,
-        stall_seconds=args.stall_seconds,
+        stall_seconds=args.stall_seconds, decode=args.ray_decode,
     )
 
     def engine(todo: Sequence[Any], checkpoints: Any) -> int:

@@ -46,6 +46,7 @@ Environment variables starting with ``TKI_`` are passed to the workers (logging,
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -66,7 +67,7 @@ from tki_sdk.runtime.pipeline.embed_run import Checkpointer, trace_embedded
 from tki_sdk.runtime.pipeline.ingest import SourceFile
 
 __all__ = ["RayOptions", "embed_ray", "import_ray", "decode_batch", "EmbedActor", "FAULT_ENV", "plan_resources",
-           "iter_with_stall", "ACTOR_BATCHES", "DECODE_MODES"]
+           "iter_with_stall", "local_ray", "ACTOR_BATCHES", "DECODE_MODES"]
 
 log = logging.getLogger(__name__)
 
@@ -354,6 +355,20 @@ def _start_local_ray(ray: Any, opts: RayOptions) -> Any:
         raise
     dog.attach(_session_dir(ray), sorted(ray_reaper.child_pids() - before - {dog.proc.pid}))
     return dog
+
+
+@contextlib.contextmanager
+def local_ray(num_cpus: int | None = None) -> Iterator[Any]:
+    """A local Ray with ``num_cpus`` CPUs (default all) for the ``with`` block, under the same watchdog as a run
+    (stopped at the block's end however it ends, or by the next run if this process is killed); yields
+    ``ray``. For callers that start Ray once for several :func:`embed_ray` calls (benchmarks)."""
+    ray = import_ray()
+    dog = _start_local_ray(ray, RayOptions(model_dir="", num_cpus=num_cpus))
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        dog.close()
 
 
 def embed_ray(todo: Sequence[SourceFile], checkpoints: Checkpointer, opts: RayOptions, *, progress: bool = False) -> int:
