@@ -13,7 +13,8 @@ The contract:
   the driver closes it (:meth:`Watchdog.close`, after ``ray.shutdown()``) or dies in any way. It then kills
   (SIGKILL) every process of the run's Ray session, removes the run's record and exits. While it waits it
   notes, every :data:`POLL_S` seconds, the processes of the session, so those whose parent died first are
-  still known.
+  still known; until the driver has recorded its session (``ray.init`` still running) it notes the driver's
+  new children instead.
 - The record, ``<cache>/ray-sessions/<driver pid>-<driver start>.json`` (``<cache>``: ``$TKI_CACHE_DIR``,
   else ``~/.cache/tki-sdk``), names the driver (pid and start time), the watchdog's pid and the session
   folder; :meth:`Watchdog.attach` writes the session folder once ``ray.init`` returned.
@@ -131,6 +132,13 @@ def child_pids() -> set[int]:
     return {c.pid for c in psutil.Process().children()}
 
 
+def _children(pid: int) -> dict[int, float]:
+    try:
+        return {c.pid: c.create_time() for c in psutil.Process(pid).children()}
+    except psutil.Error:
+        return {}
+
+
 def _read_record(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
@@ -213,7 +221,8 @@ def start_watchdog() -> Watchdog:
     me = os.getpid()
     started = _start_time(me)
     record = records_dir() / f"{me}-{int((started or 0) * 1000)}.json"
-    _write_record(record, {"driver_pid": me, "driver_started": started, "session_dir": None, "processes": {}})
+    _write_record(record, {"driver_pid": me, "driver_started": started, "session_dir": None, "processes": {},
+                           "children_before": sorted(child_pids())})
     proc = subprocess.Popen(
         [sys.executable, "-m", __name__, str(record)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
         start_new_session=True, close_fds=True,
@@ -230,13 +239,16 @@ def _watch(record: Path) -> int:
     rec = _read_record(record) or {}
     driver = int(rec.get("driver_pid") or os.getppid())
     known: dict[int, float] = {}
+    before = {int(p) for p in rec.get("children_before") or ()}  # what it starts until attach() is Ray's
     fd = sys.stdin.fileno()
     while True:
         ready, _, _ = select.select([fd], [], [], POLL_S)
         if ready and not os.read(fd, 4096):
             break
-        if not known:
+        if not rec.get("session_dir"):
             rec = _read_record(record) or rec
+        if not rec.get("session_dir"):
+            known.update({p: t for p, t in _children(driver).items() if p not in before and p != os.getpid()})
         head = {int(k): float(v) for k, v in (rec.get("processes") or {}).items()}
         known = session_processes(None, {**known, **head}, exclude={driver})  # cheap: the known and their children
     rec = _read_record(record) or rec
