@@ -25,8 +25,11 @@ holds one vector per key whatever the shards hold.
 Where decoding runs (``RayOptions.decode``): ``"tasks"`` as drawn above; ``"actor"``: no decode tasks, each
 model actor receives the file paths, :data:`ACTOR_BATCHES` model batches at a time, and decodes them with
 :meth:`Embedder.embed_images` (its decode threads overlap the model, exactly as in one process);
-``"auto"`` (default): ``"actor"`` on a one-node cluster (measured: on one machine the decode tasks only move
-pixels through the object store, see benchmarks/results/embed/), ``"tasks"`` on several nodes.
+``"auto"`` (default): ``"actor"`` on a one-node cluster, ``"tasks"`` on several nodes. Why: on one machine
+decode tasks add no CPU, only a pass of every image's pixels through the object store, and they compete with
+the model for the same cores; in the actor, decoding overlaps the model as it does in one process. (The
+embed suite's runs on a shared 2-core machine, benchmarks/results/embed/*-shared.json, could not separate the
+two: the load of other work moved each pair by more than the difference.)
 
 Resources are checked before anything runs (:func:`plan_resources`, against the cluster's nodes): GPUs that
 no node has, or more CPUs per actor than any node has, are refused in one line (exit status 2); more actors
