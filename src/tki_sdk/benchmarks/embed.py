@@ -13,7 +13,8 @@ trained and exported first.
 ``--engine ray`` measures the two ``tki embed`` engines instead, in one run on the same files and cores
 (:func:`run_engines`): the whole run (list, plan, embed with checkpoints, commit to a gallery) with one
 process and with Ray Data (a local Ray with ``--ray-cpus`` CPUs, started before the clock; the pipeline's
-own start -- actors loading the model -- is inside it), their img/s ratio (target: Ray >= 85% of one
+own start -- actors loading the model -- is inside it), interleaved in ``--repeats`` pairs so that a change
+of the machine's load weighs on both, their img/s ratio (medians over the pairs; target: Ray >= 85% of one
 process), the time to re-run the finished run (target: < 5% of the original run), whether both galleries
 hold the same vectors, the per-image cost of decode, preprocess and inference (one thread for the first two;
 ``--threads`` for inference, batch ``--batch-size``), and the load average around each phase (the machine
@@ -47,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--actors", type=int, default=1, help="--engine ray: model actors (default 1)")
     g.add_argument("--cpus-per-actor", type=float, default=1.0, help="--engine ray: CPUs per actor (default 1)")
     g.add_argument("--ray-cpus", type=int, default=None, help="--engine ray: CPUs of the local Ray (default all)")
+    g.add_argument("--ray-decode", default="auto", choices=["auto", "actor", "tasks"],
+                   help="--engine ray: where images are decoded (default auto: in the actors on one node)")
+    g.add_argument("--repeats", type=int, default=2,
+                   help="--engine ray: interleaved (one process, Ray) pairs; the ratio is of the medians (default 2)")
+    g.add_argument("--note", default="", help="a line recorded with the result (e.g. the machine was shared)")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -165,7 +171,7 @@ def run_engines(args: argparse.Namespace) -> dict[str, Any]:
 
     from tki_sdk.common.errors import UsageError
     from tki_sdk.runtime import Embedder, Gallery
-    from tki_sdk.runtime.pipeline.distributed import RayOptions, embed_ray, import_ray
+    from tki_sdk.runtime.pipeline.distributed import RayOptions, embed_ray, import_ray, local_ray, plan_resources
     from tki_sdk.runtime.pipeline.embed_run import EmbedJob, embed_local, run_job
     from tki_sdk.runtime.pipeline.ingest import gallery_options
     from tki_sdk.runtime.pipeline.shards import ShardInfo
@@ -174,7 +180,7 @@ def run_engines(args: argparse.Namespace) -> dict[str, Any]:
     from tki_sdk.benchmarks.plots import plot_grouped_bars
     from tki_sdk.benchmarks.results import markdown_table
 
-    ray = import_ray()
+    import_ray()
     model_dir, tmp_model = model_dir_or_quick_export(args, "embed")
     n = args.images or (64 if args.quick else 2000)
     paths = _sample_paths(args, n)
@@ -203,25 +209,31 @@ def run_engines(args: argparse.Namespace) -> dict[str, Any]:
     def local(todo: Any, ck: Any) -> int:
         return embed_local(todo, emb, ck, batch_size=args.batch_size, workers=args.workers)
 
-    rep_local = run_job(job("local.gallery"), info, local, lambda: Gallery(**opts))
-    load["after_local"] = list(os.getloadavg())
-
+    # one process and Ray interleaved, in pairs, on fresh galleries: a machine whose load changes (shared with
+    # other work) weighs on both alike; the ratio is of the medians, the pairs' ratios are recorded too
     t0 = time.perf_counter()
-    ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False)
-    ray_init_s = time.perf_counter() - t0
-    ray_opts = RayOptions(model_dir=str(model_dir), precision=emb.precision, actors=args.actors,
-                          cpus_per_actor=args.cpus_per_actor, threads=args.threads, batch_size=args.batch_size)
-    try:
-        rep_ray = run_job(job("ray.gallery"), info, lambda todo, ck: embed_ray(todo, ck, ray_opts), lambda: Gallery(**opts))
+    with local_ray(args.ray_cpus) as ray:
+        ray_init_s = time.perf_counter() - t0
         ray_cpus = ray.cluster_resources().get("CPU")
-    finally:
-        ray.shutdown()
+        nodes = [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
+        ray_opts = RayOptions(model_dir=str(model_dir), precision=emb.precision, actors=args.actors,
+                              cpus_per_actor=args.cpus_per_actor, threads=args.threads, batch_size=args.batch_size,
+                              decode=args.ray_decode)
+        planned, notes = plan_resources(nodes, ray_opts)
+        reps_local, reps_ray = [], []
+        for i in range(max(1, args.repeats)):
+            load[f"before_local_{i}"] = list(os.getloadavg())
+            reps_local.append(run_job(job(f"local-{i}.gallery"), info, local, lambda: Gallery(**opts)))
+            load[f"before_ray_{i}"] = list(os.getloadavg())
+            reps_ray.append(run_job(job(f"ray-{i}.gallery"), info, lambda todo, ck: embed_ray(todo, ck, ray_opts),
+                                    lambda: Gallery(**opts)))
     load["after_ray"] = list(os.getloadavg())
+    rep_local = reps_local[0]
 
-    rep_resume = run_job(job("local.gallery"), info, local, lambda: Gallery(**opts))
+    rep_resume = run_job(job("local-0.gallery"), info, local, lambda: Gallery(**opts))
     load["after_resume"] = list(os.getloadavg())
 
-    ga, gb = Gallery.load(root / "local.gallery"), Gallery.load(root / "ray.gallery")
+    ga, gb = Gallery.load(root / "local-0.gallery"), Gallery.load(root / "ray-0.gallery")
     ka, kb = np.sort(ga.keys()), np.sort(gb.keys())
     same_keys = bool(np.array_equal(ka, kb))
     min_cos = float(np.min(np.sum(ga.get_vectors(ka) * gb.get_vectors(kb), axis=1))) if same_keys else None
@@ -229,23 +241,30 @@ def run_engines(args: argparse.Namespace) -> dict[str, Any]:
     if tmp_model is not None:
         tmp_model.cleanup()
 
-    local_ips = rep_local.embedded / rep_local.embed_s
-    ray_ips = rep_ray.embedded / rep_ray.embed_s
+    local_runs = [r.embedded / r.embed_s for r in reps_local]
+    ray_runs = [r.embedded / r.embed_s for r in reps_ray]
+    local_ips, ray_ips = float(np.median(local_runs)), float(np.median(ray_runs))
     ratio = ray_ips / local_ips
+    pair_ratios = [b / a for a, b in zip(local_runs, ray_runs)]
     resume_frac = rep_resume.wall_s / rep_local.wall_s
     per_image = {k: v * 1e3 for k, v in costs.items()}
-    rows = [
-        ["one process (embed stage)", f"{local_ips:.1f}", f"{rep_local.embed_s:.1f}", f"{rep_local.wall_s:.1f}"],
-        ["Ray Data (embed stage)", f"{ray_ips:.1f}", f"{rep_ray.embed_s:.1f}", f"{rep_ray.wall_s:.1f}"],
-        ["resume of the finished run", "-", "-", f"{rep_resume.wall_s:.2f}"],
-    ]
-    md = markdown_table(["run", "images/s", "embed s", "whole run s"], rows)
-    md += (f"\n\nRay = {ratio:.0%} of one process (target >= {RAY_TARGET:.0%}: "
+    rows = []
+    for i, (a, b) in enumerate(zip(reps_local, reps_ray)):
+        rows.append([f"{i + 1}. one process (embed stage)", f"{local_runs[i]:.1f}", f"{a.embed_s:.1f}", f"{a.wall_s:.1f}",
+                     f"{load[f'before_local_{i}'][0]:.2f}"])
+        rows.append([f"{i + 1}. Ray Data (embed stage)", f"{ray_runs[i]:.1f}", f"{b.embed_s:.1f}", f"{b.wall_s:.1f}",
+                     f"{load[f'before_ray_{i}'][0]:.2f}"])
+    rows.append(["resume of the finished run", "-", "-", f"{rep_resume.wall_s:.2f}", f"{load['after_ray'][0]:.2f}"])
+    md = markdown_table(["run", "images/s", "embed s", "whole run s", "load avg 1 min before"], rows)
+    md += (f"\n\nRay = {ratio:.0%} of one process, medians of {len(pair_ratios)} interleaved pair(s) (pairs: "
+           f"{', '.join(f'{r:.0%}' for r in pair_ratios)}; target >= {RAY_TARGET:.0%}: "
            f"{'met' if ratio >= RAY_TARGET else 'NOT met'}); resume = {resume_frac:.1%} of the run "
            f"(target < {RESUME_TARGET:.0%}: {'met' if resume_frac < RESUME_TARGET else 'NOT met'}); "
            f"per image: decode {per_image['decode_s']:.2f} ms, preprocess {per_image['preprocess_s']:.2f} ms "
            f"(1 thread), inference {per_image['inference_s']:.2f} ms ({args.threads} threads); "
-           f"{emb.metadata.model_name} {emb.precision}, {len(paths)} files, Ray start {ray_init_s:.1f} s (not counted)")
+           f"{emb.metadata.model_name} {emb.precision}, {len(paths)} files, Ray start {ray_init_s:.1f} s (not counted), "
+           f"decode in the {planned.decode}{' (' + '; '.join(notes) + ')' if notes else ''}"
+           + (f"; {args.note}" if args.note else ""))
     stem = getattr(args, "name", None) or ("quick-ray" if args.quick else "engines")
     png = plot_grouped_bars(["one process", "Ray Data"], {"images/s": [local_ips, ray_ips]},
                             args.suite_dir / f"{stem}.png", ylabel="images / s",
@@ -255,13 +274,17 @@ def run_engines(args: argparse.Namespace) -> dict[str, Any]:
         "engine": "ray", "model_dir": str(model_dir), "model_name": emb.metadata.model_name,
         "weights": emb.metadata.weights, "precision": emb.precision, "provider": emb.provider,
         "threads": args.threads, "batch_size": args.batch_size, "images": len(paths),
-        "ray": {"cpus": ray_cpus, "actors": args.actors, "cpus_per_actor": args.cpus_per_actor,
-                "actor_threads": ray_opts.actor_threads, "init_s": ray_init_s},
-        "images_per_s": {"one_process": local_ips, "ray": ray_ips}, "ray_fraction_of_one_process": ratio,
+        "ray": {"cpus": ray_cpus, "actors": planned.actors, "cpus_per_actor": args.cpus_per_actor,
+                "actor_threads": ray_opts.actor_threads, "init_s": ray_init_s, "decode": planned.decode,
+                "decode_requested": args.ray_decode, "adapted": notes},
+        "images_per_s": {"one_process": local_ips, "ray": ray_ips},
+        "images_per_s_runs": {"one_process": local_runs, "ray": ray_runs}, "pair_ratios": pair_ratios,
+        "ray_fraction_of_one_process": ratio, "note": args.note,
         "ray_target": RAY_TARGET, "ray_target_met": ratio >= RAY_TARGET,
         "resume_s": rep_resume.wall_s, "resume_fraction_of_run": resume_frac, "resume_target": RESUME_TARGET,
         "resume_target_met": resume_frac < RESUME_TARGET,
-        "runs": {"one_process": asdict(rep_local), "ray": asdict(rep_ray), "resume": asdict(rep_resume)},
+        "runs": {"one_process": [asdict(r) for r in reps_local], "ray": [asdict(r) for r in reps_ray],
+                 "resume": asdict(rep_resume)},
         "per_image_ms": per_image, "same_keys": same_keys, "min_cosine_ray_vs_one_process": min_cos,
         "load_average_1_5_15": load, "markdown": md, "plots": [str(png)],
     }

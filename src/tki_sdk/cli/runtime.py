@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from tki_sdk.common.errors import EXIT_DAMAGED, EXIT_INTERRUPTED, UsageError, one_line, printable
 from tki_sdk.cli.base import OneLineParser, configure_logging, print_error, run_main
-from tki_sdk.runtime.pipeline.config import BACKENDS, DTYPES, ENGINES, FIELD_HELP, EmbedConfig
+from tki_sdk.runtime.pipeline.config import BACKENDS, DTYPES, ENGINES, FIELD_HELP, RAY_DECODE, EmbedConfig
 from tki_sdk.runtime.pipeline.embed_run import JobReport
 from tki_sdk.runtime.pipeline.errors import PipelineError
 
@@ -87,12 +87,13 @@ EMBED_FLAGS = {
     "restart": "--restart", "shards": "--shards", "every": "--checkpoint-every", "seconds": "--checkpoint-seconds",
     "wait": "--no-wait", "set_aside_damaged": "--set-aside-damaged", "engine": "--engine", "address": "--address",
     "actors": "--actors", "cpus_per_actor": "--cpus-per-actor", "gpus_per_actor": "--gpus-per-actor",
+    "ray_decode": "--ray-decode", "stall_seconds": "--stall-seconds",
 }
 _METAVARS = {"model": "DIR", "images": "DIR", "out": "GALLERY", "manifest": "FILE", "batch_size": "N",
              "workers": "N", "threads": "N", "precision": "P", "max_pixels": "N", "connectivity": "M",
              "expansion_add": "EF", "target_recall": "R", "shards": "DIR", "every": "N", "seconds": "T",
-             "address": "ADDR", "actors": "N", "cpus_per_actor": "C", "gpus_per_actor": "G"}
-_CHOICES = {"backend": BACKENDS, "dtype": DTYPES, "engine": ENGINES}
+             "address": "ADDR", "actors": "N", "cpus_per_actor": "C", "gpus_per_actor": "G", "stall_seconds": "T"}
+_CHOICES = {"backend": BACKENDS, "dtype": DTYPES, "engine": ENGINES, "ray_decode": RAY_DECODE}
 _EMBED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EmbedConfig)}
 
 
@@ -111,7 +112,7 @@ def _embed_option(p: Any, name: str, required: bool = False) -> None:
         return
     kind = {"batch_size": int, "workers": int, "threads": int, "max_pixels": int, "connectivity": int,
             "expansion_add": int, "every": int, "actors": int, "target_recall": float, "seconds": float,
-            "cpus_per_actor": float, "gpus_per_actor": float}.get(name, str)
+            "cpus_per_actor": float, "gpus_per_actor": float, "stall_seconds": float}.get(name, str)
     shown = "" if required or default is None or "default" in text else f" (default {default:g})" if isinstance(default, float) \
         else f" (default {default})"
     p.add_argument(flag, dest=name, type=kind, default=None if required else default, required=required,
@@ -141,7 +142,7 @@ def _add_embed(sub: Any) -> argparse.ArgumentParser:
     for name in ("use_hash", "prune", "every", "seconds", "shards", "restart", "set_aside_damaged", "wait"):
         _embed_option(g, name)
     r = p.add_argument_group("Ray Data engine (pip install 'tki-sdk[distributed]')")
-    for name in ("engine", "address", "actors", "cpus_per_actor", "gpus_per_actor"):
+    for name in ("engine", "address", "actors", "cpus_per_actor", "gpus_per_actor", "ray_decode", "stall_seconds"):
         _embed_option(r, name)
     p.set_defaults(func=run_embed)
     return p

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from tki_sdk.common.index_config import IndexConfig
 from tki_sdk.runtime.engine.embedder import MAX_BATCH_SIZE
 from tki_sdk.runtime.pipeline.errors import ConfigError
 
@@ -18,6 +19,8 @@ __all__ = ["EmbedConfig", "FIELD_HELP", "BACKENDS", "DTYPES", "ENGINES", "MAX_BA
 BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt")
 DTYPES = ("f32", "f16", "i8")
 ENGINES = ("local", "ray")
+#: Where a Ray run decodes images: in the model actors, in Ray tasks, or auto (actors on one node).
+RAY_DECODE = ("auto", "actor", "tasks")
 
 
 @dataclass
@@ -47,7 +50,7 @@ class EmbedConfig:
     connectivity: int | None = None
     expansion_add: int | None = None
     overwrite: bool = False
-    target_recall: float = 0.99
+    target_recall: float = IndexConfig.target_recall
     use_hash: bool = False
     prune: bool = False
     restart: bool = False
@@ -61,6 +64,8 @@ class EmbedConfig:
     actors: int = 1
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
+    ray_decode: str = "auto"
+    stall_seconds: float = 300.0
     progress: bool = False
 
     def validate(self) -> "EmbedConfig":
@@ -82,7 +87,10 @@ class EmbedConfig:
             raise ConfigError("seconds", f"must be > 0 (got {self.seconds})")
         if not 0.0 <= self.target_recall <= 1.0:
             raise ConfigError("target_recall", f"must be between 0 and 1 (got {self.target_recall})")
-        for name, allowed in (("backend", BACKENDS), ("dtype", DTYPES), ("engine", ENGINES)):
+        if not self.stall_seconds > 0:
+            raise ConfigError("stall_seconds", f"must be > 0 (got {self.stall_seconds})")
+        for name, allowed in (("backend", BACKENDS), ("dtype", DTYPES), ("engine", ENGINES),
+                              ("ray_decode", RAY_DECODE)):
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise ConfigError(name, f"must be one of {', '.join(allowed)} (got {value!r})")
@@ -132,8 +140,8 @@ FIELD_HELP = {
     "max_pixels": "refuse images declaring more pixels than this (default: Pillow's 89,478,485)",
     "exact": "new gallery: flat index searched by brute force (no HNSW graph)",
     "dtype": "new gallery: vector storage (default f32)",
-    "connectivity": "new gallery: neighbours per node (default 16)",
-    "expansion_add": "new gallery: candidates considered per insert (default 128)",
+    "connectivity": f"new gallery: neighbours per node (default {IndexConfig.connectivity})",
+    "expansion_add": f"new gallery: candidates considered per insert (default {IndexConfig.expansion_add})",
     "overwrite": "rebuild the gallery from scratch",
     "target_recall": "tune HNSW ef_search for this recall@10 on leave-one-out queries whenever the gallery changes "
                      "(0: keep the current ef_search)",
@@ -154,5 +162,7 @@ FIELD_HELP = {
     "actors": "model actors",
     "cpus_per_actor": "CPUs reserved per actor",
     "gpus_per_actor": "GPUs per actor; > 0 runs the model on onnxruntime's CUDA provider",
+    "ray_decode": "where images are decoded: in the model actors, in Ray tasks, or auto (actors on one node)",
+    "stall_seconds": "stop the run when Ray returns no result for T seconds",
     "progress": "show progress bars",
 }

@@ -172,6 +172,7 @@ def ray_engine(emb: Embedder, config: EmbedConfig) -> Engine:
         model_dir=str(emb.model_dir), precision=emb.precision, preprocess=config.preprocess,
         address=config.address, actors=config.actors, cpus_per_actor=config.cpus_per_actor,
         gpus_per_actor=config.gpus_per_actor, threads=config.threads, batch_size=config.batch_size,
+        stall_seconds=config.stall_seconds, decode=config.ray_decode,
     )
 
     def engine(todo: Sequence[SourceFile], checkpoints: Checkpointer) -> int:
