@@ -65,6 +65,19 @@ class _NoRandomInitNotice(logging.Filter):
         return not (record.name == "root" and str(record.msg).startswith("No pretrained weights loaded"))
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (not the stream of the first call), so a
+    program that swaps ``sys.stderr`` (a test capturing output, a redirect) gets the lines."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: D102
+        pass
+
+
 def configure_logging(level: str | None = None, *, progress: bool = True) -> None:
     """The console scripts' logging (library code only logs): one stderr handler, ``<level> <logger>:
     <message>``, at ``level`` or ``$TKI_LOG`` (default WARNING). Progress status lines
@@ -74,7 +87,7 @@ def configure_logging(level: str | None = None, *, progress: bool = True) -> Non
     root = logging.getLogger()
     if any(isinstance(f, _NoRandomInitNotice) for h in root.handlers for f in h.filters):
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_NoRandomInitNotice())
     root.addHandler(handler)
