@@ -109,3 +109,31 @@ def test_no_text_flag_turns_the_text_step_off(tmp_path):
     assert _config(args).text is False
     args = build_parser().parse_args(["--head", "none", "--model", "TKI-Tiny-ViT", "--out", str(tmp_path / "o")])
     assert _config(args).text is True
+
+
+@pytest.mark.parametrize("space", ["ball_l2", "ball", "euclidean"])
+def test_ensemble_average_in_the_heads_space(space):
+    """TextEncoder.combine against the training code's Poincaré maps (tki_sdk.train.hyperbolic, geoopt's
+    conventions): unit outputs -> normalised mean, ball points -> expmap0(mean logmap0), Euclidean -> mean."""
+    from types import SimpleNamespace
+
+    from tki_sdk.runtime.engine.text_encoder import TextEncoder
+    from tki_sdk.train import hyperbolic as H
+
+    rng = np.random.default_rng(0)
+    c, p, n, d = 0.7, 5, 3, 8
+    x = rng.standard_normal((n * p, d)) * 0.3
+    if space == "ball":
+        x = H.expmap0(torch.from_numpy(x), c).numpy()
+    elif space == "ball_l2":
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    owner = np.repeat(np.arange(n), p)
+    got = TextEncoder.combine(SimpleNamespace(output_space=space, curvature=c), x.astype(np.float32), owner, n)
+    xt = torch.from_numpy(x).reshape(n, p, d)
+    if space == "ball":
+        ref = H.expmap0(H.logmap0(xt, c).mean(1), c)
+    elif space == "ball_l2":
+        ref = torch.nn.functional.normalize(xt.mean(1), dim=-1)
+    else:
+        ref = xt.mean(1)
+    assert np.allclose(got, ref.numpy(), atol=1e-5)
