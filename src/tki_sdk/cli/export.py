@@ -40,7 +40,8 @@ TensorRT fp16 >= 0.999, OpenVINO int8 >= 0.99. A miss fails the export (exit 1) 
 
 def build_parser() -> argparse.ArgumentParser:
     from tki_sdk.export.calibration import DEFAULT_PACS_DIR
-    from tki_sdk.export.onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+    from tki_sdk.export.onnx_export import MAX_OPSET, MIN_OPSET
+    from tki_sdk.export.pipeline import ExportConfig as d  # every default below comes from the config
 
     p = OneLineParser(
         prog="tki-export",
@@ -55,13 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="write into an --out that is not an export: replaces or removes only the files tki-export "
                         "writes (model.onnx, model.fp16.onnx, model.int8.onnx, model.plan, tki.json, parity.json)")
-    p.add_argument("--precision", default="fp32,fp16,int8",
-                   help="comma-separated artifacts: fp32, fp16, int8 (default all; fp32 is always written)")
-    p.add_argument("--head", choices=["tki", "none"], default="tki",
-                   help="tki: CLIP + hyperbolic head (default); none: vanilla CLIP, L2-normalised")
+    p.add_argument("--precision", default=",".join(d.precisions),
+                   help="comma-separated artifacts (default %(default)s; fp32 is always written)")
+    p.add_argument("--head", choices=["tki", "none"], default=d.head,
+                   help="tki: CLIP + hyperbolic head; none: vanilla CLIP, L2-normalised (default %(default)s)")
     p.add_argument("--model", dest="model_name", help="open_clip architecture for --head none without a checkpoint")
-    p.add_argument("--embedding", choices=["cosine", "ball"], default="cosine",
-                   help="what the embedding is: cosine (default): h(.) divided by its L2 norm, compared by cosine; "
+    p.add_argument("--embedding", choices=["cosine", "ball"], default=d.embedding,
+                   help="what the embedding is (default %(default)s): cosine: h(.) divided by its L2 norm, compared by cosine; "
                         "ball: the raw Poincare-ball point h(.), compared by Poincare distance (or --metric ip). "
                         "Recorded in tki.json (output_space, metric); galleries follow it")
     p.add_argument("--metric", choices=["cos", "ip", "poincare"], default=None,
@@ -76,17 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-images", type=Path,
                    help="folder of images for int8 calibration and validation (default: $TKI_PACS_DIR, else PACS at "
                         f"{DEFAULT_PACS_DIR} when present, else generated images; the summary names the source)")
-    p.add_argument("--calib-count", type=int, default=64, help="images used to calibrate int8 (default 64)")
-    p.add_argument("--val-count", type=int, default=16, help="real images used for validation (default 16)")
+    p.add_argument("--calib-count", type=int, default=d.calib_count, help="images used to calibrate int8 (default %(default)s)")
+    p.add_argument("--val-count", type=int, default=d.val_count, help="real images used for validation (default %(default)s)")
     p.add_argument("--int8-scheme", choices=["auto", "dynamic", "static_qdq"], default="auto",
                    help="auto: build dynamic and static QDQ, ship the faster batch-invariant one that meets parity "
                         "(static QDQ; dynamic, whose vectors depend on the batch, only when no static passes) (default)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                   help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
-    p.add_argument("--max-batch", type=int, default=64,
-                   help="largest batch of the TensorRT profile and Triton max_batch_size (default 64)")
+    p.add_argument("--opset", type=int, default=d.opset,
+                   help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default %(default)s)")
+    p.add_argument("--max-batch", type=int, default=d.max_batch,
+                   help="largest batch of the TensorRT profile and Triton max_batch_size (default %(default)s)")
     p.add_argument("--triton-repo", type=Path, help="also write a Triton model repository into this folder")
-    p.add_argument("--threads", type=int, default=2, help="onnxruntime / torch threads for validation and timing (default 2)")
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help="onnxruntime / torch threads for validation and timing (default %(default)s)")
     p.add_argument("--allow-parity-failure", action="store_true",
                    help="keep artifacts that miss their parity threshold (with a warning) instead of failing")
     p.add_argument("--no-text", action="store_true",
