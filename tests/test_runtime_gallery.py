@@ -14,11 +14,35 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tki_sdk.runtime.index.backends import BACKENDS
 from tki_sdk.runtime.index.gallery import MISSING_KEY, Gallery, ModelMismatchError
 from tki_sdk.runtime.pipeline.ingest import scan_image_folder
 
 N, D, Q, K = 20_000, 128, 200, 10
 DOMAINS = ["art", "cartoon", "photo", "sketch"]
+
+
+@pytest.fixture(scope="module", autouse=True, params=BACKENDS)
+def backend(request):
+    """Every test of this module runs once per graph backend: ``Gallery(...)`` defaults to it here, and a
+    gallery of a storage the backend lacks (hnswlib: f16 / i8) skips the test that asks for it."""
+    original = Gallery.__init__
+
+    def init(self, *args, index=request.param, **kw):
+        if index == "hnswlib" and kw.get("dtype", "f32") != "f32" and not kw.get("exact"):
+            pytest.skip(f"index hnswlib has no {kw['dtype']} storage (refused: test_search_backends.py)")
+        original(self, *args, index=index, **kw)
+
+    Gallery.__init__ = init
+    yield request.param
+    Gallery.__init__ = original
+
+
+class _Built(dict):
+    """The galleries a backend can build; asking for another kind skips the test."""
+
+    def __missing__(self, name):
+        pytest.skip(f"no {name} gallery on this backend")
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +73,14 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def galleries(data):
+def galleries(data, backend):
     x, _, meta, _ = data
-    out = {}
+    out = _Built()
     for name, exact, dtype in (("exact", True, "f32"), ("hnsw", False, "f32"), ("i8", False, "i8")):
-        g = Gallery(D, exact=exact, dtype=dtype, model_fingerprint="f" * 64, model_info={"model_name": "test"})
+        try:
+            g = Gallery(D, exact=exact, dtype=dtype, model_fingerprint="f" * 64, model_info={"model_name": "test"})
+        except pytest.skip.Exception:
+            continue
         g.add(np.arange(N, dtype=np.uint64), x, meta)
         out[name] = g
     return out
