@@ -85,6 +85,7 @@ def _add_embed(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--exact", action="store_true", default=None,
                    help="new gallery: flat index searched by brute force (no HNSW graph)")
     p.add_argument("--dtype", default=None, choices=["f32", "f16", "i8"], help="new gallery: vector storage (default f32)")
+    p.add_argument("--index", default="usearch", choices=["usearch", "hnswlib"], help="new gallery: HNSW backend (default usearch; hnswlib: f32 only)")
     p.add_argument("--overwrite", action="store_true", help="rebuild the gallery at --out from scratch")
     p.add_argument("--target-recall", type=float, default=0.99, metavar="R",
                    help="tune HNSW ef_search for this recall@10 on leave-one-out queries whenever the gallery "
@@ -438,7 +439,7 @@ def _model_record(emb: Any, args: argparse.Namespace) -> tuple[Any, Any]:
     from tki_sdk.runtime.pipeline.ingest import gallery_options
     from tki_sdk.runtime.pipeline.shards import ShardInfo
 
-    opts = gallery_options(emb, exact=bool(args.exact), dtype=args.dtype or "f32", **_graph_options(args))
+    opts = gallery_options(emb, exact=bool(args.exact), dtype=args.dtype or "f32", index=args.index, **_graph_options(args))
     info = ShardInfo(model_fingerprint=emb.model_fingerprint, embedding_dim=emb.embedding_dim, metric=opts["metric"],
                      model=opts["model_info"], images_root=str(Path(args.images).resolve()), engine=args.engine)
 
