@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from backend_fixtures import default_backend
 
 from tki_sdk.runtime.index.backends import BACKENDS
 from tki_sdk.runtime.index.gallery import MISSING_KEY, Gallery, ModelMismatchError
@@ -24,18 +25,9 @@ DOMAINS = ["art", "cartoon", "photo", "sketch"]
 
 @pytest.fixture(scope="module", autouse=True, params=BACKENDS)
 def backend(request):
-    """Every test of this module runs once per graph backend: ``Gallery(...)`` defaults to it here, and a
-    gallery of a storage the backend lacks (hnswlib: f16 / i8) skips the test that asks for it."""
-    original = Gallery.__init__
-
-    def init(self, *args, index=request.param, **kw):
-        if index == "hnswlib" and kw.get("dtype", "f32") != "f32" and not kw.get("exact"):
-            pytest.skip(f"index hnswlib has no {kw['dtype']} storage (refused: test_search_backends.py)")
-        original(self, *args, index=index, **kw)
-
-    Gallery.__init__ = init
-    yield request.param
-    Gallery.__init__ = original
+    """Every test of this module runs once per graph backend (:func:`backend_fixtures.default_backend`)."""
+    with default_backend(request.param) as name:
+        yield name
 
 
 class _Built(dict):
