@@ -14,7 +14,7 @@ import pytest
 from tki_sdk.runtime.index import poincare
 from tki_sdk.runtime.index.backends import BACKENDS
 from tki_sdk.runtime.index.build import add_tuned
-from tki_sdk.runtime.index.gallery import MISSING_KEY, Gallery
+from tki_sdk.runtime.index.gallery import Gallery
 from tki_sdk.runtime.index.rwlock import ReadWriteLock
 from tki_sdk.runtime.index.store import read_current
 
