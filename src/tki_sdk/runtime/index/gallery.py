@@ -812,7 +812,8 @@ class Gallery:
     @classmethod
     def view(cls, path: str | os.PathLike, *, threads: int = 0, verify: str = "auto") -> "Gallery":
         """Open a saved gallery memory-mapped and read-only (fast to open, shares pages between processes);
-        ``verify`` as in :meth:`load`."""
+        ``verify`` as in :meth:`load`. An ``hnswlib`` graph cannot be mapped: it is read into memory (still
+        read-only)."""
         return cls._open(Path(path), view=True, threads=threads, verify=verify)
 
     @staticmethod
