@@ -232,7 +232,7 @@ def gallery_curve(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, *, d
                 threads=threads, index=backend)
     t0 = time.perf_counter()
     tuned = add_tuned(g, np.arange(n, dtype=np.uint64), base, metadata, target_recall=target_recall, k=k,
-                      progress=f"gallery {dtype} M={connectivity}" if progress else False)
+                      progress=f"gallery {backend} {dtype} M={connectivity}" if progress else False)
     t_total = time.perf_counter() - t0
     t_build = t_total - (tuned.seconds if tuned else 0.0)
     name = ("Gallery " + ("" if backend == "usearch" else f"{backend} ") + dtype
