@@ -60,6 +60,13 @@ def test_new_cos_graphs_use_inner_product_and_old_ones_load_as_built(index, tmp_
     assert Gallery.load(tmp_path / "new")._index.metric == "ip"
 
 
+def test_only_f32_cos_graphs_switch_to_inner_product():
+    assert Gallery(8).graph_metric == "ip"
+    assert Gallery(8, dtype="f16").graph_metric == "cos" and Gallery(8, dtype="i8").graph_metric == "cos"
+    assert Gallery(8, metric="l2sq").graph_metric == "l2sq"
+    assert Gallery(8, metric="poincare", curvature=1.0).graph_metric == "l2sq"
+
+
 def test_a_gallery_saved_before_backends_loads_its_cos_graph_as_cos(tmp_path):
     """Before backends, usearch graphs of cos galleries were built with usearch's cos metric and gallery.json
     had no 'index': such a gallery must load with a cos graph (usearch uses the metric it is constructed with)."""

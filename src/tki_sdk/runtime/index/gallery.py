@@ -198,7 +198,7 @@ class Gallery:
         self.exact = bool(exact)
         self.dtype = dtype
         self.index = index
-        #: The metric the graph is built with (``cos`` galleries: inner product on their unit vectors).
+        #: The metric the graph is built with (f32 ``cos`` galleries: inner product on their unit vectors).
         self.graph_metric = graph_metric(self.metric, dtype)
         self.connectivity = int(connectivity)
         self.expansion_add = int(expansion_add)

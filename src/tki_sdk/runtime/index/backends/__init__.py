@@ -63,11 +63,12 @@ def check_backend(name: str, dtype: str) -> None:
 
 
 def graph_metric(metric: str, dtype: str = "f32") -> str:
-    """The metric a new graph is built with for a gallery metric: ``cos`` -> ``ip`` for f32 / f16 storage
-    (the gallery stores unit vectors, so ``1 - q.x`` is ``1 - cos``, and inner product is the cheaper kernel;
-    i8 keeps ``cos``: usearch's i8 inner product loses the scale its cos kernel normalises away),
-    ``poincare`` -> ``l2sq`` (candidates, re-ranked exactly), others unchanged."""
-    if metric == "cos" and dtype == "i8":
+    """The metric a new graph is built with for a gallery metric: ``cos`` -> ``ip`` for f32 storage (the
+    gallery stores unit vectors, so ``1 - q.x`` is ``1 - cos``, and inner product is the cheaper kernel);
+    f16 and i8 keep ``cos``: usearch 2.26's f16 / i8 inner-product kernels lose precision its cos kernels do
+    not (exact search over 20k embedding-shaped 512-d unit vectors, recall@10: f16 cos 0.9985, f16 ip 0.986);
+    ``poincare`` -> ``l2sq`` (candidates, re-ranked exactly); others unchanged."""
+    if metric == "cos" and dtype != "f32":
         return "cos"
     return {"cos": "ip", "poincare": "l2sq"}.get(metric, metric)
 
