@@ -50,7 +50,7 @@ def test_tiny_run_writes_json_and_png(tmp_path, capsys):
     pytest.importorskip("faiss")
     code = cli.main([
         "search", "--quick", "--data", "clustered", "--sizes", "1500", "--dim", "32", "--queries", "40",
-        "--clusters", "20", "--dtypes", "f32,i8", "--indexes", "gallery,faiss-hnsw,faiss-ivf",
+        "--clusters", "20", "--dtypes", "f32,i8,hnswlib", "--indexes", "gallery,faiss-hnsw,faiss-ivf",
         "--expansion-search", "16,128", "--min-time", "0", "--exact-usearch-queries", "40", "--filter-queries", "20",
         "--out-dir", str(tmp_path), "--no-progress", "--name", "tiny",
     ])
@@ -65,21 +65,22 @@ def test_tiny_run_writes_json_and_png(tmp_path, capsys):
     # The exact path: usearch exact=True agrees with the numpy brute force.
     assert run["exact"]["usearch_recall"] == 1.0 and run["exact"]["numpy_qps"] > 0
     names = [i["index"] for i in run["indexes"]]
-    assert names[:2] == ["Gallery f32 M=16", "Gallery i8 + f16 re-rank M=16"] and names[2] == "faiss HNSW32"
-    assert names[3].startswith("faiss IVF") and names[3].endswith(",Flat")
+    assert names[:3] == ["Gallery f32 M=16", "Gallery i8 + f16 re-rank M=16", "Gallery hnswlib f32 M=16"]
+    assert names[3] == "faiss HNSW32" and names[4].startswith("faiss IVF") and names[4].endswith(",Flat")
     for rec in run["indexes"]:
         assert rec["build_rate"] > 0 and rec["memory_bytes"] > 0 and rec["file_bytes"] > 0
         assert len(rec["sweep"]) >= 2 and all(0.0 <= s["recall"] <= 1.0 and s["qps"] > 0 for s in rec["sweep"])
     # Gallery memory counts the structures as FAISS's are counted (serialised size): it matches the bytes the
     # saved gallery holds for them (npy headers and gallery.json aside), and i8 + its f16 copy needs
     # 32 + 2 * 32 + 8 bytes per vector where f32 needs 4 * 32 (graph links alike)
-    g32, g8 = run["indexes"][0], run["indexes"][1]
-    for rec in (g32, g8):
+    g32, g8, hnswlib = run["indexes"][:3]
+    for rec in (g32, g8, hnswlib):
         assert abs(rec["memory_bytes"] - rec["file_bytes"]) < 0.01 * rec["file_bytes"]
         assert rec["allocated_bytes"] >= rec["memory_bytes"]
     assert g32["memory_bytes"] - g8["memory_bytes"] == pytest.approx(1500 * (128 - 104), rel=0.05)
     f32 = run["indexes"][0]
-    assert {s["value"]: s["recall"] for s in f32["sweep"]}[128] >= 0.95  # ef 128 over 1500 vectors
+    for rec in (f32, hnswlib):
+        assert {s["value"]: s["recall"] for s in rec["sweep"]}[128] >= 0.95  # ef 128 over 1500 vectors
     assert f32["tuned"]["method"] == "held-out" and f32["tuned"]["expansion_search"] >= 16
     assert [f["fraction"] for f in run["filters"]] == [0.01, 0.1, 0.5]
     assert all(f["recall"] >= 0.9 for f in run["filters"])

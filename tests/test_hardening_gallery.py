@@ -30,7 +30,7 @@ from tki_sdk.runtime.index.gallery import Gallery
 from tki_sdk.runtime.index.store import GalleryDamagedError, GalleryExistsError, read_current
 from tki_sdk.runtime.pipeline.ingest import gallery_options
 
-KINDS = {"hnsw": {}, "exact": {"exact": True}, "i8": {"dtype": "i8"}}
+KINDS = {"hnsw": {}, "exact": {"exact": True}, "i8": {"dtype": "i8"}, "hnswlib": {"index": "hnswlib"}}
 DAMAGES = ("truncate", "empty", "delete", "garbage", "flip")
 
 
@@ -112,7 +112,8 @@ def test_galleries_without_checksums_still_load(built, tmp_path):
 def _cases():
     files = {"hnsw": ["gallery.json", "index.usearch", "meta.sqlite"],
              "exact": ["gallery.json", "keys.npy", "vectors.npy", "meta.sqlite"],
-             "i8": ["gallery.json", "index.usearch", "keys.npy", "vectors.npy", "meta.sqlite"]}
+             "i8": ["gallery.json", "index.usearch", "keys.npy", "vectors.npy", "meta.sqlite"],
+             "hnswlib": ["gallery.json", "index.hnswlib", "index.hnswlib.keys.npy", "meta.sqlite"]}
     return [(k, f, d) for k, fs in files.items() for f in fs for d in DAMAGES]
 
 
@@ -128,7 +129,7 @@ def test_damaged_gallery_matrix(built, tmp_path, capsys, kind, fname, how):
     rc, out, err = run_tki(["info", "--verify", g], capsys)
     assert rc == EXIT_DAMAGED and fname in one_error_line(err, "tki info")
     # tki search; for the native index in a child process, so that a crash there would show as a failure here
-    if fname == "index.usearch":
+    if fname.startswith("index."):
         rc, out, err = subprocess_search(g, export, query)
     else:
         rc, out, err = run_tki(["search", "--gallery", g, "--model", export, "--image", query, "-k", 5], capsys)

@@ -32,7 +32,8 @@ def small():
     x = rng.standard_normal((50, D)).astype(np.float32)
     meta = [{"class": "a" if i % 2 else "b", "i": i} for i in range(50)]
     out = {}
-    for name, kw in {"exact": {"exact": True}, "hnsw": {}, "i8": {"dtype": "i8"}, "f16": {"dtype": "f16"}}.items():
+    for name, kw in {"exact": {"exact": True}, "hnsw": {}, "i8": {"dtype": "i8"}, "f16": {"dtype": "f16"},
+                     "hnswlib": {"index": "hnswlib"}}.items():
         g = Gallery(D, **kw)
         g.add(KEYS, x, meta)
         out[name] = g

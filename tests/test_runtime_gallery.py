@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from backend_fixtures import default_backend
 
 from gallery_keys import random_keys, rows_of
+from tki_sdk.runtime.index.backends import BACKENDS
 from tki_sdk.runtime.index.gallery import MISSING_KEY, Gallery, ModelMismatchError
 from tki_sdk.runtime.pipeline.ingest import scan_image_folder
 
@@ -26,6 +28,20 @@ KEYS = random_keys(N)
 def rows(found: np.ndarray) -> np.ndarray:
     return rows_of(found, KEYS)
 DOMAINS = ["art", "cartoon", "photo", "sketch"]
+
+
+@pytest.fixture(scope="module", autouse=True, params=BACKENDS)
+def backend(request):
+    """Every test of this module runs once per graph backend (:func:`backend_fixtures.default_backend`)."""
+    with default_backend(request.param) as name:
+        yield name
+
+
+class _Built(dict):
+    """The galleries a backend can build; asking for another kind skips the test."""
+
+    def __missing__(self, name):
+        pytest.skip(f"no {name} gallery on this backend")
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +72,14 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def galleries(data):
+def galleries(data, backend):
     x, _, meta, _ = data
-    out = {}
+    out = _Built()
     for name, exact, dtype in (("exact", True, "f32"), ("hnsw", False, "f32"), ("i8", False, "i8")):
-        g = Gallery(D, exact=exact, dtype=dtype, model_fingerprint="f" * 64, model_info={"model_name": "test"})
+        try:
+            g = Gallery(D, exact=exact, dtype=dtype, model_fingerprint="f" * 64, model_info={"model_name": "test"})
+        except pytest.skip.Exception:
+            continue
         g.add(KEYS, x, meta)
         out[name] = g
     return out

@@ -10,6 +10,7 @@ from tki_sdk.benchmarks.search import _measure, exact_topk, recall_at_k  # noqa:
 from tki_sdk.benchmarks.search_data import embedding_shaped_vectors  # noqa: E402
 from tki_sdk.benchmarks.search_filters import filter_metadata, item_slices, measure_filters, where_for  # noqa: E402
 from tki_sdk.runtime.index.gallery import Gallery  # noqa: E402
+from tki_sdk.runtime.index.backends import BACKENDS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +29,11 @@ def test_slices_and_where():
         where_for(0.001)
 
 
+@pytest.mark.parametrize("index", BACKENDS)
 @pytest.mark.parametrize("exact_limit", [0, 50_000])  # 0: every filter takes the over-fetch path
-def test_filtered_search_matches_exact_filtered(setup, exact_limit):
+def test_filtered_search_matches_exact_filtered(setup, exact_limit, index):
     base, q, slices = setup
-    g = Gallery(48, connectivity=16, expansion_search=128, threads=2, filter_exact_limit=exact_limit)
+    g = Gallery(48, connectivity=16, expansion_search=128, threads=2, filter_exact_limit=exact_limit, index=index)
     g.add(np.arange(len(base)), base, filter_metadata(slices))
     rows = measure_filters(g, base, q, slices, [0.01, 0.1, 0.5], 10,
                            lambda fn, tr: _measure(fn, tr, 10, 0.0), exact_topk)

@@ -12,6 +12,8 @@ pytest.importorskip("usearch")
 from tki_sdk.benchmarks.search_data import clustered_unit_vectors  # noqa: E402
 from tki_sdk.runtime.index import build  # noqa: E402
 from tki_sdk.runtime.index.gallery import Gallery  # noqa: E402
+from tki_sdk.runtime.index.backends import BACKENDS  # noqa: E402
+from backend_fixtures import default_backend  # noqa: E402
 
 
 def _brute_topk(base: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
@@ -22,6 +24,13 @@ def _brute_topk(base: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
 
 def _recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / truth.shape[1] for f, t in zip(found.astype(np.int64), truth)]))
+
+
+@pytest.fixture(scope="module", autouse=True, params=BACKENDS)
+def backend(request):
+    """Every test of this module runs once per graph backend (:func:`backend_fixtures.default_backend`)."""
+    with default_backend(request.param) as name:
+        yield name
 
 
 @pytest.fixture(scope="module")

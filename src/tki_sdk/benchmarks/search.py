@@ -6,8 +6,9 @@ the sphere, both from :mod:`.search_data`; or ``--vectors file.npy``) and size `
 * **Ground truth and the exact baseline**: exact top-``k`` by cosine with numpy BLAS (``Q x chunk`` matmuls +
   ``argpartition``, merged; BLAS limited to ``--threads``); its QPS is the exact baseline. usearch's own
   exact search is timed on a query subset for reference.
-* **Gallery** (usearch HNSW through :class:`tki_sdk.runtime.index.gallery.Gallery`, its public ``search``) for each
-  ``--dtypes`` (f32, f16, i8 with its float16 re-ranking) and ``--connectivity``: built with
+* **Gallery** (HNSW through :class:`tki_sdk.runtime.index.gallery.Gallery`, its public ``search``) for each
+  ``--dtypes`` (usearch f32, f16, i8 with its float16 re-ranking; ``hnswlib``: the hnswlib backend, f32) and
+  ``--connectivity``: built with
   :func:`tki_sdk.runtime.index.build.add_tuned` (multi-threaded add, self-tuning on held-out vectors for
   ``--target-recall``), then swept over ``expansion_search``; the tuned choice is also scored on the real
   queries (its estimate against what the queries see).
@@ -191,12 +192,19 @@ def _folder_bytes(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in folder.rglob("*") if p.is_file()}
 
 
+#: ``--dtypes`` entries: usearch storages, and the hnswlib backend (float32).
+GALLERY_VARIANTS = {"f32": ("usearch", "f32"), "f16": ("usearch", "f16"), "i8": ("usearch", "i8"),
+                    "hnswlib": ("hnswlib", "f32")}
+
+
 def _gallery_memory(g: Any) -> int:
-    """Bytes the gallery's search structures hold, counted as FAISS's are (its serialised size): the usearch
-    index's ``serialized_length`` (vectors + graph) plus the used rows of the float16 re-ranking copy
-    (``2 * ndim + 8`` bytes each); metadata excluded. usearch's own ``memory_usage`` counts its allocator's
-    reserved arenas (e.g. 3,369 vs 2,197 bytes per f32 512-d item at 20k) and is kept as ``allocated_bytes``."""
-    mem = int(g._index.serialized_length)
+    """Bytes the gallery's search structures hold, counted as FAISS's are (its serialised size): the graph's
+    serialised size (usearch ``serialized_length``, hnswlib ``index_file_size``: vectors + graph) plus the
+    used rows of the float16 re-ranking copy (``2 * ndim + 8`` bytes each); metadata excluded. usearch's own
+    ``memory_usage`` counts its allocator's reserved arenas (e.g. 3,369 vs 2,197 bytes per f32 512-d item at
+    20k) and is kept as ``allocated_bytes``."""
+    graph = g._index
+    mem = int(graph.serialized_bytes() if hasattr(graph, "serialized_bytes") else graph.memory_bytes())
     if g.rescore:
         mem += int(g._n * (g._flat_vecs.dtype.itemsize * g.ndim + g._flat_keys.dtype.itemsize))
     return mem
@@ -204,7 +212,7 @@ def _gallery_memory(g: Any) -> int:
 
 def _gallery_allocated(g: Any) -> int:
     """usearch's ``memory_usage`` (reserved arenas) plus the allocated re-ranking copy."""
-    mem = int(g._index.memory_usage)
+    mem = int(g._index.memory_bytes())
     if g.rescore:
         mem += int(g._flat_vecs.nbytes + g._flat_keys.nbytes)
     return mem
@@ -219,14 +227,16 @@ def gallery_curve(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, *, d
     from tki_sdk.runtime.index.build import add_tuned
 
     n, dim = base.shape
+    backend, dtype = GALLERY_VARIANTS[dtype]
     g = Gallery(dim, metric="cos", dtype=dtype, connectivity=connectivity, expansion_add=expansion_add,
-                threads=threads)
+                threads=threads, index=backend)
     t0 = time.perf_counter()
     tuned = add_tuned(g, np.arange(n, dtype=np.uint64), base, metadata, target_recall=target_recall, k=k,
-                      progress=f"gallery {dtype} M={connectivity}" if progress else False)
+                      progress=f"gallery {backend} {dtype} M={connectivity}" if progress else False)
     t_total = time.perf_counter() - t0
     t_build = t_total - (tuned.seconds if tuned else 0.0)
-    name = f"Gallery {dtype}" + (" + f16 re-rank" if g.rescore else "") + f" M={connectivity}"
+    name = ("Gallery " + ("" if backend == "usearch" else f"{backend} ") + dtype
+            + (" + f16 re-rank" if g.rescore else "") + f" M={connectivity}")
     sweep = []
     for ef in efs:
         g.expansion_search = int(ef)
@@ -241,7 +251,7 @@ def gallery_curve(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, *, d
         g.save(Path(d) / "g")
         files = _folder_bytes(Path(d) / "g")
     rec = {
-        "index": name, "kind": "gallery", "dtype": dtype, "connectivity": connectivity,
+        "index": name, "kind": "gallery", "backend": backend, "dtype": dtype, "connectivity": connectivity,
         "expansion_add": expansion_add, "rescore": g.rescore, "rescore_oversample": g.rescore_oversample,
         "build_seconds": t_build, "build_rate": n / t_build, "tuning_seconds": tuned.seconds if tuned else 0.0,
         "memory_bytes": _gallery_memory(g), "allocated_bytes": _gallery_allocated(g), "file_bytes": sum(v for f, v in files.items() if f != "meta.sqlite"),
@@ -267,7 +277,7 @@ def run_comparison(
     queries: np.ndarray,
     *,
     k: int = 10,
-    dtypes: Sequence[str] = ("f32", "f16", "i8"),
+    dtypes: Sequence[str] = ("f32", "f16", "i8", "hnswlib"),
     connectivity: Sequence[int] = (16,),
     expansion_add: int = 128,
     expansion_search: Sequence[int] = tuple(EF_SWEEP),
@@ -396,7 +406,8 @@ def run_comparison(
         ok = [s for s in rec["sweep"] if s["recall"] >= TARGET_RECALL]
         rec["best_at_target"] = max(ok, key=lambda s: s["qps"]) if ok else None
     faiss_hnsw = next((r for r in records if r.get("kind") == "faiss-hnsw"), None)
-    f32 = next((r for r in records if r.get("kind") == "gallery" and r["dtype"] == "f32"), None)
+    f32 = next((r for r in records if r.get("kind") == "gallery" and r["dtype"] == "f32"
+                and r.get("backend", "usearch") == "usearch"), None)
     at_target = []
     for rec in records:
         q = rec["qps_at_target"]
@@ -437,7 +448,7 @@ def evaluate_goals(run_: dict[str, Any]) -> list[dict[str, Any]]:
                       "met": b >= TARGET_BUILD_RATE,
                       "shortfall": None if b >= TARGET_BUILD_RATE else f"{b:,.0f}/s, {TARGET_BUILD_RATE / b:.2f}x short"})
     i8 = next((g for g in galleries if g["dtype"] == "i8"), None)
-    f32 = next((g for g in galleries if g["dtype"] == "f32"), None)
+    f32 = next((g for g in galleries if g["dtype"] == "f32" and g.get("backend", "usearch") == "usearch"), None)
     if i8 and f32:
         frac = i8["memory_bytes"] / f32["memory_bytes"]
         reached = at[i8["index"]]["qps"] is not None
@@ -506,8 +517,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--k", type=int, default=10, help="neighbours per query for recall@k (default 10)")
     g.add_argument("--indexes", type=_choice_list(INDEXES, "--indexes"), default=list(INDEXES),
                    help=f"what to compare (default {','.join(INDEXES)})")
-    g.add_argument("--dtypes", type=_choice_list(("f32", "f16", "i8"), "--dtypes"), default=["f32", "f16", "i8"],
-                   help="Gallery storage types (default f32,f16,i8; i8 re-ranks on a float16 copy)")
+    g.add_argument("--dtypes", type=_choice_list(tuple(GALLERY_VARIANTS), "--dtypes"),
+                   default=["f32", "f16", "i8", "hnswlib"],
+                   help="Gallery variants (default f32,f16,i8,hnswlib: usearch storages, i8 re-ranked on a float16 "
+                   "copy; hnswlib: the hnswlib backend, f32); filters are measured on the first")
     g.add_argument("--connectivity", type=_int_list, default=None, help="Gallery HNSW M values (default 16)")
     g.add_argument("--expansion-add", type=int, default=128,
                    help="HNSW construction breadth for the Gallery and FAISS HNSW (efConstruction; default 128)")

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from tki_sdk.common.errors import EXIT_DAMAGED, EXIT_INTERRUPTED, UsageError, one_line, printable
 from tki_sdk.cli.base import OneLineParser, configure_logging, print_error, run_main
-from tki_sdk.runtime.pipeline.config import BACKENDS, DTYPES, ENGINES, FIELD_HELP, RAY_DECODE, EmbedConfig
+from tki_sdk.runtime.pipeline.config import BACKENDS, DTYPES, ENGINES, FIELD_HELP, INDEXES, RAY_DECODE, EmbedConfig
 from tki_sdk.runtime.pipeline.embed_run import JobReport
 from tki_sdk.runtime.pipeline.errors import PipelineError
 
@@ -87,13 +87,13 @@ EMBED_FLAGS = {
     "restart": "--restart", "shards": "--shards", "every": "--checkpoint-every", "seconds": "--checkpoint-seconds",
     "wait": "--no-wait", "set_aside_damaged": "--set-aside-damaged", "engine": "--engine", "address": "--address",
     "actors": "--actors", "cpus_per_actor": "--cpus-per-actor", "gpus_per_actor": "--gpus-per-actor",
-    "ray_decode": "--ray-decode", "stall_seconds": "--stall-seconds",
+    "ray_decode": "--ray-decode", "stall_seconds": "--stall-seconds", "index": "--index",
 }
 _METAVARS = {"model": "DIR", "images": "DIR", "out": "GALLERY", "manifest": "FILE", "batch_size": "N",
              "workers": "N", "threads": "N", "precision": "P", "max_pixels": "N", "connectivity": "M",
              "expansion_add": "EF", "target_recall": "R", "shards": "DIR", "every": "N", "seconds": "T",
              "address": "ADDR", "actors": "N", "cpus_per_actor": "C", "gpus_per_actor": "G", "stall_seconds": "T"}
-_CHOICES = {"backend": BACKENDS, "dtype": DTYPES, "engine": ENGINES, "ray_decode": RAY_DECODE}
+_CHOICES = {"backend": BACKENDS, "dtype": DTYPES, "engine": ENGINES, "ray_decode": RAY_DECODE, "index": INDEXES}
 _EMBED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EmbedConfig)}
 
 
@@ -133,7 +133,7 @@ def _add_embed(sub: Any) -> argparse.ArgumentParser:
                  "max_pixels", "workers"):
         _embed_option(p, name)
     p.add_argument("--errors", metavar="FILE", help="also write skipped files as JSON lines {path, reason}")
-    for name in ("exact", "dtype", "overwrite", "target_recall"):
+    for name in ("exact", "dtype", "index", "overwrite", "target_recall"):
         _embed_option(p, name)
     g = p.add_argument_group("HNSW graph", GRAPH_HELP)
     for name in ("connectivity", "expansion_add"):

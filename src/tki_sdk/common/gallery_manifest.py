@@ -12,6 +12,9 @@ Layout (``format`` ``"tki-gallery"``, ``format_version`` 1)::
       "exact": false,              # true: flat matrix searched by brute force
       "connectivity": 16, "expansion_add": 128, "expansion_search": 64,   # HNSW M, efConstruction, ef (IndexConfig)
       "rescore": true, "rescore_oversample": 4,                           # float16 re-ranking copy
+      "index": {"backend": "usearch" | "hnswlib", "metric": "ip" | "cos" | "l2sq"},   # HNSW only: the graph's
+                                   # backend and the metric it was built with (absent: usearch, the gallery's
+                                   # metric; poincare: l2sq)
       "tuned": {"target_recall": 0.99, "recall_estimate": 0.994, "recall_lower_bound": 0.992,   # optional:
                 "expansion_search": 96, "connectivity": 16, "k": 10, "queries": 500,      # what self-tuning
                 "method": "held-out", "reached": true, "curve": [[16, 0.91], ...]},  # chose (absent: never tuned)
@@ -63,6 +66,7 @@ class GalleryManifest(JsonContract):
     rescore: bool = False
     rescore_oversample: int = 4
     curvature: float | None = None
+    index: dict[str, Any] | None = None
     model_fingerprint: str | None = None
     model: dict[str, Any] = field(default_factory=dict)
     tuned: dict[str, Any] | None = None
@@ -91,6 +95,7 @@ class GalleryManifest(JsonContract):
                 rescore=bool(d.get("rescore", False)),  # galleries saved before re-ranking carry no copy
                 rescore_oversample=int(d.get("rescore_oversample", 4)),
                 curvature=None if d.get("curvature") is None else float(d["curvature"]),
+                index=_index(d.get("index"), where),
                 model_fingerprint=d.get("model_fingerprint"),
                 model=dict(d.get("model") or {}),
                 tuned=dict(d["tuned"]) if isinstance(d.get("tuned"), dict) else None,
@@ -112,10 +117,22 @@ class GalleryManifest(JsonContract):
         extra = d.pop("extra")
         if d["curvature"] is None:  # written only for poincare galleries (files before it had none)
             d.pop("curvature")
+        if d["index"] is None:  # exact galleries, and galleries saved before backends
+            del d["index"]
         if d["tuned"] is None:  # written only once a gallery has been tuned (older readers never see it)
             del d["tuned"]
         # the historical key order: format first
         return self.with_extra({"format": d.pop("format"), "format_version": d.pop("format_version"), **d}, extra)
+
+
+def _index(value: Any, where: str) -> dict[str, Any] | None:
+    """``index``: ``{"backend": str, "metric": str}``; absent in exact galleries and those saved before it."""
+    if value is None:
+        return None
+    if not (isinstance(value, dict) and isinstance(value.get("backend"), str)
+            and isinstance(value.get("metric", ""), str)):
+        raise ContractError(f"{where}: 'index' is not {{backend, metric}}; {_FIX}")
+    return dict(value)
 
 
 def _files(value: Any, where: str) -> dict[str, dict[str, Any]]:

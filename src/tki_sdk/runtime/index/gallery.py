@@ -1,4 +1,4 @@
-"""``Gallery``: embeddings + metadata, searched with usearch (HNSW) or exactly, saved atomically.
+"""``Gallery``: embeddings + metadata, searched with an HNSW graph (usearch or hnswlib) or exactly, saved atomically.
 
 A gallery holds uint64 keys, one vector per key, and an optional JSON-able metadata dict per key (``path``,
 ``domain``, ``class``, anything) kept in SQLite. It remembers which model embedded it
@@ -9,7 +9,8 @@ Search contract -- ``search(vectors[Q, D], k, where=None) -> (keys[Q, k] uint64,
 
 - ``cos`` galleries store unit vectors (normalised on ``add``; queries too), which changes no distance and
   lets f16 / i8 storage quantise well;
-- rows are best first (smallest distance); distances are usearch's: ``cos``: ``1 - cos(q, x)``;
+- rows are best first (smallest distance); distances: ``cos``: ``1 - cos(q, x)`` (computed as ``1 - q.x`` on the
+  unit vectors: new graphs use inner product, see :mod:`tki_sdk.runtime.index.backends`);
   ``ip``: ``1 - q.x``; ``l2sq``: ``|q - x|^2``; ``poincare``: the Poincaré-ball geodesic distance
   (:mod:`tki_sdk.runtime.index.poincare`, curvature ``-c`` from the gallery's ``curvature``);
 - ``poincare`` galleries hold raw ball points (``tki-export --embedding ball``); vectors outside the ball
@@ -25,7 +26,8 @@ Search contract -- ``search(vectors[Q, D], k, where=None) -> (keys[Q, k] uint64,
   returns NaN distances raises :class:`~tki_sdk.runtime.index.store.GalleryDamagedError` (a damaged
   index never answers with NaN);
 - ``exact=True`` galleries store a flat matrix and search it by brute force (usearch's exact kernels), so
-  they are also the reference for recall; ``exact=False`` galleries use a usearch HNSW graph;
+  they are also the reference for recall; ``exact=False`` galleries use an HNSW graph of the backend chosen
+  at creation (``index="usearch"`` or ``"hnswlib"``, recorded in ``gallery.json``);
 - ``where={"domain": "sketch", "class": ["dog", "horse"]}`` (at most
   :data:`~tki_sdk.runtime.index.metadata_store.MAX_WHERE_FIELDS` fields and
   :data:`~tki_sdk.runtime.index.metadata_store.MAX_WHERE_VALUES` values): items whose metadata has ``domain == "sketch"``
@@ -38,7 +40,8 @@ Search contract -- ``search(vectors[Q, D], k, where=None) -> (keys[Q, k] uint64,
 
 On disk a gallery is a versioned folder (:mod:`tki_sdk.runtime.index.store`) whose live version holds
 ``gallery.json`` (:class:`tki_sdk.common.gallery_manifest.GalleryManifest`, with the size and SHA-256 of
-every other file), the usearch index or flat matrix, and ``meta.sqlite``
+every other file), the graph's files (``index.usearch``, or ``index.hnswlib`` and its live keys) or the flat
+matrix, and ``meta.sqlite``
 (:class:`tki_sdk.runtime.index.metadata_store.MetadataStore`). ``load`` / ``view`` check the files against
 ``gallery.json`` before reading them (``verify``: ``"auto"`` by default, see
 :data:`~tki_sdk.runtime.index.store.VERIFY_MODES`); a damaged gallery raises
@@ -51,7 +54,6 @@ import logging
 import math
 import os
 import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -64,7 +66,6 @@ from tki_sdk.common.gallery_manifest import MANIFEST_FILE, GalleryManifest
 from tki_sdk.common.index_config import IndexConfig
 
 from tki_sdk.runtime.index.store import (
-    INDEX_FILE,
     KEYS_FILE,
     META_FILE,
     VECTORS_FILE,
@@ -78,7 +79,16 @@ from tki_sdk.runtime.index.store import (
     verify_files,
 )
 from tki_sdk.runtime.index import poincare
+from tki_sdk.runtime.index.backends import (
+    DEFAULT_BACKEND,
+    GraphIndex,
+    check_backend,
+    graph_metric,
+    legacy_graph_metric,
+    make_graph,
+)
 from tki_sdk.runtime.index.metadata_store import MetadataStore
+from tki_sdk.runtime.index.rwlock import ReadWriteLock
 from tki_sdk.runtime.index.tuning import DEFAULT_CANDIDATES, TuningResult, choose_expansion_search, exact_topk
 from tki_sdk.runtime.native import usearch_index
 
@@ -131,8 +141,13 @@ class Gallery:
         rescore_oversample: candidates fetched per wanted hit when re-ranking (default 4, >= 1).
         curvature: c of the Poincaré ball (curvature -c) of a ``poincare`` gallery; HNSW ``poincare``
             galleries always re-rank, on a float32 copy.
+        index: the HNSW graph's backend (:mod:`tki_sdk.runtime.index.backends`): ``"usearch"`` (default;
+            f32 / f16 / i8) or ``"hnswlib"`` (f32 only; other dtypes are refused). Recorded in
+            ``gallery.json``; exact galleries have no graph and ignore it.
 
-    Thread-safe: searches may run from several threads, also while another thread adds.
+    Thread-safe: a readers-writer lock (:class:`~tki_sdk.runtime.index.rwlock.ReadWriteLock`) lets graph
+    searches from several threads run together on backends that allow it (``hnswlib``; usearch's run one at
+    a time), while add / remove / save / ``expansion_search`` changes are exclusive.
     """
 
     def __init__(
@@ -152,6 +167,7 @@ class Gallery:
         rescore: bool | None = None,
         rescore_oversample: int = 4,
         curvature: float | None = None,
+        index: str = DEFAULT_BACKEND,
     ) -> None:
         if int(ndim) < 1:
             raise ValueError("ndim must be >= 1")
@@ -165,6 +181,7 @@ class Gallery:
                              "leave rescore unset")
         if dtype not in _DTYPES:
             raise ValueError(f"dtype {dtype!r} unknown; use f32, f16 or i8")
+        check_backend(index, "f32" if exact else dtype)
         if exact and dtype == "i8":
             raise ValueError("exact galleries store f32 or f16 vectors; use dtype='f32' or 'f16' (or exact=False for i8)")
         if rescore is None:
@@ -180,6 +197,9 @@ class Gallery:
         self.curvature = float(curvature) if is_poincare else None
         self.exact = bool(exact)
         self.dtype = dtype
+        self.index = index
+        #: The metric the graph is built with (f32 ``cos`` galleries: inner product on their unit vectors).
+        self.graph_metric = graph_metric(self.metric, dtype)
         self.connectivity = int(connectivity)
         self.expansion_add = int(expansion_add)
         self._expansion_search = int(expansion_search)
@@ -192,9 +212,9 @@ class Gallery:
         self.path: Path | None = None
         #: How the files were checked when loaded: "sha256", "size", "none" (nothing recorded); None in memory.
         self.verified: str | None = None
-        self._lock = threading.RLock()
+        self._lock = ReadWriteLock()
         self._meta = MetadataStore.memory()
-        self._index: Any = None
+        self._index: GraphIndex | Any = None
         self._flat_keys = np.zeros(0, dtype=np.uint64)
         # Flat matrix: the vectors of an exact gallery, or the float16 re-ranking copy of an HNSW one.
         self._flat_dtype = (np.float32 if is_poincare else np.float16) if self.rescore else _DTYPES[dtype]
@@ -205,17 +225,16 @@ class Gallery:
         if not self.exact:
             self._index = self._new_index()
 
-    def _new_index(self) -> Any:
-        Index = usearch_index().Index
+    def _new_index(self) -> GraphIndex:
+        return make_graph(self.index, ndim=self.ndim, metric=self.graph_metric, dtype=self.dtype,
+                          connectivity=self.connectivity, expansion_add=self.expansion_add,
+                          expansion_search=self._expansion_search)
 
-        return Index(
-            ndim=self.ndim,
-            metric="l2sq" if self.metric == "poincare" else self.metric,  # candidates; re-ranked exactly
-            dtype=self.dtype,
-            connectivity=self.connectivity,
-            expansion_add=self.expansion_add,
-            expansion_search=self._expansion_search,
-        )
+    def _reading(self) -> Any:
+        """The lock for a graph search: shared where the backend searches safely from several threads at
+        once, exclusive otherwise."""
+        parallel = self._index is not None and self._index.parallel_search
+        return self._lock.shared() if parallel else self._lock
 
     # ------------------------------------------------------------------ basic properties
     @property
@@ -230,20 +249,20 @@ class Gallery:
                 self._index.expansion_search = int(value)
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._reading():
             return self._n if self.exact else len(self._index)
 
     def __repr__(self) -> str:
-        kind = "exact" if self.exact else f"hnsw M={self.connectivity}"
+        kind = "exact" if self.exact else f"hnsw {self.index} M={self.connectivity}"
         ro = ", read-only" if self.readonly else ""
         return f"Gallery({len(self)} x {self.ndim}, {self.metric}, {self.dtype}, {kind}{ro})"
 
     def keys(self) -> np.ndarray:
         """All keys (uint64), in no particular order for HNSW galleries, insertion order for exact ones."""
-        with self._lock:
+        with self._reading():
             if self.exact:
                 return self._flat_keys[: self._n].copy()
-            return np.asarray(self._index.keys, dtype=np.uint64)
+            return self._index.keys()
 
     def _flat_pos(self) -> dict[int, int]:
         if self._pos is None:
@@ -254,12 +273,12 @@ class Gallery:
         """Whether each key is in the gallery (a bool for one key, a bool array for several)."""
         one = np.ndim(keys) == 0
         arr = np.atleast_1d(np.asarray(keys, dtype=np.uint64))
-        with self._lock:
+        with self._reading():
             if self.exact:
                 pos = self._flat_pos()
                 res = np.array([int(k) in pos for k in arr], dtype=bool)
             else:
-                res = np.asarray(self._index.contains(arr), dtype=bool).reshape(-1)
+                res = self._index.contains(arr)
         return bool(res[0]) if one else res
 
     __contains__ = contains
@@ -341,9 +360,9 @@ class Gallery:
         builds; none with one thread); at tens of thousands of items the difference is within noise."""
         serial = max(0, min(len(keys), SERIAL_ADD_BELOW - len(self._index))) if self.threads != 1 else 0
         if serial:
-            self._index.add(keys[:serial], vecs[:serial], threads=1)
+            self._index.add(keys[:serial], vecs[:serial], 1)
         if serial < len(keys):
-            self._index.add(keys[serial:], vecs[serial:], threads=self.threads)
+            self._index.add(keys[serial:], vecs[serial:], self.threads)
 
     def _prepare(self, v: np.ndarray) -> np.ndarray:
         """cos galleries store and search unit vectors: same distances, and i8 / f16 quantise them well.
@@ -440,12 +459,9 @@ class Gallery:
                 return self._flat_vecs[rows].astype(np.float32)
             if k.size == 0:
                 return np.zeros((0, self.ndim), dtype=np.float32)
-            got = self._index.get(k, dtype="f32")
-        out = np.empty((k.size, self.ndim), dtype=np.float32)
-        for i, v in enumerate(got):
-            if v is None:
-                raise KeyError(f"key {int(k[i])} not in the gallery")
-            out[i] = v
+            out, found = self._index.get(k)
+        if not found.all():
+            raise KeyError(f"key {int(k[np.flatnonzero(~found)[0]])} not in the gallery")
         return out
 
     def match(self, where: Mapping[str, Any]) -> np.ndarray:
@@ -524,17 +540,16 @@ class Gallery:
                 keys, vecs = self._flat_keys[: self._n], self._flat_vecs[: self._n]
             self._brute(q, k, keys, vecs, out_k, out_d, np.arange(nq))
         elif self.rescore:
-            with self._lock:
+            with self._reading():
                 cand = min(len(self._index), k * self.rescore_oversample)
-                res = self._index.search(q, cand, threads=self.threads)
-                rk, _, counts = _unpack(res, nq)
-                valid = np.arange(rk.shape[1])[None, :] < counts[:, None]
+                rk, _, counts = self._index.search(q, cand, self.threads)
+            valid = np.arange(rk.shape[1])[None, :] < counts[:, None]
             rk = np.where(valid, rk, MISSING_KEY).astype(np.uint64)
             self._rerank_keys(q, rk, out_k, out_d, np.arange(nq))
         else:
-            with self._lock:
-                res = self._index.search(q, k, threads=self.threads)
-            _fill(out_k, out_d, np.arange(nq), *_unpack(res, nq))
+            with self._reading():
+                found = self._index.search(q, k, self.threads)
+            _fill(out_k, out_d, np.arange(nq), *found)
         return self._checked(out_k, out_d)
 
     def _checked(self, keys: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -628,11 +643,9 @@ class Gallery:
                 vecs = np.ascontiguousarray(vecs, dtype=np.float32)
         else:
             with self._lock:
-                got = self._index.get(match, dtype="f32")
-            ok = np.array([v is not None for v in got], dtype=bool)
+                got, ok = self._index.get(match)
             keys = match[ok]
-            vecs = np.stack([v for v in got if v is not None]) if ok.any() else np.zeros((0, self.ndim), np.float32)
-            vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+            vecs = np.ascontiguousarray(got[ok], dtype=np.float32)
         self._brute(q, k, keys, vecs, out_k, out_d, rows)
 
     def _widened(self, q: np.ndarray, k: int, match: np.ndarray, out_k: np.ndarray, out_d: np.ndarray) -> None:
@@ -649,9 +662,8 @@ class Gallery:
         cand = initial
         pending = np.arange(q.shape[0])
         while pending.size:
-            with self._lock:
-                res = self._index.search(q[pending], cand, threads=self.threads)
-            rk, rd, counts = _unpack(res, pending.size)
+            with self._reading():
+                rk, rd, counts = self._index.search(q[pending], cand, self.threads)
             ok = np.isin(rk, match) & (np.arange(rk.shape[1])[None, :] < counts[:, None])
             short = []
             keep = k * self.rescore_oversample if self.rescore else k
@@ -739,6 +751,7 @@ class Gallery:
             ndim=self.ndim, metric=self.metric, dtype=self.dtype, exact=self.exact, count=len(self),
             connectivity=self.connectivity, expansion_add=self.expansion_add,
             expansion_search=self.expansion_search, rescore=self.rescore,
+            index=None if self.exact else {"backend": self.index, "metric": self.graph_metric},
             rescore_oversample=self.rescore_oversample, curvature=self.curvature,
             model_fingerprint=self.model_fingerprint,
             model=self.model_info, tuned=self.tuned, saved=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -775,8 +788,9 @@ class Gallery:
         from tki_sdk.common.atomic import fsync_file
 
         if not self.exact:
-            self._index.save(str(d / INDEX_FILE))
-            fsync_file(d / INDEX_FILE)
+            self._index.save(d)
+            for name in self._index.files:
+                fsync_file(d / name)
         if self.exact or self.rescore:
             np.save(d / KEYS_FILE, self._flat_keys[: self._n])
             np.save(d / VECTORS_FILE, self._flat_vecs[: self._n])
@@ -799,7 +813,8 @@ class Gallery:
     @classmethod
     def view(cls, path: str | os.PathLike, *, threads: int = 0, verify: str = "auto") -> "Gallery":
         """Open a saved gallery memory-mapped and read-only (fast to open, shares pages between processes);
-        ``verify`` as in :meth:`load`."""
+        ``verify`` as in :meth:`load`. An ``hnswlib`` graph cannot be mapped: it is read into memory (still
+        read-only)."""
         return cls._open(Path(path), view=True, threads=threads, verify=verify)
 
     @staticmethod
@@ -847,7 +862,13 @@ class Gallery:
             rescore=info.rescore,
             rescore_oversample=info.rescore_oversample,
             curvature=info.curvature,
+            index=(info.index or {}).get("backend", DEFAULT_BACKEND),
         )
+        if not g.exact:  # the graph as it was built (saved before the record: usearch with the gallery's metric)
+            built = (info.index or {}).get("metric") or legacy_graph_metric(g.metric)
+            if built != g.graph_metric:
+                g.graph_metric = str(built)
+                g._index = g._new_index()
         if g.exact or g.rescore:
             mmap = "r" if view else None
             keys = _read(KEYS_FILE, lambda: np.load(d / KEYS_FILE, mmap_mode=mmap))
@@ -862,13 +883,11 @@ class Gallery:
                 raise damaged(root, f"{VECTORS_FILE} holds {vecs.dtype}, expected {np.dtype(g._flat_dtype)}")
             g._flat_keys, g._flat_vecs, g._n = keys, vecs, int(keys.shape[0])
         if not g.exact:
-            if view:
-                _read(INDEX_FILE, lambda: g._index.view(str(d / INDEX_FILE)))
-            else:
-                _read(INDEX_FILE, lambda: g._index.load(str(d / INDEX_FILE)))
+            for name in g._index.files:
+                if not (d / name).is_file():
+                    raise damaged(root, f"{name} is missing")
+            _read(g._index.files[0], lambda: g._index.load(d, view))
             g._index.expansion_search = g._expansion_search
-            if g._index.ndim != g.ndim:
-                raise damaged(root, f"{INDEX_FILE} holds {g._index.ndim}-d vectors, gallery.json says {g.ndim}")
         g._meta.close()
         if not (d / META_FILE).is_file():
             raise damaged(root, f"{META_FILE} is missing")
@@ -876,7 +895,7 @@ class Gallery:
                         else MetadataStore.copy_of(d / META_FILE))
         n_meta = _read(META_FILE, g._meta.count)
         if g.rescore and g._n != len(g):
-            raise damaged(root, f"{INDEX_FILE} holds {len(g)} items, the re-ranking copy {g._n}")
+            raise damaged(root, f"{g._index.files[0]} holds {len(g)} items, the re-ranking copy {g._n}")
         if len(g) != info.count:
             raise damaged(root, f"gallery.json says {info.count} items, the index holds {len(g)}")
         if n_meta != info.count:
@@ -890,7 +909,7 @@ class Gallery:
         """Human-readable summary (for ``tki info``); metadata values are escaped (:func:`printable`), so
         none can print control characters or extra lines."""
         kind = "exact (brute force)" if self.exact else (
-            f"HNSW (M={self.connectivity}, ef_add={self.expansion_add}, ef_search={self.expansion_search})"
+            f"HNSW {self.index} (M={self.connectivity}, ef_add={self.expansion_add}, ef_search={self.expansion_search})"
             + (f", re-ranked on a float16 copy (x{self.rescore_oversample} candidates)" if self.rescore else "")
         )
         lines = [

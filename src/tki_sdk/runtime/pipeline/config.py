@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from tki_sdk.common.index_config import IndexConfig
+from tki_sdk.runtime.index.backends import BACKENDS as BACKENDS_OF_INDEX, DEFAULT_BACKEND
 from tki_sdk.runtime.engine.embedder import MAX_BATCH_SIZE
 from tki_sdk.runtime.pipeline.errors import ConfigError
 
@@ -21,6 +22,8 @@ DTYPES = ("f32", "f16", "i8")
 ENGINES = ("local", "ray")
 #: Where a Ray run decodes images: in the model actors, in Ray tasks, or auto (actors on one node).
 RAY_DECODE = ("auto", "actor", "tasks")
+#: HNSW backends of a new gallery (:mod:`tki_sdk.runtime.index.backends`).
+INDEXES = BACKENDS_OF_INDEX
 
 
 @dataclass
@@ -47,6 +50,7 @@ class EmbedConfig:
     max_pixels: int | None = None
     exact: bool | None = None
     dtype: str | None = None
+    index: str | None = None
     connectivity: int | None = None
     expansion_add: int | None = None
     overwrite: bool = False
@@ -90,7 +94,7 @@ class EmbedConfig:
         if not self.stall_seconds > 0:
             raise ConfigError("stall_seconds", f"must be > 0 (got {self.stall_seconds})")
         for name, allowed in (("backend", BACKENDS), ("dtype", DTYPES), ("engine", ENGINES),
-                              ("ray_decode", RAY_DECODE)):
+                              ("ray_decode", RAY_DECODE), ("index", INDEXES)):
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise ConfigError(name, f"must be one of {', '.join(allowed)} (got {value!r})")
@@ -140,6 +144,7 @@ FIELD_HELP = {
     "max_pixels": "refuse images declaring more pixels than this (default: Pillow's 89,478,485)",
     "exact": "new gallery: flat index searched by brute force (no HNSW graph)",
     "dtype": "new gallery: vector storage (default f32)",
+    "index": f"new gallery: HNSW backend (default {DEFAULT_BACKEND}; hnswlib stores f32 only)",
     "connectivity": f"new gallery: neighbours per node (default {IndexConfig.connectivity})",
     "expansion_add": f"new gallery: candidates considered per insert (default {IndexConfig.expansion_add})",
     "overwrite": "rebuild the gallery from scratch",

@@ -1,0 +1,282 @@
+"""Graph backends behind the Gallery (usearch, hnswlib): exact agreement with numpy brute force on small
+galleries, the graph metric recorded and honoured on load (old galleries keep ``cos``), tombstones through
+save / load, refusals in one line, and searches from several threads running together (readers-writer lock)."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tki_sdk.runtime.index import poincare
+from tki_sdk.runtime.index.backends import BACKENDS
+from tki_sdk.runtime.index.build import add_tuned
+from tki_sdk.runtime.index.gallery import Gallery
+from tki_sdk.runtime.index.rwlock import ReadWriteLock
+from tki_sdk.runtime.index.store import read_current
+
+
+def _brute(x: np.ndarray, q: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """float64 brute force: rows [Q, k] and distances in the gallery's metric."""
+    x64, q64 = x.astype(np.float64), q.astype(np.float64)
+    if metric == "cos":
+        x64 = x64 / np.linalg.norm(x64, axis=1, keepdims=True)
+        q64 = q64 / np.linalg.norm(q64, axis=1, keepdims=True)
+    if metric == "l2sq":
+        dist = ((q64[:, None, :] - x64[None]) ** 2).sum(-1)
+    else:
+        dist = 1.0 - q64 @ x64.T
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(dist, order, 1)
+
+
+@pytest.mark.parametrize("index", BACKENDS)
+@pytest.mark.parametrize("metric", ["cos", "ip", "l2sq"])
+def test_small_graphs_agree_with_brute_force(index, metric):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((400, 24)).astype(np.float32)
+    q = rng.standard_normal((50, 24)).astype(np.float32)
+    keys = np.arange(1000, 1400, dtype=np.uint64) * 7919  # not row numbers
+    g = Gallery(24, metric=metric, index=index, expansion_search=400)
+    g.add(keys, x)
+    found, dist = g.search(q, 10)
+    rows, tdist = _brute(x, q, 10, metric)
+    np.testing.assert_array_equal(found, keys[rows])
+    np.testing.assert_allclose(dist, tdist, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("index", BACKENDS)
+def test_new_cos_graphs_use_inner_product_and_old_ones_load_as_built(index, tmp_path):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((300, 16)).astype(np.float32)
+    g = Gallery(16, index=index)
+    g.add(np.arange(300), x)
+    assert g.graph_metric == "ip" and g._index.metric == "ip"
+    g.save(tmp_path / "new")
+    assert Gallery.read_info(tmp_path / "new")["index"] == {"backend": index, "metric": "ip"}
+    assert Gallery.load(tmp_path / "new")._index.metric == "ip"
+
+
+def test_only_f32_cos_graphs_switch_to_inner_product():
+    assert Gallery(8).graph_metric == "ip"
+    assert Gallery(8, dtype="f16").graph_metric == "cos" and Gallery(8, dtype="i8").graph_metric == "cos"
+    assert Gallery(8, metric="l2sq").graph_metric == "l2sq"
+    assert Gallery(8, metric="poincare", curvature=1.0).graph_metric == "l2sq"
+
+
+def test_a_gallery_saved_before_backends_loads_its_cos_graph_as_cos(tmp_path):
+    """Before backends, usearch graphs of cos galleries were built with usearch's cos metric and gallery.json
+    had no 'index': such a gallery must load with a cos graph (usearch uses the metric it is constructed with)."""
+    from usearch.index import MetricKind
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((300, 16)).astype(np.float32)
+    q = rng.standard_normal((20, 16)).astype(np.float32)
+    old = Gallery(16)
+    old.graph_metric = "cos"  # what the code before backends built
+    old._index = old._new_index()
+    old.add(np.arange(300), x)
+    old.save(tmp_path / "old")
+    d = read_current(tmp_path / "old")
+    doc = json.loads((d / "gallery.json").read_text())
+    del doc["index"]
+    (d / "gallery.json").write_text(json.dumps(doc))
+    for loaded in (Gallery.load(tmp_path / "old", verify="sha256"), Gallery.view(tmp_path / "old")):
+        assert loaded.index == "usearch" and loaded.graph_metric == "cos"
+        assert loaded._index._index.metric_kind == MetricKind.Cos
+        np.testing.assert_array_equal(loaded.search(q, 5)[0], old.search(q, 5)[0])
+    loaded = Gallery.load(tmp_path / "old")
+    loaded.add([1000], x[:1])  # still writable; saved again it keeps recording cos
+    loaded.save(tmp_path / "old")
+    assert Gallery.read_info(tmp_path / "old")["index"] == {"backend": "usearch", "metric": "cos"}
+
+
+@pytest.mark.parametrize("index", BACKENDS)
+def test_removal_survives_save_and_load_and_removed_keys_can_return(index, tmp_path):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((500, 16)).astype(np.float32)
+    keys = np.arange(500, dtype=np.uint64) + 2**40
+    g = Gallery(16, index=index, expansion_search=500)
+    g.add(keys, x, [{"i": i} for i in range(500)])
+    gone = keys[:100]
+    assert g.remove(gone) == 100
+    g.save(tmp_path / "g")
+    for h in (Gallery.load(tmp_path / "g"), Gallery.view(tmp_path / "g")):
+        assert len(h) == 400 and not h.contains(gone).any() and h.contains(keys[100:]).all()
+        assert np.array_equal(np.sort(h.keys()), keys[100:])
+        found, _ = h.search(x[:100], 10)
+        assert not np.isin(found, gone).any()
+    h = Gallery.load(tmp_path / "g")
+    h.add(gone[:50], x[:50] * -1.0)  # back, with new vectors
+    y = rng.standard_normal((10, 16)).astype(np.float32)
+    h.add(np.arange(10, dtype=np.uint64), y)  # and new keys take the tombstones' slots
+    assert len(h) == 460
+    found, dist = h.search(-x[:50], 1)
+    np.testing.assert_array_equal(found[:, 0], gone[:50])
+    np.testing.assert_allclose(h.get_vectors(gone[:3]), -x[:3] / np.linalg.norm(x[:3], axis=1, keepdims=True),
+                               atol=1e-6)
+    # exact agreement after the churn (ef covers the whole graph)
+    live = np.concatenate([gone[:50], keys[100:], np.arange(10, dtype=np.uint64)])
+    vecs = np.concatenate([-x[:50], x[100:], y])
+    rows, _ = _brute(vecs, x[200:220], 10, "cos")
+    found, _ = h.search(x[200:220], 10)
+    np.testing.assert_array_equal(found, live[rows])
+
+
+def test_hnswlib_refuses_quantised_storage_in_one_line():
+    for dtype in ("f16", "i8"):
+        with pytest.raises(ValueError, match="index hnswlib stores float32 only") as e:
+            Gallery(8, index="hnswlib", dtype=dtype)
+        assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="index 'faiss' unknown; use one of usearch, hnswlib"):
+        Gallery(8, index="faiss")
+
+
+def test_hnswlib_poincare_reranks_to_the_exact_top_k():
+    rng = np.random.default_rng(8)
+    x = (0.3 * rng.standard_normal((300, 8)) / np.sqrt(8)).astype(np.float32)
+    q = (0.3 * rng.standard_normal((20, 8)) / np.sqrt(8)).astype(np.float32)
+    g = Gallery(8, metric="poincare", curvature=1.0, index="hnswlib", expansion_search=300)
+    g.add(np.arange(300), x)
+    found, dist = g.search(q, 5)
+    truth = poincare.distance(q, x, 1.0)
+    order = np.argsort(truth, axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(found, order)
+    np.testing.assert_allclose(dist, np.take_along_axis(truth, order, 1), rtol=1e-4, atol=1e-5)
+
+
+def test_hnswlib_self_tuning_reaches_the_target():
+    rng = np.random.default_rng(9)
+    c = rng.standard_normal((20, 32)).astype(np.float32)
+    x = (c[rng.integers(0, 20, 4000)] + 0.5 * rng.standard_normal((4000, 32))).astype(np.float32)
+    g = Gallery(32, index="hnswlib")
+    res = add_tuned(g, None, x, target_recall=0.98, holdout=200)
+    assert res is not None and res.reached and g.expansion_search == res.expansion_search
+    assert g.tuned["expansion_search"] == g._index.expansion_search
+
+
+# ------------------------------------------------------------------------------------------ concurrency
+def test_read_write_lock_lets_readers_share_and_keeps_writers_alone():
+    lock = ReadWriteLock()
+    both_in = threading.Barrier(2, timeout=10)  # passes only when two readers are inside together
+    writer_saw_reader = []
+    reading = threading.Event()
+    release = threading.Event()
+
+    def reader() -> None:
+        with lock.shared():
+            both_in.wait()
+
+    ts = [threading.Thread(target=reader) for _ in range(2)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+
+    def long_reader() -> None:
+        with lock.shared():
+            reading.set()
+            release.wait(10)
+
+    def writer() -> None:
+        with lock:
+            writer_saw_reader.append(not release.is_set())
+
+    r = threading.Thread(target=long_reader)
+    r.start()
+    reading.wait(10)
+    w = threading.Thread(target=writer)
+    w.start()
+    w.join(0.2)
+    assert w.is_alive()  # the writer waits for the reader
+    release.set()
+    w.join(10)
+    r.join(10)
+    assert writer_saw_reader == [False]
+    with lock:  # re-entrant for the writer, who may also read
+        with lock:
+            with lock.shared():
+                pass
+
+
+def _gallery(index: str, n: int = 20_000, d: int = 128) -> tuple[Gallery, np.ndarray]:
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    g = Gallery(d, index=index, threads=1, expansion_search=128)
+    g.add(np.arange(n), x)
+    return g, rng.standard_normal((400, d)).astype(np.float32)
+
+
+def test_two_searches_are_inside_the_hnswlib_graph_at_once():
+    """Deterministic: each search waits inside the graph for the other; a single lock would deadlock them."""
+    g, q = _gallery("hnswlib", n=2000, d=16)
+    both_in = threading.Barrier(2, timeout=10)
+    inner = g._index.search
+
+    def search(queries, k, threads):
+        both_in.wait()
+        return inner(queries, k, threads)
+
+    g._index.search = search
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            g.search(q[:5], 5)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=run) for _ in range(2)]
+    [t.start() for t in ts]
+    [t.join(30) for t in ts]
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("index", BACKENDS)
+def test_concurrent_searches_equal_serial_and_run_in_parallel_where_the_backend_allows(index):
+    g, q = _gallery(index)
+    serial = [g.search(q, 10) for _ in range(2)]
+    np.testing.assert_array_equal(serial[0][0], serial[1][0])
+    one = min(_timed(lambda: g.search(q, 10)) for _ in range(3))
+    results: list = [None] * 8
+    start = threading.Barrier(8, timeout=60)
+
+    def run(i: int) -> None:
+        start.wait()
+        results[i] = g.search(q, 10)
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    t0 = time.perf_counter()
+    [t.start() for t in ts]
+    [t.join(120) for t in ts]
+    wall = time.perf_counter() - t0
+    for keys, dist in results:
+        np.testing.assert_array_equal(keys, serial[0][0])
+        np.testing.assert_array_equal(dist, serial[0][1])
+    if not g._index.parallel_search:
+        return  # usearch: one at a time, correct answers are what this shows
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cores:  # every core already busy: extra threads get no extra CPU, the speed-up cannot show
+        pytest.skip(f"machine saturated (load {load:.1f} on {cores} cores): 8 searches {wall:.2f} s, one {one:.2f} s")
+    assert wall < 6 * one, (wall, one)  # 8 one-thread searches on 2+ cores: well below 8x one (serialised: ~8x)
+
+
+def test_hnswlib_searches_release_the_gil():
+    """While one thread searches the graph, another thread runs Python: a search holding the GIL would stop
+    it for the whole search (a few thousand loop turns at most, before and after the native call)."""
+    g, q = _gallery("hnswlib", n=20_000, d=128)
+    q = np.concatenate([q] * 4)
+    turns = 0
+    t = threading.Thread(target=lambda: g.search(q, 10))
+    t.start()
+    while t.is_alive():
+        turns += 1
+    t.join()
+    assert turns > 200_000, turns
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
