@@ -220,10 +220,9 @@ def test_add_remove_contains_and_validation():
         Gallery(8, exact=True, dtype="i8")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="Gallery.remove / get_metadata / get_vectors convert keys with np.asarray(keys): a Python "
-                          "list mixing an int above 2**63 with a small one becomes float64, so the key is lost")
 def test_key_lists_of_python_ints_above_2_63_are_exact():
+    """A Python list mixing a key above 2**63 with a small one: np.asarray would make it float64 and lose the
+    key; every lookup converts exactly (Gallery.as_keys)."""
     big = 2**63 + 12345
     g = Gallery(4, exact=True)
     g.add(np.array([big, 7], dtype=np.uint64), np.eye(4, dtype=np.float32)[:2], [{"i": 0}, {"i": 1}])

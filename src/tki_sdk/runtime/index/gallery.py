@@ -322,12 +322,7 @@ class Gallery:
                 start = int(existing.max()) + 1 if existing.size else 0
                 k = np.arange(start, start + n, dtype=np.uint64)
             else:
-                k = np.atleast_1d(np.asarray(keys))
-                if k.dtype.kind == "i" and np.any(k < 0):
-                    raise ValueError("keys must be non-negative integers (uint64)")
-                if k.dtype.kind not in "iu":
-                    raise ValueError(f"keys must be integers, got {k.dtype}")
-                k = k.astype(np.uint64)
+                k = as_keys(keys)
             if k.shape != (n,):
                 raise ValueError(f"got {k.size} keys for {n} vectors")
             if n == 0:
@@ -431,7 +426,7 @@ class Gallery:
     def remove(self, keys: int | Sequence[int] | np.ndarray) -> int:
         """Remove keys (missing ones are ignored); returns how many were removed."""
         self._check_writable()
-        k = np.unique(np.atleast_1d(np.asarray(keys)).astype(np.uint64))
+        k = np.unique(as_keys(keys))
         with self._lock:
             n = self._drop(k)
             self._meta.remove(k)
@@ -440,7 +435,7 @@ class Gallery:
     # ------------------------------------------------------------------ lookup
     def get_metadata(self, keys: int | Sequence[int] | np.ndarray) -> list[dict[str, Any] | None]:
         """Metadata dicts for keys (``None`` for unknown keys and for :data:`MISSING_KEY`)."""
-        k = np.atleast_1d(np.asarray(keys)).astype(np.uint64).reshape(-1)
+        k = as_keys(keys)
         with self._lock:
             try:
                 return self._meta.get(k)
@@ -450,7 +445,7 @@ class Gallery:
     def get_vectors(self, keys: Sequence[int] | np.ndarray) -> np.ndarray:
         """Stored vectors ``[n, ndim]`` as float32 (dequantised for f16 / i8, from the float16 re-ranking
         copy when the gallery keeps one; unit length for ``cos``); ``KeyError`` for unknown keys."""
-        k = np.atleast_1d(np.asarray(keys)).astype(np.uint64)
+        k = as_keys(keys)
         with self._lock:
             if self.exact or self.rescore:
                 rows = self._flat_rows(k)
@@ -943,6 +938,29 @@ class Gallery:
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ building from images
+
+
+def as_keys(keys: int | Sequence[int] | np.ndarray) -> np.ndarray:
+    """Keys as a flat uint64 array, exactly: a numpy array of integers is cast (negative values refused); a
+    Python int or sequence of ints is converted one by one, so a list mixing a key above ``2**63`` with a
+    small one is not widened to float64 and rounded, as ``np.asarray`` would. Anything else: ``ValueError``."""
+    if isinstance(keys, np.ndarray) or isinstance(keys, np.generic):
+        k = np.atleast_1d(np.asarray(keys))
+        if k.dtype.kind == "i" and np.any(k < 0):
+            raise ValueError("keys must be non-negative integers (uint64)")
+        if k.dtype.kind not in "iu":
+            raise ValueError(f"keys must be integers, got {k.dtype}")
+        return k.astype(np.uint64).reshape(-1)
+    items = [keys] if isinstance(keys, int) else list(keys)
+    out = np.empty(len(items), dtype=np.uint64)
+    for i, v in enumerate(items):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise ValueError(f"keys must be integers, got {type(v).__name__}")
+        v = int(v)
+        if not 0 <= v < 2**64:
+            raise ValueError("keys must be non-negative integers (uint64)")
+        out[i] = v
+    return out
 
 
 class _ReadError(Exception):
