@@ -40,8 +40,14 @@ from typing import Any
 import numpy as np
 
 from tki_sdk.benchmarks.datasets import DomainDataset, cross_domain_pairs, dataset_dir
-from tki_sdk.benchmarks.metrics import retrieval_metrics
+from tki_sdk.benchmarks.metrics import (
+    ap_from_relevance,
+    precision_from_relevance,
+    retrieval_metrics,
+)
 from tki_sdk.benchmarks.results import markdown_table
+from tki_sdk.common.errors import UsageError
+from tki_sdk.common.model_metadata import ModelMetadata, PreprocessConfig
 from tki_sdk.common.progress import progress_bar
 
 __all__ = [
@@ -219,7 +225,6 @@ def gallery_table(
     not relevant). The gap to :func:`cross_domain_table` on the same embeddings is what the index costs."""
     from tki_sdk.runtime.index.gallery import MISSING_KEY, Gallery
 
-    from tki_sdk.benchmarks.metrics import ap_from_relevance, precision_from_relevance
 
     domains = list(embeddings)
     pairs = list(pairs) if pairs is not None else cross_domain_pairs(domains)
@@ -347,7 +352,6 @@ def torch_embed_fn(model: Any, device: str = "cpu") -> EmbedFn:
     """Wrap a torch ``TKIModel``: paths -> runtime ``Preprocessor`` (open_clip-exact) -> ``encode_image``."""
     import torch
 
-    from tki_sdk.common.model_metadata import PreprocessConfig
     from tki_sdk.runtime.engine.preprocess import Preprocessor
 
     pre = Preprocessor(PreprocessConfig.from_dict(dict(model.clip.preprocess_cfg)))
@@ -426,10 +430,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _embedder_methods(model_dir: Path, precisions: list[str] | None, batch_size: int) -> list[tuple[str, str, EmbedFn, dict[str, Any]]]:
-    from tki_sdk.common.errors import UsageError
 
     from tki_sdk.runtime import Embedder
-    from tki_sdk.common.model_metadata import ModelMetadata
 
     try:
         meta = ModelMetadata.load(model_dir)
@@ -458,7 +460,6 @@ def _embedder_methods(model_dir: Path, precisions: list[str] | None, batch_size:
 
 
 def _torch_methods(args: argparse.Namespace) -> list[tuple[str, str, EmbedFn, dict[str, Any]]]:
-    from tki_sdk.common.errors import UsageError
 
     out = []
     vanilla = args.vanilla
@@ -489,7 +490,6 @@ def _torch_methods(args: argparse.Namespace) -> list[tuple[str, str, EmbedFn, di
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """``tki-bench accuracy``: see the module docstring."""
-    from tki_sdk.common.errors import UsageError
     from tki_sdk.benchmarks.plots import plot_grouped_bars
 
     root = dataset_dir(args.dataset_dir, required_by="accuracy")

@@ -23,9 +23,18 @@ may be shared).
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from tki_sdk.benchmarks.datasets import DomainDataset, dataset_dir
+from tki_sdk.benchmarks.results import markdown_table
+from tki_sdk.common.errors import UsageError
 
 E2E_TARGET = 0.8
 RAY_TARGET = 0.85
@@ -58,16 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "engine", "local") == "ray":
         return run_engines(args)
-    import numpy as np
-
-    from tki_sdk.runtime import Embedder
-
-    from tki_sdk.common.errors import UsageError
-    from tki_sdk.benchmarks.datasets import DomainDataset, dataset_dir
-    from tki_sdk.benchmarks.plots import plot_grouped_bars
-    from tki_sdk.benchmarks.results import markdown_table
 
     from tki_sdk.benchmarks.parity import model_dir_or_quick_export
+    from tki_sdk.benchmarks.plots import plot_grouped_bars
+    from tki_sdk.runtime import Embedder
 
     model_dir, tmp = model_dir_or_quick_export(args, "embed")
     n = args.images or (64 if args.quick else 1000)
@@ -125,9 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- engines
 def _sample_paths(args: argparse.Namespace, n: int) -> list[Path]:
-    import numpy as np
 
-    from tki_sdk.benchmarks.datasets import DomainDataset, dataset_dir
 
     data = DomainDataset(dataset_dir(args.dataset_dir, required_by="tki-bench embed"))
     records = data.records()
@@ -138,7 +139,6 @@ def _sample_paths(args: argparse.Namespace, n: int) -> list[Path]:
 def stage_costs(emb: Any, paths: list[Path], batch_size: int) -> dict[str, float]:
     """Seconds per image of decode (``Preprocessor.load``), preprocess (``Preprocessor.__call__``), both on
     one thread, and inference (``embed_pixels`` in batches of ``batch_size`` on the embedder's threads)."""
-    import numpy as np
 
     pre = emb.preprocessor
     dec = prep = 0.0
@@ -163,22 +163,21 @@ def stage_costs(emb: Any, paths: list[Path], batch_size: int) -> dict[str, float
 
 def run_engines(args: argparse.Namespace) -> dict[str, Any]:
     """``--engine ray``: one-process and Ray Data ``tki embed`` runs on the same files, plus a resume."""
-    import os
-    import tempfile
-    from dataclasses import asdict
 
-    import numpy as np
-
-    from tki_sdk.common.errors import UsageError
-    from tki_sdk.runtime import Embedder, Gallery
-    from tki_sdk.runtime.pipeline.distributed import RayOptions, embed_ray, import_ray, local_ray, plan_resources
-    from tki_sdk.runtime.pipeline.embed_run import EmbedJob, embed_local, run_job
-    from tki_sdk.runtime.pipeline.ingest import gallery_options
-    from tki_sdk.runtime.pipeline.shards import ShardInfo
 
     from tki_sdk.benchmarks.parity import model_dir_or_quick_export
     from tki_sdk.benchmarks.plots import plot_grouped_bars
-    from tki_sdk.benchmarks.results import markdown_table
+    from tki_sdk.runtime import Embedder, Gallery
+    from tki_sdk.runtime.pipeline.distributed import (
+        RayOptions,
+        embed_ray,
+        import_ray,
+        local_ray,
+        plan_resources,
+    )
+    from tki_sdk.runtime.pipeline.embed_run import EmbedJob, embed_local, run_job
+    from tki_sdk.runtime.pipeline.ingest import gallery_options
+    from tki_sdk.runtime.pipeline.shards import ShardInfo
 
     import_ray()
     model_dir, tmp_model = model_dir_or_quick_export(args, "embed")

@@ -59,6 +59,7 @@ with the shortest timings. The numbers of a rehearsal mean nothing.
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import os
 import sys
@@ -70,6 +71,7 @@ from typing import Any
 
 import numpy as np
 
+from tki_sdk.benchmarks.datasets import dataset_dir
 from tki_sdk.benchmarks.gpu_backends import (
     ALL_BACKENDS,
     PARITY_BATCH,
@@ -81,8 +83,10 @@ from tki_sdk.benchmarks.gpu_backends import (
     count_flops,
     measure,
 )
-from tki_sdk.benchmarks.datasets import dataset_dir
 from tki_sdk.benchmarks.results import markdown_table
+from tki_sdk.common.errors import UsageError
+from tki_sdk.common.imagefolders import IMAGE_SUFFIXES, list_images
+from tki_sdk.common.model_metadata import ModelMetadata
 
 __all__ = [
     "Backend",
@@ -113,7 +117,6 @@ def pick_files(root: Path, n: int, exts: Sequence[str] | None = None) -> list[Pa
     """``n`` image files spread evenly over the sorted file list of ``root`` (all domains and classes);
     deterministic. Fewer when the folder holds fewer. ``exts``: suffixes to take (default
     :data:`tki_sdk.common.imagefolders.IMAGE_SUFFIXES`, what a gallery indexes); hidden files are skipped."""
-    from tki_sdk.common.imagefolders import IMAGE_SUFFIXES, list_images
 
     want = frozenset(e.lower() for e in exts) if exts is not None else IMAGE_SUFFIXES
     files = sorted(f.path for f in list_images(root) if f.path.suffix.lower() in want)
@@ -291,7 +294,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cuda_or_skip(device: str = "cuda") -> Any:
-    from tki_sdk.common.errors import UsageError
 
     try:
         import torch
@@ -311,7 +313,6 @@ def _device(torch: Any, device_id: int, kind: str = "cuda") -> Any:
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """The run's settings: the preset's, then ``--quick`` / ``--dry-run`` timings, then explicit options."""
-    from tki_sdk.common.errors import UsageError
 
     preset = PRESETS[getattr(args, "preset", None) or "full"]
     dry = bool(getattr(args, "dry_run", False))
@@ -360,7 +361,6 @@ class _CheckpointInfo:
 def _reference(model: Any, x: np.ndarray, device: Any, batch: int = 32) -> np.ndarray:
     """``model.encode_image`` in float64 on ``device`` (the parity reference; the GPU computes it in seconds
     where the CPU takes minutes for a ViT-B): a float64 copy of the model, TF32 irrelevant in float64."""
-    import copy
 
     import torch
 
@@ -390,7 +390,6 @@ def parity_vs(base: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict
 def _load_model(md: Any, checkpoint: Path | None, pretrained: str | None) -> Any:
     from tki_sdk.export.fused import load_model
 
-    from tki_sdk.common.errors import UsageError
 
     w = md.weights or {}
     if pretrained is None and w.get("source") in ("file", "tag"):
@@ -404,7 +403,6 @@ def _load_model(md: Any, checkpoint: Path | None, pretrained: str | None) -> Any
 
 
 def _ints(text: str, what: str) -> list[int]:
-    from tki_sdk.common.errors import UsageError
 
     try:
         vals = [int(v) for v in str(text).split(",") if v.strip()]
@@ -422,12 +420,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     st = _settings(args)
     import onnxruntime  # noqa: F401 - after torch (CUDA libraries), before anything that may load usearch
 
-    from tki_sdk.export.validate import ValidationInputs, validate_runner
-    from tki_sdk.common.model_metadata import ModelMetadata
-    from tki_sdk.runtime.engine.preprocess import Preprocessor
-
-    from tki_sdk.common.errors import UsageError
     from tki_sdk.benchmarks.plots import plot_latency, plot_throughput
+    from tki_sdk.export.validate import ValidationInputs, validate_runner
+    from tki_sdk.runtime.engine.preprocess import Preprocessor
 
     quick = bool(getattr(args, "quick", False))
     seconds, warmup, n_par, n_e2e = st["seconds"], st["warmup"], st["parity_images"], st["e2e_images"]

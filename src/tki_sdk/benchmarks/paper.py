@@ -45,10 +45,23 @@ from typing import Any
 
 import numpy as np
 
-from tki_sdk.benchmarks.accuracy import RANDOM_INIT, AccuracyTable, cross_domain_table, describe_weights
-from tki_sdk.benchmarks.datasets import DOMAINNET_SPLITS, PAPER_DATASETS, DomainDataset, dataset_dir, read_dataset
+from tki_sdk.benchmarks.accuracy import (
+    RANDOM_INIT,
+    AccuracyTable,
+    cross_domain_table,
+    describe_weights,
+)
+from tki_sdk.benchmarks.datasets import (
+    DOMAINNET_SPLITS,
+    PAPER_DATASETS,
+    DomainDataset,
+    dataset_dir,
+    read_dataset,
+)
 from tki_sdk.benchmarks.metrics import MAP_CONVENTIONS, map_key
 from tki_sdk.benchmarks.results import markdown_table
+from tki_sdk.common.errors import UsageError
+from tki_sdk.common.model_metadata import PreprocessConfig
 from tki_sdk.common.progress import progress_bar
 
 __all__ = ["add_arguments", "run", "paper_numbers", "paper_backbone", "PAPER_NUMBERS_FILE"]
@@ -106,7 +119,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _csv(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
-    from tki_sdk.common.errors import UsageError
 
     if text.strip() == "none":
         return []
@@ -122,7 +134,7 @@ class _Features:
 
     def __init__(self, clip: Any, ds: DomainDataset, batch_size: int, device: str, progress: bool) -> None:
         import torch
-        from tki_sdk.common.model_metadata import PreprocessConfig
+
         from tki_sdk.runtime.engine.preprocess import Preprocessor
 
         pre = Preprocessor(PreprocessConfig.from_dict(dict(clip.preprocess_cfg)))
@@ -282,7 +294,6 @@ def _notes_md(notes: list[str]) -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """``tki-bench paper``: see the module docstring."""
-    from tki_sdk.common.errors import UsageError
 
     tables = _csv(args.tables, TABLES, "--tables")
     figures = _csv(args.figures, FIGURES, "--figures")
@@ -591,10 +602,9 @@ def _tsne_plot(clip: Any, checkpoint: Path, classes: list[str], path: Path, suff
     import torch
     from sklearn.manifold import TSNE
 
+    from tki_sdk.benchmarks.plots import _plt, _save
     from tki_sdk.train.checkpoint import load_checkpoint
     from tki_sdk.train.prompts import PromptBank
-
-    from tki_sdk.benchmarks.plots import _plt, _save
 
     tensors, cfg = load_checkpoint(checkpoint)
     labels = (cfg.labels or {}).get("prompt_labels") or cfg.classes

@@ -15,6 +15,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from tki_sdk.benchmarks.datasets import DomainDataset, dataset_dir
+from tki_sdk.benchmarks.results import markdown_table
+from tki_sdk.common.errors import UsageError
+from tki_sdk.common.model_metadata import ModelMetadata
+
 QUICK_PER_CLASS = 1
 DEFAULT_PER_CLASS = 4
 
@@ -47,7 +54,6 @@ def _quick_export(workdir: Path) -> Path:
 def model_dir_or_quick_export(args: argparse.Namespace, suite: str) -> tuple[Path, Any]:
     """``--model-dir``, or with ``--quick`` a tiny export in a temporary folder (returned so the caller can
     ``cleanup()`` it; None otherwise). Without either, a one-line :class:`UsageError`."""
-    from tki_sdk.common.errors import UsageError
 
     if args.model_dir is not None:
         return Path(args.model_dir), None
@@ -62,17 +68,11 @@ def _digits(cos: float) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import numpy as np
-
-    from tki_sdk.export.pipeline import validate_export
-    from tki_sdk.common.model_metadata import ModelMetadata
-    from tki_sdk.runtime.engine.preprocess import Preprocessor
 
     from tki_sdk.benchmarks.accuracy import describe_weights
-    from tki_sdk.common.errors import UsageError
-    from tki_sdk.benchmarks.datasets import DomainDataset, dataset_dir
     from tki_sdk.benchmarks.plots import plot_grouped_bars
-    from tki_sdk.benchmarks.results import markdown_table
+    from tki_sdk.export.pipeline import validate_export
+    from tki_sdk.runtime.engine.preprocess import Preprocessor
 
     model_dir, tmp = model_dir_or_quick_export(args, "parity")
     try:

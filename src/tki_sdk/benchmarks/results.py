@@ -35,6 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from tki_sdk.common.cpu import cpu_info
+from tki_sdk.common.versions import package_versions as installed
+
 __all__ = [
     "machine_info",
     "package_versions",
@@ -111,7 +114,6 @@ def _gpus() -> list[dict[str, str]]:
 def machine_info() -> dict[str, Any]:
     """CPU model, core counts, CPU facts and peak (:func:`tki_sdk.common.cpu.cpu_info`), torch threads (if torch
     is loaded), memory, GPUs (nvidia-smi), platform."""
-    from tki_sdk.common.cpu import cpu_info
 
     try:
         usable = len(os.sched_getaffinity(0))
@@ -144,7 +146,6 @@ def machine_info() -> dict[str, Any]:
 
 def package_versions() -> dict[str, str | None]:
     """Installed versions (``None`` when absent) of the packages the benchmarks may use."""
-    from tki_sdk.common.versions import package_versions as installed
 
     found = installed(_DISTS)
     return {key: found.get(dist) for dist, key in _DISTS.items()}

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import tempfile
@@ -44,8 +45,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tki_sdk.benchmarks.results import markdown_table
-from tki_sdk.benchmarks.search_data import clustered_unit_vectors, embedding_shaped_vectors, load_spectrum, normalize
+from tki_sdk.benchmarks.results import markdown_table, to_jsonable
+from tki_sdk.benchmarks.search_data import (
+    clustered_unit_vectors,
+    embedding_shaped_vectors,
+    load_spectrum,
+    normalize,
+)
+from tki_sdk.common.errors import UsageError
 
 __all__ = [
     "clustered_unit_vectors",
@@ -223,8 +230,8 @@ def gallery_curve(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, *, d
                   target_recall: float, metadata: list[dict[str, Any]] | None, progress: bool,
                   keep: bool = False) -> tuple[dict[str, Any], Any]:
     """Build one Gallery (self-tuned at build), sweep ``expansion_search``; returns ``(record, gallery or None)``."""
-    from tki_sdk.runtime.index.gallery import Gallery
     from tki_sdk.runtime.index.build import add_tuned
+    from tki_sdk.runtime.index.gallery import Gallery
 
     n, dim = base.shape
     backend, dtype = GALLERY_VARIANTS[dtype]
@@ -301,7 +308,11 @@ def run_comparison(
     "at_target": [...]}``; each index record has its build figures and ``sweep`` rows
     ``{param, value, recall, qps, ...}``. ``checkpoint(partial)`` (optional) receives what is measured so far
     after each index, so a long run leaves its figures behind."""
-    from tki_sdk.benchmarks.search_faiss import build_faiss, faiss_available, faiss_specs
+    from tki_sdk.benchmarks.search_faiss import (
+        build_faiss,
+        faiss_available,
+        faiss_specs,
+    )
 
     base = np.ascontiguousarray(base, dtype=np.float32)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -339,7 +350,11 @@ def run_comparison(
     filters: list[dict[str, Any]] = []
     slices = None
     if "gallery" in indexes:
-        from tki_sdk.benchmarks.search_filters import filter_metadata, item_slices, measure_filters
+        from tki_sdk.benchmarks.search_filters import (
+            filter_metadata,
+            item_slices,
+            measure_filters,
+        )
 
         fractions = [f for f in filter_fractions if f > 0]
         if fractions:
@@ -542,7 +557,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_npy(path: Path, what: str) -> np.ndarray:
-    from tki_sdk.common.errors import UsageError
 
     if not path.is_file():
         raise UsageError(f"{what} file {path} not found; pass a .npy array of shape [N, D]")
@@ -584,7 +598,6 @@ def _data_sets(args: argparse.Namespace, kinds: Sequence[str], sizes: Sequence[i
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """``tki-bench search``: see the module docstring. Writes the Pareto PNG under ``args.suite_dir``."""
-    from tki_sdk.common.errors import UsageError
     from tki_sdk.benchmarks.plots import plot_pareto
 
     defaults = QUICK_DEFAULTS if getattr(args, "quick", False) else FULL_DEFAULTS
@@ -617,9 +630,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     stem = args.name or ("quick" if getattr(args, "quick", False) else "search")
 
     def checkpoint(partial: dict[str, Any]) -> None:
-        import json
 
-        from tki_sdk.benchmarks.results import to_jsonable
 
         path = suite_dir / f"{stem}.partial.json"
         path.write_text(json.dumps(to_jsonable({"finished_runs": runs, "current": partial}), indent=1))

@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from tki_sdk.common.imagefolders import list_images
 from tki_sdk.common.progress import progress_bar
 
 __all__ = [
@@ -235,8 +237,8 @@ def _embed_images_random_clip(files: Sequence[Path], model_name: str, seed: int,
     import torch
     from PIL import Image
 
-    from tki_sdk.train.clip import load_clip
     from tki_sdk.runtime.engine.preprocess import Preprocessor
+    from tki_sdk.train.clip import load_clip
 
     clip = load_clip(model_name, None, init_seed=seed)
     pre = Preprocessor.from_metadata(clip.preprocess_cfg)
@@ -256,7 +258,6 @@ def _embed_images_random_clip(files: Sequence[Path], model_name: str, seed: int,
 
 
 def _fit_main(argv: Sequence[str] | None = None) -> int:
-    from tki_sdk.common.imagefolders import list_images
 
     p = argparse.ArgumentParser(
         prog="python -m tki_sdk.benchmarks.search_data fit",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import resource
@@ -31,10 +32,16 @@ import sys
 import tempfile
 import threading
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tki_sdk.benchmarks.datasets import DomainDataset, dataset_dir
+from tki_sdk.benchmarks.results import markdown_table
+from tki_sdk.common.errors import UsageError
+from tki_sdk.common.model_metadata import ModelMetadata
 
 #: Status lines of a long run (shown by the console scripts, like progress; library code never prints).
 _status = logging.getLogger("tki_sdk.progress.bench_serve")
@@ -169,7 +176,6 @@ async def _drive(host: str, port: int, queries: list[tuple[str, bytes]], concurr
     the load generator shares the service's cores, and a general-purpose client (httpx) spent ~4.5 ms of CPU
     per request here, as much as the service's own HTTP layer.
     """
-    import json
 
     requests = []
     for name, data in queries:
@@ -288,7 +294,6 @@ def _soak(server: _Server, gallery: Path, queries: list[tuple[str, bytes]], args
 
 # ---------------------------------------------------------------------------------------------- run
 def _pick_precision(model_dir: Path, wanted: str | None) -> str | None:
-    from tki_sdk.common.model_metadata import ModelMetadata
 
     if wanted:
         return wanted
@@ -359,7 +364,6 @@ def _screenshot(base: str, query: Path, out: Path) -> Path:
 
 def _serve_versions() -> dict[str, str | None]:
     """Versions of the web stack (the result envelope records the model stack)."""
-    from importlib import metadata
 
     out: dict[str, str | None] = {}
     for dist in ("fastapi", "starlette", "uvicorn", "prometheus-client", "python-multipart"):
@@ -371,13 +375,8 @@ def _serve_versions() -> dict[str, str | None]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from tki_sdk.runtime import Embedder, Gallery
-
-    from tki_sdk.common.errors import UsageError
-
-    from tki_sdk.benchmarks.datasets import DomainDataset, dataset_dir
     from tki_sdk.benchmarks.parity import model_dir_or_quick_export
-    from tki_sdk.benchmarks.results import markdown_table
+    from tki_sdk.runtime import Embedder, Gallery
 
     try:
         levels = [int(x) for x in args.levels.split(",") if x.strip()]

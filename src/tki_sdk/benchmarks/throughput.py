@@ -51,9 +51,12 @@ from typing import Any
 
 import numpy as np
 
-from tki_sdk.export.validate import measure_interleaved
-
 from tki_sdk.benchmarks.results import markdown_table
+from tki_sdk.common.artifacts import ONNXRUNTIME, TENSORRT, artifact_kind
+from tki_sdk.common.cpu import cpu_info
+from tki_sdk.common.errors import UsageError
+from tki_sdk.common.model_metadata import ModelMetadata
+from tki_sdk.export.validate import measure_interleaved
 
 __all__ = ["add_arguments", "run", "TARGETS", "measure_interleaved", "head_share_from_profile", "text_throughput"]
 
@@ -94,7 +97,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _bench_error(msg: str) -> Exception:
-    from tki_sdk.common.errors import UsageError
 
     return UsageError(msg)
 
@@ -170,7 +172,6 @@ def _build_model(args: argparse.Namespace) -> tuple[Any, Path | None]:
     from tki_sdk.export.fused import load_model
     from tki_sdk.train.head import HeadConfig, HyperbolicMLP
     from tki_sdk.train.model import TKIModel
-    from tki_sdk.common.model_metadata import ModelMetadata
 
     export_dir = Path(args.model_dir) if args.model_dir is not None else None
     model_name, head, pretrained = args.model, args.head, None
@@ -196,7 +197,6 @@ def _build_model(args: argparse.Namespace) -> tuple[Any, Path | None]:
 def _sdk_rows(md: Any, export_dir: Path, engines: dict[str, str]) -> list[tuple[str, str, str, float | None]]:
     """``(label, engine, artifact, parity min cosine)`` of every artifact x engine this export passed parity on
     (an artifact without a parity record is measured too, with parity ``None``)."""
-    from tki_sdk.common.artifacts import ONNXRUNTIME, TENSORRT, artifact_kind
 
     rows = []
     for key, art in (md.artifacts or {}).items():
@@ -241,13 +241,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import onnxruntime as ort
     import torch
 
-    from tki_sdk.common.cpu import cpu_info
-    from tki_sdk.runtime import Embedder
-    from tki_sdk.runtime.engine.engine_choice import choose_engine, installed_engines
-    from tki_sdk.common.model_metadata import ModelMetadata
-
     from tki_sdk.benchmarks.flops import graph_flops
     from tki_sdk.benchmarks.plots import plot_latency, plot_throughput
+    from tki_sdk.runtime import Embedder
+    from tki_sdk.runtime.engine.engine_choice import choose_engine, installed_engines
 
     if args.threads < 1 or args.batch_size < 1:
         raise _bench_error("--threads and --batch-size must be >= 1")
@@ -514,10 +511,9 @@ def text_throughput(model: Any, md: Any, export_dir: Path, threads: int, rounds:
 
 def _int8_variants(model: Any, md: Any, fp32_file: Path, args: argparse.Namespace) -> dict[str, Any]:
     """:func:`.int8_variants.run_variants` on 32 calibration and 16 validation images (the export's image source)."""
+    from tki_sdk.benchmarks.int8_variants import run_variants
     from tki_sdk.export.calibration import default_image_source, load_images
     from tki_sdk.export.validate import generated_images
-
-    from tki_sdk.benchmarks.int8_variants import run_variants
 
     folder, origin = default_image_source()
     pre = md.preprocess.to_dict()

@@ -7,9 +7,11 @@ plain ``encode_text`` would run. Target (ARCHITECTURE.md, "Targets"): ViT-B-32, 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from typing import Any
 
+from tki_sdk.benchmarks.results import markdown_table
 from tki_sdk.common.imagefolders import PACS_CLASSES
 from tki_sdk.common.progress import progress_bar
 
@@ -46,17 +48,14 @@ def _stage1_step_seconds(bank, class_feats, opt, full: bool, steps: int, progres
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import statistics
 
     import torch
 
+    from tki_sdk.benchmarks.plots import plot_grouped_bars
     from tki_sdk.train.clip import load_clip
     from tki_sdk.train.head import HeadConfig, HyperbolicMLP
     from tki_sdk.train.losses import aggregation_loss
     from tki_sdk.train.prompts import PromptBank
-
-    from tki_sdk.benchmarks.plots import plot_grouped_bars
-    from tki_sdk.benchmarks.results import markdown_table
 
     if args.threads:
         torch.set_num_threads(args.threads)

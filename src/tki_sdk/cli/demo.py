@@ -11,12 +11,15 @@ weights the retrieved classes are no better than chance: the demo shows the mach
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tki_sdk.common.errors import UsageError
+from tki_sdk.common.imagefolders import PACS_CLASSES, default_dataset_dir, list_images
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,7 +43,6 @@ def _step(title: str, argv: list[str]) -> None:
 
 
 def _files(folder: Path) -> list[Path]:
-    from tki_sdk.common.imagefolders import list_images
 
     return [f.path for f in list_images(folder)]
 
@@ -62,8 +64,6 @@ def _link_sample(data: Path, domain: str, per_class: int, dest: Path, rng: rando
 
 def run(args: argparse.Namespace, tki_main: Callable[[list[str]], int]) -> int:
     """Run the demo; ``tki_main`` is the ``tki`` entry point (each step is the command a user would type)."""
-    from tki_sdk.common.errors import UsageError
-    from tki_sdk.common.imagefolders import PACS_CLASSES, default_dataset_dir
 
     data = Path(args.data) if args.data else default_dataset_dir()
     if data is None:
@@ -129,7 +129,6 @@ def run(args: argparse.Namespace, tki_main: Callable[[list[str]], int]) -> int:
     total = len(result.indices) * args.k
     print(f"\nsame-class hits: {hits_right}/{total} (chance: {total / len(PACS_CLASSES):.1f})")
 
-    import json
 
     parity = json.loads((model_dir / "parity.json").read_text())
     print("\nexport parity vs torch (min cosine over real and random inputs):")

@@ -8,12 +8,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
-from tki_sdk.common.errors import EXIT_USAGE, ConfigError, UsageError, one_line
 from tki_sdk.cli.base import OneLineParser, configure_logging, run_main
-from tki_sdk.train.config import AGG_SPACES, GEOMETRIES, LABEL_STRATEGIES, STAGE1_LOSSES, TEMPERATURE_RULES, TrainConfig
-
+from tki_sdk.common.checkpoint_config import CONFIG_FILE, WEIGHTS_FILE, CheckpointConfig
+from tki_sdk.common.contract import ContractError
+from tki_sdk.common.errors import EXIT_USAGE, ConfigError, UsageError, one_line
+from tki_sdk.train.config import (
+    AGG_SPACES,
+    GEOMETRIES,
+    LABEL_STRATEGIES,
+    STAGE1_LOSSES,
+    TEMPERATURE_RULES,
+    TrainConfig,
+)
 
 TRAIN_EXAMPLES = """\
 examples:
@@ -128,7 +137,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _check_writable_dir(path: str, flag: str) -> None:
     """Create ``path`` if needed and prove it is writable, before any long work starts."""
-    import tempfile
 
     p = Path(path)
     if p.exists() and not p.is_dir():
@@ -191,8 +199,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def describe_checkpoint(path: Path) -> str | None:
     """Human-readable summary of a ``tki train`` folder, or None when ``path`` is not one."""
-    from tki_sdk.common.checkpoint_config import CONFIG_FILE, WEIGHTS_FILE, CheckpointConfig
-    from tki_sdk.common.contract import ContractError
 
     if not (path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()):
         return None
@@ -276,7 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     if register is not None:
         register(sub)
     try:
-        from tki_sdk.cli.serve import register as register_serve  # argparse only; the web stack loads when it runs
+        from tki_sdk.cli.serve import (
+            register as register_serve,  # argparse only; the web stack loads when it runs
+        )
     except ImportError:
         register_serve = None
     if register_serve is not None:

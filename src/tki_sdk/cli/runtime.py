@@ -14,9 +14,28 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from tki_sdk.common.errors import EXIT_DAMAGED, EXIT_INTERRUPTED, UsageError, one_line, printable
+import numpy as np
+
 from tki_sdk.cli.base import OneLineParser, configure_logging, print_error, run_main
-from tki_sdk.runtime.pipeline.config import BACKENDS, DTYPES, ENGINES, FIELD_HELP, INDEXES, RAY_DECODE, EmbedConfig
+from tki_sdk.common.cpu import cpu_info
+from tki_sdk.common.errors import (
+    EXIT_DAMAGED,
+    EXIT_INTERRUPTED,
+    UsageError,
+    one_line,
+    printable,
+)
+from tki_sdk.common.imagefolders import SkippedEntry, list_images
+from tki_sdk.common.model_metadata import METADATA_FILE, ModelMetadata
+from tki_sdk.runtime.pipeline.config import (
+    BACKENDS,
+    DTYPES,
+    ENGINES,
+    FIELD_HELP,
+    INDEXES,
+    RAY_DECODE,
+    EmbedConfig,
+)
 from tki_sdk.runtime.pipeline.embed_run import JobReport
 from tki_sdk.runtime.pipeline.errors import PipelineError
 
@@ -214,7 +233,6 @@ def register(subparsers: Any) -> None:
 
 # ---------------------------------------------------------------------------------------------- helpers
 def _check_model_dir(path: str) -> Path:
-    from tki_sdk.common.model_metadata import METADATA_FILE
 
     p = Path(path)
     if not p.exists():
@@ -375,7 +393,12 @@ def embed_config(args: argparse.Namespace) -> EmbedConfig:
 
 
 def _run_embed(args: argparse.Namespace) -> int:
-    from tki_sdk.runtime.pipeline.job import check_paths, describe_embedder, embed_folder, make_embedder
+    from tki_sdk.runtime.pipeline.job import (
+        check_paths,
+        describe_embedder,
+        embed_folder,
+        make_embedder,
+    )
 
     config = embed_config(args)
     config.validate()
@@ -476,9 +499,15 @@ def run_search(args: argparse.Namespace) -> int:
 
 
 def _run_search(args: argparse.Namespace) -> int:
-    from tki_sdk.common.imagefolders import SkippedEntry, list_images
 
-    from tki_sdk.runtime.index.gallery import MAX_K, MISSING_KEY, Gallery, GalleryDamagedError, ModelMismatchError, is_gallery
+    from tki_sdk.runtime.index.gallery import (
+        MAX_K,
+        MISSING_KEY,
+        Gallery,
+        GalleryDamagedError,
+        ModelMismatchError,
+        is_gallery,
+    )
     from tki_sdk.runtime.index.metadata_store import MAX_WHERE_FIELDS
 
     _positive("-k", args.k)
@@ -514,7 +543,6 @@ def _run_search(args: argparse.Namespace) -> int:
         raise UsageError(str(e), code=EXIT_DAMAGED) from None
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot open gallery {gpath}: {one_line(e)}") from None
-    from tki_sdk.common.model_metadata import ModelMetadata
 
     try:
         gallery.check_model(ModelMetadata.load(_check_model_dir(args.model)).fingerprint())
@@ -567,7 +595,6 @@ def _run_search(args: argparse.Namespace) -> int:
 
 def _text_queries(args: argparse.Namespace) -> list[str] | None:
     """The ``--text`` queries, checked (None without ``--text``); the model must have a text encoder."""
-    from tki_sdk.common.model_metadata import ModelMetadata
     from tki_sdk.runtime.engine.text_encoder import MAX_TEXT_CHARS, resolve_template
 
     if not getattr(args, "text", None):
@@ -596,7 +623,6 @@ def _text_queries(args: argparse.Namespace) -> list[str] | None:
 
 def _embed_text_queries(emb: Any, texts: list[str], template: str | None) -> Any:
     """``--text`` queries -> an ``EmbedResult`` (one row per query, no errors)."""
-    import numpy as np
 
     from tki_sdk.runtime.engine.artifact_check import ArtifactCheckError
     from tki_sdk.runtime.engine.embedder import EmbedResult
@@ -622,7 +648,6 @@ def describe(path: str | os.PathLike, verify: bool = False) -> str | None:
     """
     from tki_sdk.runtime.engine.artifact_check import checked_artifact_path
     from tki_sdk.runtime.index.gallery import Gallery, is_gallery
-    from tki_sdk.common.model_metadata import METADATA_FILE, ModelMetadata
 
     p = Path(path)
     if (p.is_dir() and (p / METADATA_FILE).is_file()) or (p.is_file() and p.name == METADATA_FILE):
@@ -662,7 +687,6 @@ def describe(path: str | os.PathLike, verify: bool = False) -> str | None:
 def describe_engine(model_dir: str | os.PathLike, threads: int | None = None) -> str:
     """Which artifact and engine ``Embedder(model_dir, threads=threads)`` runs on this machine, and why (the
     engine choice: measured now or read from its cache), with this CPU's facts and peak."""
-    from tki_sdk.common.cpu import cpu_info
 
     from tki_sdk.runtime.engine.embedder import Embedder, available_backends
 
@@ -746,7 +770,6 @@ def _run_info(args: argparse.Namespace) -> int:
 
 def engine_info(model: str | os.PathLike, threads: int | None) -> str:
     """:func:`describe_engine`, with a user error (one line) for a folder that is not an export."""
-    from tki_sdk.common.errors import UsageError
 
     if threads is not None and threads < 1:
         raise UsageError("--threads must be >= 1")

@@ -14,7 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from tki_sdk.common.imagefolders import IMAGE_SUFFIXES, REPO_PACS_DIR, default_dataset_source, list_images
+from tki_sdk.common.imagefolders import (
+    IMAGE_SUFFIXES,
+    REPO_PACS_DIR,
+    default_dataset_source,
+    list_images,
+)
+from tki_sdk.common.model_metadata import PreprocessConfig
 
 __all__ = ["IMAGE_EXTENSIONS", "DEFAULT_PACS_DIR", "ImageSet", "NoImagesError", "find_images", "load_images", "default_image_dir",
            "default_image_source"]
@@ -77,7 +83,6 @@ def load_images(
 ) -> ImageSet:
     """Find up to ``count`` images under ``folder`` and preprocess them as the runtime does."""
     from tki_sdk.runtime.engine.images import ImageLoadError
-    from tki_sdk.common.model_metadata import PreprocessConfig
     from tki_sdk.runtime.engine.preprocess import Preprocessor
 
     pre = Preprocessor(PreprocessConfig.from_dict(preprocess_cfg))

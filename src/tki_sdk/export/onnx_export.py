@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ast
 import collections
-import logging
 import os
 import tempfile
 import warnings
@@ -29,9 +28,26 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+import torch
 from onnx import numpy_helper
+from onnxscript.optimizer import optimize
+from onnxscript.rewriter import rewrite
+from onnxscript.rewriter.ort_fusions import _core
+from onnxscript.rewriter.ort_fusions.attention import fuse_attention
+from onnxscript.rewriter.ort_fusions.bias_gelu import fuse_bias_gelu
+from onnxscript.rewriter.ort_fusions.erfgelu import fuse_erfgelu
+from onnxscript.rewriter.ort_fusions.gelu import fuse_gelu
+from onnxscript.rewriter.ort_fusions.mha import fuse_mha1, fuse_mha2
+from onnxscript.rewriter.ort_fusions.mha_bias import fuse_mha_bias
+from onnxscript.rewriter.ort_fusions.mha_scale import fuse_mha_scale
+from onnxscript.rewriter.ort_fusions.sdpa import fuse_sdpa
+from onnxscript.rewriter.ort_fusions.sdpa_via_mha import replace_sdpa_by_mha
+from onnxscript.rewriter.rules.common import _gemm_to_matmul_add
 
 from tki_sdk.common.model_metadata import INPUT_NAME, OUTPUT_NAME
+from tki_sdk.export.fused import FusedEncoder, export_friendly
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -178,9 +194,7 @@ def export_onnx(
     ``model`` is a :class:`tki_sdk.TKIModel`. See the module docstring for the exporter used per opset.
     Raises :class:`ExportError` with one line when the exporter fails or the graph is not standard.
     """
-    import torch
 
-    from tki_sdk.export.fused import FusedEncoder, export_friendly
 
     if not MIN_OPSET <= int(opset) <= MAX_OPSET:
         raise ExportError(f"opset {opset} is not supported; use {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
@@ -351,21 +365,6 @@ def ort_fused_graph(src: str | os.PathLike, dst: str | os.PathLike, *, pack_qkv:
     kernel measured several times slower than the two standard ops here. Node scopes of the head survive
     (the head is not touched), so :func:`tail_nodes` still finds it.
     """
-    import onnx_ir as ir
-    import onnx_ir.passes.common as common_passes
-    from onnxscript.optimizer import optimize
-    from onnxscript.rewriter import rewrite
-    from onnxscript.rewriter.ort_fusions import _core
-    from onnxscript.rewriter.ort_fusions.attention import fuse_attention
-    from onnxscript.rewriter.ort_fusions.bias_gelu import fuse_bias_gelu
-    from onnxscript.rewriter.ort_fusions.erfgelu import fuse_erfgelu
-    from onnxscript.rewriter.ort_fusions.gelu import fuse_gelu
-    from onnxscript.rewriter.ort_fusions.mha import fuse_mha1, fuse_mha2
-    from onnxscript.rewriter.ort_fusions.mha_bias import fuse_mha_bias
-    from onnxscript.rewriter.ort_fusions.mha_scale import fuse_mha_scale
-    from onnxscript.rewriter.ort_fusions.sdpa import fuse_sdpa
-    from onnxscript.rewriter.ort_fusions.sdpa_via_mha import replace_sdpa_by_mha
-    from onnxscript.rewriter.rules.common import _gemm_to_matmul_add
 
     model = ir.load(str(src))
     counts: dict[str, int] = {}

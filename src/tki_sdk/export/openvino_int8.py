@@ -18,12 +18,14 @@ outliers it exists for). The artifact runs wherever it is deployed, so the fix a
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 import numpy as np
 
 from tki_sdk.export.onnx_export import ExportError, check_onnx, load_proto, save_proto
+from tki_sdk.export.quantize import head_nodes
 
 __all__ = ["quantize_openvino_int8", "openvino_export_available", "OPENVINO_EXPORT_MISSING"]
 
@@ -45,12 +47,13 @@ def quantize_openvino_int8(src: str | os.PathLike, dst: str | os.PathLike, calib
                            batch_size: int = 8) -> dict[str, Any]:
     """Quantise ``src`` (the fp32 ONNX) into ``dst`` with NNCF (see the module docstring); returns what to
     record in ``tki.json``."""
-    import logging
 
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        OverflowFix,
+    )
 
-    from tki_sdk.export.quantize import head_nodes
 
     if calib_pixels is None or len(calib_pixels) == 0:
         raise ExportError("openvino_int8: no calibration images")

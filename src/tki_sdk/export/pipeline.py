@@ -53,18 +53,59 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from tki_sdk.common.artifacts import ARTIFACT_KINDS, ONNX, OPENVINO, PARITY_FILE, PRECISIONS
-from tki_sdk.common.model_metadata import METADATA_FILE, ModelMetadata, PreprocessConfig, sha256_file
-
-from tki_sdk.export.text import TEXT_FILES, text_file_names
-from tki_sdk.export.onnx_export import DEFAULT_OPSET, ExportError, export_onnx, graph_info, load_proto, ort_fused_graph, tail_nodes
+from tki_sdk.common.artifacts import (
+    ARTIFACT_KINDS,
+    ONNX,
+    OPENVINO,
+    PARITY_FILE,
+    PRECISIONS,
+)
+from tki_sdk.common.atomic import atomic_write_json
+from tki_sdk.common.model_metadata import (
+    METADATA_FILE,
+    ModelMetadata,
+    PreprocessConfig,
+    sha256_file,
+)
+from tki_sdk.common.versions import (
+    EXPORT_DISTRIBUTIONS,
+    TRAIN_DISTRIBUTIONS,
+    package_versions,
+)
+from tki_sdk.export.calibration import default_image_source, find_images, load_images
+from tki_sdk.export.fused import load_model
+from tki_sdk.export.onnx_export import (
+    DEFAULT_OPSET,
+    ExportError,
+    export_onnx,
+    graph_info,
+    load_proto,
+    ort_fused_graph,
+    tail_nodes,
+)
+from tki_sdk.export.openvino_int8 import quantize_openvino_int8
+from tki_sdk.export.quantize import (
+    convert_fp16,
+    head_nodes,
+    quantize_int8_dynamic,
+    quantize_int8_static,
+)
+from tki_sdk.export.tensorrt import build_engine
+from tki_sdk.export.text import (
+    TEXT_FILES,
+    TextUnsupported,
+    export_text,
+    text_file_names,
+)
 from tki_sdk.export.validate import (
     THRESHOLDS,
     OrtRunner,
     ParityError,
     ParityResult,
     build_inputs,
+    generated_images,
     measure_interleaved,
     validate_runner,
 )
@@ -223,7 +264,6 @@ class ExportResult:
 
 def _versions() -> dict[str, str]:
     """Installed versions of the training and the export packages (recorded in ``tki.json``)."""
-    from tki_sdk.common.versions import EXPORT_DISTRIBUTIONS, TRAIN_DISTRIBUTIONS, package_versions
 
     return package_versions(TRAIN_DISTRIBUTIONS + EXPORT_DISTRIBUTIONS)
 
@@ -252,8 +292,6 @@ def _images(cfg: ExportConfig, preprocess: dict[str, Any]) -> tuple[np.ndarray, 
     ``parity.json`` and printed by ``tki-export``) says which images were used: ``folder`` (None for generated
     images), ``origin`` (``--calib-images``, ``$TKI_PACS_DIR``, ``PACS beside the repository`` or
     ``generated``), ``files`` in the folder, ``calibration`` / ``validation`` counts, and ``description``."""
-    from tki_sdk.export.calibration import default_image_source, find_images, load_images
-    from tki_sdk.export.validate import generated_images
 
     if cfg.calib_images is not None:
         folder, origin = Path(cfg.calib_images), "--calib-images"
@@ -326,7 +364,6 @@ class _ExportRun:
 
     # ---------------------------------------------------------------- steps
     def load(self, model: Any | None) -> None:
-        from tki_sdk.export.fused import load_model
 
         cfg = self.cfg
         self.steps.start("load model")
@@ -345,7 +382,6 @@ class _ExportRun:
         self.steps.done()
 
     def fp32(self) -> None:
-        from tki_sdk.export.quantize import head_nodes
 
         cfg = self.cfg
         self.steps.start(f"fp32: export ONNX (opset {cfg.opset})")
@@ -362,7 +398,6 @@ class _ExportRun:
 
     def text(self) -> None:
         """The text artifact (:mod:`.text`); a CLIP whose text side is not CLIP's is skipped with a warning."""
-        from tki_sdk.export.text import TextUnsupported, export_text
 
         self.steps.start("text: export + validate the text encoder")
         try:
@@ -376,7 +411,6 @@ class _ExportRun:
         return [te.parity] if te is not None and not te.parity.passed else []
 
     def fp16(self) -> None:
-        from tki_sdk.export.quantize import convert_fp16
 
         self.steps.start("fp16: convert (fp32 I/O and head)")
         p = self.path("fp16")
@@ -405,7 +439,6 @@ class _ExportRun:
             return src, {}
 
     def int8(self) -> None:
-        from tki_sdk.export.quantize import quantize_int8_dynamic, quantize_int8_static
 
         cfg = self.cfg
         self.steps.start("int8: onnxruntime fusions + quantise")
@@ -479,7 +512,6 @@ class _ExportRun:
     def tensorrt(self) -> None:
         from tki_sdk.runtime.engine.tensorrt_runner import TensorRTRunner
 
-        from tki_sdk.export.tensorrt import build_engine
 
         cfg = self.cfg
         self.steps.start(f"tensorrt: build fp16 engine (batch 1..{cfg.max_batch})")
@@ -501,7 +533,6 @@ class _ExportRun:
         being chosen) and the NNCF int8 artifact, built, validated and run on OpenVINO."""
         from tki_sdk.runtime.engine.openvino_runner import OpenVINORunner
 
-        from tki_sdk.export.openvino_int8 import quantize_openvino_int8
 
         cfg = self.cfg
         self.steps.start(f"openvino: fp32 parity + NNCF int8 ({self.cal.shape[0]} calibration images)")
@@ -522,7 +553,6 @@ class _ExportRun:
         self.steps.done()
 
     def time_artifacts(self) -> None:
-        import torch
 
         cfg = self.cfg
         self.steps.start(f"time artifacts (batch {cfg.bench_batch}, {cfg.threads} threads)")
@@ -688,8 +718,6 @@ def validate_export(
     validated as at export time, on ``images`` (default: generated images) and random tensors. A file whose
     SHA-256 differs from ``tki.json`` is validated all the same (the numbers decide) and noted in the
     result's ``notes``. Raises :class:`ParityError` naming each failing artifact."""
-    from tki_sdk.export.fused import load_model
-    from tki_sdk.export.validate import generated_images
 
     export_dir = Path(export_dir)
     md = ModelMetadata.load(export_dir)
@@ -784,6 +812,5 @@ def _clean(o: Any) -> Any:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    from tki_sdk.common.atomic import atomic_write_json
 
     atomic_write_json(path, _clean(obj))

@@ -26,11 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import torch
 
 from tki_sdk.common.artifacts import ARTIFACT_KINDS, TEXT
-from tki_sdk.common.model_metadata import TEXT_INPUT_NAMES, TEXT_OUTPUT_NAME, sha256_file
+from tki_sdk.common.model_metadata import (
+    TEXT_INPUT_NAMES,
+    TEXT_OUTPUT_NAME,
+    sha256_file,
+)
 from tki_sdk.export.onnx_export import ExportError, save_proto
+from tki_sdk.export.text_fused import FusedTextEncoder, text_reference
 from tki_sdk.export.validate import ParityResult
+from tki_sdk.train.prompts import CLASS_SUFFIX, DOMAIN_PREFIX, DOMAIN_SUFFIX
 
 __all__ = ["TextExport", "export_text", "TextUnsupported", "VALIDATION_TEXTS", "TEXT_FILES", "text_file_names"]
 
@@ -90,8 +98,6 @@ def _check_tokenizer(model: Any) -> Any:
 def export_onnx_text(fused: Any, path: Path, opset: int) -> int:
     """``fused`` (:class:`~.text_fused.FusedTextEncoder`) -> ``path``: standard ONNX, dynamic batch, checked;
     returns the opset used (at least 18)."""
-    import onnx
-    import torch
 
     opset = max(18, int(opset))  # the torch.export-based exporter emits opset 18 and up (image --opset 17 too)
     n, L, W = 2, fused.context_length, fused.token_width
@@ -140,7 +146,6 @@ def _ensemble_ids(tok: Any, queries: tuple[str, ...], prompt: dict[str, str], le
 
 def validate_text(model: Any, enc: Any, threshold: float) -> ParityResult:
     """Parity of the runtime's ``TextEncoder`` ``enc`` with float64 torch (module docstring)."""
-    from tki_sdk.export.text_fused import text_reference
 
     tok = model.clip.tokenizer
     texts = list(VALIDATION_TEXTS)
@@ -187,9 +192,7 @@ def export_text(model: Any, stage: Path, *, opset: int, threads: int | None = No
     model's text side is not CLIP's; :class:`~.onnx_export.ExportError` when the exporter fails."""
     from open_clip.tokenizer import default_bpe
 
-    from tki_sdk.export.text_fused import FusedTextEncoder
     from tki_sdk.runtime.engine.text_encoder import DEFAULT_TEMPLATE, TextEncoder
-    from tki_sdk.train.prompts import CLASS_SUFFIX, DOMAIN_PREFIX, DOMAIN_SUFFIX
 
     tok = _check_tokenizer(model)
     try:

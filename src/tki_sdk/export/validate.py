@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from tki_sdk.common.artifacts import ARTIFACT_KINDS
-from tki_sdk.common.model_metadata import OUTPUT_NAME
+from tki_sdk.common.model_metadata import OUTPUT_NAME, PreprocessConfig
+from tki_sdk.export.fused import reference_embeddings
 
 __all__ = [
     "THRESHOLDS",
@@ -125,7 +126,6 @@ def generated_images(n: int, preprocess_cfg: dict[str, Any], seed: int = 0) -> n
     folder is available. Deterministic in ``seed``."""
     from PIL import Image, ImageDraw, ImageFilter
 
-    from tki_sdk.common.model_metadata import PreprocessConfig
     from tki_sdk.runtime.engine.preprocess import Preprocessor
 
     pre = Preprocessor(PreprocessConfig.from_dict(preprocess_cfg))
@@ -169,7 +169,6 @@ def build_inputs(
 ) -> ValidationInputs:
     """Validation groups ``images`` (given, preprocessed) and ``random`` (N(0,1), same count unless given),
     with float64 references from :func:`tki_sdk.export.fused.reference_embeddings`."""
-    from tki_sdk.export.fused import reference_embeddings
 
     n_random = int(images.shape[0] if n_random is None else n_random)
     rnd = np.random.default_rng(seed).standard_normal((n_random, *images.shape[1:])).astype(np.float32)

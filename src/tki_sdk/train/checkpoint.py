@@ -13,9 +13,15 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import load, save
 
 from tki_sdk.common.atomic import atomic_write_bytes, atomic_write_json
-from tki_sdk.common.checkpoint_config import CONFIG_FILE, CURVES_FILE, WEIGHTS_FILE, CheckpointConfig
+from tki_sdk.common.checkpoint_config import (
+    CONFIG_FILE,
+    CURVES_FILE,
+    WEIGHTS_FILE,
+    CheckpointConfig,
+)
 from tki_sdk.common.contract import ContractError
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "CONFIG_FILE", "WEIGHTS_FILE", "CURVES_FILE"]
@@ -28,7 +34,6 @@ class CheckpointError(ValueError):
 def save_checkpoint(out_dir: str | os.PathLike, tensors: dict[str, torch.Tensor], config: CheckpointConfig) -> Path:
     """Write ``model.safetensors`` and ``config.json`` into ``out_dir`` (created), each atomically; the config
     written records the weights file's SHA-256."""
-    from safetensors.torch import save
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -41,7 +46,6 @@ def save_checkpoint(out_dir: str | os.PathLike, tensors: dict[str, torch.Tensor]
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], CheckpointConfig]:
     """Read a checkpoint folder; raise :class:`CheckpointError` with one clear line on any problem."""
-    from safetensors.torch import load
 
     p = Path(path)
     if not p.is_dir():

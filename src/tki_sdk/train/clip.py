@@ -31,7 +31,10 @@ if "usearch.compiled" in sys.modules and "torch" not in sys.modules:
         stacklevel=2,
     )
 
+import open_clip
 import torch  # noqa: E402
+from open_clip.factory import convert_to_custom_text_state_dict, resize_pos_embed
+from open_clip.model import get_model_preprocess_cfg
 from torch import nn  # noqa: E402
 
 from tki_sdk.common.atomic import sha256_file
@@ -56,7 +59,6 @@ def _register_configs() -> None:
 
 def available_models() -> list[str]:
     """Architecture names open_clip can build (plus the SDK's small test configs)."""
-    import open_clip
 
     _register_configs()
     return sorted(open_clip.list_models())
@@ -78,7 +80,6 @@ class LoadedClip:
 
     @property
     def tokenizer(self):
-        import open_clip
 
         return open_clip.get_tokenizer(self.model_name)
 
@@ -116,7 +117,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def _load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """Load a state dict strictly, with open_clip's compatibility fixes, naming mismatched keys."""
-    from open_clip.factory import convert_to_custom_text_state_dict, resize_pos_embed
 
     if "positional_embedding" in state_dict and not hasattr(model, "positional_embedding"):
         state_dict = convert_to_custom_text_state_dict(state_dict)
@@ -156,7 +156,6 @@ def _create(model_name: str) -> nn.Module:
     """An open_clip model with random weights (the weights source is recorded in ``LoadedClip.weights``;
     the console scripts drop open_clip's "no pretrained weights" notice, see
     :func:`tki_sdk.cli.base.configure_logging`)."""
-    import open_clip
 
     return open_clip.create_model(model_name, pretrained=None, device="cpu")
 
@@ -172,7 +171,6 @@ def load_clip(
     Random initialisation runs under ``torch.manual_seed(init_seed)`` (the global RNG state is restored
     afterwards), so the same name and seed rebuild the same random CLIP; a checkpoint records the seed.
     """
-    import open_clip
 
     _register_configs()
     if model_name not in open_clip.list_models():
@@ -211,7 +209,6 @@ def load_clip(
 
     freeze(model)
     model.to(device)
-    from open_clip.model import get_model_preprocess_cfg
 
     pp = dict(get_model_preprocess_cfg(model))
     size = pp.get("size", 224)

@@ -27,12 +27,22 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from tki_sdk.runtime.engine.images import ImageItem, ImageLoadError
-from tki_sdk.common.artifacts import ONNX, ONNXRUNTIME, OPENVINO, TENSORRT_PLAN, artifact_kind, batch_invariant
-
-from tki_sdk.runtime.engine.artifact_check import VERIFY_MODES, checked_artifact_path
+from tki_sdk.common.artifacts import (
+    ONNX,
+    ONNXRUNTIME,
+    OPENVINO,
+    TENSORRT_PLAN,
+    artifact_kind,
+    batch_invariant,
+)
 from tki_sdk.common.model_metadata import METADATA_FILE, ModelMetadata
+from tki_sdk.runtime.engine.artifact_check import VERIFY_MODES, checked_artifact_path
+from tki_sdk.runtime.engine.images import ImageItem, ImageLoadError
+from tki_sdk.runtime.engine.openvino_runner import openvino_version
+from tki_sdk.runtime.engine.ort_session import TENSORRT, OrtSession
 from tki_sdk.runtime.engine.preprocess import Preprocessor
+from tki_sdk.runtime.engine.tensorrt_runner import tensorrt_version
+from tki_sdk.runtime.native import import_onnxruntime
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +83,9 @@ def available_backends() -> dict[str, Any]:
         out["onnxruntime"] = {"version": ort.__version__, "providers": ort.get_available_providers()}
     except ImportError:
         pass
-    from tki_sdk.runtime.engine.openvino_runner import openvino_version
 
     if openvino_version():
         out["openvino"] = {"version": openvino_version()}
-    from tki_sdk.runtime.engine.tensorrt_runner import tensorrt_version
 
     if tensorrt_version():
         out["tensorrt"] = {"version": tensorrt_version()}
@@ -296,8 +304,6 @@ class Embedder:
 
     def _init_onnxruntime(self, providers: Sequence[Any] | None, threads: int | None, spin: bool,
                           io_binding: bool | None, cuda_graph: bool) -> None:
-        from tki_sdk.runtime.native import import_onnxruntime
-        from tki_sdk.runtime.engine.ort_session import TENSORRT, OrtSession
 
         import_onnxruntime()  # refuses, in one line, an import order that would crash the process
         if threads is not None and int(threads) < 1:

@@ -38,10 +38,18 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from tki_sdk.common.artifacts import ONNXRUNTIME, OPENVINO, TENSORRT, artifact_kind, batch_invariant
+from tki_sdk.common.artifacts import (
+    ONNXRUNTIME,
+    OPENVINO,
+    TENSORRT,
+    artifact_kind,
+    batch_invariant,
+)
 from tki_sdk.common.contract import ContractError, JsonContract, check_version
 from tki_sdk.common.cpu import CpuInfo, cpu_info
 from tki_sdk.common.versions import package_versions
+from tki_sdk.runtime.engine.openvino_runner import openvino_version
+from tki_sdk.runtime.engine.ort_session import OrtSession, SessionConfig
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +79,6 @@ def installed_engines() -> dict[str, str]:
         out[ONNXRUNTIME] = str(import_onnxruntime().__version__)
     except ImportError:
         pass
-    from tki_sdk.runtime.engine.openvino_runner import openvino_version
 
     v = openvino_version()
     if v:
@@ -192,7 +199,6 @@ def make_runner(c: Candidate, model_dir: Path, metadata: Any, threads: int | Non
         from tki_sdk.runtime.engine.openvino_runner import OpenVINORunner
 
         return OpenVINORunner(path, threads, input_name=metadata.input_name, output_name=metadata.output_name).run
-    from tki_sdk.runtime.engine.ort_session import OrtSession, SessionConfig
 
     s = OrtSession(path, SessionConfig(device="cpu", threads=threads, spin=False, io_binding=False,
                                        input_name=metadata.input_name, output_name=metadata.output_name))

@@ -34,9 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from tki_sdk.common.model_metadata import TEXT_INPUT_NAMES, TEXT_OUTPUT_NAME, ModelMetadata
+from tki_sdk.common.model_metadata import (
+    TEXT_INPUT_NAMES,
+    TEXT_OUTPUT_NAME,
+    ModelMetadata,
+)
 from tki_sdk.runtime.engine.artifact_check import checked_artifact_path
 from tki_sdk.runtime.engine.tokenizer import ClipTokenizer
+from tki_sdk.runtime.native import import_onnxruntime
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +83,6 @@ class TextEncoder:
                  output_space: str, curvature: float | None, domain_vectors: np.ndarray | None,
                  prompt: dict[str, Any], default_query: str, input_names: Sequence[str], output_name: str,
                  threads: int | None = None, providers: Sequence[Any] | None = None) -> None:
-        from tki_sdk.runtime.native import import_onnxruntime
 
         ort = import_onnxruntime()
         self.tokenizer = ClipTokenizer(vocab_path, context_length)

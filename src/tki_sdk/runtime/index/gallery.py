@@ -60,11 +60,22 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from tki_sdk.common.errors import one_line, printable
+from tki_sdk.common.atomic import fsync_file
 from tki_sdk.common.contract import ContractError
+from tki_sdk.common.errors import one_line, printable
 from tki_sdk.common.gallery_manifest import MANIFEST_FILE, GalleryManifest
 from tki_sdk.common.index_config import IndexConfig
-
+from tki_sdk.runtime.index import poincare
+from tki_sdk.runtime.index.backends import (
+    DEFAULT_BACKEND,
+    GraphIndex,
+    check_backend,
+    graph_metric,
+    legacy_graph_metric,
+    make_graph,
+)
+from tki_sdk.runtime.index.metadata_store import MetadataStore
+from tki_sdk.runtime.index.rwlock import ReadWriteLock
 from tki_sdk.runtime.index.store import (
     KEYS_FILE,
     META_FILE,
@@ -78,18 +89,12 @@ from tki_sdk.runtime.index.store import (
     save_version,
     verify_files,
 )
-from tki_sdk.runtime.index import poincare
-from tki_sdk.runtime.index.backends import (
-    DEFAULT_BACKEND,
-    GraphIndex,
-    check_backend,
-    graph_metric,
-    legacy_graph_metric,
-    make_graph,
+from tki_sdk.runtime.index.tuning import (
+    DEFAULT_CANDIDATES,
+    TuningResult,
+    choose_expansion_search,
+    exact_topk,
 )
-from tki_sdk.runtime.index.metadata_store import MetadataStore
-from tki_sdk.runtime.index.rwlock import ReadWriteLock
-from tki_sdk.runtime.index.tuning import DEFAULT_CANDIDATES, TuningResult, choose_expansion_search, exact_topk
 from tki_sdk.runtime.native import usearch_index
 
 log = logging.getLogger(__name__)
@@ -780,7 +785,6 @@ class Gallery:
         return root
 
     def _write_version(self, d: Path) -> None:
-        from tki_sdk.common.atomic import fsync_file
 
         if not self.exact:
             self._index.save(d)

@@ -66,6 +66,11 @@ from typing import Any
 import numpy as np
 
 from tki_sdk.common.errors import EXIT_FAILED, EXIT_USAGE, UsageError
+from tki_sdk.common.model_metadata import ModelMetadata
+from tki_sdk.runtime.engine.embedder import Embedder
+from tki_sdk.runtime.engine.images import ImageLoadError
+from tki_sdk.runtime.engine.preprocess import Preprocessor
+from tki_sdk.runtime.pipeline import ray_reaper
 from tki_sdk.runtime.pipeline.embed_run import Checkpointer, trace_embedded
 from tki_sdk.runtime.pipeline.ingest import SourceFile
 
@@ -132,8 +137,6 @@ class RayOptions:
 
 @functools.lru_cache(maxsize=4)
 def _preprocessor(model_dir: str, preprocess_json: str) -> Any:
-    from tki_sdk.common.model_metadata import ModelMetadata
-    from tki_sdk.runtime.engine.preprocess import Preprocessor
 
     return Preprocessor.from_metadata(ModelMetadata.load(model_dir), **json.loads(preprocess_json))
 
@@ -141,7 +144,6 @@ def _preprocessor(model_dir: str, preprocess_json: str) -> Any:
 def decode_batch(batch: dict[str, np.ndarray], model_dir: str, preprocess_json: str) -> dict[str, np.ndarray]:
     """Ray task: rows ``key, path, rel`` -> ``key, rel, pixels [n, 3, H, W] float32, error`` (``""`` for a
     good row; the reason, as :meth:`Embedder.embed_images` words it, otherwise)."""
-    from tki_sdk.runtime.engine.images import ImageLoadError
 
     pre = _preprocessor(model_dir, preprocess_json)
     h, w = pre.size
@@ -166,7 +168,6 @@ class EmbedActor:
 
     def __init__(self, model_dir: str, precision: str | None, threads: int, gpus: float,
                  decode: bool = False, batch_size: int = 32, preprocess_json: str = "{}") -> None:
-        from tki_sdk.runtime.engine.embedder import Embedder
 
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpus > 0 else ["CPUExecutionProvider"]
         self.embedder = Embedder(model_dir, precision=precision, threads=threads, providers=providers,
@@ -346,7 +347,6 @@ def _session_dir(ray: Any) -> str | None:
 
 def _start_local_ray(ray: Any, opts: RayOptions) -> Any:
     """``ray.init`` of a local Ray for this run, under a watchdog (:mod:`tki_sdk.runtime.pipeline.ray_reaper`)."""
-    from tki_sdk.runtime.pipeline import ray_reaper
 
     ray_reaper.sweep_stale()
     dog = ray_reaper.start_watchdog()

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from tki_sdk.common.atomic import atomic_write_bytes
 from tki_sdk.common.contract import ContractError, check_version
@@ -185,7 +186,6 @@ def _table(rows: ShardRows, info: ShardInfo) -> Any:
 def write_shard(folder: str | os.PathLike, rows: ShardRows, info: ShardInfo) -> Path:
     """Write ``rows`` as a new shard in ``folder`` (created if needed), atomically; returns its path."""
     import_pyarrow()
-    import pyarrow.parquet as pq
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -208,7 +208,6 @@ def shard_sha256(path: str | os.PathLike) -> str:
 def shard_width(path: str | os.PathLike) -> int:
     """The width ``D`` of the shard's ``embedding`` column as stored (``fixed_size_list<float32>[D]``)."""
     import_pyarrow()
-    import pyarrow.parquet as pq
 
     try:
         field_ = pq.read_schema(path).field("embedding")
@@ -220,7 +219,6 @@ def shard_width(path: str | os.PathLike) -> int:
 def read_shard_info(path: str | os.PathLike) -> ShardInfo:
     """The :class:`ShardInfo` of one shard; ``ContractError`` when it is not a readable tki shard."""
     import_pyarrow()
-    import pyarrow.parquet as pq
 
     try:
         schema = pq.read_schema(path)
@@ -251,7 +249,6 @@ def iter_shard_batches(
     ``embedding_hash``; a page that fails, a file that cannot be decoded, a vector that differs from its hash
     or a width other than the metadata's raise :class:`ShardDamagedError` (one line naming the shard)."""
     import_pyarrow()
-    import pyarrow.parquet as pq
 
     try:
         pf = pq.ParquetFile(path, page_checksum_verification=True)

@@ -18,6 +18,8 @@ from typing import Protocol
 
 import numpy as np
 
+from tki_sdk.runtime.index.backends.usearch_graph import UsearchGraph
+
 __all__ = ["GraphIndex", "BACKENDS", "DEFAULT_BACKEND", "graph_metric", "legacy_graph_metric", "make_graph",
            "check_backend"]
 
@@ -87,7 +89,6 @@ def make_graph(name: str, *, ndim: int, metric: str, dtype: str, connectivity: i
 
         return HnswlibGraph(ndim=ndim, metric=metric, connectivity=connectivity, expansion_add=expansion_add,
                             expansion_search=expansion_search)
-    from tki_sdk.runtime.index.backends.usearch_graph import UsearchGraph
 
     return UsearchGraph(ndim=ndim, metric=metric, dtype=dtype, connectivity=connectivity,
                         expansion_add=expansion_add, expansion_search=expansion_search)
