@@ -100,3 +100,17 @@ def test_pipeline_errors_are_its_own_and_one_line(export, tmp_path):
     with pytest.raises(PipelineError) as e:
         embed_folder(EmbedConfig(images=tmp_path / "missing", out=tmp_path / "g", model=model))
     assert "images" in str(e.value) and "\n" not in str(e.value) and e.value.code == 2
+
+
+def test_tki_index_names_the_gallery_flag_when_the_gallery_path_cannot_be_written(tmp_path, capsys):
+    """A --gallery under a plain file is refused in one line naming --gallery (it used to name --out)."""
+    from tki_sdk.cli.runtime import main
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "part-00000.parquet").write_bytes(b"")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(["index", "--from-parquet", str(shards), "--gallery", str(blocker / "g")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--gallery" in err[0] and "--out" not in err[0], err

@@ -308,7 +308,7 @@ def parse_where(items: Sequence[str]) -> dict[str, list[Any]] | None:
 
 # ---------------------------------------------------------------------------------------------- embed
 #: How ``tki index`` names the fields its pipeline errors mention (it has no --overwrite of its own).
-INDEX_FLAGS = {"overwrite": "a new --gallery path", "connectivity": "--connectivity",
+INDEX_FLAGS = {"overwrite": "a new --gallery path", "gallery": "--gallery", "connectivity": "--connectivity",
                "expansion_add": "--expansion-add", "wait": "--no-wait", "exact": "--exact", "dtype": "--dtype"}
 
 
@@ -331,19 +331,6 @@ def _guarded(prog: str, run: Any, args: argparse.Namespace, interrupted: str,
 def run_embed(args: argparse.Namespace) -> int:
     """``tki embed``: returns the exit status."""
     return _guarded("tki embed", _run_embed, args, "interrupted; re-run the same command to resume")
-
-
-def _check_out_writable(out: Path) -> None:
-    """Refuse, before any work, an ``--out`` whose nearest existing folder cannot be written."""
-    probe = out
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise UsageError(f"--out {out}: {probe} is a file, not a folder; choose another --out")
-    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {out}: folder {probe} is not writable; choose another --out")
 
 
 def _open_errors_file(path: str) -> Any:
@@ -466,7 +453,9 @@ def _run_index(args: argparse.Namespace) -> int:
     src, gpath = Path(args.from_parquet), Path(args.gallery)
     if not src.is_dir():
         raise UsageError(f"--from-parquet {src} is not a folder of shards")
-    _check_out_writable(gpath)
+    from tki_sdk.runtime.pipeline.job import check_writable
+
+    check_writable(gpath, field="gallery")
     errors_f = _open_errors_file(args.errors) if args.errors else None
     try:
         t0 = time.perf_counter()

@@ -85,7 +85,7 @@ def check_paths(config: EmbedConfig) -> None:
         raise PipelineError(f"{{images}} {images} does not exist or is not a folder", fields=("images",))
     if out.exists() and not is_gallery(out) and not (out.is_dir() and is_empty_dir(out)):
         raise PipelineError(f"{{out}} {out} exists and is not a gallery; choose a new path", fields=("out",))
-    _check_writable(out)
+    check_writable(out)
     if config.manifest is not None and not Path(config.manifest).is_file():
         raise PipelineError(f"{{manifest}} {config.manifest} is not a file", fields=("manifest",))
     if config.manifest is None and not is_gallery(out) and next(iter(walk_images(images)), None) is None:
@@ -103,16 +103,18 @@ def check_paths(config: EmbedConfig) -> None:
         check_same_graph(out, built, connectivity=config.connectivity, expansion_add=config.expansion_add)
 
 
-def _check_writable(out: Path) -> None:
+def check_writable(out: Path, field: str = "out") -> None:
+    """Refuse (naming ``field``), before any work, a gallery path whose nearest existing folder is a file or
+    cannot be written."""
     probe = out
     while not probe.exists():
         if probe.parent == probe:
             break
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise PipelineError(f"{{out}} {out}: {probe} is a file, not a folder; choose another", fields=("out",))
+        raise PipelineError(f"{{{field}}} {out}: {probe} is a file, not a folder; choose another", fields=(field,))
     if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
-        raise PipelineError(f"{{out}} {out}: folder {probe} is not writable; choose another", fields=("out",))
+        raise PipelineError(f"{{{field}}} {out}: folder {probe} is not writable; choose another", fields=(field,))
 
 
 def make_embedder(config: EmbedConfig) -> Embedder:
