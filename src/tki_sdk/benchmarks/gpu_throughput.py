@@ -61,8 +61,8 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import logging
 import os
-import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -113,6 +113,10 @@ FP16_PEAKS = (("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H
 
 
 # ------------------------------------------------------------------------------------------------ data
+#: Status lines of a long run (shown by the console scripts like progress; library code never prints).
+_status = logging.getLogger("tki_sdk.progress.bench_gpu")
+
+
 def pick_files(root: Path, n: int, exts: Sequence[str] | None = None) -> list[Path]:
     """``n`` image files spread evenly over the sorted file list of ``root`` (all domains and classes);
     deterministic. Fewer when the folder holds fewer. ``exts``: suffixes to take (default
@@ -436,7 +440,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def say(msg: str) -> None:
         if progress:
-            print(f"[gpu] {msg}", file=sys.stderr, flush=True)
+            _status.info(f"[gpu] {msg}")
 
     device = _device(torch, args.device_id, st["device"])
     if device.type == "cuda":

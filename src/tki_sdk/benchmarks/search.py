@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
 import os
 import tempfile
@@ -82,6 +83,10 @@ FULL_DEFAULTS = {"sizes": [1_000_000], "dim": 512, "queries": 1000, "connectivit
 QUICK_DEFAULTS = {"sizes": [20_000], "dim": 256, "queries": 300, "connectivity": [16],
                   "expansion_search": [16, 32, 64, 128, 256], "data": ["embedding"]}
 INDEXES = ("gallery", "faiss-hnsw", "faiss-ivf", "faiss-ivfpq")
+
+
+#: Status lines of a long run (shown by the console scripts like progress; library code never prints).
+_status = logging.getLogger("tki_sdk.progress.bench_search")
 
 
 def _usable_cpus() -> int:
@@ -655,7 +660,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         for label, desc, base, queries in _data_sets(args, kinds, sizes, dim, nq):
             if progress:
-                print(f"search: {label} d={dim} queries={nq} threads={threads}", flush=True)
+                _status.info(f"search: {label} d={dim} queries={nq} threads={threads}")
             r = run_comparison(base, queries, label=label, **common)
             runs.append({**r, "data": desc})
             del base

@@ -47,6 +47,7 @@ from tki_sdk.common.artifacts import (
 )
 from tki_sdk.common.contract import ContractError, JsonContract, check_version
 from tki_sdk.common.cpu import CpuInfo, cpu_info
+from tki_sdk.common.model_metadata import ModelMetadata
 from tki_sdk.common.versions import package_versions
 from tki_sdk.runtime.engine.openvino_runner import openvino_version
 from tki_sdk.runtime.engine.ort_session import OrtSession, SessionConfig
@@ -166,7 +167,7 @@ class EngineChoiceCache(JsonContract):
         return self.cpu_key == cpu.key and self.versions == versions
 
 
-def candidates(metadata: Any, model_dir: Path, engines: Sequence[str]) -> list[Candidate]:
+def candidates(metadata: ModelMetadata, model_dir: Path, engines: Sequence[str]) -> list[Candidate]:
     """The ``(artifact, engine)`` pairs that may be chosen (see the module docstring), in ``tki.json`` order."""
     out: list[Candidate] = []
     for key, art in (metadata.artifacts or {}).items():
@@ -192,7 +193,7 @@ def candidates(metadata: Any, model_dir: Path, engines: Sequence[str]) -> list[C
     return out
 
 
-def make_runner(c: Candidate, model_dir: Path, metadata: Any, threads: int | None) -> Callable[[np.ndarray], Any]:
+def make_runner(c: Candidate, model_dir: Path, metadata: ModelMetadata, threads: int | None) -> Callable[[np.ndarray], Any]:
     """``run(x)`` of one candidate, built as the Embedder builds it (CPU, ``threads``, no spinning)."""
     path = model_dir / c.file
     if c.engine == OPENVINO:
@@ -205,7 +206,7 @@ def make_runner(c: Candidate, model_dir: Path, metadata: Any, threads: int | Non
     return s.run
 
 
-def measure_candidates(cands: Sequence[Candidate], model_dir: Path, metadata: Any, threads: int | None,
+def measure_candidates(cands: Sequence[Candidate], model_dir: Path, metadata: ModelMetadata, threads: int | None,
                        batch_size: int = 8, rounds: int = 3,
                        runner_factory: Callable[..., Callable[[np.ndarray], Any]] = make_runner) -> dict[str, float]:
     """img/s of each candidate (see the module docstring); a candidate that fails to build or run is left out
@@ -239,7 +240,7 @@ def _entry_key(cands: Sequence[Candidate], threads: int | None, batch_size: int)
 
 
 def choose_engine(
-    metadata: Any,
+    metadata: ModelMetadata,
     model_dir: str | os.PathLike,
     threads: int | None = None,
     *,

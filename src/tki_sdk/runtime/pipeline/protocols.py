@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from tki_sdk.common.model_metadata import ModelMetadata
+
 __all__ = ["EmbedResultLike", "EmbedderLike", "GalleryLike"]
 
 
@@ -28,7 +30,7 @@ class EmbedderLike(Protocol):
 
     model_fingerprint: str
     embedding_dim: int
-    metadata: Any  #: the export's ModelMetadata (metric, model summary for the gallery)
+    metadata: ModelMetadata  #: the export's tki.json (metric, model summary for the gallery)
 
     def embed_images(self, items: Sequence[str | os.PathLike[str]], *, batch_size: int = ...,
                      workers: int | None = ..., progress: Any = ...) -> EmbedResultLike: ...
