@@ -44,6 +44,9 @@ class _Silent:
     def set_description(self, desc: str = "", refresh: bool = True) -> None:
         pass
 
+    def set_description_str(self, desc: str = "", refresh: bool = True) -> None:
+        self.set_description(desc, refresh)
+
     def close(self) -> None:
         pass
 

@@ -44,7 +44,6 @@ import datetime as _dt
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -69,6 +68,7 @@ from tki_sdk.common.model_metadata import (
     PreprocessConfig,
     sha256_file,
 )
+from tki_sdk.common.progress import progress_bar
 from tki_sdk.common.versions import (
     EXPORT_DISTRIBUTIONS,
     TRAIN_DISTRIBUTIONS,
@@ -269,13 +269,11 @@ def _versions() -> dict[str, str]:
 
 
 class _Steps:
-    """One tqdm bar over the export steps (descriptions say what runs)."""
+    """Progress over the export steps (descriptions say what runs): a bar on a terminal, one line per step
+    elsewhere (:mod:`tki_sdk.common.progress`)."""
 
     def __init__(self, total: int, enabled: bool) -> None:
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total, desc="tki-export", unit="step", disable=not enabled, file=sys.stderr,
-                        bar_format="{desc:<58} {n_fmt}/{total_fmt} [{elapsed}]")
+        self.bar = progress_bar(total, "tki-export", unit="step", enabled=enabled, interval=0.0)
 
     def start(self, desc: str) -> None:
         self.bar.set_description_str(desc)

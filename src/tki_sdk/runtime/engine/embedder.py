@@ -36,6 +36,7 @@ from tki_sdk.common.artifacts import (
     batch_invariant,
 )
 from tki_sdk.common.model_metadata import METADATA_FILE, ModelMetadata
+from tki_sdk.common.progress import progress_bar
 from tki_sdk.runtime.engine.artifact_check import VERIFY_MODES, checked_artifact_path
 from tki_sdk.runtime.engine.images import ImageItem, ImageLoadError
 from tki_sdk.runtime.engine.openvino_runner import openvino_version
@@ -383,7 +384,7 @@ class Embedder:
 
         Decoding and preprocessing run in a pool of ``workers`` threads (default ``min(8, cpu_count)``) over a
         bounded window of ``prefetch_batches * batch_size`` items, while the calling thread runs the model on
-        the previous batch; input order is kept. ``progress``: ``True`` for a tqdm bar, or a callable
+        the previous batch; input order is kept. ``progress``: ``True`` for progress (:mod:`tki_sdk.common.progress`), or a callable
         ``(done, total)``. ``1 <= batch_size <= MAX_BATCH_SIZE`` (1,024).
         """
         batch_size = int(batch_size)
@@ -409,11 +410,7 @@ class Embedder:
                 with decode_lock:
                     decode_s[0] += d
 
-        bar = None
-        if progress is True:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=total, unit="img", desc="embed", dynamic_ncols=True)
+        bar = progress_bar(total, "embed", unit="img") if progress is True else None
         callback = progress if callable(progress) else None
 
         embeddings: list[np.ndarray] = []

@@ -67,6 +67,7 @@ import numpy as np
 
 from tki_sdk.common.errors import EXIT_FAILED, EXIT_USAGE, UsageError
 from tki_sdk.common.model_metadata import ModelMetadata
+from tki_sdk.common.progress import progress_bar
 from tki_sdk.runtime.engine.embedder import Embedder
 from tki_sdk.runtime.engine.images import ImageLoadError
 from tki_sdk.runtime.engine.preprocess import Preprocessor
@@ -398,9 +399,7 @@ def embed_ray(todo: Sequence[SourceFile], checkpoints: Checkpointer, opts: RayOp
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(todo), unit="img", desc="embed (ray)", dynamic_ncols=True)
+            bar = progress_bar(len(todo), "embed (ray)", unit="img")
         by_key = {s.key: s for s in todo}
         remaining = list(todo)
         for _attempt in range(2):
