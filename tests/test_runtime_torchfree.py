@@ -60,3 +60,26 @@ def test_runtime_works_with_torch_blocked(tmp_path, pacs_dir):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "BLOCKED-OK" in r.stdout and "RUNTIME-OK" in r.stdout
+
+
+def test_a_runtime_only_install_imports_every_runtime_module_without_the_distributed_extra():
+    """``pip install tki-sdk[runtime]`` has neither torch nor Ray nor psutil (the distributed extra's): every
+    runtime and CLI module must still import (``tki embed`` imported the Ray watchdog's psutil at load)."""
+    code = textwrap.dedent("""
+        import importlib, pkgutil, sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "torchvision", "open_clip", "geoopt", "ray", "psutil"):
+                    raise ImportError(f"blocked: {name}")
+        sys.meta_path.insert(0, Block())
+        import tki_sdk.runtime, tki_sdk.cli.main, tki_sdk.cli.runtime
+        bad = []
+        for m in pkgutil.walk_packages(tki_sdk.runtime.__path__, "tki_sdk.runtime."):
+            try:
+                importlib.import_module(m.name)
+            except ImportError as e:
+                bad.append(f"{m.name}: {e}")
+        print(bad)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr[-2000:]

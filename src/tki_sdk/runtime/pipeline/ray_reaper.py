@@ -37,8 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from tki_sdk.common.extras import missing_extra
 from tki_sdk.runtime.engine.engine_choice import cache_dir
 
 __all__ = ["Watchdog", "start_watchdog", "sweep_stale", "session_processes", "kill_processes", "records_dir",
@@ -50,6 +49,15 @@ log = logging.getLogger(__name__)
 POLL_S = 0.5
 
 
+def _psutil() -> Any:
+    """``psutil`` (the ``distributed`` extra brings it; only a Ray run needs it)."""
+    try:
+        import psutil
+    except ImportError as e:
+        raise missing_extra("--engine ray needs psutil to stop its local Ray", "distributed") from e
+    return psutil
+
+
 def records_dir() -> Path:
     """``<cache>/ray-sessions``: one JSON record per run that started a local Ray."""
     return cache_dir() / "ray-sessions"
@@ -57,8 +65,8 @@ def records_dir() -> Path:
 
 def _start_time(pid: int) -> float | None:
     try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return _psutil().Process(pid).create_time()
+    except (_psutil().NoSuchProcess, _psutil().AccessDenied):
         return None
 
 
@@ -70,9 +78,9 @@ def _alive(pid: int | None, started: float | None) -> bool:
     if t is None:
         return False
     try:
-        if psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE:
+        if _psutil().Process(int(pid)).status() == _psutil().STATUS_ZOMBIE:
             return False
-    except psutil.Error:
+    except _psutil().Error:
         return False
     return started is None or abs(t - float(started)) < 1.0
 
@@ -88,22 +96,22 @@ def session_processes(session_dir: str | None, known: dict[int, float] | None = 
             found[pid] = started
     if session_dir:
         marker = str(session_dir)
-        for p in psutil.process_iter(["pid", "cmdline", "create_time"]):
+        for p in _psutil().process_iter(["pid", "cmdline", "create_time"]):
             if p.info["pid"] in exclude:
                 continue
             try:
                 hit = any(marker in a for a in (p.info["cmdline"] or ()))
                 if not hit:
                     hit = any(f.path.startswith(marker) for f in p.open_files())
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            except (_psutil().NoSuchProcess, _psutil().AccessDenied, _psutil().ZombieProcess):
                 continue
             if hit:
                 found[p.info["pid"]] = p.info["create_time"]
     for pid in list(found):
         try:
-            for c in psutil.Process(pid).children(recursive=True):
+            for c in _psutil().Process(pid).children(recursive=True):
                 found.setdefault(c.pid, c.create_time())
-        except psutil.Error:
+        except _psutil().Error:
             continue
     for pid in exclude:
         found.pop(pid, None)
@@ -117,24 +125,24 @@ def kill_processes(procs: dict[int, float], timeout: float = 10.0) -> list[int]:
     for pid, started in procs.items():
         if _alive(pid, started):
             try:
-                p = psutil.Process(pid)
+                p = _psutil().Process(pid)
                 p.send_signal(signal.SIGKILL)
                 targets.append(p)
-            except psutil.Error:
+            except _psutil().Error:
                 continue
-    _, alive = psutil.wait_procs(targets, timeout=timeout)
-    return [p.pid for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    _, alive = _psutil().wait_procs(targets, timeout=timeout)
+    return [p.pid for p in alive if p.is_running() and p.status() != _psutil().STATUS_ZOMBIE]
 
 
 def child_pids() -> set[int]:
     """The pids of this process's children."""
-    return {c.pid for c in psutil.Process().children()}
+    return {c.pid for c in _psutil().Process().children()}
 
 
 def _children(pid: int) -> dict[int, float]:
     try:
-        return {c.pid: c.create_time() for c in psutil.Process(pid).children()}
-    except psutil.Error:
+        return {c.pid: c.create_time() for c in _psutil().Process(pid).children()}
+    except _psutil().Error:
         return {}
 
 
