@@ -7,13 +7,19 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 NAME=${1:-fresh-clone}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
+# the demo reads PACS beside the checkout; the clone lives elsewhere, so point it at this checkout's copy
+if [ -z "${TKI_PACS_DIR:-}" ] && [ -d "$REPO/../shared/data/pacs/images" ]; then
+    export TKI_PACS_DIR="$REPO/../shared/data/pacs/images"
+fi
+fail() { echo "quickstart-timing: $1 failed; its log:" >&2; tail -20 "$2" >&2; exit 1; }
 git clone -q "$REPO" "$WORK/tki-sdk"
 cd "$WORK/tki-sdk"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 T0=$(date +%s.%N)
-PIP_NO_CACHE_DIR=1 bash -c 'python3 -m venv .venv && .venv/bin/pip install --quiet -e ".[all]"' > "$WORK/install.log" 2>&1
+PIP_NO_CACHE_DIR=1 bash -c 'python3 -m venv .venv && .venv/bin/pip install --quiet -e ".[all]"' > "$WORK/install.log" 2>&1 \
+    || fail install "$WORK/install.log"
 T1=$(date +%s.%N)
-.venv/bin/tki demo > "$WORK/demo.log" 2>&1
+.venv/bin/tki demo > "$WORK/demo.log" 2>&1 || fail "tki demo" "$WORK/demo.log"
 T2=$(date +%s.%N)
 LINES=$(wc -l < "$WORK/demo.log")
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
