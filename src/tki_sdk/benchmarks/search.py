@@ -54,6 +54,7 @@ from tki_sdk.benchmarks.search_data import (
     normalize,
 )
 from tki_sdk.common.errors import UsageError
+from tki_sdk.common.index_config import IndexConfig
 
 __all__ = [
     "clustered_unit_vectors",
@@ -290,8 +291,8 @@ def run_comparison(
     *,
     k: int = 10,
     dtypes: Sequence[str] = ("f32", "f16", "i8", "hnswlib"),
-    connectivity: Sequence[int] = (16,),
-    expansion_add: int = 128,
+    connectivity: Sequence[int] = (IndexConfig.connectivity,),
+    expansion_add: int = IndexConfig.expansion_add,
     expansion_search: Sequence[int] = tuple(EF_SWEEP),
     indexes: Sequence[str] = INDEXES,
     faiss_max_nlist: int = 4096,
