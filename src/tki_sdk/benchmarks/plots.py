@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tki_sdk.common.index_config import IndexConfig
+
 __all__ = ["plot_pareto", "plot_recall_qps", "plot_throughput", "plot_latency", "plot_grouped_bars"]
 
 
