@@ -346,6 +346,8 @@ class _ExportRun:
         self.timing: dict[str, dict[str, float]] = {}
         self.metadata: ModelMetadata | None = None
         self.text_export: Any = None
+        #: The text artifact's parity when it missed and was left out (``parity.json`` records it).
+        self.text_dropped: ParityResult | None = None
 
     def path(self, key: str) -> Path:
         """Where artifact ``key`` is built (its file name from the artifact table)."""
@@ -402,6 +404,14 @@ class _ExportRun:
             self.text_export = export_text(self.model, self.stage, opset=self.cfg.opset, threads=self.cfg.threads)
         except TextUnsupported as e:
             self.warnings.append(str(e))
+        te = self.text_export
+        if te is not None and not te.parity.passed and not self.cfg.allow_parity_failure:
+            # the text artifact is an addition to the image export: one that misses parity is left out (and
+            # recorded in parity.json), never shipped, and never the reason the image artifacts are not
+            self.text_dropped = te.parity
+            self.text_export = None
+            self.warnings.append(f"text artifact not exported: {te.parity.failure_line()}; this export cannot "
+                                 "search by text (parity.json has the details)")
         self.steps.done()
 
     def _text_failures(self) -> list[ParityResult]:
@@ -595,6 +605,8 @@ class _ExportRun:
             "artifacts": {k: r.to_dict() for k, r in self.parity.items()},
             **self.extra_parity,
             **({"text": {te.parity.artifact: te.parity.to_dict()}} if te is not None else {}),
+            **({"text_not_exported": {self.text_dropped.artifact: self.text_dropped.to_dict()}}
+               if self.text_dropped is not None else {}),
         })
         if not failures or cfg.allow_parity_failure:
             for r in failures:
