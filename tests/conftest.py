@@ -54,3 +54,15 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         steps_expand=5, steps_aggregate=10, seed=0, progress=False,
     )
     return train(cfg)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray with 2 CPUs for one test module (Ray imported here, only by the tests that ask for it);
+    yields its address."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()

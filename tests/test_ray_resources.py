@@ -95,15 +95,6 @@ def test_iter_with_stall_passes_items_and_stops_on_a_stall():
 
 # ---------------------------------------------------------------------------------------------- real Ray
 @pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def export(tmp_path_factory):
     return make_tiny_export(tmp_path_factory.mktemp("export") / "tiny")[0]
 
