@@ -195,7 +195,7 @@ def test_decompression_bomb_refused_from_header_without_allocating():
     t = time.perf_counter()
     with pytest.raises(ImageLoadError, match="too many pixels"):
         load_image(data)
-    assert time.perf_counter() - t < 1.0  # 10.8 GB of RGB would take far longer to allocate and inflate
+    assert time.perf_counter() - t < 10.0  # allocating and inflating 10.8 GB of RGB would take minutes
     # the limit is per call: a 120x100 image under a 10,000-pixel limit is refused by our own check
     buf = io.BytesIO()
     Image.new("RGB", (120, 100)).save(buf, format="PNG")

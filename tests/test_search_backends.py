@@ -4,9 +4,7 @@ save / load, refusals in one line, and searches from several threads running tog
 from __future__ import annotations
 
 import json
-import os
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -234,11 +232,13 @@ def test_two_searches_are_inside_the_hnswlib_graph_at_once():
 
 
 @pytest.mark.parametrize("index", BACKENDS)
-def test_concurrent_searches_equal_serial_and_run_in_parallel_where_the_backend_allows(index):
+def test_concurrent_searches_equal_serial(index):
+    """Eight threads searching one gallery at once get exactly the serial answer. Whether they overlap inside
+    the graph is shown without a clock by ``test_two_searches_are_inside_the_hnswlib_graph_at_once``; the
+    speed-up itself is measured by ``tki-bench``, not asserted here."""
     g, q = _gallery(index)
     serial = [g.search(q, 10) for _ in range(2)]
     np.testing.assert_array_equal(serial[0][0], serial[1][0])
-    one = min(_timed(lambda: g.search(q, 10)) for _ in range(3))
     results: list = [None] * 8
     start = threading.Barrier(8, timeout=60)
 
@@ -247,19 +247,11 @@ def test_concurrent_searches_equal_serial_and_run_in_parallel_where_the_backend_
         results[i] = g.search(q, 10)
 
     ts = [threading.Thread(target=run, args=(i,)) for i in range(8)]
-    t0 = time.perf_counter()
     [t.start() for t in ts]
     [t.join(120) for t in ts]
-    wall = time.perf_counter() - t0
     for keys, dist in results:
         np.testing.assert_array_equal(keys, serial[0][0])
         np.testing.assert_array_equal(dist, serial[0][1])
-    if not g._index.parallel_search:
-        return  # usearch: one at a time, correct answers are what this shows
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    if load > cores:  # every core already busy: extra threads get no extra CPU, the speed-up cannot show
-        pytest.skip(f"machine saturated (load {load:.1f} on {cores} cores): 8 searches {wall:.2f} s, one {one:.2f} s")
-    assert wall < 6 * one, (wall, one)  # 8 one-thread searches on 2+ cores: well below 8x one (serialised: ~8x)
 
 
 def test_hnswlib_searches_release_the_gil():
@@ -276,7 +268,3 @@ def test_hnswlib_searches_release_the_gil():
     assert turns > 200_000, turns
 
 
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
