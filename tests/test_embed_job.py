@@ -20,7 +20,8 @@ from tki_sdk.cli.base import OneLineParser
 from tki_sdk.runtime import Gallery, Preprocessor
 from tki_sdk.runtime.pipeline.config import EmbedConfig
 from tki_sdk.runtime.pipeline.embed_run import JobReport
-from tki_sdk.runtime.pipeline.errors import ConfigError, PipelineError
+from tki_sdk.common.errors import ConfigError
+from tki_sdk.runtime.pipeline.errors import PipelineError
 from tki_sdk.runtime.pipeline.ingest import item_key
 from tki_sdk.runtime.pipeline.job import embed_folder
 
@@ -114,3 +115,23 @@ def test_tki_index_names_the_gallery_flag_when_the_gallery_path_cannot_be_writte
     code = main(["index", "--from-parquet", str(shards), "--gallery", str(blocker / "g")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--gallery" in err[0] and "--out" not in err[0], err
+
+
+def test_missing_ray_is_one_line_exit_3_naming_the_extra(export, tmp_path, capsys, monkeypatch):
+    """``--engine ray`` without Ray: the library raises the project's one MissingExtraError (naming the extra),
+    ``tki embed`` prints one line and exits 3; nothing is written."""
+    import sys
+
+    from tki_sdk.common.extras import MissingExtraError
+
+    model, _ = export
+    images = _images(tmp_path / "img", 2)
+    monkeypatch.setitem(sys.modules, "ray", None)  # ``import ray`` now raises ImportError
+    with pytest.raises(MissingExtraError) as e:
+        embed_folder(EmbedConfig(images=images, out=tmp_path / "g", model=model, engine="ray"))
+    assert e.value.extra == "distributed"
+    argv = ["embed", "--model", str(model), "--images", str(images), "--out", str(tmp_path / "g2"), "--engine", "ray"]
+    assert main(argv) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tki embed: error:") and "tki-sdk[distributed]" in err[0], err
+    assert not (tmp_path / "g").exists() and not (tmp_path / "g2").exists()

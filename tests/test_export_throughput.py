@@ -10,6 +10,7 @@ import pytest
 
 from export_fixtures import cosines, image_folder, torch_float64
 from tki_sdk.benchmarks import throughput
+from tki_sdk.cli.bench_options import throughput as throughput_options
 from tki_sdk.export.validate import THRESHOLDS, OrtRunner
 from tki_sdk.common.model_metadata import ModelMetadata
 
@@ -23,7 +24,7 @@ def test_measure_interleaved_alternates_calls():
 
 def test_throughput_suite_on_tiny_model(tmp_path):
     p = argparse.ArgumentParser()
-    throughput.add_arguments(p)
+    throughput_options.add_arguments(p)
     args = p.parse_args(["--model", "TKI-Tiny-ViT", "--rounds", "3", "--sweep", "2", "--precisions", "fp32,int8"])
     args.quick, args.out_dir, args.suite_dir, args.no_progress, args.name = True, tmp_path, tmp_path / "tp", True, None
     args.suite_dir.mkdir()

@@ -62,3 +62,19 @@ def test_a_planted_back_arrow_in_a_new_file_fails(tmp_path, new_file, planted, b
     res = _lint(src)
     assert res.returncode != 0
     assert "BROKEN" in res.stdout and broken in res.stdout, res.stdout[-3000:]
+
+
+def test_argparse_lives_in_cli_only():
+    """Library code takes typed configs and option objects; only ``tki_sdk/cli/`` builds parsers."""
+    import ast
+
+    offenders = []
+    for f in sorted((SRC / "tki_sdk").rglob("*.py")):
+        if "cli" in f.relative_to(SRC / "tki_sdk").parts[:1]:
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n.split(".")[0] == "argparse" for n in names):
+                offenders.append(f"{f.relative_to(SRC)}:{node.lineno}")
+    assert not offenders, offenders

@@ -19,7 +19,8 @@ import pytest
 from runtime_fixtures import copy_tree_sample, make_tiny_export, pacs_sample
 from test_embed_incremental import assert_same_gallery
 from tki_sdk.cli.runtime import main
-from tki_sdk.common.errors import UsageError
+from tki_sdk.cli.runtime import EMBED_FLAGS
+from tki_sdk.runtime.pipeline.errors import PipelineError
 from tki_sdk.runtime.pipeline.distributed import RayOptions, iter_with_stall, plan_resources
 
 ray = pytest.importorskip("ray")
@@ -64,9 +65,11 @@ def test_plan_reduces_actors_to_those_that_fit_per_node():
     ([{"CPU": 2.0}, {"CPU": 2.0}], {"cpus_per_actor": 3.0}, "--cpus-per-actor 3"),
 ])
 def test_plan_refuses_what_no_node_has(nodes, kw, words):
-    with pytest.raises(UsageError) as e:
+    with pytest.raises(PipelineError) as e:  # the library names the field, the CLI its flag
         plan_resources(nodes, opts(**kw))
-    assert e.value.code == 2 and words in str(e.value) and "\n" not in str(e.value)
+    said = e.value.render(EMBED_FLAGS)
+    assert e.value.code == 2 and words in said and "\n" not in said
+    assert words.replace("--", "").replace("-", "_") in str(e.value) and "--" not in str(e.value)
 
 
 def test_iter_with_stall_passes_items_and_stops_on_a_stall():

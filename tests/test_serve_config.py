@@ -12,7 +12,8 @@ from runtime_fixtures import make_tiny_export
 from tki_sdk.cli.base import OneLineParser
 from tki_sdk.cli.serve import add_arguments, config_from_args, flag_of
 from tki_sdk.common.errors import UsageError
-from tki_sdk.serve.config import ServeConfig, ServeConfigError
+from tki_sdk.common.errors import ConfigError
+from tki_sdk.serve.config import ServeConfig
 
 
 @pytest.fixture()
@@ -70,6 +71,6 @@ def test_units_and_errors_map_between_fields_and_flags(paths):
         with pytest.raises(UsageError) as e:
             config_from_args(_parser().parse_args(base + [flag, flag_value]))
         assert str(e.value).startswith(flag + " ") and "\n" not in str(e.value), str(e.value)
-        with pytest.raises(ServeConfigError) as e2:
+        with pytest.raises(ConfigError) as e2:
             ServeConfig(model=model, gallery=gallery, **{field_name: field_value})
         assert e2.value.field == field_name and str(e2.value).startswith(field_name)

@@ -128,7 +128,7 @@ def test_bad_train_config(tmp_path: Path) -> None:
         train(_cfg(tmp_path / "x", classes=[]))
     with pytest.raises(ValueError, match="twice"):
         train(_cfg(tmp_path / "x", classes=["dog", "dog"]))
-    with pytest.raises(ConfigError, match="^prompts: must be at least 2") as e:
+    with pytest.raises(ConfigError, match="^prompts must be at least 2") as e:
         train(_cfg(tmp_path / "x", prompts=1))
     assert e.value.field == "prompts"  # the field, not a flag: the CLI maps it (tki_sdk.cli.main.train_flag)
     with pytest.raises(ConfigError) as e:

@@ -22,7 +22,6 @@ may be shared).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
@@ -35,36 +34,14 @@ import numpy as np
 from tki_sdk.benchmarks.datasets import DomainDataset, dataset_dir
 from tki_sdk.benchmarks.results import markdown_table
 from tki_sdk.common.errors import UsageError
+from tki_sdk.benchmarks.options import SuiteOptions
 
 E2E_TARGET = 0.8
 RAY_TARGET = 0.85
 RESUME_TARGET = 0.05
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("embed")
-    g.add_argument("--model-dir", type=Path, default=None, help="export folder written by tki-export")
-    g.add_argument("--precision", default=None, help="artifact to run (default: the engine choice of Embedder(backend=\"auto\"))")
-    g.add_argument("--dataset-dir", type=Path, default=None,
-                   help="images <root>/<domain>/<class>/<file> (default $TKI_PACS_DIR or PACS beside the repository)")
-    g.add_argument("--images", type=int, default=None, help="number of files (default 1000; --quick 64)")
-    g.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
-    g.add_argument("--threads", type=int, default=2, help="onnxruntime threads (default 2)")
-    g.add_argument("--workers", type=int, default=None, help="decode threads of embed_images (default its own)")
-    g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    g.add_argument("--engine", default="local", choices=["local", "ray"],
-                   help="local: the stages of one process (default); ray: tki embed with one process vs Ray Data")
-    g.add_argument("--actors", type=int, default=1, help="--engine ray: model actors (default 1)")
-    g.add_argument("--cpus-per-actor", type=float, default=1.0, help="--engine ray: CPUs per actor (default 1)")
-    g.add_argument("--ray-cpus", type=int, default=None, help="--engine ray: CPUs of the local Ray (default all)")
-    g.add_argument("--ray-decode", default="auto", choices=["auto", "actor", "tasks"],
-                   help="--engine ray: where images are decoded (default auto: in the actors on one node)")
-    g.add_argument("--repeats", type=int, default=2,
-                   help="--engine ray: interleaved (one process, Ray) pairs; the ratio is of the medians (default 2)")
-    g.add_argument("--note", default="", help="a line recorded with the result (e.g. the machine was shared)")
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: SuiteOptions) -> dict[str, Any]:
     if getattr(args, "engine", "local") == "ray":
         return run_engines(args)
 
@@ -127,7 +104,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- engines
-def _sample_paths(args: argparse.Namespace, n: int) -> list[Path]:
+def _sample_paths(args: SuiteOptions, n: int) -> list[Path]:
 
 
     data = DomainDataset(dataset_dir(args.dataset_dir, required_by="tki-bench embed"))
@@ -161,7 +138,7 @@ def stage_costs(emb: Any, paths: list[Path], batch_size: int) -> dict[str, float
     return {"decode_s": dec / n, "preprocess_s": prep / n, "inference_s": inf / n}
 
 
-def run_engines(args: argparse.Namespace) -> dict[str, Any]:
+def run_engines(args: SuiteOptions) -> dict[str, Any]:
     """``--engine ray``: one-process and Ray Data ``tki embed`` runs on the same files, plus a resume."""
 
 

@@ -58,7 +58,6 @@ with the shortest timings. The numbers of a rehearsal mean nothing.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import gc
 import logging
@@ -87,11 +86,12 @@ from tki_sdk.benchmarks.results import markdown_table
 from tki_sdk.common.errors import UsageError
 from tki_sdk.common.imagefolders import IMAGE_SUFFIXES, list_images
 from tki_sdk.common.model_metadata import ModelMetadata
+from tki_sdk.benchmarks.options import SuiteOptions
 
 __all__ = [
     "Backend",
     "measure",
-    "add_arguments",
+    
     "run",
     "summarize",
     "end_to_end",
@@ -260,41 +260,6 @@ DRY_RUN = {"seconds": 0.1, "warmup": 1, "parity_images": 32, "e2e_images": 64}
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``tki-bench gpu``."""
-    g = parser.add_argument_group("gpu")
-    g.add_argument("--preset", choices=sorted(PRESETS), default="full",
-                   help="full: every backend (needs --model-dir for the exported ones) and end to end; budget: "
-                        "torch fp32 / fp16 / fp16 + CUDA graph from --checkpoint alone, no export (default full)")
-    g.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
-                   help="cuda (default); cpu rehearses the same steps without a GPU (numbers mean nothing)")
-    g.add_argument("--dry-run", action="store_true",
-                   help="--device cpu with the shortest timings: the whole preset end to end, to check it before "
-                        "a GPU run")
-    g.add_argument("--model-dir", type=Path, default=None,
-                   help="tki-export folder (model.onnx, model.fp16.onnx, optional model.plan); not needed when "
-                        "only torch backends run (--preset budget)")
-    g.add_argument("--checkpoint", type=Path, default=None,
-                   help="tki train folder for the torch paths (default: the one tki.json records)")
-    g.add_argument("--pretrained", default=None, help="CLIP weights (default: what tki.json records)")
-    g.add_argument("--dataset-dir", type=Path, default=None,
-                   help="PACS-style image folder (default $TKI_PACS_DIR, else ../shared/data/pacs/images beside the repository)")
-    g.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCHES)), help="default 1,32,256")
-    g.add_argument("--backends", default=None,
-                   help="comma-separated subset of the backends (default: the preset's)")
-    g.add_argument("--seconds", type=float, default=None,
-                   help="time per (backend, batch) (default: full 2, budget 1; --quick 0.4; --dry-run 0.1)")
-    g.add_argument("--warmup", type=int, default=None, help="warm-up calls (default: full 10, budget 5; --quick 3)")
-    g.add_argument("--parity-images", type=int, default=None,
-                   help="PACS images for parity, a multiple of 32 (default 64; --quick / --dry-run 32)")
-    g.add_argument("--e2e-images", type=int, default=None, help="JPEG files end to end (default 4096; --quick 512)")
-    g.add_argument("--e2e-batch-size", type=int, default=256, help="Embedder batch size end to end (default 256)")
-    g.add_argument("--e2e-workers", type=int, default=None, help="decode threads (default: all usable CPUs)")
-    g.add_argument("--no-e2e", action="store_true", help="skip the end-to-end JPEG measurement")
-    g.add_argument("--compile-mode", default="reduce-overhead",
-                   choices=["reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "default", "none"],
-                   help="torch.compile mode of torch-fp16-compile (default reduce-overhead)")
-    g.add_argument("--device-id", type=int, default=0, help="CUDA device (default 0)")
 
 
 def _cuda_or_skip(device: str = "cuda") -> Any:
@@ -315,7 +280,7 @@ def _device(torch: Any, device_id: int, kind: str = "cuda") -> Any:
     return torch.device("cuda", int(device_id)) if kind == "cuda" else torch.device("cpu")
 
 
-def _settings(args: argparse.Namespace) -> dict[str, Any]:
+def _settings(args: SuiteOptions) -> dict[str, Any]:
     """The run's settings: the preset's, then ``--quick`` / ``--dry-run`` timings, then explicit options."""
 
     preset = PRESETS[getattr(args, "preset", None) or "full"]
@@ -417,7 +382,7 @@ def _ints(text: str, what: str) -> list[int]:
     return vals
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: SuiteOptions) -> dict[str, Any]:
     """Run the GPU suite (see module docstring); one line and no result file without CUDA (``--device cpu`` /
     ``--dry-run`` run the same steps on the CPU, for rehearsal)."""
     torch = _cuda_or_skip("cpu" if getattr(args, "dry_run", False) else getattr(args, "device", "cuda"))

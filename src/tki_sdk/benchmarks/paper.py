@@ -35,7 +35,6 @@ says so in the tables, the JSON and the plots.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -52,7 +51,6 @@ from tki_sdk.benchmarks.accuracy import (
     describe_weights,
 )
 from tki_sdk.benchmarks.datasets import (
-    DOMAINNET_SPLITS,
     PAPER_DATASETS,
     DomainDataset,
     dataset_dir,
@@ -63,8 +61,9 @@ from tki_sdk.benchmarks.results import markdown_table
 from tki_sdk.common.errors import UsageError
 from tki_sdk.common.model_metadata import PreprocessConfig
 from tki_sdk.common.progress import progress_bar
+from tki_sdk.benchmarks.options import SuiteOptions
 
-__all__ = ["add_arguments", "run", "paper_numbers", "paper_backbone", "PAPER_NUMBERS_FILE"]
+__all__ = ["run", "paper_numbers", "paper_backbone", "PAPER_NUMBERS_FILE"]
 
 PAPER_NUMBERS_FILE = "paper_numbers.json"
 TABLES = ("2", "3", "4", "5", "6", "7")
@@ -84,38 +83,6 @@ def paper_numbers() -> dict[str, Any]:
     """``paper_numbers.json``: the paper's cells (``table``, ``dataset``, ``method``, ``query``, ``gallery``,
     ``metric``, ``value`` in %, ``line`` of the paper's text) plus domain letters and notes."""
     return json.loads(resources.files("tki_sdk.benchmarks").joinpath(PAPER_NUMBERS_FILE).read_text(encoding="utf-8"))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``tki-bench paper``."""
-    g = parser.add_argument_group("paper")
-    g.add_argument("--pretrained", default=None, metavar="FILE",
-                   help="CLIP weights (local file or open_clip tag); without it CLIP is random and the numbers mean nothing")
-    g.add_argument("--model", default=None,
-                   help=f"open_clip architecture (default ViT-B-32; --quick {QUICK['model']}); Table 4: RN50 or ViT-L-14; "
-                        "OpenAI weights need the -quickgelu names")
-    g.add_argument("--dataset", default="pacs", choices=list(PAPER_DATASETS),
-                   help="which paper dataset --dataset-dir holds, in its published layout (default pacs)")
-    g.add_argument("--dataset-dir", type=Path, default=None,
-                   help="the dataset's folder; for pacs default $TKI_PACS_DIR, else ../shared/data/pacs/images")
-    g.add_argument("--split", default="test", choices=list(DOMAINNET_SPLITS),
-                   help="DomainNet: the official split list to read (default test; 'all' reads every image)")
-    g.add_argument("--map-convention", default=None, choices=list(MAP_CONVENTIONS),
-                   help="which mAP the paper's 'mAP' column is compared with (default: the one its own numbers "
-                        "support, whole-gallery mAP); every convention is computed and kept in the JSON anyway")
-    g.add_argument("--tables", default=",".join(TABLES), help="paper tables to run (default 2,3,4,5,6,7)")
-    g.add_argument("--figures", default=",".join(FIGURES), help="paper figures to draw (default 3,5; 'none' to skip)")
-    g.add_argument("--per-class", type=int, default=None,
-                   help=f"images per (domain, class), seeded sample (default all; --quick {QUICK['per_class']})")
-    g.add_argument("--prompts", type=int, default=None, help="P of every run but the sweep (default 20, the paper's)")
-    g.add_argument("--sweep", default=None, help="P values of Figure 5 (default 2,5,10,20,30; --quick 2,4)")
-    g.add_argument("--steps-expand", type=int, default=None, help="stage-1 steps per run (default 200)")
-    g.add_argument("--steps-aggregate", type=int, default=None, help="stage-2 steps per run (default 500)")
-    g.add_argument("--k", type=int, default=200, help="k of mAP@k and Prec@k (default 200, the paper's)")
-    g.add_argument("--seed", type=int, default=0, help="training and sampling seed (default 0)")
-    g.add_argument("--batch-size", type=int, default=32, help="images per CLIP forward (default 32)")
-    g.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    g.add_argument("--work-dir", type=Path, default=None, help="where the checkpoints go (default: a temporary folder)")
 
 
 def _csv(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
@@ -292,7 +259,7 @@ def _notes_md(notes: list[str]) -> str:
     return "\n".join(f"- {n if n.startswith('‡') else '† the paper contradicts itself here: ' + n}" for n in notes)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: SuiteOptions) -> dict[str, Any]:
     """``tki-bench paper``: see the module docstring."""
 
     tables = _csv(args.tables, TABLES, "--tables")
@@ -592,7 +559,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _stem(args: argparse.Namespace, quick: bool) -> str:
+def _stem(args: SuiteOptions, quick: bool) -> str:
     return getattr(args, "name", None) or ("quick" if quick else "results")
 
 

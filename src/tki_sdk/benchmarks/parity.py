@@ -9,7 +9,6 @@ With ``--quick`` and no ``--model-dir``, a tiny random-init model is trained and
 """
 from __future__ import annotations
 
-import argparse
 import math
 import tempfile
 from pathlib import Path
@@ -21,21 +20,10 @@ from tki_sdk.benchmarks.datasets import DomainDataset, dataset_dir
 from tki_sdk.benchmarks.results import markdown_table
 from tki_sdk.common.errors import UsageError
 from tki_sdk.common.model_metadata import ModelMetadata
+from tki_sdk.benchmarks.options import SuiteOptions
 
 QUICK_PER_CLASS = 1
 DEFAULT_PER_CLASS = 4
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("parity")
-    g.add_argument("--model-dir", type=Path, default=None, help="export folder written by tki-export")
-    g.add_argument("--dataset-dir", type=Path, default=None,
-                   help="images <root>/<domain>/<class>/<file> (default: PACS beside the repository)")
-    g.add_argument("--per-class", type=int, default=None,
-                   help=f"images per (domain, class) (default {DEFAULT_PER_CLASS}; --quick {QUICK_PER_CLASS})")
-    g.add_argument("--precision", default=None, help="artifacts to check, e.g. fp32,int8 (default: all in tki.json)")
-    g.add_argument("--threads", type=int, default=2, help="onnxruntime threads (default 2)")
-    g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
 
 
 def _quick_export(workdir: Path) -> Path:
@@ -51,7 +39,7 @@ def _quick_export(workdir: Path) -> Path:
     return workdir / "model"
 
 
-def model_dir_or_quick_export(args: argparse.Namespace, suite: str) -> tuple[Path, Any]:
+def model_dir_or_quick_export(args: SuiteOptions, suite: str) -> tuple[Path, Any]:
     """``--model-dir``, or with ``--quick`` a tiny export in a temporary folder (returned so the caller can
     ``cleanup()`` it; None otherwise). Without either, a one-line :class:`UsageError`."""
 
@@ -67,7 +55,7 @@ def _digits(cos: float) -> float:
     return 16.0 if cos >= 1.0 else -math.log10(max(1.0 - cos, 1e-16))
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: SuiteOptions) -> dict[str, Any]:
 
     from tki_sdk.benchmarks.accuracy import describe_weights
     from tki_sdk.benchmarks.plots import plot_grouped_bars

@@ -32,7 +32,6 @@ when missed, by how much.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -55,6 +54,7 @@ from tki_sdk.benchmarks.search_data import (
 )
 from tki_sdk.common.errors import UsageError
 from tki_sdk.common.index_config import IndexConfig
+from tki_sdk.benchmarks.options import SuiteOptions
 
 __all__ = [
     "clustered_unit_vectors",
@@ -64,7 +64,7 @@ __all__ = [
     "qps_at_recall",
     "recall_at_k",
     "run_comparison",
-    "add_arguments",
+    
     "run",
     "TARGET_RECALL",
     "TARGET_SPEEDUP",
@@ -157,7 +157,6 @@ def _timed_qps(fn: Any, n_queries: int, min_time: float, max_repeats: int = 50) 
         times.append(dt)
         t_total += dt
     return {"qps": n_queries / min(times), "qps_median": n_queries / float(np.median(times)), "repeats": len(times)}
-
 
 
 def _measure(fn: Callable[[], np.ndarray], truth: np.ndarray, k: int, min_time: float) -> dict[str, Any]:
@@ -487,81 +486,6 @@ def evaluate_goals(run_: dict[str, Any]) -> list[dict[str, Any]]:
     return goals
 
 
-# -- command line -----------------------------------------------------------------------------
-
-def _int_list(s: str) -> list[int]:
-    try:
-        vals = [int(float(v)) for v in s.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
-    if not vals or any(v < 1 for v in vals):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {s!r}")
-    return vals
-
-
-def _fraction_list(s: str) -> list[float]:
-    try:
-        vals = [float(v) for v in s.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated fractions, got {s!r}") from None
-    if any(not 0.0 <= v <= 1.0 for v in vals):
-        raise argparse.ArgumentTypeError(f"fractions must be in [0, 1], got {s!r}")
-    return vals
-
-
-def _choice_list(allowed: Sequence[str], what: str) -> Callable[[str], list[str]]:
-    def parse(s: str) -> list[str]:
-        vals = [v.strip() for v in s.split(",") if v.strip()]
-        bad = [v for v in vals if v not in allowed]
-        if not vals or bad:
-            raise argparse.ArgumentTypeError(f"{what} must be from {','.join(allowed)}; got {s!r}")
-        return vals
-    return parse
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``tki-bench search``."""
-    g = parser.add_argument_group("search")
-    g.add_argument("--data", type=_choice_list(("embedding", "clustered"), "--data"), default=None,
-                   help="synthetic data sets: embedding (shaped like image embeddings; default) and/or clustered")
-    g.add_argument("--sizes", type=_int_list, default=None,
-                   help="gallery sizes (default 1000000; --quick: 20000); 1e5 accepted")
-    g.add_argument("--dim", type=int, default=None, help="vector dimension (default 512; --quick: 256)")
-    g.add_argument("--clusters", type=int, default=1000, help="clustered data: Gaussian clusters (default 1000)")
-    g.add_argument("--spread", type=float, default=1.0, help="clustered data: noise norm relative to the centres (default 1.0)")
-    g.add_argument("--decay", type=float, default=1.0,
-                   help="clustered data: noise spectrum exponent, 0 isotropic (hardest), 1 power law (default)")
-    g.add_argument("--near-duplicates", type=float, default=0.05,
-                   help="embedding data: fraction of near-duplicate rows (default 0.05)")
-    g.add_argument("--spectrum", type=Path, default=None, help="embedding data: spectrum file (default: the shipped fit)")
-    g.add_argument("--queries", type=int, default=None, help="held-out queries (default 1000; --quick: 300)")
-    g.add_argument("--k", type=int, default=10, help="neighbours per query for recall@k (default 10)")
-    g.add_argument("--indexes", type=_choice_list(INDEXES, "--indexes"), default=list(INDEXES),
-                   help=f"what to compare (default {','.join(INDEXES)})")
-    g.add_argument("--dtypes", type=_choice_list(tuple(GALLERY_VARIANTS), "--dtypes"),
-                   default=["f32", "f16", "i8", "hnswlib"],
-                   help="Gallery variants (default f32,f16,i8,hnswlib: usearch storages, i8 re-ranked on a float16 "
-                   "copy; hnswlib: the hnswlib backend, f32); filters are measured on the first")
-    g.add_argument("--connectivity", type=_int_list, default=None, help="Gallery HNSW M values (default 16)")
-    g.add_argument("--expansion-add", type=int, default=128,
-                   help="HNSW construction breadth for the Gallery and FAISS HNSW (efConstruction; default 128)")
-    g.add_argument("--expansion-search", type=_int_list, default=None,
-                   help="HNSW ef values swept, Gallery and FAISS (default 16,24,...,512)")
-    g.add_argument("--faiss-max-nlist", type=int, default=4096, help="cap on FAISS IVF list count (default 4096)")
-    g.add_argument("--filters", type=_fraction_list, default=[0.01, 0.1, 0.5],
-                   help="where-filter fractions measured on the first Gallery (default 0.01,0.1,0.5; '' for none)")
-    g.add_argument("--filter-queries", type=int, default=300, help="queries for the filter figures (default 300)")
-    g.add_argument("--target-recall", type=float, default=TARGET_RECALL, help="self-tuning target (default 0.99)")
-    g.add_argument("--threads", type=int, default=None, help="threads for every index and BLAS (default: usable CPUs)")
-    g.add_argument("--exact-usearch-queries", type=int, default=200, help="queries timed with usearch exact search (default 200)")
-    g.add_argument("--min-time", type=float, default=0.3, help="seconds of repeated searches per QPS figure (default 0.3)")
-    g.add_argument("--vectors", type=Path, default=None,
-                   help="real embeddings (.npy, [N,D]); the last --queries rows become the queries; --sizes ignored")
-    g.add_argument("--query-vectors", type=Path, default=None, help="queries for --vectors (.npy) instead of held-out rows")
-    g.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
-    g.add_argument("--name", default=None, help="result file stem (default: quick, or n<largest>_d<dim>)")
-
-
 def _load_npy(path: Path, what: str) -> np.ndarray:
 
     if not path.is_file():
@@ -577,7 +501,7 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
     return normalize(arr)
 
 
-def _data_sets(args: argparse.Namespace, kinds: Sequence[str], sizes: Sequence[int], dim: int,
+def _data_sets(args: SuiteOptions, kinds: Sequence[str], sizes: Sequence[int], dim: int,
                nq: int) -> Iterator[tuple[str, dict[str, Any], np.ndarray, np.ndarray]]:
     """``(label, description, base, queries)`` for each data set and size, generated lazily."""
     for kind in kinds:
@@ -602,7 +526,7 @@ def _data_sets(args: argparse.Namespace, kinds: Sequence[str], sizes: Sequence[i
             yield f"{kind} n={n:,}", {**desc, "data": kind}, gen(n, 0), queries
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: SuiteOptions) -> dict[str, Any]:
     """``tki-bench search``: see the module docstring. Writes the Pareto PNG under ``args.suite_dir``."""
     from tki_sdk.benchmarks.plots import plot_pareto
 

@@ -21,7 +21,7 @@ Two generators, both seeded and streamed in chunks (``stream`` 0: the indexed ve
   calibrated (:func:`_calibrate`, a few multiplicative rounds on a fixed sample) such that the *normalised*
   vectors have the fitted mean length and covariance spectrum.
 
-The shipped spectrum was fitted (``python -m tki_sdk.benchmarks.search_data fit``) to the image features of
+The shipped spectrum was fitted (``python -m tki_sdk.cli.search_spectrum``) to the image features of
 a **randomly initialised** open_clip ViT-B-32 (seed 0; no pretrained weights can be had here) on PACS
 images: a stand-in for real CLIP embeddings whose variance also sits in a few dozen directions. Its
 ``source`` field says exactly what was embedded. ``tki-bench search --vectors file.npy`` runs the suite on
@@ -29,9 +29,7 @@ real embeddings instead.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -42,7 +40,7 @@ from tki_sdk.common.imagefolders import list_images
 from tki_sdk.common.progress import progress_bar
 
 __all__ = [
-    "EmbeddingSpectrum",
+    "EmbeddingSpectrum", "random_clip_features",
     "SPECTRUM_FILE",
     "clustered_unit_vectors",
     "covariance_spectrum",
@@ -257,52 +255,18 @@ def _embed_images_random_clip(files: Sequence[Path], model_name: str, seed: int,
     return np.concatenate(feats)
 
 
-def _fit_main(argv: Sequence[str] | None = None) -> int:
-
-    p = argparse.ArgumentParser(
-        prog="python -m tki_sdk.benchmarks.search_data fit",
-        description="Fit the embedding spectrum file to image features (random-init CLIP on an image folder, "
-                    "or a .npy of real embeddings).",
-        epilog="examples:\n  python -m tki_sdk.benchmarks.search_data fit --images /data/pacs/images --n 2000\n"
-               "  python -m tki_sdk.benchmarks.search_data fit --embeddings clip_feats.npy --source 'CLIP ...'",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=Path, help="image folder (<domain>/<class>/<file>)")
-    p.add_argument("--embeddings", type=Path, help=".npy [N, D] of embeddings instead of --images")
-    p.add_argument("--source", default=None, help="what the embeddings are (required with --embeddings)")
-    p.add_argument("--n", type=int, default=2000, help="images sampled evenly from the folder (default 2000)")
-    p.add_argument("--model", default="ViT-B-32", help="open_clip architecture (random init; default ViT-B-32)")
-    p.add_argument("--seed", type=int, default=0, help="random-init seed (default 0)")
-    p.add_argument("--out", type=Path, default=SPECTRUM_FILE, help=f"output (default {SPECTRUM_FILE.name})")
-    p.add_argument("--save-embeddings", type=Path, default=None, help="also save the features as .npy")
-    a = p.parse_args(argv)
-    if a.embeddings is not None:
-        emb = np.load(a.embeddings)
-        if not a.source:
-            p.error("--source is required with --embeddings")
-        source = a.source
-    elif a.images is not None:
-        files = [f.path for f in list_images(a.images)]
-        if not files:
-            p.error(f"no images under {a.images}")
-        pick = np.linspace(0, len(files) - 1, min(a.n, len(files))).round().astype(int)
-        chosen = [Path(files[i]) for i in pick]
-        emb = _embed_images_random_clip(chosen, a.model, a.seed, 32)
-        source = (f"open_clip {a.model} image features, RANDOM INIT (seed {a.seed}, no pretrained weights), "
-                  f"{len(chosen)} PACS images sampled evenly from {a.images.name}/ (all domains and classes); "
-                  "a stand-in for real CLIP embeddings")
-    else:
-        p.error("give --images or --embeddings")
-    if a.save_embeddings:
-        np.save(a.save_embeddings, emb)
-    spec = fit_spectrum(emb, source)
-    spec.save(a.out)
-    print(f"{a.out}: dim {spec.dim}, mean_norm {spec.mean_norm:.3f}, participation ratio "
-          f"{spec.participation_ratio():.1f}, top-5 eigenvalues {np.round(spec.eigenvalues[:5], 4).tolist()}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    if len(sys.argv) > 1 and sys.argv[1] == "fit":
-        sys.exit(_fit_main(sys.argv[2:]))
-    print("usage: python -m tki_sdk.benchmarks.search_data fit --help", file=sys.stderr)
-    sys.exit(2)
+def random_clip_features(folder: Path, n: int = 2000, model: str = "ViT-B-32", seed: int = 0,
+                         batch_size: int = 32) -> tuple[np.ndarray, str]:
+    """Image features of a randomly initialised open_clip ``model`` (``seed``) on ``n`` images sampled
+    evenly from ``folder`` (``<domain>/<class>/<file>``), and a ``source`` line saying exactly that.
+    ``ValueError`` when the folder holds no images."""
+    files = [f.path for f in list_images(folder)]
+    if not files:
+        raise ValueError(f"no images under {folder}")
+    pick = np.linspace(0, len(files) - 1, min(n, len(files))).round().astype(int)
+    chosen = [Path(files[i]) for i in pick]
+    emb = _embed_images_random_clip(chosen, model, seed, batch_size)
+    source = (f"open_clip {model} image features, RANDOM INIT (seed {seed}, no pretrained weights), "
+              f"{len(chosen)} PACS images sampled evenly from {Path(folder).name}/ (all domains and classes); "
+              "a stand-in for real CLIP embeddings")
+    return emb, source

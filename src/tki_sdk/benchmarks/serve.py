@@ -19,7 +19,6 @@ generator shares the machine's cores with the service: its CPU time and the load
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -42,6 +41,7 @@ from tki_sdk.benchmarks.datasets import DomainDataset, dataset_dir
 from tki_sdk.benchmarks.results import markdown_table
 from tki_sdk.common.errors import UsageError
 from tki_sdk.common.model_metadata import ModelMetadata
+from tki_sdk.benchmarks.options import SuiteOptions
 
 #: Status lines of a long run (shown by the console scripts, like progress; library code never prints).
 _status = logging.getLogger("tki_sdk.progress.bench_serve")
@@ -50,30 +50,6 @@ _status = logging.getLogger("tki_sdk.progress.bench_serve")
 BATCHING_GAIN_TARGET = 1.5
 HTTP_FRACTION_TARGET = 0.8
 RSS_GROWTH_LIMIT = 0.10
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("serve")
-    g.add_argument("--model-dir", type=Path, default=None, help="export folder written by tki-export")
-    g.add_argument("--precision", default=None, help="artifact to serve (default int8 when exported, else the default)")
-    g.add_argument("--dataset-dir", type=Path, default=None,
-                   help="images <root>/<domain>/<class>/<file> (default $TKI_PACS_DIR or PACS beside the repository)")
-    g.add_argument("--gallery-images", type=int, default=None, help="gallery size (default 2000; --quick 96)")
-    g.add_argument("--query-domain", default="sketch", help="domain the query images come from (default sketch)")
-    g.add_argument("--queries", type=int, default=64, help="distinct query files, sent round-robin (default 64)")
-    g.add_argument("--levels", default="1,4,16,64", help="concurrency levels (default 1,4,16,64)")
-    g.add_argument("--level-seconds", type=float, default=None, help="seconds per level (default 20; --quick 3)")
-    g.add_argument("--soak-seconds", type=float, default=None,
-                   help="soak duration with a gallery reload halfway (default 300; --quick 8; 0 skips it)")
-    g.add_argument("--soak-concurrency", type=int, default=16, help="requests in flight during the soak (default 16)")
-    g.add_argument("--max-batch", type=int, default=32, help="--max-batch of the batching service (default 32)")
-    g.add_argument("--max-wait-ms", type=float, default=5.0, help="--max-wait-ms of the service (default 5)")
-    g.add_argument("--threads", type=int, default=2, help="onnxruntime threads of the service (default 2)")
-    g.add_argument("--workers", type=int, default=2, help="decode threads of the service (default 2)")
-    g.add_argument("-k", type=int, default=10, help="hits per search (default 10)")
-    g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    g.add_argument("--screenshot", type=Path, default=None,
-                   help="also save a screenshot of the page after a sketch search (needs playwright + chromium)")
 
 
 # ---------------------------------------------------------------------------------------------- service process
@@ -86,7 +62,7 @@ def _free_port() -> int:
 class _Server:
     """``python -m tki_sdk.cli.serve`` on a free loopback port; ``stop()`` sends SIGTERM and returns the status."""
 
-    def __init__(self, model_dir: Path, gallery: Path, precision: str | None, args: argparse.Namespace,
+    def __init__(self, model_dir: Path, gallery: Path, precision: str | None, args: SuiteOptions,
                  max_batch: int, log: Path) -> None:
         import httpx
 
@@ -247,7 +223,7 @@ def _level(server: _Server, queries: list[tuple[str, bytes]], concurrency: int, 
     return res
 
 
-def _soak(server: _Server, gallery: Path, queries: list[tuple[str, bytes]], args: argparse.Namespace,
+def _soak(server: _Server, gallery: Path, queries: list[tuple[str, bytes]], args: SuiteOptions,
           seconds: float, progress: bool) -> dict[str, Any]:
     from tki_sdk.runtime import Gallery
 
@@ -374,7 +350,7 @@ def _serve_versions() -> dict[str, str | None]:
     return out
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: SuiteOptions) -> dict[str, Any]:
     from tki_sdk.benchmarks.parity import model_dir_or_quick_export
     from tki_sdk.runtime import Embedder, Gallery
 

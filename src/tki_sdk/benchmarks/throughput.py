@@ -40,7 +40,6 @@ after (the ratios come from one interleaved run).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -57,43 +56,13 @@ from tki_sdk.common.cpu import cpu_info
 from tki_sdk.common.errors import UsageError
 from tki_sdk.common.model_metadata import ModelMetadata
 from tki_sdk.export.validate import measure_interleaved
+from tki_sdk.benchmarks.options import SuiteOptions
 
-__all__ = ["add_arguments", "run", "TARGETS", "measure_interleaved", "head_share_from_profile", "text_throughput"]
+__all__ = ["run", "TARGETS", "measure_interleaved", "head_share_from_profile", "text_throughput"]
 
 TARGETS = {"auto_vs_plain_fp32": 2.5, "auto_vs_torch": 3.0, "auto_of_fastest": 0.9, "embedder_vs_plain": 0.97,
            "int8_fraction_of_peak": 0.5, "head_fraction": 0.01}
 PLAIN_FP32 = "ort-plain-fp32"
-
-
-def _int_list(s: str) -> list[int]:
-    try:
-        out = [int(float(x)) for x in s.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
-    if not out or min(out) < 1:
-        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {s!r}")
-    return out
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``tki-bench throughput``."""
-    g = parser.add_argument_group("throughput")
-    g.add_argument("--model", default="ViT-B-32", help="open_clip architecture, random weights (default ViT-B-32)")
-    g.add_argument("--head", choices=["tki", "none"], default="tki",
-                   help="tki: random-init hyperbolic head on top (default); none: vanilla CLIP")
-    g.add_argument("--model-dir", type=Path, default=None,
-                   help="an existing tki-export folder to measure (skips exporting; torch model from its tki.json)")
-    g.add_argument("--batch-size", type=int, default=16, help="main batch size (default 16)")
-    g.add_argument("--sweep", type=_int_list, default=None, help="extra batch sizes (default 1,8,32; --quick: none)")
-    g.add_argument("--threads", type=int, default=2, help="intra-op threads for every backend (default 2)")
-    g.add_argument("--rounds", type=int, default=None,
-                   help="interleaved rounds at the main batch (default 20; --quick: 6); sweep sizes get a third")
-    g.add_argument("--precisions", default="fp32,fp16,int8", help="ONNX precisions to export / measure")
-    g.add_argument("--no-profile", action="store_true", help="skip the onnxruntime per-node profile (head share)")
-    g.add_argument("--keep-export", action="store_true", help="keep the export in <out-dir>/throughput/export_<model>")
-    g.add_argument("--int8-variants", action="store_true",
-                   help="also quantise the fp32 graph each way the int8 export could (dynamic / static QDQ, "
-                        "per-channel, U8S8 / S8S8, 7 / 8-bit weights) and report parity, img/s and profile of each")
 
 
 def _bench_error(msg: str) -> Exception:
@@ -164,7 +133,7 @@ def head_share_from_profile(onnx_path: Path, x: np.ndarray, threads: int, runs: 
             "tail_nodes": len(tail), "op_share": op_share}
 
 
-def _build_model(args: argparse.Namespace) -> tuple[Any, Path | None]:
+def _build_model(args: SuiteOptions) -> tuple[Any, Path | None]:
     """(TKIModel, export folder or None). With ``--model-dir``: the model its ``tki.json`` records (from the
     checkpoint; vanilla CLIP for head "none"; this suite's seeded random head when there is no checkpoint)."""
     import torch
@@ -236,7 +205,7 @@ def _precision_of(label: str, md: Any) -> str | None:
     return str((md.artifacts or {}).get(key, {}).get("precision") or ("int8" if "int8" in key else "fp32"))
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: SuiteOptions) -> dict[str, Any]:
     """Run the suite (see module docstring); returns the JSON payload for ``tki-bench``."""
     import onnxruntime as ort
     import torch
@@ -509,7 +478,7 @@ def text_throughput(model: Any, md: Any, export_dir: Path, threads: int, rounds:
                                                      if default == "ensemble" else 1)}}
 
 
-def _int8_variants(model: Any, md: Any, fp32_file: Path, args: argparse.Namespace) -> dict[str, Any]:
+def _int8_variants(model: Any, md: Any, fp32_file: Path, args: SuiteOptions) -> dict[str, Any]:
     """:func:`.int8_variants.run_variants` on 32 calibration and 16 validation images (the export's image source)."""
     from tki_sdk.benchmarks.int8_variants import run_variants
     from tki_sdk.export.calibration import default_image_source, load_images
@@ -526,7 +495,7 @@ def _int8_variants(model: Any, md: Any, fp32_file: Path, args: argparse.Namespac
                         max(3, (args.rounds or 20) // 2), lambda p, x, t: head_share_from_profile(p, x, t, runs=2))
 
 
-def _export_model(model: Any, out: Path, precisions: tuple[str, ...], args: argparse.Namespace) -> None:
+def _export_model(model: Any, out: Path, precisions: tuple[str, ...], args: SuiteOptions) -> None:
     """Export an in-memory TKIModel (e.g. the random head) with :func:`tki_sdk.export.pipeline.run_export`;
     with the OpenVINO artifact when openvino and nncf are installed."""
     from tki_sdk.export.openvino_int8 import openvino_export_available

@@ -6,26 +6,15 @@ plain ``encode_text`` would run. Target (ARCHITECTURE.md, "Targets"): ViT-B-32, 
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from typing import Any
 
 from tki_sdk.benchmarks.results import markdown_table
-from tki_sdk.common.imagefolders import PACS_CLASSES
 from tki_sdk.common.progress import progress_bar
+from tki_sdk.benchmarks.options import SuiteOptions
 
 STAGE1_TARGET_S = 3.0
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="ViT-B-32", help="open_clip architecture (random init unless --pretrained)")
-    p.add_argument("--pretrained", default=None, help="open_clip tag or local weights file")
-    p.add_argument("--prompts", type=int, default=20, help="P (default 20)")
-    p.add_argument("--classes", default=",".join(PACS_CLASSES), help="comma-separated class names (default PACS)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 5; --quick 2)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--device", default="cpu")
 
 
 def _stage1_step_seconds(bank, class_feats, opt, full: bool, steps: int, progress: bool = True) -> list[float]:
@@ -47,7 +36,7 @@ def _stage1_step_seconds(bank, class_feats, opt, full: bool, steps: int, progres
     return times[1:]
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: SuiteOptions) -> dict[str, Any]:
 
     import torch
 

@@ -2,16 +2,15 @@
 
 Suite registry
 --------------
-Each suite is a module ``tki_sdk.benchmarks.<suite>`` exposing
+Each suite is a module of :mod:`tki_sdk.benchmarks` exposing
+``run(args: SuiteOptions) -> dict`` -- does the measurement and returns a JSON-serialisable payload.
+``args`` (:class:`tki_sdk.benchmarks.options.SuiteOptions`) always carries ``quick`` (bool), ``out_dir``
+(Path), ``suite_dir`` (``out_dir/<suite>``, where the suite writes its PNGs), ``no_progress`` (bool) and
+``name`` (``None`` unless the user gave ``--name``; the suite's options may define that option itself).
 
-* ``add_arguments(parser: argparse.ArgumentParser) -> None`` -- its own options (optional;
-  do not declare required options: ``all`` runs every suite with defaults, so check
-  what is missing inside ``run`` and raise :class:`UsageError` with one line);
-* ``run(args: argparse.Namespace) -> dict`` -- does the measurement and returns a
-  JSON-serialisable payload. ``args`` always carries ``quick`` (bool), ``out_dir``
-  (Path), ``suite_dir`` (``out_dir/<suite>``, where the suite writes its PNGs),
-  ``no_progress`` (bool) and ``name`` (``None`` unless the user gave ``--name``; the
-  suite may define that option itself).
+Its flags are declared here, in :mod:`tki_sdk.cli.bench_options` ``.<suite>.add_arguments(parser)``
+(optional; no required options: ``all`` runs every suite with defaults, so the suite checks what is
+missing inside ``run`` and raises :class:`UsageError` with one line).
 
 Keys of the payload the CLI understands (all optional; everything is stored in JSON):
 ``"name"`` (result file stem; default ``quick`` with --quick else ``results``),
@@ -37,7 +36,7 @@ from typing import Any
 from tki_sdk.common.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_MISSING, EXIT_USAGE, UsageError, one_line
 from tki_sdk.cli.base import OneLineParser, configure_logging
 
-__all__ = ["SUITES", "main", "build_parser", "load_suite"]
+__all__ = ["SUITES", "main", "build_parser", "load_suite", "load_options"]
 
 
 
@@ -76,6 +75,16 @@ examples:
   tki-bench all --quick                          # every installed suite, CI-sized
 results go to <out-dir>/<suite>/<name>.json (+ .png); a Markdown table is printed at the end.
 """
+
+
+def load_options(name: str) -> ModuleType | None:
+    """The module declaring suite ``name``'s flags (:mod:`tki_sdk.cli.bench_options`), None when it has none."""
+    try:
+        return importlib.import_module(f"{__package__}.bench_options.{name}")
+    except ModuleNotFoundError as e:
+        if e.name == f"{__package__}.bench_options.{name}":
+            return None
+        raise
 
 
 def load_suite(name: str) -> ModuleType:
@@ -129,8 +138,9 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
                             description=desc + (f"\n\n{missing}" if missing else ""),
                             epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_common(sp)
-        if mod is not None and hasattr(mod, "add_arguments"):
-            mod.add_arguments(sp)
+        opts = load_options(name) if mod is not None else None
+        if opts is not None:
+            opts.add_arguments(sp)
         if not any(a.dest == "name" for a in sp._actions):
             sp.add_argument("--name", default=None, help="result file stem (default: quick or results)")
         sp.set_defaults(_missing=missing)
@@ -144,11 +154,12 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _suite_parser(name: str, mod: ModuleType) -> argparse.ArgumentParser:
+def _suite_parser(name: str) -> argparse.ArgumentParser:
     p = OneLineParser(prog=f"tki-bench {name}")
     _add_common(p)
-    if hasattr(mod, "add_arguments"):
-        mod.add_arguments(p)
+    opts = load_options(name)
+    if opts is not None:
+        opts.add_arguments(p)
     if not any(a.dest == "name" for a in p._actions):
         p.add_argument("--name", default=None)
     return p
@@ -197,7 +208,7 @@ def _run_all(args: argparse.Namespace) -> int:
         sargv = (["--quick"] if args.quick else []) + ["--out-dir", str(args.out_dir)]
         if args.no_progress:
             sargv.append("--no-progress")
-        p = _suite_parser(name, mod)
+        p = _suite_parser(name)
         dests = {a.dest for a in p._actions}
         if args.model_dir and "model_dir" in dests:
             for m in args.model_dir:

@@ -178,7 +178,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg.validate()
         out = train(cfg)
     except ConfigError as e:
-        raise UsageError(f"{train_flag(e.field)}: {e.reason}") from None
+        raise UsageError(e.render({e.field: train_flag(e.field)})) from None
     curves = json.loads((out / "train_curves.json").read_text())
     exp, agg = curves["expand"], curves["aggregate"]
     print(f"checkpoint written to {out}")

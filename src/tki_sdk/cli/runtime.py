@@ -21,10 +21,13 @@ from tki_sdk.common.cpu import cpu_info
 from tki_sdk.common.errors import (
     EXIT_DAMAGED,
     EXIT_INTERRUPTED,
+    EXIT_MISSING,
+    ConfigError,
     UsageError,
     one_line,
     printable,
 )
+from tki_sdk.common.extras import MissingExtraError
 from tki_sdk.common.imagefolders import SkippedEntry, list_images
 from tki_sdk.common.model_metadata import METADATA_FILE, ModelMetadata
 from tki_sdk.runtime.pipeline.config import (
@@ -317,9 +320,12 @@ def _guarded(prog: str, run: Any, args: argparse.Namespace, interrupted: str,
     """Run a command; a :class:`UsageError` or Ctrl-C becomes one line on stderr and its exit status."""
     try:
         return run(args)
-    except PipelineError as e:
+    except (PipelineError, ConfigError) as e:
         print_error(prog, e.render(EMBED_FLAGS if flags is None else flags))
         return e.code
+    except MissingExtraError as e:
+        print_error(prog, e)
+        return EXIT_MISSING
     except UsageError as e:
         print_error(prog, e)
         return e.code

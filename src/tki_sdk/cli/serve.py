@@ -11,9 +11,9 @@ from pathlib import Path
 from dataclasses import MISSING, fields
 from typing import Any, Mapping, Sequence
 
-from tki_sdk.common.errors import EXIT_DAMAGED, EXIT_MISSING, EXIT_USAGE, UsageError
+from tki_sdk.common.errors import EXIT_DAMAGED, EXIT_MISSING, EXIT_USAGE, ConfigError, UsageError
 from tki_sdk.cli.base import OneLineParser, print_error, run_main
-from tki_sdk.serve.config import Option, ServeConfig, ServeConfigError, option_of
+from tki_sdk.serve.config import Option, ServeConfig, option_of
 
 __all__ = ["register", "add_arguments", "config_from_args", "flag_of", "run", "main"]
 
@@ -104,7 +104,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None
         values["api_key"], key_source = env[API_KEY_ENV], f"${API_KEY_ENV}"
     try:
         return ServeConfig(**values)
-    except ServeConfigError as e:
+    except ConfigError as e:
         source = key_source if e.field == "api_key" else flag_of(e.field)
         raise UsageError(f"{source} {e.reason}") from None
 

@@ -15,10 +15,12 @@ status; never a traceback, never a usage block. Exit statuses:
 """
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 
 __all__ = [
     "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_MISSING", "EXIT_DAMAGED", "EXIT_INTERRUPTED",
-    "UsageError", "ConfigError", "one_line", "printable",
+    "UsageError", "ConfigError", "render_fields", "one_line", "printable",
 ]
 
 EXIT_OK = 0
@@ -42,16 +44,46 @@ class UsageError(Exception):
 
 
 class ConfigError(ValueError):
-    """A typed config refused a value: ``field`` names the config field, the message says what is allowed.
+    """A typed config refused a value: ``field`` names the config field, ``reason`` says what is allowed.
 
-    Library code raises it; a front door maps ``field`` to its own option name (``--connectivity``, a form
-    field, ...) and reports it as bad input (exit status 2).
+    ``str(e)`` is ``"<field> <reason>"``. The reason may name other fields as ``{name}`` tokens, listed in
+    ``others`` (``ConfigError("expansion_add", "shapes an HNSW graph; an {exact} gallery has none",
+    others=("exact",))``). Library code raises it; a front door says it in its own words with
+    :meth:`render` (the CLI passes its flags: ``--expansion-add shapes ...; an --exact gallery has none``) and
+    reports it as bad input (exit status :data:`EXIT_USAGE`). Every typed config (``TrainConfig``,
+    ``EmbedConfig``, ``IndexConfig``, ``ServeConfig``) raises this one type.
     """
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
+    code: int = EXIT_USAGE
+
+    def __init__(self, field: str, reason: str, others: tuple[str, ...] = ()) -> None:
         self.field = field
-        self.reason = message
+        self.reason = reason
+        self.fields = (field, *others)
+        super().__init__(self.render())
+
+    def render(self, names: Mapping[str, str] | None = None) -> str:
+        """``"<names[field]> <reason>"``, every ``{token}`` of :attr:`fields` replaced the same way (default:
+        the field's own name)."""
+        names = names or {}
+        return f"{names.get(self.field, self.field)} {render_fields(self.reason, self.fields, names)}"
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+_TOKEN = re.compile(r"\{([a-z][a-z_]*)\}")
+
+
+def render_fields(template: str, fields: tuple[str, ...], names: Mapping[str, str] | None = None) -> str:
+    """``template`` with each ``{field}`` token of ``fields`` replaced by ``names[field]`` (default: the field
+    name); other text, braces included, is left as it is."""
+    names = names or {}
+
+    def sub(m: re.Match[str]) -> str:
+        return names.get(m.group(1), m.group(1)) if m.group(1) in fields else m.group(0)
+
+    return _TOKEN.sub(sub, template)
 
 
 def printable(text: object) -> str:

@@ -3,7 +3,7 @@ bounds and validation.
 
 Each field carries its command-line form in its ``metadata`` (:class:`Option`: flag, help, unit), so
 ``tki serve``'s options and the defaults its ``--help`` shows are built from this class and restate nothing.
-A setting outside its range raises :class:`ServeConfigError`, which names the field; the CLI maps the field
+A setting outside its range raises :class:`~tki_sdk.common.errors.ConfigError`, which names the field; the CLI maps the field
 to its flag.
 """
 from __future__ import annotations
@@ -13,9 +13,10 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from tki_sdk.common.errors import ConfigError
 from tki_sdk.runtime.engine.text_encoder import MAX_TEXT_CHARS
 
-__all__ = ["ServeConfig", "ServeConfigError", "Option", "option_of", "DEFAULT_MAX_PIXELS", "api_key_problem"]
+__all__ = ["ServeConfig", "Option", "option_of", "DEFAULT_MAX_PIXELS", "api_key_problem"]
 
 #: Largest image (declared width x height) the service decodes; larger uploads get 413 before decoding.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -51,15 +52,6 @@ def option_of(name: str) -> Option:
         if f.name == name:
             return f.metadata["option"]
     raise KeyError(name)
-
-
-class ServeConfigError(ValueError):
-    """A setting outside its range: ``field`` names it, ``reason`` says what is allowed."""
-
-    def __init__(self, field_name: str, reason: str) -> None:
-        super().__init__(f"{field_name} {reason}")
-        self.field = field_name
-        self.reason = reason
 
 
 def api_key_problem(key: str) -> str | None:
@@ -171,7 +163,7 @@ class ServeConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise :class:`ServeConfigError` (naming the field) for a setting outside its range."""
+        """Raise :class:`~tki_sdk.common.errors.ConfigError` (naming the field) for a setting outside its range."""
         finite: Callable[[float], bool] = math.isfinite
         checks = [
             ("port", 0 <= self.port <= 65535, "must be 0..65535"),
@@ -200,11 +192,11 @@ class ServeConfig:
         ]
         for name, ok, why in checks:
             if not ok:
-                raise ServeConfigError(name, why)
+                raise ConfigError(name, why)
         if self.api_key is not None:
             problem = api_key_problem(self.api_key)
             if problem:
-                raise ServeConfigError("api_key", problem)
+                raise ConfigError("api_key", problem)
         for host in self.allowed_hosts:
             if not host or not host.isascii() or any(c.isspace() for c in host):
-                raise ServeConfigError("allowed_hosts", "entries must be host names like search.example.com")
+                raise ConfigError("allowed_hosts", "entries must be host names like search.example.com")

@@ -2,7 +2,7 @@
 
 :class:`EmbedConfig` is what ``tki embed`` runs (:func:`tki_sdk.runtime.pipeline.job.embed_folder`); the
 CLI builds its options from :data:`FIELD_HELP` and the field defaults, and :meth:`EmbedConfig.validate`
-refuses a field out of bounds with a :class:`~tki_sdk.runtime.pipeline.errors.ConfigError` naming the field
+refuses a field out of bounds with a :class:`~tki_sdk.common.errors.ConfigError` naming the field
 (the CLI names its flag instead). Paths are checked when the job starts, not here.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from tki_sdk.common.index_config import IndexConfig
 from tki_sdk.runtime.index.backends import BACKENDS as BACKENDS_OF_INDEX, DEFAULT_BACKEND
 from tki_sdk.runtime.engine.embedder import MAX_BATCH_SIZE
-from tki_sdk.runtime.pipeline.errors import ConfigError
+from tki_sdk.common.errors import ConfigError
 
 __all__ = ["EmbedConfig", "FIELD_HELP", "BACKENDS", "DTYPES", "ENGINES", "MAX_BATCH_SIZE"]
 

@@ -65,7 +65,8 @@ from typing import Any
 
 import numpy as np
 
-from tki_sdk.common.errors import EXIT_FAILED, EXIT_USAGE, UsageError
+from tki_sdk.common.errors import EXIT_FAILED
+from tki_sdk.common.extras import missing_extra
 from tki_sdk.common.model_metadata import ModelMetadata
 from tki_sdk.common.progress import progress_bar
 from tki_sdk.runtime.engine.embedder import Embedder
@@ -73,6 +74,7 @@ from tki_sdk.runtime.engine.images import ImageLoadError
 from tki_sdk.runtime.engine.preprocess import Preprocessor
 from tki_sdk.runtime.pipeline import ray_reaper
 from tki_sdk.runtime.pipeline.embed_run import Checkpointer, trace_embedded
+from tki_sdk.runtime.pipeline.errors import PipelineError
 from tki_sdk.runtime.pipeline.ingest import SourceFile
 
 __all__ = ["RayOptions", "embed_ray", "import_ray", "decode_batch", "EmbedActor", "FAULT_ENV", "plan_resources",
@@ -94,8 +96,8 @@ def import_ray() -> Any:
     try:
         import ray
         import ray.data  # noqa: F401
-    except ImportError:
-        raise ImportError("--engine ray needs Ray Data; pip install 'tki-sdk[distributed]'") from None
+    except ImportError as e:
+        raise missing_extra("--engine ray needs Ray Data", "distributed") from e
     return ray
 
 
@@ -217,7 +219,8 @@ class EmbedActor:
 
 def plan_resources(nodes: Sequence[dict[str, float]], opts: RayOptions) -> tuple[RayOptions, list[str]]:
     """``opts`` fitted to a cluster whose alive nodes hold ``nodes`` (each ``{"CPU": n, "GPU": m, ...}``), and
-    the adaptations made, one line each; :class:`UsageError` (exit status 2) for a request no node can meet.
+    the adaptations made, one line each; :class:`~tki_sdk.runtime.pipeline.errors.PipelineError` (exit status 2)
+    for a request no node can meet.
 
     Per node, ``fit = min(floor(CPU / cpus_per_actor), floor(GPU / gpus_per_actor) if gpus_per_actor)``
     actors fit. ``sum(fit) == 0``: refused; ``sum(fit) < actors``: ``actors = sum(fit)``. Decode tasks need
@@ -228,13 +231,15 @@ def plan_resources(nodes: Sequence[dict[str, float]], opts: RayOptions) -> tuple
     gpus = [float(n.get("GPU", 0.0)) for n in nodes]
     notes: list[str] = []
     if opts.gpus_per_actor > 0 and max(gpus, default=0.0) < opts.gpus_per_actor:
-        raise UsageError(f"--gpus-per-actor {opts.gpus_per_actor:g} needs a node with {opts.gpus_per_actor:g} GPU(s); "
-                         f"this Ray cluster has {sum(gpus):g} GPU(s) (largest node {max(gpus, default=0.0):g}): run "
-                         "without --gpus-per-actor, or attach to a cluster with GPUs (--address)", code=EXIT_USAGE)
+        raise PipelineError(f"{{gpus_per_actor}} {opts.gpus_per_actor:g} needs a node with {opts.gpus_per_actor:g} "
+                            f"GPU(s); this Ray cluster has {sum(gpus):g} GPU(s) (largest node "
+                            f"{max(gpus, default=0.0):g}): run without {{gpus_per_actor}}, or attach to a cluster with "
+                            "GPUs ({address})", fields=("gpus_per_actor", "address"))
     if max(cpus, default=0.0) < opts.cpus_per_actor:
-        raise UsageError(f"--cpus-per-actor {opts.cpus_per_actor:g} is more than any node of this Ray cluster has "
-                         f"(largest node: {max(cpus, default=0.0):g} CPUs); use --cpus-per-actor "
-                         f"{max(1.0, max(cpus, default=1.0) - opts.decode_cpus):g} or fewer", code=EXIT_USAGE)
+        raise PipelineError(f"{{cpus_per_actor}} {opts.cpus_per_actor:g} is more than any node of this Ray cluster "
+                            f"has (largest node: {max(cpus, default=0.0):g} CPUs); use {{cpus_per_actor}} "
+                            f"{max(1.0, max(cpus, default=1.0) - opts.decode_cpus):g} or fewer",
+                            fields=("cpus_per_actor",))
     fit = 0
     for c, g in zip(cpus, gpus):
         n = math.floor(c / opts.cpus_per_actor + 1e-9)
@@ -423,10 +428,11 @@ def embed_ray(todo: Sequence[SourceFile], checkpoints: Checkpointer, opts: RayOp
                                f"(first: {remaining[0].path}); re-run to resume")
     except TimeoutError:
         checkpoints.flush()
-        raise UsageError(
+        raise PipelineError(
             f"Ray made no progress for {opts.stall_seconds:g} s ({len(seen)} of {len(todo)} files done): the cluster "
             f"has no free resources for {opts.actors} actor(s) x {opts.cpus_per_actor:g} CPU(s) (see `ray status`); "
-            "the checkpoints are kept: re-run to resume, or raise --stall-seconds", code=EXIT_FAILED) from None
+            "the checkpoints are kept: re-run to resume, or raise {stall_seconds}", code=EXIT_FAILED,
+            fields=("stall_seconds",)) from None
     except KeyboardInterrupt:
         checkpoints.flush()
         raise

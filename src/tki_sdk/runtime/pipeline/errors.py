@@ -3,19 +3,19 @@
 Every error the embedding job raises for a condition the user must fix is a :class:`PipelineError`
 (``code`` from :mod:`tki_sdk.common.errors`). A message names configuration fields as ``{field}`` tokens
 (``"... rebuild it ({overwrite})"``): ``str(e)`` shows the field names, :meth:`PipelineError.render` whatever
-a front door calls them (the CLI: its flags). :class:`ConfigError` names the
-:class:`~tki_sdk.runtime.pipeline.config.EmbedConfig` field at fault (``field``) and states the problem
-without it (``problem``), so a front door can say it in its own words (the CLI names the flag).
+a front door calls them (the CLI: its flags). A field of
+:class:`~tki_sdk.runtime.pipeline.config.EmbedConfig` out of bounds is the project's one
+:class:`~tki_sdk.common.errors.ConfigError`; a missing Ray or pyarrow the one
+:class:`~tki_sdk.common.extras.MissingExtraError`.
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from tki_sdk.common.errors import EXIT_DAMAGED, EXIT_FAILED, EXIT_MISSING, EXIT_USAGE
+from tki_sdk.common.errors import EXIT_DAMAGED, EXIT_FAILED, EXIT_USAGE, render_fields
 
-__all__ = ["PipelineError", "ConfigError", "MissingExtraError", "GalleryBusyError", "GalleryChangedError", "ShardDamagedError",
+__all__ = ["PipelineError", "GalleryBusyError", "GalleryChangedError", "ShardDamagedError",
            "NothingEmbeddedError"]
 
 
@@ -34,33 +34,10 @@ class PipelineError(Exception):
     def render(self, names: Mapping[str, str] | None = None) -> str:
         """The message with each ``{field}`` token of :attr:`fields` replaced by ``names[field]`` (default:
         the field name); other text, braces included, is left as it is."""
-        names = names or {}
-
-        def sub(m: re.Match[str]) -> str:
-            return names.get(m.group(1), m.group(1)) if m.group(1) in self.fields else m.group(0)
-
-        return _TOKEN.sub(sub, self.template)
+        return render_fields(self.template, self.fields, names)
 
     def __str__(self) -> str:
         return self.render()
-
-
-_TOKEN = re.compile(r"\{([a-z][a-z_]*)\}")
-
-
-class ConfigError(PipelineError, ValueError):
-    """A field of the job's configuration is out of bounds or contradicts another: ``"<field> <problem>"``."""
-
-    def __init__(self, field: str, problem: str, others: tuple[str, ...] = ()) -> None:
-        super().__init__(f"{{{field}}} {problem}", fields=(field, *others))
-        self.field = field
-        self.problem = problem
-
-
-class MissingExtraError(PipelineError):
-    """An optional part the job needs is not installed (Ray, pyarrow); the message names the install."""
-
-    code = EXIT_MISSING
 
 
 class GalleryBusyError(PipelineError):

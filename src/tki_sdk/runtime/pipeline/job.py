@@ -28,7 +28,8 @@ from tki_sdk.runtime.pipeline import distributed
 from tki_sdk.runtime.pipeline.config import EmbedConfig
 from tki_sdk.runtime.index.backends import DEFAULT_BACKEND
 from tki_sdk.runtime.pipeline.embed_run import Checkpointer, Engine, JobReport, check_same_graph, embed_local, run_job
-from tki_sdk.runtime.pipeline.errors import MissingExtraError, PipelineError
+from tki_sdk.common.extras import MissingExtraError
+from tki_sdk.runtime.pipeline.errors import PipelineError
 from tki_sdk.runtime.pipeline.ingest import SourceFile, gallery_options
 from tki_sdk.runtime.pipeline.protocols import EmbedderLike
 from tki_sdk.runtime.pipeline.shards import ShardInfo
@@ -58,8 +59,10 @@ def embed_folder(config: EmbedConfig, *, embedder: Embedder | None = None) -> Jo
         kept = "the gallery is unchanged" if is_gallery(out) else "no gallery was written"
         raise PipelineError(f"cannot write gallery {out}: {one_line(e)}; {kept}; completed checkpoints in "
                             f"{out}/embed-run are kept for the next run", code=EXIT_FAILED) from None
+    except MissingExtraError:
+        raise
     except ImportError as e:
-        raise MissingExtraError(str(e)) from None
+        raise MissingExtraError(one_line(e), "runtime") from None
     except ValueError as e:
         raise PipelineError(one_line(e), code=EXIT_FAILED) from None
 
@@ -78,9 +81,12 @@ def _model_dir(config: EmbedConfig) -> Path:
 
 def check_paths(config: EmbedConfig) -> None:
     """Refuse, before loading the model, paths that cannot work: the images folder, ``out`` (a file, a foreign
-    folder, not writable), the manifest, a folder without images, a gallery of another model or graph."""
+    folder, not writable), the manifest, a folder without images, a gallery of another model or graph; and
+    the Ray engine without Ray (:class:`~tki_sdk.common.extras.MissingExtraError`)."""
     images, out = Path(config.images), Path(config.out)
     _model_dir(config)
+    if config.engine == "ray":
+        distributed.import_ray()
     if not images.is_dir():
         raise PipelineError(f"{{images}} {images} does not exist or is not a folder", fields=("images",))
     if out.exists() and not is_gallery(out) and not (out.is_dir() and is_empty_dir(out)):
@@ -129,8 +135,10 @@ def make_embedder(config: EmbedConfig) -> Embedder:
                        **extra)  # type: ignore[arg-type]
     except ArtifactCheckError as e:
         raise PipelineError(str(e), code=EXIT_DAMAGED) from None
+    except MissingExtraError:
+        raise
     except ImportError as e:
-        raise MissingExtraError(one_line(e)) from None
+        raise MissingExtraError(one_line(e), "runtime") from None
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise PipelineError(one_line(e)) from None
     log.info("%s", describe_embedder(emb))
@@ -182,7 +190,9 @@ def ray_engine(emb: Embedder, config: EmbedConfig) -> Engine:
     def engine(todo: Sequence[SourceFile], checkpoints: Checkpointer) -> int:
         try:
             return distributed.embed_ray(todo, checkpoints, opts, progress=config.progress)
+        except MissingExtraError:
+            raise
         except ImportError as e:
-            raise MissingExtraError(str(e)) from None
+            raise MissingExtraError(one_line(e), "distributed") from None
 
     return engine
