@@ -278,3 +278,69 @@ def test_checkpoint_run_compares_metrics_and_scores_the_shipped_gallery(tmp_path
     choice = res["metric_choice"]
     assert choice["numbers_meaningful"] is False and "says nothing" in choice["note"]
     assert "Shipped search path" in res["markdown"] and "Metric choice" in res["markdown"]
+
+
+def _brute_ap(scores: np.ndarray, relevant: np.ndarray) -> float:
+    """Average precision over the whole ranking, written out: mean of precision at each relevant hit."""
+    order = np.argsort(-scores, kind="stable")
+    rel = relevant[order]
+    hits = np.flatnonzero(rel)
+    return float(np.mean([(i + 1) / (r + 1) for i, r in enumerate(hits)])) if len(hits) else 0.0
+
+
+def test_text_table_scores_class_queries_against_each_gallery_by_brute_force():
+    from tki_sdk.benchmarks.accuracy import class_queries, render_text_table, text_table
+
+    rng = np.random.default_rng(5)
+    embs = _domains(rng, noise=3.0, n=40)
+    text = np.eye(8)[:4] * 5.0 + 0.5 * rng.standard_normal((4, 8))  # one query per class near its centre
+    t = text_table(text, embs, method="m", weights="w", query="raw", ks=(10,))
+    assert t.domains == ["text", "a", "b", "c"] and t.pairs() == [("text", g) for g in "abc"]
+    for g, (ge, gl) in embs.items():
+        cos = (text / np.linalg.norm(text, axis=1, keepdims=True)) @ (ge / np.linalg.norm(ge, axis=1, keepdims=True)).T
+        want = np.mean([_brute_ap(cos[c], gl == c) for c in range(4)])
+        assert t.cells["text"][g]["mAP"] == pytest.approx(want, abs=1e-9)
+        prec = np.mean([(gl[np.argsort(-cos[c], kind="stable")[:10]] == c).mean() for c in range(4)])
+        assert t.cells["text"][g]["Prec@10"] == pytest.approx(prec, abs=1e-9)
+    md = render_text_table([t], t.metrics)
+    row = next(ln for ln in md.splitlines() if ln.startswith("| m "))
+    assert [c.strip() for c in row.strip("|").split("|")][:2] == ["m", "raw"]
+    assert class_queries(["The_Eiffel_Tower", "dog"]) == ["The Eiffel Tower", "dog"]
+    with pytest.raises(ValueError, match="finite"):
+        text_table(np.full((4, 8), np.nan), embs, method="m", weights="w", query="raw")
+
+
+def test_text_rows_of_an_export_equal_torch_text_and_runtime_images(tmp_path, tmp_path_factory, pacs_dir):
+    """The suite's text rows for an export with a text artifact, against an independent reference: the text
+    of each class through torch (``TKIModel.encode_text``), the images through the runtime, AP written out."""
+    pytest.importorskip("open_clip")
+    from text_fixtures import vanilla_export_with_text
+
+    from tki_sdk.runtime import Embedder
+    from tki_sdk.train.model import TKIModel
+
+    export = vanilla_export_with_text(tmp_path_factory.mktemp("acc_text"))
+    code = cli.main(["accuracy", "--dataset-dir", str(pacs_dir), "--domains", "photo,sketch", "--per-class", "3",
+                     "--model-dir", str(export), "--gallery", "none", "--out-dir", str(tmp_path), "--no-progress",
+                     "--name", "text"])
+    assert code == 0
+    res = json.loads((tmp_path / "accuracy" / "text.json").read_text())["results"]
+    text = res["text"]
+    assert text["queries"] == ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person"]
+    assert sorted(t["info"]["query_construction"] for t in text["tables"]) == ["raw", "template"]
+    assert len(text["skipped"]) == 1 and "ensemble" in text["skipped"][0] and "vanilla" in text["skipped"][0]
+    assert all(t["weights"] == RANDOM_INIT for t in text["tables"])
+
+    ds = DomainDataset(pacs_dir, domains=["photo", "sketch"]).sample(3, seed=0)
+    emb = Embedder(export, threads=1)
+    model = TKIModel.vanilla("TKI-Tiny-ViT")
+    for t in text["tables"]:
+        q = text["queries"] if t["info"]["query_construction"] == "raw" else [f"a photo of a {c}." for c in text["queries"]]
+        te = model.encode_text(q).detach().numpy().astype(np.float64)
+        te /= np.linalg.norm(te, axis=1, keepdims=True)
+        for g in ("photo", "sketch"):
+            ge = emb.embed_images([str(p) for p in ds.paths(g)]).embeddings.astype(np.float64)
+            ge /= np.linalg.norm(ge, axis=1, keepdims=True)
+            gl = ds.labels(g)
+            want = np.mean([_brute_ap(te[c] @ ge.T, gl == c) for c in range(len(q))])
+            assert t["cells"]["text"][g]["mAP"] == pytest.approx(want, abs=2e-3)  # fp32 artifact vs torch: near ties

@@ -28,6 +28,13 @@ The shipped path is in the loop: every exact table is also scored through a buil
 :class:`~tki_sdk.runtime.index.gallery.Gallery` (HNSW, ``--gallery f16,i8``; Poincaré galleries
 re-rank their HNSW candidates exactly) and the gap to exact search is reported (mAP@k and
 Prec@k, which need only the top k).
+
+Text-to-image, in the same protocol (:func:`text_table`): each class name is one query (class ``i`` is
+relevant to query ``i``), each domain a gallery; mAP@k, Prec@k and whole-gallery mAP per gallery domain,
+for each way a query becomes text (:data:`TEXT_QUERIES`: the name as typed, CLIP's template
+``"a photo of a {}."``, and TKI's ensemble over the learned domain prompts), for every method that can
+embed text (an export with a text artifact through ``Embedder.embed_texts``; a torch ``TKIModel`` through
+``encode_text``, raw and template only).
 """
 from __future__ import annotations
 
@@ -61,11 +68,19 @@ __all__ = [
     "render_comparison",
     "torch_embed_fn",
     "embedder_embed_fn",
-    
+    "TextFn",
+    "TEXT_QUERIES",
+    "class_queries",
+    "text_table",
+    "render_text_table",
     "run",
 ]
 
 EmbedFn = Callable[[list[str]], np.ndarray]
+#: ``(texts, query construction) -> [N, D]``: embeds texts in a method's image space.
+TextFn = Callable[[list[str], str], np.ndarray]
+#: The query constructions of the text rows (``tki_sdk.runtime.engine.text_encoder``).
+TEXT_QUERIES = ("raw", "template", "ensemble")
 RANDOM_INIT = "random init: numbers carry no meaning"
 
 
@@ -248,6 +263,57 @@ def gallery_table(
     return AccuracyTable(method, weights, domains, cells, [f"mAP@{k}", f"Prec@{k}"], full_info)
 
 
+def class_queries(classes: Sequence[str]) -> list[str]:
+    """The text query of each class: its folder name with ``_`` as a space (DomainNet's
+    ``The_Eiffel_Tower`` -> ``The Eiffel Tower``)."""
+    return [c.replace("_", " ").strip() for c in classes]
+
+
+def text_table(
+    text_emb: np.ndarray,
+    embeddings: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    method: str,
+    weights: str,
+    query: str,
+    ks: Sequence[int] = (200,),
+    full_map: bool = True,
+    info: Mapping[str, Any] | None = None,
+    metric: str = "cos",
+    curvature: float | None = None,
+) -> AccuracyTable:
+    """Text-to-image in the paper's protocol: row ``i`` of ``text_emb`` (the text of class ``i``) is a query
+    whose relevant images are those labelled ``i``, searched in each domain's gallery; per gallery domain
+    the metrics of :func:`~.metrics.retrieval_metrics` (same ``metric`` / ``curvature`` as the images).
+    The table's one query domain is ``"text"`` (its "Avg." is over the gallery domains)."""
+    text_emb = np.asarray(text_emb, dtype=np.float32)
+    if text_emb.ndim != 2 or not np.isfinite(text_emb).all():
+        raise ValueError(f"text embeddings of shape {text_emb.shape} are not a finite [C, D] array")
+    metrics = _metric_names(ks, full_map)
+    labels = np.arange(text_emb.shape[0], dtype=np.int64)
+    cells: dict[str, dict[str, dict[str, float]]] = {"text": {}}
+    for g, (ge, gl) in embeddings.items():
+        res = retrieval_metrics(text_emb, labels, ge, gl, ks=ks, full_map=full_map, metric=metric,
+                                curvature=curvature)
+        cells["text"][g] = {m: res[m] for m in metrics}
+    full_info = {"queries": int(text_emb.shape[0]), "query_construction": query, **dict(info or {}),
+                 "metric": metric}
+    return AccuracyTable(method, weights, ["text", *embeddings], cells, metrics, full_info)
+
+
+def render_text_table(tables: Sequence[AccuracyTable], metrics: Sequence[str]) -> str:
+    """Rows = (method, query construction), columns = gallery domain x metric, then the average over the
+    gallery domains; in percent."""
+    galleries = [g for g in tables[0].domains if g != "text"]
+    headers = ["Method", "Query"] + [f"{g} {m}" for g in galleries for m in metrics] + [f"Avg. {m}" for m in metrics]
+    rows = [[t.method, str(t.info.get("query_construction"))]
+            + [_pct(t.cells["text"][g][m]) for g in galleries for m in metrics]
+            + [_pct(t.row_average("text", m)) for m in metrics] for t in tables]
+    align = ["l", "l"] + ["r"] * (len(headers) - 2)
+    return "Text to image (each class name a query, each domain a gallery):\n\n" + markdown_table(
+        headers, rows, align=align)
+
+
 def render_gallery_gap(pairs_of_tables: Sequence[tuple[AccuracyTable, AccuracyTable]], k: int) -> str:
     """Exact vs shipped gallery, per (exact table, gallery table): mAP@k and Prec@k averages (%), the gap in
     percentage points, and the largest per-pair gap of mAP@k."""
@@ -365,6 +431,23 @@ def torch_embed_fn(model: Any, device: str = "cpu") -> EmbedFn:
     return fn
 
 
+def torch_text_fn(model: Any, device: str = "cpu") -> TextFn:
+    """Wrap a torch ``TKIModel``'s ``encode_text``: ``"raw"`` or ``"template"`` (``"a photo of a {}."``);
+    ``"ensemble"`` is a ``ValueError`` (the learned prompts are an export's, see ``Embedder.embed_texts``)."""
+    import torch
+
+    from tki_sdk.runtime.engine.text_encoder import DEFAULT_TEMPLATE
+
+    def fn(texts: list[str], query: str) -> np.ndarray:
+        if query not in ("raw", "template"):
+            raise ValueError(f"torch text queries are raw or template, not {query!r}")
+        filled = texts if query == "raw" else [DEFAULT_TEMPLATE.replace("{}", t) for t in texts]
+        with torch.inference_mode():
+            return model.encode_text(filled).float().cpu().numpy()
+
+    return fn
+
+
 def embedder_embed_fn(embedder: Any, batch_size: int = 64) -> EmbedFn:
     """Wrap a runtime ``Embedder``: ``embed_images(paths, batch_size=...)`` must embed every path.
 
@@ -401,7 +484,10 @@ QUICK_PER_CLASS = 8
 QUICK_VANILLA = "TKI-Tiny-ViT"
 
 
-def _embedder_methods(model_dir: Path, precisions: list[str] | None, batch_size: int) -> list[tuple[str, str, EmbedFn, dict[str, Any]]]:
+Method = tuple[str, str, EmbedFn, dict[str, Any], "TextFn | None"]
+
+
+def _embedder_methods(model_dir: Path, precisions: list[str] | None, batch_size: int) -> list[Method]:
 
     from tki_sdk.runtime import Embedder
 
@@ -427,11 +513,15 @@ def _embedder_methods(model_dir: Path, precisions: list[str] | None, batch_size:
                 "artifact": {"file": art.get("file"), "sha256": art.get("sha256")},
                 "backend": getattr(emb, "backend", None)}
         label = f"{model_dir.name}:{p}" + ("" if meta.head == "tki" else f" ({meta.head})")
-        out.append((label, weights, embedder_embed_fn(emb, batch_size), info))
+        text = None
+        if emb.has_text:
+            info["text"] = {"default_query": emb.text_encoder.default_query}
+            text = (lambda e: lambda texts, query: e.embed_texts(texts, template=query))(emb)
+        out.append((label, weights, embedder_embed_fn(emb, batch_size), info, text))
     return out
 
 
-def _torch_methods(args: SuiteOptions) -> list[tuple[str, str, EmbedFn, dict[str, Any]]]:
+def _torch_methods(args: SuiteOptions) -> list[Method]:
 
     out = []
     vanilla = args.vanilla
@@ -447,14 +537,15 @@ def _torch_methods(args: SuiteOptions) -> list[tuple[str, str, EmbedFn, dict[str
         if vanilla is not None:
             m = TKIModel.vanilla(vanilla, args.pretrained, device=args.device)
             out.append((f"vanilla CLIP {vanilla} (torch)", describe_weights(m.clip.weights), torch_embed_fn(m, args.device),
-                        {"source": "torch", "head": "none", "model_name": vanilla}))
+                        {"source": "torch", "head": "none", "model_name": vanilla}, torch_text_fn(m, args.device)))
         if args.checkpoint is not None:
             m = TKIModel.from_checkpoint(args.checkpoint, args.pretrained, device=args.device)
             m.set_embedding("ball")  # raw head output: scored by each of --metrics on the same embeddings
             out.append((f"TKI {args.checkpoint.name} (torch)", describe_weights(m.clip.weights, m.checkpoint),
                         torch_embed_fn(m, args.device),
                         {"source": "torch", "head": "tki", "checkpoint": m.checkpoint, "output_space": m.output_space,
-                         "curvature": m.head.config.curvature if m.head.hyperbolic else None}))
+                         "curvature": m.head.config.curvature if m.head.hyperbolic else None},
+                        torch_text_fn(m, args.device)))
     except (FileNotFoundError, ValueError) as e:  # ClipLoadError / CheckpointError are ValueErrors
         raise UsageError(str(e).splitlines()[0]) from None
     return out
@@ -494,10 +585,23 @@ def run(args: SuiteOptions) -> dict[str, Any]:
         raise UsageError(f"--gallery {args.gallery!r}: choose from f32, f16, i8 (comma-separated) or none")
 
     progress = not getattr(args, "no_progress", False)
-    tables, gallery_pairs = [], []
+    text_queries = [] if args.text.strip() == "none" else [q.strip() for q in args.text.split(",") if q.strip()]
+    if any(q not in TEXT_QUERIES for q in text_queries):
+        raise UsageError(f"--text {args.text!r}: choose from {', '.join(TEXT_QUERIES)} (comma-separated) or none")
+    queries = class_queries(ds.classes)
+    tables, gallery_pairs, text_tables = [], [], []
+    text_skipped: list[str] = []
     ref = 0
-    for label, weights, fn, info in methods:
+    for label, weights, fn, info, text_fn in methods:
         embs = embed_dataset(ds, fn, batch_size=args.batch_size, progress=progress, desc=label)
+        texts: dict[str, np.ndarray] = {}
+        for q in text_queries if text_fn is not None else []:
+            try:
+                texts[q] = np.asarray(text_fn(queries, q), dtype=np.float32)
+            except ValueError as e:  # ensemble on vanilla CLIP or on torch: said, not silently dropped
+                text_skipped.append(f"{label} {q}: {str(e).splitlines()[0]}")
+        if text_fn is None and text_queries:
+            text_skipped.append(f"{label}: no text artifact (exported with --no-text or before text search)")
         space_metrics = METRICS_FOR_SPACE.get(info.get("output_space", ""), ("cos",))
         scored = [m for m in space_metrics if m in wanted_metrics] or ["cos"]
         for metric in scored:
@@ -513,10 +617,17 @@ def run(args: SuiteOptions) -> dict[str, Any]:
             for dt in dtypes:
                 gallery_pairs.append((t, gallery_table(embs, method=name, weights=weights, dtype=dt, k=args.k,
                                                        metric=metric, curvature=curv, info=minfo)))
+            for q, temb in texts.items():
+                text_tables.append(text_table(temb, embs, method=name, weights=weights, query=q, ks=(args.k,),
+                                              full_map=not args.no_full_map, info=minfo, metric=metric,
+                                              curvature=curv))
     metrics = _metric_names((args.k,), not args.no_full_map)
     paper_md = render_paper_table(tables, metrics)
     cmp_md = render_comparison(tables, ref, metrics)
     gap_md = render_gallery_gap(gallery_pairs, args.k) if gallery_pairs else ""
+    text_md = render_text_table(text_tables, metrics) if text_tables else ""
+    if text_skipped:
+        text_md += ("\n\n" if text_md else "") + "No text rows for: " + "; ".join(text_skipped)
     choice = metric_choice(tables, f"mAP@{args.k}")
     choice_md = ""
     if choice:
@@ -539,8 +650,9 @@ def run(args: SuiteOptions) -> dict[str, Any]:
         "reference": tables[ref].method,
         "tables": [t.to_dict() for t in tables],
         "gallery_tables": [g.to_dict() for _, g in gallery_pairs],
+        "text": {"queries": queries, "tables": [t.to_dict() for t in text_tables], "skipped": text_skipped},
         "metric_choice": choice,
         "plots": [str(png)],
         "markdown": paper_md + "\n\n" + cmp_md + ("\n\n" + gap_md if gap_md else "")
-        + ("\n\n" + choice_md if choice_md else "") + warn,
+        + ("\n\n" + text_md if text_md else "") + ("\n\n" + choice_md if choice_md else "") + warn,
     }

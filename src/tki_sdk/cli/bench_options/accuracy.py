@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tki_sdk.benchmarks.accuracy import QUICK_PER_CLASS, QUICK_VANILLA
+from tki_sdk.benchmarks.accuracy import QUICK_PER_CLASS, QUICK_VANILLA, TEXT_QUERIES
 
 __all__ = ["add_arguments"]
 
@@ -35,3 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--gallery", default="f16,i8",
                    help="also search through a built HNSW Gallery of these storage types and report the gap to "
                         "exact search (default f16,i8; 'none' to skip)")
+    g.add_argument("--text", default=",".join(TEXT_QUERIES),
+                   help="text-to-image rows: each class name a query, each domain a gallery, for these query "
+                        f"constructions (default {','.join(TEXT_QUERIES)}; 'none' to skip); methods without "
+                        "text are listed")
