@@ -74,6 +74,10 @@ def test_tiny_run_writes_json_and_png(tmp_path, capsys):
     # saved gallery holds for them (npy headers and gallery.json aside), and i8 + its f16 copy needs
     # 32 + 2 * 32 + 8 bytes per vector where f32 needs 4 * 32 (graph links alike)
     g32, g8, hnswlib = run["indexes"][:3]
+    for rec, parallel in ((g32, False), (g8, False), (hnswlib, True)):  # usearch reads one at a time
+        p = rec["parallel_searches"]
+        assert p["parallel_by_design"] is parallel and p["queries"] == 40 and p["threads"] == 8
+        assert p["serial_seconds"] > 0 and p["concurrent_seconds"] > 0 and p["speedup"] > 0
     for rec in (g32, g8, hnswlib):
         assert abs(rec["memory_bytes"] - rec["file_bytes"]) < 0.01 * rec["file_bytes"]
         assert rec["allocated_bytes"] >= rec["memory_bytes"]
@@ -92,4 +96,4 @@ def test_tiny_run_writes_json_and_png(tmp_path, capsys):
     assert png.read_bytes()[:8] == PNG_MAGIC
     assert not (tmp_path / "search" / "tiny.partial.json").exists()
     out = capsys.readouterr().out
-    assert "Sweeps" in out and "tiny.json" in out and "Goals" in out
+    assert "Sweeps" in out and "tiny.json" in out and "Goals" in out and "Concurrent searches (one query per call" in out

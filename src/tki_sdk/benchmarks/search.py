@@ -259,6 +259,7 @@ def gallery_curve(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, *, d
         g.expansion_search = tuned.expansion_search
         at = _measure(lambda: _gallery_ids(g, queries, k), truth, k, min_time)
         tuned_rec = {**tuned.record(), "recall_on_queries": at["recall"], "qps_on_queries": at["qps"]}
+    parallel = parallel_searches(g, queries, k)
     with tempfile.TemporaryDirectory(prefix="tki-search-") as d:
         g.save(Path(d) / "g")
         files = _folder_bytes(Path(d) / "g")
@@ -268,11 +269,44 @@ def gallery_curve(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, *, d
         "build_seconds": t_build, "build_rate": n / t_build, "tuning_seconds": tuned.seconds if tuned else 0.0,
         "memory_bytes": _gallery_memory(g), "allocated_bytes": _gallery_allocated(g), "file_bytes": sum(v for f, v in files.items() if f != "meta.sqlite"),
         "metadata_file_bytes": files.get("meta.sqlite", 0), "files": files, "sweep": sweep, "tuned": tuned_rec,
+        "parallel_searches": parallel,
     }
     if not keep:
         del g
         return rec, None
     return rec, g
+
+
+def parallel_searches(g: Any, queries: np.ndarray, k: int, threads: int = 8, n: int = 400) -> dict[str, Any]:
+    """One query per ``Gallery.search`` call (as ``tki serve`` makes them), the first ``n`` queries: all from
+    one thread, then split over ``threads`` threads started together. ``speedup = serial_s / concurrent_s``:
+    about 1 where searches wait for each other, up to the usable cores where they run in parallel."""
+    import threading
+
+    qs = queries[:n]
+    t0 = time.perf_counter()
+    for q in qs:
+        g.search(q, k)
+    serial = time.perf_counter() - t0
+    parts = np.array_split(np.arange(len(qs)), threads)
+    start = threading.Barrier(threads + 1)
+
+    def work(rows: np.ndarray) -> None:
+        start.wait()
+        for r in rows:
+            g.search(qs[r], k)
+
+    ts = [threading.Thread(target=work, args=(rows,)) for rows in parts]
+    for t in ts:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in ts:
+        t.join()
+    concurrent = time.perf_counter() - t0
+    return {"queries": int(len(qs)), "threads": threads, "serial_seconds": serial, "concurrent_seconds": concurrent,
+            "speedup": serial / concurrent if concurrent > 0 else float("nan"), "usable_cpus": _usable_cpus(),
+            "parallel_by_design": bool(g._index.parallel_search)}
 
 
 def _gallery_ids(g: Any, queries: np.ndarray, k: int) -> np.ndarray:
@@ -640,6 +674,15 @@ def render_markdown(runs: Sequence[dict[str, Any]], target: dict[str, Any] | Non
                        f"{r['indexes'][0]['tuned']['target_recall'] if r['indexes'][0].get('tuned') else '-'}):\n\n"
                        + markdown_table(["gallery", "ef", "estimate", "lower bound", "recall on queries", "QPS",
                                          "tuning queries", "method"], rows))
+        rows = [[i["index"], p["threads"], f"{p['serial_seconds']:.3f}", f"{p['concurrent_seconds']:.3f}",
+                 f"{p['speedup']:.2f}", "yes" if p["parallel_by_design"] else "no"]
+                for i in r["indexes"] if (p := i.get("parallel_searches"))]
+        if rows:
+            p0 = next(i["parallel_searches"] for i in r["indexes"] if i.get("parallel_searches"))
+            out.append(f"Concurrent searches (one query per call, {p0['queries']} queries, {p0['usable_cpus']} "
+                       "usable CPUs):\n\n"
+                       + markdown_table(["gallery", "threads", "one thread s", "all threads s", "speed-up",
+                                         "parallel reads"], rows))
         if r["filters"]:
             rows = [[f"{f['fraction']:.0%}", f"{f['matches']:,}", f["path"], f"{f['recall']:.4f}", f["qps"]]
                     for f in r["filters"]]
