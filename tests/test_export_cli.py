@@ -132,7 +132,8 @@ def test_parity_failure_exits_1_and_names_the_artifact(tiny_checkpoint, tmp_path
     monkeypatch.setitem(validate.THRESHOLDS, "int8", 0.9999999)  # int8 cannot reach this
     out = tmp_path / "strict"
     argv = ["--checkpoint", tiny_checkpoint, "--out", out, "--precision", "fp32,int8", "--calib-images", calib,
-            "--calib-count", 4, "--val-count", 2, "--int8-scheme", "dynamic", "--no-progress", "--no-timing"]
+            "--calib-count", 4, "--val-count", 2, "--int8-scheme", "dynamic", "--no-progress", "--no-timing",
+            "--no-text"]
     code, _, err = run(argv, capsys)
     assert code == 1
     failed = [ln for ln in err.splitlines() if "FAILED" in ln]

@@ -21,7 +21,7 @@ def ball_export(tmp_path_factory, tiny_checkpoint):
     root = tmp_path_factory.mktemp("ball_export")
     imgs = image_folder(root / "img", None, n=10)
     out = root / "export"
-    run_export(ExportConfig(out=out, checkpoint=tiny_checkpoint, precisions=("fp32",), calib_images=imgs,
+    run_export(ExportConfig(out=out, checkpoint=tiny_checkpoint, precisions=("fp32",), calib_images=imgs, text=False,
                             val_count=6, timing_rounds=1, time_torch=False, progress=False, embedding="ball"))
     return out, imgs
 

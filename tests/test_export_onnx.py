@@ -186,7 +186,7 @@ def test_head_none_without_checkpoint(tmp_path):
     out = tmp_path / "vanilla"
     res = run_export(ExportConfig(out=out, head="none", model_name="TKI-Tiny-ViT", precisions=("fp32",),
                                   calib_images=image_folder(tmp_path / "img", None, n=6), val_count=4,
-                                  timing_rounds=1, time_torch=False, progress=False))
+                                  timing_rounds=1, time_torch=False, progress=False, text=False))
     md = ModelMetadata.load(out)
     assert md.head == "none" and md.output_space == "clip_l2" and md.checkpoint is None and md.curvature is None
     assert set(md.artifacts) == {"fp32"} and res.parity["fp32"].passed
@@ -274,7 +274,7 @@ def test_opset_17_uses_the_torchscript_exporter(tmp_path):
     out = tmp_path / "op17"
     res = run_export(ExportConfig(out=out, head="none", model_name="TKI-Tiny-ViT", precisions=("fp32", "fp16"),
                                   opset=17, calib_images=image_folder(tmp_path / "img", None, n=4), val_count=4,
-                                  timing_rounds=1, time_torch=False, progress=False))
+                                  timing_rounds=1, time_torch=False, progress=False, text=False))
     m = onnx.load(str(out / "model.onnx"), load_external_data=False)
     assert [(o.domain, o.version) for o in m.opset_import if o.domain in STANDARD_DOMAINS] == [("", 17)]
     assert {n.domain for n in m.graph.node} <= STANDARD_DOMAINS
@@ -309,7 +309,7 @@ def test_failed_reexport_leaves_the_previous_export_untouched(exported, tmp_path
 
     out = tmp_path / "models"
     base = dict(out=out, calib_images=exported["calib"], calib_count=4, val_count=2, timing_rounds=1,
-                time_torch=False, progress=False)
+                time_torch=False, progress=False, text=False)
     run_export(ExportConfig(precisions=("fp32", "fp16"), **base), model=exported["model"])
 
     def snapshot() -> dict[str, bytes]:

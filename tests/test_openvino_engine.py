@@ -69,7 +69,7 @@ def ov_export(tmp_path_factory, tiny_checkpoint, pacs_dir):
     root = tmp_path_factory.mktemp("ov_export")
     calib = image_folder(root / "calib", pacs_dir, n=24)
     out = root / "export"
-    result = run_export(ExportConfig(out=out, checkpoint=tiny_checkpoint, precisions=("fp32",), openvino=True,
+    result = run_export(ExportConfig(out=out, checkpoint=tiny_checkpoint, precisions=("fp32",), openvino=True, text=False,
                                      calib_images=calib, calib_count=16, val_count=8, timing_rounds=1,
                                      time_torch=False, progress=False))
     return {"out": out, "result": result, "model": load_model(tiny_checkpoint)}
