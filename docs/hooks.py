@@ -5,6 +5,12 @@
   machine it ran on (CPU model, cores visible, ISA flags, load average) and its command; figures are read from
   the files, never typed.
 - ``<!-- tki:results-table SUITE/NAME.json -->``: the headline rows of one result file, with its machine.
+- ``<!-- tki:search-table search/NAME.json -->``: a search suite result at its target recall: per index the
+  QPS, the ratios to FAISS HNSW and to exact search, build rate and memory, with the machine.
+
+The README is not built by mkdocs: a ``<!-- tki:search-table ... -->`` line there is followed by the table and
+closed by ``<!-- /tki:search-table -->``; ``python docs/hooks.py`` rewrites those blocks from the files, and
+``tests/test_docs_figures.py`` fails when a block differs from what the file gives.
 """
 from __future__ import annotations
 
@@ -19,6 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 _HELP = re.compile(r"<!-- tki:help ([^>]+?) -->")
 _TABLE = re.compile(r"<!-- tki:results-table ([^>]+?) -->")
+_SEARCH = re.compile(r"<!-- tki:search-table ([^>]+?) -->")
+#: A generated block of the README: the marker line, the table, the closing line.
+README_BLOCK = re.compile(r"(<!-- tki:search-table ([^>]+?) -->\n)(.*?)(<!-- /tki:search-table -->)", re.S)
 
 #: console script -> module run with ``python -m`` (the same entry points pyproject.toml installs).
 _SCRIPTS = {"tki": "tki_sdk.cli.main", "tki-export": "tki_sdk.cli.export", "tki-bench": "tki_sdk.cli.bench"}
@@ -93,7 +102,34 @@ def _table(name: str) -> str:
     return "\n".join(lines)
 
 
+def search_table(name: str) -> str:
+    """One search suite result at its target recall (interpolated on each index's Pareto frontier), per run:
+    index, QPS, x FAISS HNSW, x exact, max recall, build vectors/s, memory MiB; then the machine line."""
+    d = json.loads((RESULTS / name).read_text())
+    res = d.get("results", {})
+    out = []
+    for run in res.get("runs", []):
+        target = (res.get("target") or {}).get("recall_at_10")
+        out.append(f"{run['label']} x {run['dim']}, {run['threads']} threads, recall@{run['k']}"
+                   + (f" = {target}" if target is not None else "") + ":")
+        out += ["", "| index | QPS | x FAISS HNSW | x exact | max recall | build vectors/s | memory MiB |",
+                "|---|---:|---:|---:|---:|---:|---:|"]
+        for a in run.get("at_target", []):
+            out.append(f"| {a['index']} | {_fmt(a['qps'])} | {_fmt(a['vs_faiss_hnsw'])} | {_fmt(a['vs_exact'])} | "
+                       f"{_fmt(a['max_recall'])} | {_fmt(a['build_rate'])} | {_fmt(a['memory_bytes'] / 2**20)} |")
+        out.append("")
+    out.append(f"From `benchmarks/results/{name}` ({machine_line(d['machine'])}; {str(d.get('timestamp'))[:16]}).")
+    return "\n".join(out)
+
+
+def refresh_readme(text: str) -> str:
+    """``text`` with every README search-table block regenerated from its file."""
+    return README_BLOCK.sub(lambda m: m.group(1) + search_table(m.group(2).strip()) + "\n" + m.group(4), text)
+
+
 def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v).replace("|", "\\|")
@@ -102,4 +138,10 @@ def _fmt(v: Any) -> str:
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     markdown = _HELP.sub(lambda m: _help(m.group(1).strip()), markdown)
     markdown = _TABLE.sub(lambda m: _table(m.group(1).strip()), markdown)
+    markdown = _SEARCH.sub(lambda m: search_table(m.group(1).strip()), markdown)
     return markdown.replace("<!-- tki:results -->", _catalogue())
+
+
+if __name__ == "__main__":  # python docs/hooks.py: rewrite the README's generated blocks
+    readme = REPO / "README.md"
+    readme.write_text(refresh_readme(readme.read_text()))

@@ -26,10 +26,17 @@ def _load_hooks():
     return mod
 
 
+def _without_generated_blocks(text: str) -> str:
+    """``text`` with the README's generated search tables blanked (they are checked against their files by
+    ``test_readme_tables_are_what_their_files_give``); line numbers are kept."""
+    hooks = _load_hooks()
+    return hooks.README_BLOCK.sub(lambda m: "\n" * m.group(0).count("\n"), text)
+
+
 def test_no_hand_typed_measurements_in_readme_or_docs():
     found = []
     for page in PAGES:
-        for n, line in enumerate(page.read_text().splitlines(), 1):
+        for n, line in enumerate(_without_generated_blocks(page.read_text()).splitlines(), 1):
             for m in MEASURED.finditer(line):
                 found.append(f"{page.relative_to(REPO)}:{n}: {m.group(0)}")
     assert not found, "measured figures must come from result files via docs/hooks.py:\n" + "\n".join(found)
@@ -59,3 +66,15 @@ def test_a_generated_table_reads_its_figures_from_the_file(tmp_path, monkeypatch
     monkeypatch.setattr(hooks, "RESULTS", tmp_path)
     table = hooks._table("suite/r.json")
     assert "Test CPU, 2 cores visible" in table and "load 0.5/0.4/0.3" in table and "| a | 12.35 |" in table
+
+
+def test_readme_tables_are_what_their_files_give():
+    """Each ``<!-- tki:search-table FILE -->`` block of the README equals the table its file gives today
+    (``python docs/hooks.py`` rewrites them); a changed figure in the block or in the file fails."""
+    hooks = _load_hooks()
+    text = (REPO / "README.md").read_text()
+    blocks = hooks.README_BLOCK.findall(text)
+    assert blocks, "the README shows the search backends' table"
+    assert hooks.refresh_readme(text) == text, "README search tables differ from their files: run python docs/hooks.py"
+    changed = text.replace(blocks[0][2], blocks[0][2].replace("|", "| 1 |", 1))
+    assert hooks.refresh_readme(changed) != changed

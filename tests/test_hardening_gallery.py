@@ -30,7 +30,7 @@ from tki_sdk.runtime.index.gallery import Gallery
 from tki_sdk.runtime.index.store import GalleryDamagedError, GalleryExistsError, read_current
 from tki_sdk.runtime.pipeline.ingest import gallery_options
 
-KINDS = {"hnsw": {}, "exact": {"exact": True}, "i8": {"dtype": "i8"}, "hnswlib": {"index": "hnswlib"}}
+KINDS = {"hnsw": {"index": "usearch"}, "exact": {"exact": True}, "i8": {"dtype": "i8"}, "hnswlib": {"index": "hnswlib"}}
 DAMAGES = ("truncate", "empty", "delete", "garbage", "flip")
 
 

@@ -73,7 +73,7 @@ def test_a_gallery_saved_before_backends_loads_its_cos_graph_as_cos(tmp_path):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((300, 16)).astype(np.float32)
     q = rng.standard_normal((20, 16)).astype(np.float32)
-    old = Gallery(16)
+    old = Gallery(16, index="usearch")  # galleries saved before backends were usearch graphs
     old.graph_metric = "cos"  # what the code before backends built
     old._index = old._new_index()
     old.add(np.arange(300), x)

@@ -27,7 +27,8 @@ Search contract -- ``search(vectors[Q, D], k, where=None) -> (keys[Q, k] uint64,
   index never answers with NaN);
 - ``exact=True`` galleries store a flat matrix and search it by brute force (usearch's exact kernels), so
   they are also the reference for recall; ``exact=False`` galleries use an HNSW graph of the backend chosen
-  at creation (``index="usearch"`` or ``"hnswlib"``, recorded in ``gallery.json``);
+  at creation (``index="usearch"`` or ``"hnswlib"``, recorded in ``gallery.json``; ``None``:
+  :func:`~tki_sdk.runtime.index.backends.default_backend`, hnswlib for f32 and usearch for f16 / i8);
 - ``where={"domain": "sketch", "class": ["dog", "horse"]}`` (at most
   :data:`~tki_sdk.runtime.index.metadata_store.MAX_WHERE_FIELDS` fields and
   :data:`~tki_sdk.runtime.index.metadata_store.MAX_WHERE_VALUES` values): items whose metadata has ``domain == "sketch"``
@@ -67,7 +68,8 @@ from tki_sdk.common.gallery_manifest import MANIFEST_FILE, GalleryManifest
 from tki_sdk.common.index_config import IndexConfig
 from tki_sdk.runtime.index import poincare
 from tki_sdk.runtime.index.backends import (
-    DEFAULT_BACKEND,
+    LEGACY_BACKEND,
+    default_backend,
     GraphIndex,
     check_backend,
     graph_metric,
@@ -172,7 +174,7 @@ class Gallery:
         rescore: bool | None = None,
         rescore_oversample: int = 4,
         curvature: float | None = None,
-        index: str = DEFAULT_BACKEND,
+        index: str | None = None,
     ) -> None:
         if int(ndim) < 1:
             raise ValueError("ndim must be >= 1")
@@ -186,6 +188,8 @@ class Gallery:
                              "leave rescore unset")
         if dtype not in _DTYPES:
             raise ValueError(f"dtype {dtype!r} unknown; use f32, f16 or i8")
+        if index is None:
+            index = default_backend("f32" if exact else dtype)
         check_backend(index, "f32" if exact else dtype)
         if exact and dtype == "i8":
             raise ValueError("exact galleries store f32 or f16 vectors; use dtype='f32' or 'f16' (or exact=False for i8)")
@@ -861,7 +865,7 @@ class Gallery:
             rescore=info.rescore,
             rescore_oversample=info.rescore_oversample,
             curvature=info.curvature,
-            index=(info.index or {}).get("backend", DEFAULT_BACKEND),
+            index=(info.index or {}).get("backend", LEGACY_BACKEND),
         )
         if not g.exact:  # the graph as it was built (saved before the record: usearch with the gallery's metric)
             built = (info.index or {}).get("metric") or legacy_graph_metric(g.metric)

@@ -144,7 +144,8 @@ FIELD_HELP = {
     "max_pixels": "refuse images declaring more pixels than this (default: Pillow's 89,478,485)",
     "exact": "new gallery: flat index searched by brute force (no HNSW graph)",
     "dtype": "new gallery: vector storage (default f32)",
-    "index": f"new gallery: HNSW backend (default {DEFAULT_BACKEND}; hnswlib stores f32 only)",
+    "index": f"new gallery: HNSW backend (default {DEFAULT_BACKEND} for f32, usearch for f16 / i8: hnswlib "
+             "stores f32 only)",
     "connectivity": f"new gallery: neighbours per node (default {IndexConfig.connectivity})",
     "expansion_add": f"new gallery: candidates considered per insert (default {IndexConfig.expansion_add})",
     "overwrite": "rebuild the gallery from scratch",

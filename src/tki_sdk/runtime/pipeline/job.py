@@ -26,7 +26,7 @@ from tki_sdk.runtime.index.gallery import Gallery
 from tki_sdk.runtime.index.store import is_empty_dir, is_gallery
 from tki_sdk.runtime.pipeline import distributed
 from tki_sdk.runtime.pipeline.config import EmbedConfig
-from tki_sdk.runtime.index.backends import DEFAULT_BACKEND
+from tki_sdk.runtime.index.backends import default_backend
 from tki_sdk.runtime.pipeline.embed_run import Checkpointer, Engine, JobReport, check_same_graph, embed_local, run_job
 from tki_sdk.common.extras import MissingExtraError
 from tki_sdk.runtime.pipeline.errors import PipelineError
@@ -155,7 +155,7 @@ def describe_embedder(emb: Embedder) -> str:
 def model_record(emb: EmbedderLike, config: EmbedConfig) -> tuple[ShardInfo, Callable[[], Gallery]]:
     """The shard metadata for ``emb``'s embeddings and a factory of an empty gallery for them."""
     opts = gallery_options(emb, exact=bool(config.exact), dtype=config.dtype or "f32",
-                           index=config.index or DEFAULT_BACKEND, **config.graph_options)
+                           index=config.index or default_backend(config.dtype or "f32"), **config.graph_options)
     info = ShardInfo(model_fingerprint=emb.model_fingerprint, embedding_dim=emb.embedding_dim, metric=opts["metric"],
                      model=opts["model_info"], images_root=str(Path(config.images).resolve()), engine=config.engine)
 

@@ -1,10 +1,15 @@
 """Graph index backends of an HNSW ``Gallery``: one :class:`GraphIndex` protocol, two implementations.
 
-- ``usearch`` (:mod:`.usearch_graph`, the default and what every gallery saved before backends used):
-  f32 / f16 / i8 storage, memory-mapped views; its Python searches share per-thread scratch space, so a
-  gallery runs them one at a time (``parallel_search = False``).
-- ``hnswlib`` (:mod:`.hnswlib_graph`): float32 storage only; removal leaves a tombstone that the next insert
-  reuses; searches from several threads run in parallel (``parallel_search = True``); views load into memory.
+- ``hnswlib`` (:mod:`.hnswlib_graph`, the default for float32 storage): float32 only; removal leaves a
+  tombstone that the next insert reuses; searches from several threads run in parallel
+  (``parallel_search = True``); views load into memory.
+- ``usearch`` (:mod:`.usearch_graph`, the default for f16 / i8 storage, and what every gallery saved before
+  backends were recorded used): f32 / f16 / i8 storage, memory-mapped views; its Python searches share
+  per-thread scratch space, so a gallery runs them one at a time (``parallel_search = False``).
+
+:func:`default_backend` picks the backend of a new gallery that names none: the fastest at the target
+recall in the search suite's 1M x 512 run that stores the gallery's dtype
+(``benchmarks/results/search/``; at float32 hnswlib matched FAISS HNSW, usearch did not).
 
 Every backend stores unit vectors for ``cos`` galleries and answers with the same distances: ``ip``
 (``1 - q.x``; on unit vectors this equals ``1 - cos(q, x)``) or ``l2sq`` (``|q - x|^2``). The metric the
@@ -20,12 +25,23 @@ import numpy as np
 
 from tki_sdk.runtime.index.backends.usearch_graph import UsearchGraph
 
-__all__ = ["GraphIndex", "BACKENDS", "DEFAULT_BACKEND", "graph_metric", "legacy_graph_metric", "make_graph",
-           "check_backend"]
+__all__ = ["GraphIndex", "BACKENDS", "DEFAULT_BACKEND", "LEGACY_BACKEND", "default_backend", "graph_metric",
+           "legacy_graph_metric", "make_graph", "check_backend"]
 
 #: Backend names accepted by ``Gallery(index=...)`` and ``tki embed --index``.
 BACKENDS: tuple[str, ...] = ("usearch", "hnswlib")
-DEFAULT_BACKEND = "usearch"
+#: The backend of a new float32 gallery that names none.
+DEFAULT_BACKEND = "hnswlib"
+#: The backend of a gallery saved before ``gallery.json`` recorded one.
+LEGACY_BACKEND = "usearch"
+#: Storage types each backend holds.
+DTYPES_OF: dict[str, tuple[str, ...]] = {"usearch": ("f32", "f16", "i8"), "hnswlib": ("f32",)}
+
+
+def default_backend(dtype: str = "f32") -> str:
+    """The backend a new HNSW gallery of ``dtype`` storage gets when it names none: :data:`DEFAULT_BACKEND`
+    where it stores ``dtype``, else ``usearch`` (the only backend with f16 / i8)."""
+    return DEFAULT_BACKEND if dtype in DTYPES_OF[DEFAULT_BACKEND] else "usearch"
 
 
 class GraphIndex(Protocol):
@@ -60,7 +76,7 @@ def check_backend(name: str, dtype: str) -> None:
     """Refuse an unknown backend, or a storage the backend lacks (one line, ``ValueError``)."""
     if name not in BACKENDS:
         raise ValueError(f"index {name!r} unknown; use one of {', '.join(BACKENDS)}")
-    if name == "hnswlib" and dtype != "f32":
+    if dtype not in DTYPES_OF[name]:
         raise ValueError(f"index hnswlib stores float32 only; use dtype='f32' or index='usearch' for {dtype}")
 
 
