@@ -21,6 +21,7 @@ def _png(path: str) -> None:
     assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # over 20 s: run by .ci/run after the default test run (pytest -m slow)
 def test_parity_quick_exports_and_checks_every_artifact(tmp_path: Path, pacs_dir: Path) -> None:
     rc = main(["parity", "--quick", "--out-dir", str(tmp_path), "--no-progress", "--dataset-dir", str(pacs_dir)])
     assert rc == 0
@@ -55,6 +56,7 @@ def test_bad_option_values_are_one_line(tmp_path: Path, capsys: pytest.CaptureFi
     assert len(err) == 1 and "P >= 2" in err[0]
 
 
+@pytest.mark.slow  # over 20 s: run by .ci/run after the default test run (pytest -m slow)
 def test_embed_quick_measures_files_against_tensors(tmp_path: Path, pacs_dir: Path) -> None:
     rc = main(["embed", "--quick", "--images", "24", "--out-dir", str(tmp_path), "--no-progress",
                "--dataset-dir", str(pacs_dir)])
@@ -67,9 +69,11 @@ def test_embed_quick_measures_files_against_tensors(tmp_path: Path, pacs_dir: Pa
     _png(res["plots"][0])
 
 
+@pytest.mark.slow  # over 20 s: run by .ci/run after the default test run (pytest -m slow)
 def test_serve_quick_drives_a_real_server_at_each_level(tmp_path: Path, pacs_dir: Path) -> None:
     rc = main(["serve", "--quick", "--dataset-dir", str(pacs_dir), "--levels", "1,4", "--level-seconds", "2",
-               "--soak-seconds", "0", "--out-dir", str(tmp_path), "--no-progress"])
+               "--soak-seconds", "0", "--vector-gallery", "3000", "--vector-levels", "1,4", "--out-dir", str(tmp_path),
+               "--no-progress"])
     assert rc == 0
     res = _result(tmp_path, "serve")
     assert res["server_exit_codes"] == {"batching": 0, "batch-1": 0}  # both uvicorn processes drained
@@ -79,12 +83,20 @@ def test_serve_quick_drives_a_real_server_at_each_level(tmp_path: Path, pacs_dir
     assert all(lv["mean_batch_size"] == 1.0 for lv in res["levels"]["batch-1"])
     assert res["embed_images_img_per_s"] > 0 and res["batching_gain_at"]["concurrency"] == 4
     _png(res["plots"][0])
+    vec = res["vector_queries"]  # vector queries through the service, once per HNSW backend
+    assert vec["vectors"] == 3000 and set(vec["backends"]) == {"usearch", "hnswlib"}
+    for b in vec["backends"].values():
+        assert b["exit_code"] == 0 and [lv["concurrency"] for lv in b["levels"]] == [1, 4]
+        assert all(lv["requests"] > 0 and lv["errors"] == 0 for lv in b["levels"])
 
 
 def test_serve_suite_refuses_bad_levels_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["serve", "--quick", "--levels", "0", "--out-dir", str(tmp_path), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--levels" in err[0]
+    assert main(["serve", "--quick", "--vector-levels", "x", "--out-dir", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--vector-levels" in err[0]
 
 
 def test_embed_suite_samples_files_from_the_dataset(pacs_dir: Path) -> None:

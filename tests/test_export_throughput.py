@@ -22,6 +22,7 @@ def test_measure_interleaved_alternates_calls():
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
 
 
+@pytest.mark.slow  # over 20 s: run by .ci/run after the default test run (pytest -m slow)
 def test_throughput_suite_on_tiny_model(tmp_path):
     p = argparse.ArgumentParser()
     throughput_options.add_arguments(p)

@@ -173,6 +173,7 @@ def test_driver_sigkilled_mid_run_leaves_no_ray_process(export, images, tmp_path
         stop_leftovers(seen, sessions)
 
 
+@pytest.mark.slow  # over 20 s: run by .ci/run after the default test run (pytest -m slow)
 def test_next_run_stops_what_a_killed_run_and_watchdog_left_then_ends_clean(export, images, tmp_path):
     out, cache = tmp_path / "g", tmp_path / "cache"
     proc = start_embed(export, images, out, cache)

@@ -43,6 +43,7 @@ def _connect_chunk(port: int, n: int, deadline_s: float = 3.0) -> list[socket.so
     return socks
 
 
+@pytest.mark.slow  # over 20 s: run by .ci/run after the default test run (pytest -m slow)
 def test_idle_connection_flood_keeps_healthz_answering(tmp_path, pacs_dir):
     model, _ = make_tiny_export(tmp_path / "export")
     files = pacs_sample(pacs_dir, per_class=1, classes=SERVE_CLASSES)

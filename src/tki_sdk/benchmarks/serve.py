@@ -144,8 +144,28 @@ async def _post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, requ
     return status, await reader.readexactly(length)
 
 
-async def _drive(host: str, port: int, queries: list[tuple[str, bytes]], concurrency: int, seconds: float, k: int,
-                 on_response: Any = None) -> dict[str, Any]:
+def _image_requests(host: str, port: int, queries: list[tuple[str, bytes]], k: int) -> list[bytes]:
+    """One encoded ``POST /v1/search`` per query image (multipart)."""
+    out = []
+    for name, data in queries:
+        ctype, body = _multipart(name, data, k)
+        out.append((f"POST /v1/search HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {ctype}\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+    return out
+
+
+def _vector_requests(host: str, port: int, vectors: np.ndarray, k: int) -> list[bytes]:
+    """One encoded ``POST /v1/search`` per query vector (JSON ``{"vectors": [[...]], "k": k}``)."""
+    out = []
+    for v in vectors:
+        body = json.dumps({"vectors": [[round(float(x), 7) for x in v]], "k": k}).encode()
+        out.append((f"POST /v1/search HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+    return out
+
+
+async def _drive(host: str, port: int, queries: list[tuple[str, bytes]] | list[bytes], concurrency: int,
+                 seconds: float, k: int, on_response: Any = None) -> dict[str, Any]:
     """Keep ``concurrency`` searches in flight for ``seconds`` over as many keep-alive connections.
 
     The requests are encoded once up front and exchanged with a minimal HTTP/1.1 client on asyncio streams:
@@ -153,11 +173,8 @@ async def _drive(host: str, port: int, queries: list[tuple[str, bytes]], concurr
     per request here, as much as the service's own HTTP layer.
     """
 
-    requests = []
-    for name, data in queries:
-        ctype, body = _multipart(name, data, k)
-        requests.append((f"POST /v1/search HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {ctype}\r\n"
-                         f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+    requests = (list(queries) if queries and isinstance(queries[0], bytes)  # already encoded (vector queries)
+                else _image_requests(host, port, queries, k))  # type: ignore[arg-type]
     latencies: list[float] = []
     errors: dict[str, int] = {}
     versions: dict[str, int] = {}
@@ -209,7 +226,8 @@ async def _drive(host: str, port: int, queries: list[tuple[str, bytes]], concurr
             "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99), "versions": versions}
 
 
-def _level(server: _Server, queries: list[tuple[str, bytes]], concurrency: int, seconds: float, k: int) -> dict[str, Any]:
+def _level(server: _Server, queries: list[tuple[str, bytes]] | list[bytes], concurrency: int, seconds: float,
+           k: int) -> dict[str, Any]:
     before = server.metrics()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     res = asyncio.run(_drive("127.0.0.1", server.port, queries, concurrency, seconds, k))
@@ -221,6 +239,44 @@ def _level(server: _Server, queries: list[tuple[str, bytes]], concurrency: int, 
     res["driver_cpu_s"] = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     res.pop("versions", None)
     return res
+
+
+def vector_levels(model_dir: Path, precision: str | None, fingerprint: str, dim: int, args: SuiteOptions,
+                  n: int, levels: list[int], seconds: float, work: Path, progress: bool) -> dict[str, Any]:
+    """``tki serve`` answering vector queries (JSON, one vector per request) on an ``n``-vector gallery of
+    embedding-shaped data, for each HNSW backend, at each concurrency of ``levels``: the search itself is
+    what the service spends its time on, so this shows whether concurrent searches wait for each other
+    (usearch: one at a time; hnswlib: in parallel). Same data and graph settings for every backend."""
+    from tki_sdk.benchmarks.search_data import embedding_shaped_vectors
+    from tki_sdk.runtime.index.backends import BACKENDS
+    from tki_sdk.runtime.index.gallery import Gallery
+
+    base = embedding_shaped_vectors(n, dim, seed=args.seed, stream=0)
+    queries = embedding_shaped_vectors(256, dim, seed=args.seed, stream=1)
+    out: dict[str, Any] = {"vectors": n, "dim": dim, "queries": len(queries), "backends": {}}
+    for backend in BACKENDS:
+        if progress:
+            _status.info(f"serve [vectors, {backend}]: building a {n:,}-vector gallery")
+        g = Gallery(dim, index=backend, model_fingerprint=fingerprint, threads=args.threads)
+        g.add(np.arange(n, dtype=np.uint64), base)
+        path = g.save(work / f"vectors-{backend}")
+        del g
+        server = _Server(model_dir, path, precision, args, args.max_batch, work / f"server-{backend}.log")
+        try:
+            requests = _vector_requests("127.0.0.1", server.port, queries, args.k)
+            asyncio.run(_drive("127.0.0.1", server.port, requests, 4, min(2.0, seconds), args.k))  # warm-up
+            rows = []
+            for c in levels:
+                if progress:
+                    _status.info(f"serve [vectors, {backend}]: concurrency {c} for {seconds:g} s")
+                r = asyncio.run(_drive("127.0.0.1", server.port, requests, c, seconds, args.k))
+                r.pop("versions", None)
+                rows.append(r)
+        finally:
+            code = server.stop()
+        out["backends"][backend] = {"levels": rows, "exit_code": code,
+                                    "scaling": rows[-1]["qps"] / rows[0]["qps"] if rows[0]["qps"] else float("nan")}
+    return out
 
 
 def _soak(server: _Server, gallery: Path, queries: list[tuple[str, bytes]], args: SuiteOptions,
@@ -360,6 +416,15 @@ def run(args: SuiteOptions) -> dict[str, Any]:
         raise UsageError(f"--levels {args.levels!r}: give comma-separated integers like 1,4,16,64") from None
     if not levels or min(levels) < 1:
         raise UsageError("--levels needs concurrency levels >= 1")
+    try:
+        vlevels = [int(x) for x in args.vector_levels.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--vector-levels {args.vector_levels!r}: give comma-separated integers like 1,4,16") from None
+    if not vlevels or min(vlevels) < 1:
+        raise UsageError("--vector-levels needs concurrency levels >= 1")
+    n_vectors = args.vector_gallery if args.vector_gallery is not None else (5000 if args.quick else 200_000)
+    if n_vectors < 0:
+        raise UsageError("--vector-gallery must be >= 0 (0 skips the vector queries)")
     level_s = args.level_seconds if args.level_seconds is not None else (3.0 if args.quick else 20.0)
     soak_s = args.soak_seconds if args.soak_seconds is not None else (8.0 if args.quick else 300.0)
     n_gallery = args.gallery_images or (96 if args.quick else 2000)
@@ -397,6 +462,7 @@ def run(args: SuiteOptions) -> dict[str, Any]:
                for i in res.indices])
         gallery = g.save(Path(work.name) / "gallery")
         model_name, served_precision = emb.metadata.model_name, emb.precision
+        fingerprint, dim = emb.model_fingerprint, emb.embedding_dim
         weights = emb.metadata.weights
         del emb, g, res
         queries = [(p.name, p.read_bytes()) for p in query_paths]
@@ -425,6 +491,10 @@ def run(args: SuiteOptions) -> dict[str, Any]:
                     soak = _soak(server, gallery, queries, args, soak_s, progress)
             finally:
                 exit_codes[mode] = server.stop()
+        vectors = None
+        if n_vectors > 0:
+            vectors = vector_levels(model_dir, precision, fingerprint, dim, args, n_vectors, vlevels, level_s,
+                                    Path(work.name), progress)
     finally:
         work.cleanup()
         if tmp_model is not None:
@@ -461,6 +531,19 @@ def run(args: SuiteOptions) -> dict[str, Any]:
            f"{n_gallery} images, k={args.k}, service --threads {args.threads} --workers {args.workers} "
            f"--max-wait-ms {args.max_wait_ms:g}; load average at start {load_start[0]:.2f}, at end {load_end[0]:.2f} "
            "(the load generator runs on the same cores)")
+    if vectors:
+        vrows = []
+        for c_i, c in enumerate(vectors["backends"][next(iter(vectors["backends"]))]["levels"]):
+            row = [str(c["concurrency"])]
+            for b in vectors["backends"].values():
+                r = b["levels"][c_i]
+                row += [f"{r['qps']:.0f}", f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f}", str(r["errors"])]
+            vrows.append(row)
+        heads = ["concurrency"] + [h for b in vectors["backends"] for h in (f"QPS ({b})", "p50/p99 ms", "errors")]
+        md += (f"\n\nVector queries (JSON, one {vectors['dim']}-d vector per request) on a {vectors['vectors']:,}-vector gallery "
+               f"of embedding-shaped data, per HNSW backend:\n\n" + markdown_table(heads, vrows)
+               + "\n\nQPS at the highest level / at the lowest: "
+               + ", ".join(f"{b} {v['scaling']:.2f}x" for b, v in vectors["backends"].items()))
     stem = getattr(args, "name", None) or ("quick" if args.quick else "results")
     png = _plot(args.suite_dir / f"{stem}.png",
                 f"tki serve: {model_name} {served_precision}, {n_gallery}-image gallery, loopback, 2 threads",
@@ -476,6 +559,6 @@ def run(args: SuiteOptions) -> dict[str, Any]:
         "search_qps_fraction_of_embed": {"concurrency": ref_c, "fraction": http_fraction,
                                          "target": HTTP_FRACTION_TARGET, "met": http_fraction >= HTTP_FRACTION_TARGET},
         "serve_versions": _serve_versions(),
-        "soak": soak, "server_exit_codes": exit_codes, "load_average_start": load_start,
+        "soak": soak, "server_exit_codes": exit_codes, "vector_queries": vectors, "load_average_start": load_start,
         "load_average_end": load_end, "screenshot": shot, "markdown": md, "plots": [str(png)],
     }

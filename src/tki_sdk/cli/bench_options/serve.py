@@ -29,5 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=2, help="decode threads of the service (default 2)")
     g.add_argument("-k", type=int, default=10, help="hits per search (default 10)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    g.add_argument("--vector-gallery", type=int, default=None,
+                   help="also serve vector queries (JSON) on a gallery of this many embedding-shaped vectors, once "
+                        "per HNSW backend (default 200000; --quick 5000; 0 skips it)")
+    g.add_argument("--vector-levels", default="1,4,16", help="concurrency levels of the vector queries (default 1,4,16)")
     g.add_argument("--screenshot", type=Path, default=None,
                    help="also save a screenshot of the page after a sketch search (needs playwright + chromium)")
