@@ -410,18 +410,7 @@ def run(args: SuiteOptions) -> dict[str, Any]:
     from tki_sdk.benchmarks.parity import model_dir_or_quick_export
     from tki_sdk.runtime import Embedder, Gallery
 
-    try:
-        levels = [int(x) for x in args.levels.split(",") if x.strip()]
-    except ValueError:
-        raise UsageError(f"--levels {args.levels!r}: give comma-separated integers like 1,4,16,64") from None
-    if not levels or min(levels) < 1:
-        raise UsageError("--levels needs concurrency levels >= 1")
-    try:
-        vlevels = [int(x) for x in args.vector_levels.split(",") if x.strip()]
-    except ValueError:
-        raise UsageError(f"--vector-levels {args.vector_levels!r}: give comma-separated integers like 1,4,16") from None
-    if not vlevels or min(vlevels) < 1:
-        raise UsageError("--vector-levels needs concurrency levels >= 1")
+    levels, vlevels = list(args.levels), list(args.vector_levels)  # positive integers (cli/bench_options/serve.py)
     n_vectors = args.vector_gallery if args.vector_gallery is not None else (5000 if args.quick else 200_000)
     if n_vectors < 0:
         raise UsageError("--vector-gallery must be >= 0 (0 skips the vector queries)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tki_sdk.cli.bench_options.parsers import int_list
+
 
 __all__ = ["add_arguments"]
 
@@ -18,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--gallery-images", type=int, default=None, help="gallery size (default 2000; --quick 96)")
     g.add_argument("--query-domain", default="sketch", help="domain the query images come from (default sketch)")
     g.add_argument("--queries", type=int, default=64, help="distinct query files, sent round-robin (default 64)")
-    g.add_argument("--levels", default="1,4,16,64", help="concurrency levels (default 1,4,16,64)")
+    g.add_argument("--levels", type=int_list, default="1,4,16,64", help="concurrency levels (default 1,4,16,64)")
     g.add_argument("--level-seconds", type=float, default=None, help="seconds per level (default 20; --quick 3)")
     g.add_argument("--soak-seconds", type=float, default=None,
                    help="soak duration with a gallery reload halfway (default 300; --quick 8; 0 skips it)")
@@ -32,6 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--vector-gallery", type=int, default=None,
                    help="also serve vector queries (JSON) on a gallery of this many embedding-shaped vectors, once "
                         "per HNSW backend (default 200000; --quick 5000; 0 skips it)")
-    g.add_argument("--vector-levels", default="1,4,16", help="concurrency levels of the vector queries (default 1,4,16)")
+    g.add_argument("--vector-levels", type=int_list, default="1,4,16", help="concurrency levels of the vector queries (default 1,4,16)")
     g.add_argument("--screenshot", type=Path, default=None,
                    help="also save a screenshot of the page after a sketch search (needs playwright + chromium)")
