@@ -38,6 +38,7 @@ embed text (an export with a text artifact through ``Embedder.embed_texts``; a t
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -487,6 +488,11 @@ QUICK_VANILLA = "TKI-Tiny-ViT"
 Method = tuple[str, str, EmbedFn, dict[str, Any], "TextFn | None"]
 
 
+def _embed_texts(embedder: Any, texts: list[str], query: str) -> np.ndarray:
+    """:data:`TextFn` of a runtime ``Embedder``: ``embed_texts`` with the query construction as template."""
+    return embedder.embed_texts(texts, template=query)
+
+
 def _embedder_methods(model_dir: Path, precisions: list[str] | None, batch_size: int) -> list[Method]:
 
     from tki_sdk.runtime import Embedder
@@ -516,7 +522,7 @@ def _embedder_methods(model_dir: Path, precisions: list[str] | None, batch_size:
         text = None
         if emb.has_text:
             info["text"] = {"default_query": emb.text_encoder.default_query}
-            text = (lambda e: lambda texts, query: e.embed_texts(texts, template=query))(emb)
+            text = functools.partial(_embed_texts, emb)
         out.append((label, weights, embedder_embed_fn(emb, batch_size), info, text))
     return out
 

@@ -144,24 +144,22 @@ async def _post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, requ
     return status, await reader.readexactly(length)
 
 
+def _search_request(host: str, port: int, ctype: str, body: bytes) -> bytes:
+    """One encoded HTTP/1.1 ``POST /v1/search`` with ``body`` of content type ``ctype``."""
+    return (f"POST /v1/search HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
 def _image_requests(host: str, port: int, queries: list[tuple[str, bytes]], k: int) -> list[bytes]:
     """One encoded ``POST /v1/search`` per query image (multipart)."""
-    out = []
-    for name, data in queries:
-        ctype, body = _multipart(name, data, k)
-        out.append((f"POST /v1/search HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {ctype}\r\n"
-                    f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
-    return out
+    return [_search_request(host, port, *_multipart(name, data, k)) for name, data in queries]
 
 
 def _vector_requests(host: str, port: int, vectors: np.ndarray, k: int) -> list[bytes]:
     """One encoded ``POST /v1/search`` per query vector (JSON ``{"vectors": [[...]], "k": k}``)."""
-    out = []
-    for v in vectors:
-        body = json.dumps({"vectors": [[round(float(x), 7) for x in v]], "k": k}).encode()
-        out.append((f"POST /v1/search HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
-    return out
+    return [_search_request(host, port, "application/json",
+                            json.dumps({"vectors": [[round(float(x), 7) for x in v]], "k": k}).encode())
+            for v in vectors]
 
 
 async def _drive(host: str, port: int, queries: list[tuple[str, bytes]] | list[bytes], concurrency: int,

@@ -59,10 +59,8 @@ def embed_folder(config: EmbedConfig, *, embedder: Embedder | None = None) -> Jo
         kept = "the gallery is unchanged" if is_gallery(out) else "no gallery was written"
         raise PipelineError(f"cannot write gallery {out}: {one_line(e)}; {kept}; completed checkpoints in "
                             f"{out}/embed-run are kept for the next run", code=EXIT_FAILED) from None
-    except MissingExtraError:
-        raise
     except ImportError as e:
-        raise MissingExtraError(one_line(e), "runtime") from None
+        raise _missing(e, "runtime") from None
     except ValueError as e:
         raise PipelineError(one_line(e), code=EXIT_FAILED) from None
 
@@ -123,6 +121,12 @@ def check_writable(out: Path, field: str = "out") -> None:
         raise PipelineError(f"{{{field}}} {out}: folder {probe} is not writable; choose another", fields=(field,))
 
 
+def _missing(e: ImportError, extra: str) -> MissingExtraError:
+    """``e`` itself when it already is the project's :class:`MissingExtraError` (it names its extra), else
+    ``e`` as one naming ``extra``."""
+    return e if isinstance(e, MissingExtraError) else MissingExtraError(one_line(e), extra)
+
+
 def make_embedder(config: EmbedConfig) -> Embedder:
     """The Embedder ``config`` asks for (the Ray engine's driver copy runs on one CPU thread: it only
     describes the model; the actors embed)."""
@@ -135,10 +139,8 @@ def make_embedder(config: EmbedConfig) -> Embedder:
                        **extra)  # type: ignore[arg-type]
     except ArtifactCheckError as e:
         raise PipelineError(str(e), code=EXIT_DAMAGED) from None
-    except MissingExtraError:
-        raise
     except ImportError as e:
-        raise MissingExtraError(one_line(e), "runtime") from None
+        raise _missing(e, "runtime") from None
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise PipelineError(one_line(e)) from None
     log.info("%s", describe_embedder(emb))
@@ -190,9 +192,7 @@ def ray_engine(emb: Embedder, config: EmbedConfig) -> Engine:
     def engine(todo: Sequence[SourceFile], checkpoints: Checkpointer) -> int:
         try:
             return distributed.embed_ray(todo, checkpoints, opts, progress=config.progress)
-        except MissingExtraError:
-            raise
         except ImportError as e:
-            raise MissingExtraError(one_line(e), "distributed") from None
+            raise _missing(e, "distributed") from None
 
     return engine
