@@ -30,7 +30,8 @@ from tki_sdk.runtime.index.gallery import Gallery
 from tki_sdk.runtime.index.store import GalleryDamagedError, GalleryExistsError, read_current
 from tki_sdk.runtime.pipeline.ingest import gallery_options
 
-KINDS = {"hnsw": {"index": "usearch"}, "exact": {"exact": True}, "i8": {"dtype": "i8"}, "hnswlib": {"index": "hnswlib"}}
+KINDS = {"hnsw": {"index": "usearch"}, "exact": {"exact": True}, "i8": {"dtype": "i8"}, "hnswlib": {"index": "hnswlib"},
+         "faiss": {"index": "faiss"}}
 DAMAGES = ("truncate", "empty", "delete", "garbage", "flip")
 
 
@@ -113,7 +114,8 @@ def _cases():
     files = {"hnsw": ["gallery.json", "index.usearch", "meta.sqlite"],
              "exact": ["gallery.json", "keys.npy", "vectors.npy", "meta.sqlite"],
              "i8": ["gallery.json", "index.usearch", "keys.npy", "vectors.npy", "meta.sqlite"],
-             "hnswlib": ["gallery.json", "index.hnswlib", "index.hnswlib.keys.npy", "meta.sqlite"]}
+             "hnswlib": ["gallery.json", "index.hnswlib", "index.hnswlib.keys.npy", "meta.sqlite"],
+             "faiss": ["gallery.json", "index.faiss", "index.faiss.slots.npy", "meta.sqlite"]}
     return [(k, f, d) for k, fs in files.items() for f in fs for d in DAMAGES]
 
 

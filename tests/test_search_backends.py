@@ -1,4 +1,4 @@
-"""Graph backends behind the Gallery (usearch, hnswlib): exact agreement with numpy brute force on small
+"""Graph backends behind the Gallery (usearch, hnswlib, faiss): exact agreement with numpy brute force on small
 galleries, the graph metric recorded and honoured on load (old galleries keep ``cos``), tombstones through
 save / load, refusals in one line, and searches from several threads running together (readers-writer lock)."""
 from __future__ import annotations
@@ -124,20 +124,22 @@ def test_removal_survives_save_and_load_and_removed_keys_can_return(index, tmp_p
     np.testing.assert_array_equal(found, live[rows])
 
 
-def test_hnswlib_refuses_quantised_storage_in_one_line():
+@pytest.mark.parametrize("index", ["hnswlib", "faiss"])
+def test_float32_backends_refuse_quantised_storage_in_one_line(index):
     for dtype in ("f16", "i8"):
-        with pytest.raises(ValueError, match="index hnswlib stores float32 only") as e:
-            Gallery(8, index="hnswlib", dtype=dtype)
+        with pytest.raises(ValueError, match=f"index {index} stores float32 only") as e:
+            Gallery(8, index=index, dtype=dtype)
         assert "\n" not in str(e.value)
-    with pytest.raises(ValueError, match="index 'faiss' unknown; use one of usearch, hnswlib"):
-        Gallery(8, index="faiss")
+    with pytest.raises(ValueError, match="index 'annoy' unknown; use one of usearch, hnswlib, faiss"):
+        Gallery(8, index="annoy")
 
 
-def test_hnswlib_poincare_reranks_to_the_exact_top_k():
+@pytest.mark.parametrize("index", ["hnswlib", "faiss"])
+def test_float32_backends_poincare_reranks_to_the_exact_top_k(index):
     rng = np.random.default_rng(8)
     x = (0.3 * rng.standard_normal((300, 8)) / np.sqrt(8)).astype(np.float32)
     q = (0.3 * rng.standard_normal((20, 8)) / np.sqrt(8)).astype(np.float32)
-    g = Gallery(8, metric="poincare", curvature=1.0, index="hnswlib", expansion_search=300)
+    g = Gallery(8, metric="poincare", curvature=1.0, index=index, expansion_search=300)
     g.add(np.arange(300), x)
     found, dist = g.search(q, 5)
     truth = poincare.distance(q, x, 1.0)
@@ -146,11 +148,12 @@ def test_hnswlib_poincare_reranks_to_the_exact_top_k():
     np.testing.assert_allclose(dist, np.take_along_axis(truth, order, 1), rtol=1e-4, atol=1e-5)
 
 
-def test_hnswlib_self_tuning_reaches_the_target():
+@pytest.mark.parametrize("index", ["hnswlib", "faiss"])
+def test_float32_backends_self_tuning_reaches_the_target(index):
     rng = np.random.default_rng(9)
     c = rng.standard_normal((20, 32)).astype(np.float32)
     x = (c[rng.integers(0, 20, 4000)] + 0.5 * rng.standard_normal((4000, 32))).astype(np.float32)
-    g = Gallery(32, index="hnswlib")
+    g = Gallery(32, index=index)
     res = add_tuned(g, None, x, target_recall=0.98, holdout=200)
     assert res is not None and res.reached and g.expansion_search == res.expansion_search
     assert g.tuned["expansion_search"] == g._index.expansion_search
@@ -206,9 +209,10 @@ def _gallery(index: str, n: int = 20_000, d: int = 128) -> tuple[Gallery, np.nda
     return g, rng.standard_normal((400, d)).astype(np.float32)
 
 
-def test_two_searches_are_inside_the_hnswlib_graph_at_once():
+@pytest.mark.parametrize("index", [b for b in BACKENDS if b != "usearch"])
+def test_two_searches_are_inside_the_graph_at_once(index):
     """Deterministic: each search waits inside the graph for the other; a single lock would deadlock them."""
-    g, q = _gallery("hnswlib", n=2000, d=16)
+    g, q = _gallery(index, n=2000, d=16)
     both_in = threading.Barrier(2, timeout=10)
     inner = g._index.search
 
@@ -234,7 +238,7 @@ def test_two_searches_are_inside_the_hnswlib_graph_at_once():
 @pytest.mark.parametrize("index", BACKENDS)
 def test_concurrent_searches_equal_serial(index):
     """Eight threads searching one gallery at once get exactly the serial answer. Whether they overlap inside
-    the graph is shown without a clock by ``test_two_searches_are_inside_the_hnswlib_graph_at_once``; the
+    the graph is shown without a clock by ``test_two_searches_are_inside_the_graph_at_once``; the
     speed-up itself is measured by ``tki-bench``, not asserted here."""
     g, q = _gallery(index)
     serial = [g.search(q, 10) for _ in range(2)]
@@ -254,10 +258,11 @@ def test_concurrent_searches_equal_serial(index):
         np.testing.assert_array_equal(dist, serial[0][1])
 
 
-def test_hnswlib_searches_release_the_gil():
+@pytest.mark.parametrize("index", ["hnswlib", "faiss"])
+def test_parallel_backends_release_the_gil_while_searching(index):
     """While one thread searches the graph, another thread runs Python: a search holding the GIL would stop
     it for the whole search (a few thousand loop turns at most, before and after the native call)."""
-    g, q = _gallery("hnswlib", n=20_000, d=128)
+    g, q = _gallery(index, n=20_000, d=128)
     q = np.concatenate([q] * 4)
     turns = 0
     t = threading.Thread(target=lambda: g.search(q, 10))
@@ -268,3 +273,116 @@ def test_hnswlib_searches_release_the_gil():
     assert turns > 200_000, turns
 
 
+
+
+# ------------------------------------------------------------------------------------------ faiss tombstones
+def test_faiss_compacts_when_removed_items_outnumber_live_ones(tmp_path):
+    """FAISS's HNSW cannot delete: removed slots stay in the graph (never returned) until they outnumber the
+    live ones; the next add rebuilds from the live vectors. Answers equal brute force before and after."""
+    rng = np.random.default_rng(11)
+    n, d = 3000, 16
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    keys = rng.permutation(n).astype(np.uint64) * np.uint64(7919) + np.uint64(2**63 + 12345)  # keys above 2**63
+    g = Gallery(d, index="faiss", expansion_search=n)
+    g.add(keys, x)
+    g.remove(keys[: 2 * n // 3])
+    assert g._index.dead_slots == 2 * n // 3 and len(g) == n - 2 * n // 3
+    live_x, live_k = x[2 * n // 3 :], keys[2 * n // 3 :]
+    rows, _ = _brute(live_x, x[:40], 10, "cos")
+    found, _ = g.search(x[:40], 10)
+    np.testing.assert_array_equal(found, live_k[rows])  # tombstones are never answered
+    y = rng.standard_normal((5, d)).astype(np.float32)
+    g.add(keys[:5], y)  # removed keys come back: the add compacts first
+    assert g._index.dead_slots == 0 and g._index._index.ntotal == n - 2 * n // 3 + 5
+    all_x, all_k = np.concatenate([live_x, y]), np.concatenate([live_k, keys[:5]])
+    rows, _ = _brute(all_x, x[:40], 10, "cos")
+    g.save(tmp_path / "g")
+    for h in (g, Gallery.load(tmp_path / "g"), Gallery.view(tmp_path / "g")):
+        h.expansion_search = n
+        found, _ = h.search(x[:40], 10)
+        np.testing.assert_array_equal(found, all_k[rows])
+        np.testing.assert_allclose(h.get_vectors(keys[:5]), y / np.linalg.norm(y, axis=1, keepdims=True), atol=1e-6)
+
+
+def test_faiss_slot_file_that_disagrees_with_the_graph_is_refused(tmp_path):
+    from tki_sdk.runtime.index.backends.faiss_graph import SLOTS_SIDE_FILE
+    from tki_sdk.runtime.index.store import GalleryDamagedError
+
+    rng = np.random.default_rng(12)
+    g = Gallery(8, index="faiss")
+    g.add(np.arange(50), rng.standard_normal((50, 8)).astype(np.float32))
+    g.save(tmp_path / "g")
+    slots = read_current(tmp_path / "g") / SLOTS_SIDE_FILE
+    np.save(slots, np.arange(49, dtype=np.uint64))  # one slot short; a gallery saved without checksums
+    manifest = read_current(tmp_path / "g") / "gallery.json"
+    info = json.loads(manifest.read_text())
+    info.pop("files", None)
+    manifest.write_text(json.dumps(info))
+    with pytest.raises(GalleryDamagedError, match="index.faiss") as e:
+        Gallery.load(tmp_path / "g")
+    assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------ node order
+def _queue_bfs(links: np.ndarray, start: int) -> list[int]:
+    """Textbook breadth-first search with a queue (the reference)."""
+    from collections import deque
+
+    n = len(links)
+    seen, order = [False] * n, []
+    for root in [start] + list(range(n)):
+        if seen[root]:
+            continue
+        seen[root] = True
+        todo = deque([root])
+        while todo:
+            v = todo.popleft()
+            order.append(v)
+            for u in links[v]:
+                if u >= 0 and not seen[u]:
+                    seen[u] = True
+                    todo.append(int(u))
+    return order
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_bfs_order_equals_a_queue_based_search(seed):
+    from tki_sdk.runtime.index.backends.graph_order import bfs_order
+
+    rng = np.random.default_rng(seed)
+    n = 400
+    links = rng.integers(-1, n, size=(n, 6))  # -1: empty slots; some nodes unreachable
+    links[rng.random(n) < 0.2] = -1
+    start = int(rng.integers(n))
+    perm = bfs_order(links, start)
+    assert perm.tolist() == _queue_bfs(links, start)
+    assert np.array_equal(np.sort(perm), np.arange(n))
+
+
+def test_faiss_renumbered_graph_answers_as_brute_force(tmp_path):
+    """Past REORDER_FROM nodes the FAISS graph's slots are renumbered breadth-first; keys, vectors, removals
+    and answers are unchanged (ef covering the whole graph: exact agreement)."""
+    from tki_sdk.runtime.index.backends.faiss_graph import REORDER_FROM
+
+    rng = np.random.default_rng(13)
+    n, d = REORDER_FROM + 3000, 8
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    keys = rng.permutation(n).astype(np.uint64) * np.uint64(5) + np.uint64(2**63 + 1)
+    g = Gallery(d, index="faiss", expansion_search=n, threads=2)
+    g.add(keys[:1000], x[:1000])
+    g.add(keys[1000:], x[1000:])
+    assert g._index._ordered == n
+    assert not np.array_equal(g._index._slots, keys)  # the slots did move
+    gone = keys[::7]
+    g.remove(gone)
+    live = np.ones(n, dtype=bool)
+    live[::7] = False
+    q = rng.standard_normal((30, d)).astype(np.float32)
+    rows, _ = _brute(x[live], q, 10, "cos")
+    g.save(tmp_path / "g")
+    for h in (g, Gallery.load(tmp_path / "g")):
+        h.expansion_search = n
+        found, _ = h.search(q, 10)
+        np.testing.assert_array_equal(found, keys[live][rows])
+        np.testing.assert_allclose(h.get_vectors(keys[1:4]), x[1:4] / np.linalg.norm(x[1:4], axis=1, keepdims=True),
+                                   atol=1e-6)

@@ -7,7 +7,8 @@ the sphere, both from :mod:`.search_data`; or ``--vectors file.npy``) and size `
   ``argpartition``, merged; BLAS limited to ``--threads``); its QPS is the exact baseline. usearch's own
   exact search is timed on a query subset for reference.
 * **Gallery** (HNSW through :class:`tki_sdk.runtime.index.gallery.Gallery`, its public ``search``) for each
-  ``--dtypes`` (usearch f32, f16, i8 with its float16 re-ranking; ``hnswlib``: the hnswlib backend, f32) and
+  ``--dtypes`` (usearch f32, f16, i8 with its float16 re-ranking; ``hnswlib`` and ``faiss``: those backends,
+  f32) and
   ``--connectivity``: built with
   :func:`tki_sdk.runtime.index.build.add_tuned` (multi-threaded add, self-tuning on held-out vectors for
   ``--target-recall``), then swept over ``expansion_search``; the tuned choice is also scored on the real
@@ -15,7 +16,7 @@ the sphere, both from :mod:`.search_data`; or ``--vectors file.npy``) and size `
 * **FAISS** (:mod:`.search_faiss`): ``IndexHNSWFlat`` M 32, ``IVF{nlist},Flat`` and ``IVF{nlist},PQ{m}x8``
   sized as autofaiss would, swept over ``efSearch`` / ``nprobe``.
 * For each index: recall@k against the ground truth and batch QPS (all queries in one call, ``--threads``
-  threads, the fastest of repeated runs over ``--min-time``), build time (vectors/s), memory (the bytes of
+  threads, the fastest of at least three runs and of those over ``--min-time``), build time (vectors/s), memory (the bytes of
   the search structures, counted alike for both libraries: their serialised size, plus the Gallery's used
   re-ranking rows) and file size.
   The Pareto frontier of each curve gives the QPS at recall ``TARGET_RECALL`` (log-QPS interpolated between
@@ -79,9 +80,9 @@ TARGET_I8_MEMORY = 0.40
 TARGET_N = 1_000_000
 
 EF_SWEEP = [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]
-FULL_DEFAULTS = {"sizes": [1_000_000], "dim": 512, "queries": 1000, "connectivity": [16],
+FULL_DEFAULTS = {"sizes": [1_000_000], "dim": 512, "queries": 1000, "connectivity": [None],
                  "expansion_search": EF_SWEEP, "data": ["embedding"]}
-QUICK_DEFAULTS = {"sizes": [20_000], "dim": 256, "queries": 300, "connectivity": [16],
+QUICK_DEFAULTS = {"sizes": [20_000], "dim": 256, "queries": 300, "connectivity": [None],
                   "expansion_search": [16, 32, 64, 128, 256], "data": ["embedding"]}
 INDEXES = ("gallery", "faiss-hnsw", "faiss-ivf", "faiss-ivfpq")
 
@@ -142,15 +143,17 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
     return float(hits.any(axis=2).sum(axis=1).mean() / k)
 
 
-def _timed_qps(fn: Any, n_queries: int, min_time: float, max_repeats: int = 50) -> dict[str, Any]:
-    """Run ``fn()`` (answers ``n_queries``) repeatedly until ``min_time`` s have passed.
+def _timed_qps(fn: Any, n_queries: int, min_time: float, max_repeats: int = 50,
+               min_repeats: int = 1) -> dict[str, Any]:
+    """Run ``fn()`` (answers ``n_queries``) repeatedly until ``min_time`` s have passed and at least
+    ``min_repeats`` runs were made.
 
     Returns ``{"qps": best, "qps_median": median, "repeats": r}``; ``qps`` uses the fastest
     run (like ``timeit``), which is the least disturbed by other work on a shared machine.
     """
     times: list[float] = []
     t_total = 0.0
-    while (t_total < min_time or not times) and len(times) < max_repeats:
+    while (t_total < min_time or len(times) < max(1, min_repeats)) and len(times) < max_repeats:
         t0 = time.perf_counter()
         fn()
         dt = time.perf_counter() - t0
@@ -159,10 +162,16 @@ def _timed_qps(fn: Any, n_queries: int, min_time: float, max_repeats: int = 50) 
     return {"qps": n_queries / min(times), "qps_median": n_queries / float(np.median(times)), "repeats": len(times)}
 
 
+#: Timed runs of every point of a recall / QPS curve, at least: the fastest of three, so that one run slowed
+#: by other work on a shared machine does not bend the curve.
+MIN_REPEATS = 3
+
+
 def _measure(fn: Callable[[], np.ndarray], truth: np.ndarray, k: int, min_time: float) -> dict[str, Any]:
-    """Recall@k of ``fn()``'s ids against ``truth`` and its QPS (see :func:`_timed_qps`)."""
+    """Recall@k of ``fn()``'s ids against ``truth`` and its QPS (see :func:`_timed_qps`; at least
+    :data:`MIN_REPEATS` timed runs after the first, untimed one)."""
     ids = fn()
-    return {"recall": recall_at_k(ids, truth, k), **_timed_qps(fn, truth.shape[0], min_time)}
+    return {"recall": recall_at_k(ids, truth, k), **_timed_qps(fn, truth.shape[0], min_time, min_repeats=MIN_REPEATS)}
 
 
 # -- Pareto frontier ---------------------------------------------------------------------------
@@ -204,9 +213,9 @@ def _folder_bytes(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in folder.rglob("*") if p.is_file()}
 
 
-#: ``--dtypes`` entries: usearch storages, and the hnswlib backend (float32).
+#: ``--dtypes`` entries: usearch storages, and the hnswlib and FAISS backends (float32).
 GALLERY_VARIANTS = {"f32": ("usearch", "f32"), "f16": ("usearch", "f16"), "i8": ("usearch", "i8"),
-                    "hnswlib": ("hnswlib", "f32")}
+                    "hnswlib": ("hnswlib", "f32"), "faiss": ("faiss", "f32")}
 
 
 def _gallery_memory(g: Any) -> int:
@@ -230,11 +239,12 @@ def _gallery_allocated(g: Any) -> int:
     return mem
 
 
-def gallery_curve(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, *, dtype: str, connectivity: int,
+def gallery_curve(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, *, dtype: str, connectivity: int | None,
                   expansion_add: int, efs: Sequence[int], threads: int, k: int, min_time: float,
                   target_recall: float, metadata: list[dict[str, Any]] | None, progress: bool,
                   keep: bool = False) -> tuple[dict[str, Any], Any]:
-    """Build one Gallery (self-tuned at build), sweep ``expansion_search``; returns ``(record, gallery or None)``."""
+    """Build one Gallery (self-tuned at build), sweep ``expansion_search``; returns ``(record, gallery or None)``.
+    ``connectivity=None``: the backend's default M (``IndexConfig.for_backend``)."""
     from tki_sdk.runtime.index.build import add_tuned
     from tki_sdk.runtime.index.gallery import Gallery
 
@@ -244,11 +254,11 @@ def gallery_curve(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, *, d
                 threads=threads, index=backend)
     t0 = time.perf_counter()
     tuned = add_tuned(g, np.arange(n, dtype=np.uint64), base, metadata, target_recall=target_recall, k=k,
-                      progress=f"gallery {backend} {dtype} M={connectivity}" if progress else False)
+                      progress=f"gallery {backend} {dtype} M={g.connectivity}" if progress else False)
     t_total = time.perf_counter() - t0
     t_build = t_total - (tuned.seconds if tuned else 0.0)
     name = ("Gallery " + ("" if backend == "usearch" else f"{backend} ") + dtype
-            + (" + f16 re-rank" if g.rescore else "") + f" M={connectivity}")
+            + (" + f16 re-rank" if g.rescore else "") + f" M={g.connectivity}")
     sweep = []
     for ef in efs:
         g.expansion_search = int(ef)
@@ -264,7 +274,7 @@ def gallery_curve(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, *, d
         g.save(Path(d) / "g")
         files = _folder_bytes(Path(d) / "g")
     rec = {
-        "index": name, "kind": "gallery", "backend": backend, "dtype": dtype, "connectivity": connectivity,
+        "index": name, "kind": "gallery", "backend": backend, "dtype": dtype, "connectivity": g.connectivity,
         "expansion_add": expansion_add, "rescore": g.rescore, "rescore_oversample": g.rescore_oversample,
         "build_seconds": t_build, "build_rate": n / t_build, "tuning_seconds": tuned.seconds if tuned else 0.0,
         "memory_bytes": _gallery_memory(g), "allocated_bytes": _gallery_allocated(g), "file_bytes": sum(v for f, v in files.items() if f != "meta.sqlite"),
@@ -324,7 +334,7 @@ def run_comparison(
     *,
     k: int = 10,
     dtypes: Sequence[str] = ("f32", "f16", "i8", "hnswlib"),
-    connectivity: Sequence[int] = (IndexConfig.connectivity,),
+    connectivity: Sequence[int | None] = (None,),
     expansion_add: int = IndexConfig.expansion_add,
     expansion_search: Sequence[int] = tuple(EF_SWEEP),
     indexes: Sequence[str] = INDEXES,
@@ -402,7 +412,8 @@ def run_comparison(
             for mm in connectivity:
                 first = i == 0 and mm == connectivity[0]
                 meta = filter_metadata(slices) if (slices is not None and first) else None
-                rec, g = gallery_curve(base, queries, truth, dtype=dtype, connectivity=int(mm),
+                rec, g = gallery_curve(base, queries, truth, dtype=dtype,
+                                       connectivity=None if mm is None else int(mm),
                                        expansion_add=expansion_add, efs=expansion_search, threads=threads, k=k,
                                        min_time=min_time, target_recall=target_recall, metadata=meta,
                                        progress=progress, keep=meta is not None)

@@ -32,8 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dtypes", type=choice_list(tuple(GALLERY_VARIANTS), "--dtypes"),
                    default=["f32", "f16", "i8", "hnswlib"],
                    help="Gallery variants (default f32,f16,i8,hnswlib: usearch storages, i8 re-ranked on a float16 "
-                   "copy; hnswlib: the hnswlib backend, f32); filters are measured on the first")
-    g.add_argument("--connectivity", type=int_list, default=None, help="Gallery HNSW M values (default 16)")
+                   "copy; hnswlib, faiss: those backends, f32); filters are measured on the first")
+    g.add_argument("--connectivity", type=int_list, default=None,
+                   help="Gallery HNSW M values (default: each backend's, IndexConfig.for_backend)")
     g.add_argument("--expansion-add", type=int, default=128,
                    help="HNSW construction breadth for the Gallery and FAISS HNSW (efConstruction; default 128)")
     g.add_argument("--expansion-search", type=int_list, default=None,

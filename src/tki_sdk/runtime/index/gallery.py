@@ -131,8 +131,9 @@ class Gallery:
             (Poincaré distance of raw ball points; needs ``curvature``).
         exact: brute-force search over a flat matrix instead of an HNSW graph.
         dtype: storage precision, ``"f32"``, ``"f16"`` or ``"i8"`` (i8: HNSW only).
-        connectivity, expansion_add, expansion_search: HNSW parameters (usearch's ``M``, ``efConstruction``,
-            ``ef``); ``expansion_search`` can be changed later through the attribute.
+        connectivity, expansion_add, expansion_search: HNSW parameters (``M``, ``efConstruction``, ``ef``);
+            ``None``: the backend's defaults (``IndexConfig.for_backend``); ``expansion_search`` can be
+            changed later through the attribute.
         model_fingerprint: ``Embedder.model_fingerprint`` of the model whose embeddings go in.
         model_info: free-form dict stored with the gallery (model name, precision, ...).
         threads: worker threads for usearch calls (0 = all cores).
@@ -163,8 +164,8 @@ class Gallery:
         metric: str = "cos",
         exact: bool = False,
         dtype: str = "f32",
-        connectivity: int = IndexConfig.connectivity,
-        expansion_add: int = IndexConfig.expansion_add,
+        connectivity: int | None = None,
+        expansion_add: int | None = None,
         expansion_search: int = IndexConfig.expansion_search,
         *,
         model_fingerprint: str | None = None,
@@ -209,8 +210,9 @@ class Gallery:
         self.index = index
         #: The metric the graph is built with (f32 ``cos`` galleries: inner product on their unit vectors).
         self.graph_metric = graph_metric(self.metric, dtype)
-        self.connectivity = int(connectivity)
-        self.expansion_add = int(expansion_add)
+        defaults = IndexConfig.for_backend(None if exact else index)
+        self.connectivity = int(defaults.connectivity if connectivity is None else connectivity)
+        self.expansion_add = int(defaults.expansion_add if expansion_add is None else expansion_add)
         self._expansion_search = int(expansion_search)
         self.model_fingerprint = model_fingerprint
         self.model_info = dict(model_info or {})

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from tki_sdk.common.index_config import IndexConfig
+from tki_sdk.common.index_config import BACKEND_DEFAULTS, IndexConfig
 from tki_sdk.runtime.index.backends import BACKENDS as BACKENDS_OF_INDEX, DEFAULT_BACKEND
 from tki_sdk.runtime.engine.embedder import MAX_BATCH_SIZE
 from tki_sdk.common.errors import ConfigError
@@ -125,6 +125,11 @@ class EmbedConfig:
 
 _DEFAULTS = {f.name: f.default for f in fields(EmbedConfig)}
 
+
+def _backend_defaults(name: str) -> str:
+    """``"; faiss: 24"``: the backends whose default for ``name`` differs (IndexConfig.for_backend), or ``""``."""
+    return "".join(f"; {b}: {d[name]}" for b, d in BACKEND_DEFAULTS.items() if name in d)
+
 #: What each field means, as the CLI's help shows it (the CLI appends the default).
 FIELD_HELP = {
     "model": "export folder written by tki-export (holds tki.json)",
@@ -144,10 +149,12 @@ FIELD_HELP = {
     "max_pixels": "refuse images declaring more pixels than this (default: Pillow's 89,478,485)",
     "exact": "new gallery: flat index searched by brute force (no HNSW graph)",
     "dtype": "new gallery: vector storage (default f32)",
-    "index": f"new gallery: HNSW backend (default {DEFAULT_BACKEND} for f32, usearch for f16 / i8: hnswlib "
-             "stores f32 only)",
-    "connectivity": f"new gallery: neighbours per node (default {IndexConfig.connectivity})",
-    "expansion_add": f"new gallery: candidates considered per insert (default {IndexConfig.expansion_add})",
+    "index": f"new gallery: HNSW backend (default {DEFAULT_BACKEND} for f32, usearch for f16 / i8: faiss and "
+             "hnswlib store f32 only)",
+    "connectivity": f"new gallery: neighbours per node (default {IndexConfig.connectivity}"
+                    f"{_backend_defaults('connectivity')})",
+    "expansion_add": f"new gallery: candidates considered per insert (default {IndexConfig.expansion_add}"
+                     f"{_backend_defaults('expansion_add')})",
     "overwrite": "rebuild the gallery from scratch",
     "target_recall": "tune HNSW ef_search for this recall@10 on leave-one-out queries whenever the gallery changes "
                      "(0: keep the current ef_search)",

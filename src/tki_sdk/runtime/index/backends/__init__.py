@@ -29,13 +29,13 @@ __all__ = ["GraphIndex", "BACKENDS", "DEFAULT_BACKEND", "LEGACY_BACKEND", "defau
            "legacy_graph_metric", "make_graph", "check_backend"]
 
 #: Backend names accepted by ``Gallery(index=...)`` and ``tki embed --index``.
-BACKENDS: tuple[str, ...] = ("usearch", "hnswlib")
+BACKENDS: tuple[str, ...] = ("usearch", "hnswlib", "faiss")
 #: The backend of a new float32 gallery that names none.
 DEFAULT_BACKEND = "hnswlib"
 #: The backend of a gallery saved before ``gallery.json`` recorded one.
 LEGACY_BACKEND = "usearch"
 #: Storage types each backend holds.
-DTYPES_OF: dict[str, tuple[str, ...]] = {"usearch": ("f32", "f16", "i8"), "hnswlib": ("f32",)}
+DTYPES_OF: dict[str, tuple[str, ...]] = {"usearch": ("f32", "f16", "i8"), "hnswlib": ("f32",), "faiss": ("f32",)}
 
 
 def default_backend(dtype: str = "f32") -> str:
@@ -77,7 +77,7 @@ def check_backend(name: str, dtype: str) -> None:
     if name not in BACKENDS:
         raise ValueError(f"index {name!r} unknown; use one of {', '.join(BACKENDS)}")
     if dtype not in DTYPES_OF[name]:
-        raise ValueError(f"index hnswlib stores float32 only; use dtype='f32' or index='usearch' for {dtype}")
+        raise ValueError(f"index {name} stores float32 only; use dtype='f32' or index='usearch' for {dtype}")
 
 
 def graph_metric(metric: str, dtype: str = "f32") -> str:
@@ -100,6 +100,11 @@ def make_graph(name: str, *, ndim: int, metric: str, dtype: str, connectivity: i
                expansion_search: int) -> GraphIndex:
     """A new, empty graph of backend ``name`` built with ``metric`` (``cos``, ``ip`` or ``l2sq``)."""
     check_backend(name, dtype)
+    if name == "faiss":
+        from tki_sdk.runtime.index.backends.faiss_graph import FaissGraph
+
+        return FaissGraph(ndim=ndim, metric=metric, connectivity=connectivity, expansion_add=expansion_add,
+                          expansion_search=expansion_search)
     if name == "hnswlib":
         from tki_sdk.runtime.index.backends.hnswlib_graph import HnswlibGraph
 
