@@ -17,16 +17,19 @@ def setup(tmp_path_factory, pacs_dir):
     return root, export, files
 
 
-def test_embed_with_hnswlib_then_search(setup, capsys):
+@pytest.mark.parametrize("index", ["hnswlib", "faiss"])
+def test_embed_with_a_float32_backend_then_search(setup, capsys, index):
     root, export, files = setup
-    rc, out, err = run_tki(["embed", "--model", export, "--images", root / "imgs", "--out", root / "g",
-                            "--index", "hnswlib", "--workers", 1], capsys)
+    out_dir = root / f"g-{index}"
+    rc, out, err = run_tki(["embed", "--model", export, "--images", root / "imgs", "--out", out_dir,
+                            "--index", index, "--workers", 1], capsys)
     assert rc == 0, err
-    info = Gallery.read_info(root / "g")
-    assert info["index"] == {"backend": "hnswlib", "metric": "ip"} and info["count"] == len(files)
-    g = Gallery.load(root / "g")
-    assert g.index == "hnswlib" and len(g) == len(files)
-    rc, out, err = run_tki(["search", "--gallery", root / "g", "--model", export, "--image", files[0], "-k", 3],
+    info = Gallery.read_info(out_dir)
+    assert info["index"] == {"backend": index, "metric": "ip"} and info["count"] == len(files)
+    g = Gallery.load(out_dir)
+    assert g.index == index and len(g) == len(files)
+    assert g.connectivity == (24 if index == "faiss" else 16)  # each backend's default M (IndexConfig.for_backend)
+    rc, out, err = run_tki(["search", "--gallery", out_dir, "--model", export, "--image", files[0], "-k", 3],
                            capsys)
     assert rc == 0, err
     assert files[0].name in out  # the image finds itself

@@ -12,7 +12,7 @@ Layout (``format`` ``"tki-gallery"``, ``format_version`` 1)::
       "exact": false,              # true: flat matrix searched by brute force
       "connectivity": 16, "expansion_add": 128, "expansion_search": 64,   # HNSW M, efConstruction, ef (IndexConfig)
       "rescore": true, "rescore_oversample": 4,                           # float16 re-ranking copy
-      "index": {"backend": "usearch" | "hnswlib", "metric": "ip" | "cos" | "l2sq"},   # HNSW only: the graph's
+      "index": {"backend": "usearch" | "hnswlib" | "faiss", "metric": "ip" | "cos" | "l2sq"},   # HNSW only: the graph's
                                    # backend and the metric it was built with (absent: usearch, the gallery's
                                    # metric; poincare: l2sq)
       "tuned": {"target_recall": 0.99, "recall_estimate": 0.994, "recall_lower_bound": 0.992,   # optional:

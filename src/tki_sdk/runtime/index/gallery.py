@@ -154,13 +154,14 @@ class Gallery:
         rescore_oversample: candidates fetched per wanted hit when re-ranking (default 4, >= 1).
         curvature: c of the Poincaré ball (curvature -c) of a ``poincare`` gallery; HNSW ``poincare``
             galleries always re-rank, on a float32 copy.
-        index: the HNSW graph's backend (:mod:`tki_sdk.runtime.index.backends`): ``"usearch"`` (default;
-            f32 / f16 / i8) or ``"hnswlib"`` (f32 only; other dtypes are refused). Recorded in
+        index: the HNSW graph's backend (:mod:`tki_sdk.runtime.index.backends`): ``"faiss"`` or ``"hnswlib"``
+            (f32 only; other dtypes are refused) or ``"usearch"`` (f32 / f16 / i8); ``None``:
+            :func:`~tki_sdk.runtime.index.backends.default_backend` for the dtype. Recorded in
             ``gallery.json``; exact galleries have no graph and ignore it.
 
     Thread-safe: a readers-writer lock (:class:`~tki_sdk.runtime.index.rwlock.ReadWriteLock`) lets graph
-    searches from several threads run together on backends that allow it (``hnswlib``; usearch's run one at
-    a time), while add / remove / save / ``expansion_search`` changes are exclusive.
+    searches from several threads run together on backends that allow it (``faiss``, ``hnswlib``; usearch's
+    run one at a time), while add / remove / save / ``expansion_search`` changes are exclusive.
     """
 
     def __init__(

@@ -14,8 +14,8 @@ rebuilds the graph from the live vectors (:meth:`FaissGraph.compact`; its time g
 
 Nodes are renumbered in breadth-first order of the base layer (:mod:`.graph_order`) once the graph holds
 :data:`REORDER_FROM` nodes and again each time it has doubled since: a search then finds a node's
-neighbours near it in memory (on 300k x 512 embedding-shaped vectors, M 24: 1.15-1.3x the queries per
-second at the same recall, ``benchmarks/results/search/``). Keys do not change; only slots do.
+neighbours near it in memory, which matters once the graph is far larger than the CPU's caches. Keys do not
+change; only slots do.
 
 FAISS releases the GIL while it searches, so searches from several threads run in parallel
 (``parallel_search``); ``threads`` sets FAISS's OpenMP threads for a batch. A view (``Gallery.view``) maps
@@ -24,6 +24,7 @@ the graph file (``IO_FLAG_MMAP``).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -230,7 +231,9 @@ class FaissGraph:
             params = faiss.SearchParametersHNSW(efSearch=ef, sel=sel)
         else:
             sel, params = None, faiss.SearchParametersHNSW(efSearch=ef)
-        self._threads(threads)
+        # FAISS's HNSW search splits the queries over OpenMP threads: never more threads than queries (a
+        # single query on a team of threads leaves the others spinning, taking CPU from the caller's work).
+        self._threads(max(1, min(threads if threads > 0 else (os.cpu_count() or 1), nq)))
         sims, slots = self._index.search(queries, k, params=params)
         del sel
         valid = slots >= 0
@@ -245,7 +248,8 @@ class FaissGraph:
 
     @staticmethod
     def _threads(threads: int) -> None:
-        """FAISS's OpenMP threads (process-wide; ``<= 0`` leaves FAISS's default, every core)."""
+        """FAISS's OpenMP threads for the calling thread's next calls (``<= 0`` leaves FAISS's default,
+        every core)."""
         if threads > 0:
             _faiss().omp_set_num_threads(int(threads))
 
