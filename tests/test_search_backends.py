@@ -386,3 +386,23 @@ def test_faiss_renumbered_graph_answers_as_brute_force(tmp_path):
         np.testing.assert_array_equal(found, keys[live][rows])
         np.testing.assert_allclose(h.get_vectors(keys[1:4]), x[1:4] / np.linalg.norm(x[1:4], axis=1, keepdims=True),
                                    atol=1e-6)
+
+
+def test_faiss_sets_its_threads_for_every_call():
+    """OpenMP keeps a thread count per calling thread: a one-query search (one thread: a team would spin on
+    the cores its caller needs) must not leave a later batch or insert on one thread."""
+    import faiss
+
+    from tki_sdk.common.cpu import usable_cpus
+
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((200, 8)).astype(np.float32)
+    g = Gallery(8, index="faiss")  # threads=0: every usable CPU
+    g.add(np.arange(100), x[:100])
+    g.search(x[0], 5)
+    assert faiss.omp_get_max_threads() == 1
+    g.search(x[:50], 5)
+    assert faiss.omp_get_max_threads() == min(50, usable_cpus())
+    g.search(x[0], 5)
+    g._index.add(np.arange(100, 200, dtype=np.uint64), x[100:], 0)  # (the gallery inserts into small graphs
+    assert faiss.omp_get_max_threads() == usable_cpus()              # on one thread: SERIAL_ADD_BELOW)

@@ -82,11 +82,12 @@ from tki_sdk.benchmarks.gpu_backends import (
     count_flops,
     measure,
 )
+from tki_sdk.benchmarks.options import SuiteOptions
 from tki_sdk.benchmarks.results import markdown_table
+from tki_sdk.common.cpu import usable_cpus
 from tki_sdk.common.errors import UsageError
 from tki_sdk.common.imagefolders import IMAGE_SUFFIXES, list_images
 from tki_sdk.common.model_metadata import ModelMetadata
-from tki_sdk.benchmarks.options import SuiteOptions
 
 __all__ = [
     "Backend",
@@ -129,13 +130,6 @@ def pick_files(root: Path, n: int, exts: Sequence[str] | None = None) -> list[Pa
     if n >= len(files):
         return files
     return [files[(i * len(files)) // n] for i in range(n)]
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _repeat_to(x: np.ndarray, n: int) -> np.ndarray:
@@ -533,7 +527,7 @@ def run(args: SuiteOptions) -> dict[str, Any]:
                 notes["e2e"] = f"no JPEG files under {data}"
             else:
                 files = [jpgs[i % len(jpgs)] for i in range(n_e2e)]
-                workers = args.e2e_workers or _usable_cpus()
+                workers = args.e2e_workers or usable_cpus()
                 ep = ["CUDAExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
                 for label, opts in (("jpeg", {}), ("jpeg, draft decode", {"draft": True})):
                     say(f"end to end ({label}), {len(files)} files, {workers} decode threads")

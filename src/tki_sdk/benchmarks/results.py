@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from tki_sdk.common.cpu import cpu_info
+from tki_sdk.common.cpu import cpu_info, usable_cpus
 from tki_sdk.common.versions import package_versions as installed
 
 __all__ = [
@@ -115,10 +115,7 @@ def machine_info() -> dict[str, Any]:
     """CPU model, core counts, CPU facts and peak (:func:`tki_sdk.common.cpu.cpu_info`), torch threads (if torch
     is loaded), memory, GPUs (nvidia-smi), platform."""
 
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        usable = os.cpu_count()
+    usable = usable_cpus()
     torch_threads = None
     if "torch" in sys.modules:
         try:

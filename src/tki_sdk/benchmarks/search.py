@@ -46,6 +46,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tki_sdk.benchmarks.options import SuiteOptions
 from tki_sdk.benchmarks.results import markdown_table, to_jsonable
 from tki_sdk.benchmarks.search_data import (
     clustered_unit_vectors,
@@ -53,9 +54,9 @@ from tki_sdk.benchmarks.search_data import (
     load_spectrum,
     normalize,
 )
+from tki_sdk.common.cpu import usable_cpus
 from tki_sdk.common.errors import UsageError
 from tki_sdk.common.index_config import IndexConfig
-from tki_sdk.benchmarks.options import SuiteOptions
 
 __all__ = [
     "clustered_unit_vectors",
@@ -89,13 +90,6 @@ INDEXES = ("gallery", "faiss-hnsw", "faiss-ivf", "faiss-ivfpq")
 
 #: Status lines of a long run (shown by the console scripts like progress; library code never prints).
 _status = logging.getLogger("tki_sdk.progress.bench_search")
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 @contextlib.contextmanager
@@ -315,7 +309,7 @@ def parallel_searches(g: Any, queries: np.ndarray, k: int, threads: int = 8, n: 
         t.join()
     concurrent = time.perf_counter() - t0
     return {"queries": int(len(qs)), "threads": threads, "serial_seconds": serial, "concurrent_seconds": concurrent,
-            "speedup": serial / concurrent if concurrent > 0 else float("nan"), "usable_cpus": _usable_cpus(),
+            "speedup": serial / concurrent if concurrent > 0 else float("nan"), "usable_cpus": usable_cpus(),
             "parallel_by_design": bool(g._index.parallel_search)}
 
 
@@ -365,7 +359,7 @@ def run_comparison(
 
     base = np.ascontiguousarray(base, dtype=np.float32)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    threads = threads or _usable_cpus()
+    threads = threads or usable_cpus()
     n, dim = base.shape
     nq = queries.shape[0]
     if n < k:
@@ -582,7 +576,7 @@ def run(args: SuiteOptions) -> dict[str, Any]:
     kinds = args.data or defaults["data"]
     conn = args.connectivity or defaults["connectivity"]
     efs = args.expansion_search or defaults["expansion_search"]
-    threads = args.threads or _usable_cpus()
+    threads = args.threads or usable_cpus()
     progress = not getattr(args, "no_progress", False)
     if dim < 1 or nq < 1 or args.k < 1 or args.clusters < 1 or threads < 1:
         raise UsageError("--dim, --queries, --k, --clusters and --threads must be positive")

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CpuInfo", "cpu_info", "parse_cpuinfo", "peak_estimate", "PeakEstimate", "ISA_FLAGS"]
+__all__ = ["CpuInfo", "cpu_info", "parse_cpuinfo", "peak_estimate", "PeakEstimate", "ISA_FLAGS", "usable_cpus"]
 
 #: The ``/proc/cpuinfo`` flags that decide CPU inference speed, as recorded.
 ISA_FLAGS = ("sse4_2", "avx", "fma", "f16c", "avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
@@ -142,6 +142,14 @@ def _max_mhz(sysfs: Path) -> float | None:
         return None
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask; ``os.cpu_count()`` where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 def cpu_info(cpuinfo_path: str | os.PathLike = "/proc/cpuinfo",
              sysfs: str | os.PathLike = "/sys/devices/system/cpu") -> CpuInfo:
     """Read this machine's :class:`CpuInfo` (paths overridable for tests)."""
@@ -152,10 +160,7 @@ def cpu_info(cpuinfo_path: str | os.PathLike = "/proc/cpuinfo",
     block = parse_cpuinfo(text)
     flags_all = set(block.get("flags", "").split())
     logical = os.cpu_count() or 1
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = logical
+    usable = usable_cpus()
     sockets = {line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("physical id")}
     cores_per = _int(block.get("cpu cores"))
     physical = cores_per * max(1, len(sockets)) if cores_per else None

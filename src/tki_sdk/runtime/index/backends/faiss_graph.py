@@ -24,12 +24,12 @@ the graph file (``IO_FLAG_MMAP``).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tki_sdk.common.cpu import usable_cpus
 from tki_sdk.common.extras import missing_extra
 from tki_sdk.runtime.index.backends.graph_order import bfs_order
 
@@ -233,7 +233,7 @@ class FaissGraph:
             sel, params = None, faiss.SearchParametersHNSW(efSearch=ef)
         # FAISS's HNSW search splits the queries over OpenMP threads: never more threads than queries (a
         # single query on a team of threads leaves the others spinning, taking CPU from the caller's work).
-        self._threads(max(1, min(threads if threads > 0 else (os.cpu_count() or 1), nq)))
+        self._threads(min(threads if threads > 0 else usable_cpus(), nq))
         sims, slots = self._index.search(queries, k, params=params)
         del sel
         valid = slots >= 0
@@ -248,10 +248,9 @@ class FaissGraph:
 
     @staticmethod
     def _threads(threads: int) -> None:
-        """FAISS's OpenMP threads for the calling thread's next calls (``<= 0`` leaves FAISS's default,
-        every core)."""
-        if threads > 0:
-            _faiss().omp_set_num_threads(int(threads))
+        """FAISS's OpenMP threads for the calling thread's next calls (OpenMP keeps the setting per thread,
+        so every call sets it): ``threads``, or every usable CPU when ``<= 0``."""
+        _faiss().omp_set_num_threads(max(1, int(threads) if threads > 0 else usable_cpus()))
 
     # -- files ------------------------------------------------------------------------------------
     def save(self, folder: Path) -> None:
