@@ -84,7 +84,7 @@ def test_serve_quick_drives_a_real_server_at_each_level(tmp_path: Path, pacs_dir
     assert res["embed_images_img_per_s"] > 0 and res["batching_gain_at"]["concurrency"] == 4
     _png(res["plots"][0])
     vec = res["vector_queries"]  # vector queries through the service, once per HNSW backend
-    assert vec["vectors"] == 3000 and set(vec["backends"]) == {"usearch", "hnswlib"}
+    assert vec["vectors"] == 3000 and set(vec["backends"]) == {"usearch", "hnswlib", "faiss"}
     for b in vec["backends"].values():
         assert b["exit_code"] == 0 and [lv["concurrency"] for lv in b["levels"]] == [1, 4]
         assert all(lv["requests"] > 0 and lv["errors"] == 0 for lv in b["levels"])
