@@ -75,8 +75,7 @@ class FaissGraph:
         self._slots = np.zeros(0, dtype=np.uint64)  # key of each slot, DEAD_SLOT when removed
         self._live = np.zeros(0, dtype=np.uint64)  # sorted live keys
         self._live_slot = np.zeros(0, dtype=np.int64)  # their slots
-        self._bitmap = np.zeros(0, dtype=np.uint8)  # bit i of byte i // 8: slot i is live
-        self._dead = 0
+        self._bitmap = np.zeros(0, dtype=np.uint8)  # bit i of byte i // 8: slot i is live (_live_bits)
         self._ordered = 0  # nodes at the last renumbering
 
     def _empty(self) -> Any:
@@ -102,7 +101,7 @@ class FaissGraph:
     @property
     def dead_slots(self) -> int:
         """Removed items whose nodes are still in the graph."""
-        return self._dead
+        return int(self._slots.size - self._live.size)
 
     def keys(self) -> np.ndarray:
         return self._live.copy()
@@ -118,12 +117,10 @@ class FaissGraph:
     def contains(self, keys: np.ndarray) -> np.ndarray:
         return self._slots_of(keys) >= 0
 
-    def _set_live(self, slots: np.ndarray, live: bool) -> None:
-        byte, bit = slots // 8, (slots % 8).astype(np.uint8)
-        if live:
-            np.bitwise_or.at(self._bitmap, byte, np.left_shift(np.uint8(1), bit))
-        else:
-            np.bitwise_and.at(self._bitmap, byte, np.invert(np.left_shift(np.uint8(1), bit)))
+    def _live_bits(self) -> None:
+        """The live-slot bitmap FAISS's ``IDSelectorBitmap`` reads (bit ``i & 7`` of byte ``i >> 3``), from
+        the slot keys."""
+        self._bitmap = np.packbits(self._slots != DEAD_SLOT, bitorder="little")
 
     def _index_live(self) -> None:
         """Rebuild the sorted live keys and the live bitmap from the slot keys."""
@@ -131,9 +128,7 @@ class FaissGraph:
         order = np.argsort(self._slots[slots], kind="stable")
         self._live = self._slots[slots][order]
         self._live_slot = slots[order].astype(np.int64)
-        self._bitmap = np.zeros((self._slots.size + 7) // 8, dtype=np.uint8)
-        self._set_live(slots, True)
-        self._dead = int(self._slots.size - slots.size)
+        self._live_bits()
 
     # -- mutation -------------------------------------------------------------------------------
     def add(self, keys: np.ndarray, vectors: np.ndarray, threads: int) -> None:
@@ -141,7 +136,7 @@ class FaissGraph:
         slots outnumber live ones."""
         keys = np.asarray(keys, dtype=np.uint64).reshape(-1)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if self._dead > max(len(self), 1024):
+        if self.dead_slots > max(len(self), 1024):
             self.compact(threads)
         self._threads(threads)
         first = self._slots.size
@@ -152,10 +147,7 @@ class FaissGraph:
         at = np.searchsorted(self._live, keys[order])
         self._live = np.insert(self._live, at, keys[order])
         self._live_slot = np.insert(self._live_slot, at, slots[order])
-        grown = (self._slots.size + 7) // 8 - self._bitmap.size
-        if grown > 0:
-            self._bitmap = np.concatenate([self._bitmap, np.zeros(grown, dtype=np.uint8)])
-        self._set_live(slots, True)
+        self._live_bits()
         if self._slots.size >= REORDER_FROM and self._slots.size >= 2 * self._ordered:
             self.reorder()
 
@@ -183,16 +175,15 @@ class FaissGraph:
         if not slots.size:
             return
         self._slots[slots] = DEAD_SLOT
-        self._set_live(slots, False)
+        self._live_bits()
         gone = np.isin(self._live_slot, slots)
         self._live, self._live_slot = self._live[~gone], self._live_slot[~gone]
-        self._dead += int(slots.size)
 
     def compact(self, threads: int = 0) -> None:
         """Rebuild the graph from the live vectors (same keys, slots renumbered 0..n-1); drops the tombstones."""
-        if not self._dead:
+        if not self.dead_slots:
             return
-        log.info("faiss graph: rebuilding %d live items to drop %d removed ones", len(self), self._dead)
+        log.info("faiss graph: rebuilding %d live items to drop %d removed ones", len(self), self.dead_slots)
         order = np.sort(self._live_slot)
         vectors = self._index.reconstruct_batch(order) if order.size else np.zeros((0, self.ndim), np.float32)
         keys = self._slots[order]
@@ -226,7 +217,7 @@ class FaissGraph:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         ef = max(self._ef, k)  # FAISS keeps efSearch below k when given in the parameters: k results need ef >= k
         bitmap = self._bitmap  # held for the whole call: the selector points into it
-        if self._dead:
+        if self.dead_slots:
             sel = faiss.IDSelectorBitmap(self._slots.size, faiss.swig_ptr(bitmap))
             params = faiss.SearchParametersHNSW(efSearch=ef, sel=sel)
         else:
@@ -282,17 +273,14 @@ class FaissGraph:
         self._index_live()
         self._ordered = int(slots.size)
 
-    def memory_bytes(self) -> int:
-        """Vectors (``4 D`` bytes each), FAISS's links (4 bytes per neighbour slot on every layer of every
-        node, plus an 8-byte offset and a 4-byte level per node), the slot keys (8 bytes per slot) and the
-        sorted live keys with their slots (16 bytes per item)."""
-        h = self._index.hnsw
-        n = int(self._index.ntotal)
-        graph = 4 * int(h.neighbors.size()) + 8 * int(h.offsets.size()) + 4 * int(h.levels.size())
-        return 4 * self.ndim * n + graph + 8 * int(self._slots.size) + 16 * int(self._live.size) + self._bitmap.nbytes
-
     def serialized_bytes(self) -> int:
+        """Vectors (``4 D`` bytes each), FAISS's links (4 bytes per neighbour slot on every layer of every
+        node, plus an 8-byte offset and a 4-byte level per node) and the slot keys (8 bytes per slot)."""
         h = self._index.hnsw
-        n = int(self._index.ntotal)
-        return 4 * self.ndim * n + 4 * int(h.neighbors.size()) + 8 * int(h.offsets.size()) + \
-            4 * int(h.levels.size()) + 8 * int(self._slots.size)
+        graph = 4 * int(h.neighbors.size()) + 8 * int(h.offsets.size()) + 4 * int(h.levels.size())
+        return 4 * self.ndim * int(self._index.ntotal) + graph + 8 * int(self._slots.size)
+
+    def memory_bytes(self) -> int:
+        """:meth:`serialized_bytes` plus what lives in memory only: the sorted live keys with their slots
+        (16 bytes per item) and the live-slot bitmap."""
+        return self.serialized_bytes() + 16 * int(self._live.size) + self._bitmap.nbytes
