@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from runtime_fixtures import copy_tree_sample, make_tiny_export, pacs_sample
+from tki_sdk.runtime.pipeline.distributed import HOLD_ENV
 from tki_sdk.runtime.pipeline.shards import list_shards
 
 pytest.importorskip("ray")
@@ -41,13 +42,20 @@ def images(pacs_dir, tmp_path_factory):
     return dst
 
 
-def start_embed(export: Path, images: Path, out: Path, cache: Path, *extra: str) -> subprocess.Popen:
-    """The command as a subprocess in a session of its own; its stderr goes to ``proc.stderr_path``."""
+def start_embed(export: Path, images: Path, out: Path, cache: Path, *extra: str,
+                hold: Path | None = None) -> subprocess.Popen:
+    """The command as a subprocess in a session of its own; its stderr goes to ``proc.stderr_path``.
+
+    ``hold``: a file that exists; the run's actors stop after their first batches while it does
+    (:data:`~tki_sdk.runtime.pipeline.distributed.HOLD_ENV`), so the run is still mid-way, Ray up, when the
+    test acts on it (the rows of a small run otherwise reach the driver within a fraction of a second)."""
     argv = [sys.executable, "-m", "tki_sdk.cli.runtime", "embed", "--model", str(export), "--images", str(images),
             "--out", str(out), "--threads", "1", "--batch-size", "4", "--engine", "ray", "--checkpoint-every", "8",
             *extra]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["TKI_CACHE_DIR"] = str(cache)
+    if hold is not None:
+        env[HOLD_ENV] = str(hold)
     log = out.parent / f"{out.name}-stderr-{time.monotonic_ns()}.txt"
     with open(log, "w") as f:
         proc = subprocess.Popen(argv, env=env, cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=f,
@@ -136,6 +144,7 @@ def kill_mid_run(proc: subprocess.Popen, shards: Path) -> tuple[dict[int, tuple[
     sessions = sessions_of(proc.pid)
     assert any(n == "raylet" for _, n in seen.values()), f"no raylet among the driver's processes: {seen}"
     assert sessions, "no Ray session folder named after the driver"
+    assert proc.poll() is None, "the run ended before the test could kill it mid-way"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     return seen, sessions
@@ -159,8 +168,9 @@ def stop_leftovers(seen: dict[int, tuple[float, str]], sessions: list[str]) -> N
 
 
 def test_driver_sigkilled_mid_run_leaves_no_ray_process(export, images, tmp_path):
-    out, cache = tmp_path / "g", tmp_path / "cache"
-    proc = start_embed(export, images, out, cache)
+    out, cache, hold = tmp_path / "g", tmp_path / "cache", tmp_path / "hold"
+    hold.touch()
+    proc = start_embed(export, images, out, cache, hold=hold)
     seen: dict[int, tuple[float, str]] = {}
     sessions: list[str] = []
     try:
@@ -175,8 +185,9 @@ def test_driver_sigkilled_mid_run_leaves_no_ray_process(export, images, tmp_path
 
 @pytest.mark.slow  # over 20 s: run by .ci/run after the default test run (pytest -m slow)
 def test_next_run_stops_what_a_killed_run_and_watchdog_left_then_ends_clean(export, images, tmp_path):
-    out, cache = tmp_path / "g", tmp_path / "cache"
-    proc = start_embed(export, images, out, cache)
+    out, cache, hold = tmp_path / "g", tmp_path / "cache", tmp_path / "hold"
+    hold.touch()
+    proc = start_embed(export, images, out, cache, hold=hold)
     seen: dict[int, tuple[float, str]] = {}
     sessions: list[str] = []
     try:
@@ -186,9 +197,11 @@ def test_next_run_stops_what_a_killed_run_and_watchdog_left_then_ends_clean(expo
         seen.update(descendants(proc.pid))
         sessions = sessions_of(proc.pid)
         watchdogs = [pid for pid in seen if "ray_reaper" in " ".join(psutil.Process(pid).cmdline())]
+        assert proc.poll() is None, "the run ended before the test could kill it mid-way"
         for pid in [*watchdogs, proc.pid]:
             os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=30)
+        hold.unlink()  # the second run runs free; the first run's Ray head runs on until the second stops it
 
         second = start_embed(export, images, out, cache)
         try:

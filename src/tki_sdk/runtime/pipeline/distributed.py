@@ -59,6 +59,7 @@ import os
 import queue
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,7 +78,7 @@ from tki_sdk.runtime.pipeline.embed_run import Checkpointer, trace_embedded
 from tki_sdk.runtime.pipeline.errors import PipelineError
 from tki_sdk.runtime.pipeline.ingest import SourceFile
 
-__all__ = ["RayOptions", "embed_ray", "import_ray", "decode_batch", "EmbedActor", "FAULT_ENV", "plan_resources",
+__all__ = ["RayOptions", "embed_ray", "import_ray", "decode_batch", "EmbedActor", "FAULT_ENV", "HOLD_ENV", "plan_resources",
            "iter_with_stall", "local_ray", "ACTOR_BATCHES", "DECODE_MODES"]
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,10 @@ log = logging.getLogger(__name__)
 #: Diagnostics for fault-injection tests: when set to a file path, the first actor to reach its second
 #: batch creates that file and kills its own process (SIGKILL) after running the model, once per file.
 FAULT_ENV = "TKI_FAULT_KILL_ACTOR_ONCE"
+#: Diagnostics for tests that stop a run mid-way: when set to a file path, an actor that has returned
+#: :data:`HOLD_AFTER_CALLS` batches waits, before its next one, for as long as that file exists.
+HOLD_ENV = "TKI_HOLD_ACTORS_WHILE"
+HOLD_AFTER_CALLS = 2
 
 #: ``decode="actor"``: model batches per actor call (the decode threads overlap the model within a call).
 ACTOR_BATCHES = 8
@@ -180,6 +185,7 @@ class EmbedActor:
         self.calls = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._maybe_hold()
         self.calls += 1
         out = self._decode_and_embed(batch) if self.decode else self._embed(batch)
         self._maybe_fail_once()
@@ -205,6 +211,13 @@ class EmbedActor:
                             dtype=object)
         trace_embedded(str(batch["rel"][i]) for i in sorted(good))
         return {"key": np.asarray(batch["key"], dtype=np.uint64), "embedding": out, "error": errors}
+
+    def _maybe_hold(self) -> None:
+        marker = os.environ.get(HOLD_ENV)
+        if not marker or self.calls < HOLD_AFTER_CALLS:
+            return
+        while os.path.exists(marker):
+            time.sleep(0.1)
 
     def _maybe_fail_once(self) -> None:
         marker = os.environ.get(FAULT_ENV)
