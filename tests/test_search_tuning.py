@@ -126,3 +126,21 @@ def test_choose_connectivity_keeps_a_candidate_that_reaches_the_target(data):
     assert g.connectivity in (4, 12) and res.reached and g.tuned["connectivity_tried"] == report
     keys, _ = g.search(fresh[:200], 10)
     assert _recall(keys, _brute_topk(base[:3000], fresh[:200], 10)) >= 0.93
+
+
+def test_choose_connectivity_tries_the_backends_own_m_and_twice_it(data, backend):
+    """No candidates given: the backend's default M (``IndexConfig.for_backend``; FAISS's is not the others')
+    and twice it, each built and tuned."""
+    from tki_sdk.common.index_config import IndexConfig
+
+    base, _ = data
+    own = IndexConfig.for_backend(backend).connectivity
+    made: list[int | None] = []
+
+    def make(m):
+        made.append(m)
+        return Gallery(48, connectivity=m, expansion_add=24, threads=2)
+
+    g, res, report = build.choose_connectivity(make, base[:1500], target_recall=0.9, holdout=100)
+    assert made == [None, 2 * own]
+    assert [r["connectivity"] for r in report] == [own, 2 * own] and g.connectivity in (own, 2 * own)

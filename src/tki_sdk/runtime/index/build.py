@@ -69,23 +69,28 @@ def add_tuned(gallery: Gallery, keys: Sequence[int] | np.ndarray | None, vectors
     return result
 
 
-def choose_connectivity(make_gallery: Callable[[int], Gallery], vectors: np.ndarray, keys: np.ndarray | None = None,
-                        metadata: Sequence[Mapping[str, Any] | None] | None = None, *,
-                        connectivity: Sequence[int] = (IndexConfig.connectivity, 2 * IndexConfig.connectivity), max_items: int = 100_000,
+def choose_connectivity(make_gallery: Callable[[int | None], Gallery], vectors: np.ndarray,
+                        keys: np.ndarray | None = None, metadata: Sequence[Mapping[str, Any] | None] | None = None, *,
+                        connectivity: Sequence[int] | None = None, max_items: int = 100_000,
                         target_recall: float = IndexConfig.target_recall, holdout: int = 500, k: int = 10, seed: int = 0,
                         progress: Any = False) -> tuple[Gallery, TuningResult | None, list[dict[str, Any]]]:
     """Build ``make_gallery(M)`` for each ``connectivity`` (only the first when more than ``max_items``
     vectors: rebuilding is then not cheap), tune each with :func:`add_tuned`, and keep the one that answers
     the held-out queries fastest among those reaching the target (else the one with the best recall).
+    ``connectivity=None``: the backend's own M and twice it (``make_gallery(None)`` is built first and
+    gives M: ``IndexConfig.for_backend``).
     Returns ``(gallery, its TuningResult, [{connectivity, expansion_search, recall, qps}] per candidate)``."""
     vecs = np.asarray(vectors, dtype=np.float32)
+    first = make_gallery(None) if connectivity is None else None
+    if first is not None:
+        connectivity = (first.connectivity, 2 * first.connectivity)
     tried = list(connectivity) if vecs.shape[0] <= max_items else list(connectivity)[:1]
     best: tuple[Gallery, TuningResult | None, Any] | None = None
     report: list[dict[str, Any]] = []
     rng = np.random.default_rng([seed, 1])
     probe = vecs[rng.choice(vecs.shape[0], size=min(500, vecs.shape[0]), replace=False)]
-    for m in tried:
-        g = make_gallery(int(m))
+    for i, m in enumerate(tried):
+        g = first if i == 0 and first is not None else make_gallery(int(m))
         res = add_tuned(g, keys, vecs, metadata, target_recall=target_recall, holdout=holdout, k=k, seed=seed,
                         progress=progress)
         t0 = time.perf_counter()
