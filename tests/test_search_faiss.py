@@ -34,7 +34,7 @@ def test_autofaiss_sizing_rules():
     assert "16384" in specs[1]["notes"][0]
 
 
-@pytest.mark.parametrize("which", [0, 1, 2])
+@pytest.mark.parametrize("which", [0, 1, pytest.param(2, marks=pytest.mark.slow)])  # 2: PQ's k-means, 18 s
 def test_faiss_indexes_agree_with_brute_force(data, which):
     base, q, truth = data
     spec = faiss_specs(12_000, base.shape[1])[which]  # the sizing of 12k vectors (PQ needs >= 9,984)

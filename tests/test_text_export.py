@@ -35,8 +35,10 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-@pytest.mark.parametrize("kind", GEOMETRIES)
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.slow) if k == "none" else k for k in GEOMETRIES])
 def test_text_artifact_matches_encode_text_on_500_strings(kind, tiny_checkpoint, root):
+    """The text encoder of each export kind equals the PyTorch model's ``encode_text`` (``none`` builds an export of
+    its own, 9 s: it runs with the slow set)."""
     art = text_artifact(kind, _model(kind, tiny_checkpoint), root)
     model, enc = art["model"], art["encoder"]
     assert art["export"].parity.passed, art["export"].parity.failure_line()
