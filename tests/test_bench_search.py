@@ -97,3 +97,31 @@ def test_tiny_run_writes_json_and_png(tmp_path, capsys):
     assert not (tmp_path / "search" / "tiny.partial.json").exists()
     out = capsys.readouterr().out
     assert "Sweeps" in out and "tiny.json" in out and "Goals" in out and "Concurrent searches (one query per call" in out
+
+
+def test_goals_are_the_designs_build_and_memory_against_faiss_and_every_filter():
+    """DESIGN.md's search row: QPS at 0.99 >= FAISS HNSW32 and >= 30x exact, build rate >= FAISS HNSW32's
+    (same run), memory <= FAISS HNSW32's float32, filtered recall >= 0.99 at 1%, 10% and 50%."""
+    from tki_sdk.benchmarks.search import evaluate_goals
+
+    gib = 2**30
+    run_ = {
+        "indexes": [{"index": "G", "kind": "gallery", "dtype": "f32", "backend": "faiss", "build_rate": 1900.0,
+                     "memory_bytes": 2.1 * gib},
+                    {"index": "F", "kind": "faiss-hnsw", "build_rate": 1800.0, "memory_bytes": 2.0 * gib}],
+        "at_target": [{"index": "G", "qps": 1900.0, "max_recall": 0.998, "vs_faiss_hnsw": 1.01, "vs_exact": 29.0},
+                      {"index": "F", "qps": 1880.0, "max_recall": 0.998, "vs_faiss_hnsw": 1.0, "vs_exact": 28.7}],
+        "filters": [{"fraction": 0.01, "recall": 0.999}, {"fraction": 0.1, "recall": 0.992},
+                    {"fraction": 0.5, "recall": 0.985}],
+    }
+    goals = {g["goal"]: g for g in evaluate_goals(run_)}
+    met = {k: g["met"] for k, g in goals.items()}
+    assert met["G: QPS at recall 0.99 >= FAISS HNSW"]
+    assert not met["G: QPS at recall 0.99 >= 30x exact"]
+    assert met["G: build rate >= FAISS HNSW's"]
+    assert not met["G: memory <= FAISS HNSW's"] and "5%" in goals["G: memory <= FAISS HNSW's"]["shortfall"]
+    assert met["filter matching 1%: recall@10 >= 0.99 vs exact filtered"]
+    assert met["filter matching 10%: recall@10 >= 0.99 vs exact filtered"]
+    assert not met["filter matching 50%: recall@10 >= 0.99 vs exact filtered"]
+    run_["indexes"][0]["build_rate"] = 1700.0
+    assert not {g["goal"]: g["met"] for g in evaluate_goals(run_)}["G: build rate >= FAISS HNSW's"]
