@@ -100,7 +100,7 @@ def test_tiny_run_writes_json_and_png(tmp_path, capsys):
 
 
 def test_goals_are_the_designs_build_and_memory_against_faiss_and_every_filter():
-    """DESIGN.md's search row: QPS at 0.99 >= FAISS HNSW32 and >= 30x exact, build rate >= FAISS HNSW32's
+    """ARCHITECTURE.md's Targets, search row: QPS at 0.99 >= FAISS HNSW32 and >= 30x exact, build rate >= FAISS HNSW32's
     (same run), memory <= FAISS HNSW32's float32, filtered recall >= 0.99 at 1%, 10% and 50%."""
     from tki_sdk.benchmarks.search import evaluate_goals
 

@@ -24,9 +24,9 @@ the sphere, both from :mod:`.search_data`; or ``--vectors file.npy``) and size `
 * **Filters** (:mod:`.search_filters`): ``where`` filters matching 1%, 10%, 50% on the first Gallery, recall@k
   against exact filtered search, and QPS.
 
-Goals (DESIGN.md's search row; 1M x 512, embedding-shaped data): recall@10 >= 0.99 at QPS >= FAISS HNSW's
-at that recall and >= 30x exact; build rate >= FAISS HNSW's and memory <= FAISS HNSW's float32 (same run);
-i8 + re-ranking >= 0.99 in <= 40% of the f32 gallery's memory; filtered search at 1%, 10% and 50% >= 0.99
+Goals (ARCHITECTURE.md, "Targets", the search row; 1M x 512, embedding-shaped data): recall@10 >= 0.99 at
+QPS >= FAISS HNSW's at that recall and >= 30x exact; build rate >= FAISS HNSW's and memory <= FAISS HNSW's
+float32 (same run); i8 + re-ranking >= 0.99 in <= 40% of the f32 gallery's memory; filtered search at 1%, 10% and 50% >= 0.99
 recall. Each goal is reported with the measured figure and, when missed, by how much.
 
 ``recall@k = |approx top-k  intersect  exact top-k| / k``, averaged over queries.
