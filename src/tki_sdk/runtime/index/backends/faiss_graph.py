@@ -224,7 +224,7 @@ class FaissGraph:
             sel, params = None, faiss.SearchParametersHNSW(efSearch=ef)
         # FAISS's HNSW search splits the queries over OpenMP threads: never more threads than queries (a
         # single query on a team of threads leaves the others spinning, taking CPU from the caller's work).
-        self._threads(min(threads if threads > 0 else usable_cpus(), nq))
+        self._threads(threads, most=nq)
         sims, slots = self._index.search(queries, k, params=params)
         del sel
         valid = slots >= 0
@@ -238,10 +238,11 @@ class FaissGraph:
         return keys, dist, counts
 
     @staticmethod
-    def _threads(threads: int) -> None:
+    def _threads(threads: int, most: int | None = None) -> None:
         """FAISS's OpenMP threads for the calling thread's next calls (OpenMP keeps the setting per thread,
-        so every call sets it): ``threads``, or every usable CPU when ``<= 0``."""
-        _faiss().omp_set_num_threads(max(1, int(threads) if threads > 0 else usable_cpus()))
+        so every call sets it): ``threads``, or every usable CPU when ``<= 0``; at most ``most``, at least 1."""
+        n = int(threads) if threads > 0 else usable_cpus()
+        _faiss().omp_set_num_threads(max(1, n if most is None else min(n, int(most))))
 
     # -- files ------------------------------------------------------------------------------------
     def save(self, folder: Path) -> None:
