@@ -311,12 +311,26 @@ def _png(side: int, colour: tuple[int, int, int]) -> bytes:
     return buf.getvalue()
 
 
+def _decode_seconds(s, data: bytes) -> float:
+    """This machine's time to decode and preprocess ``data`` once on one thread (fastest of three)."""
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        s["emb"].preprocessor.process(data)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
 def test_decoding_runs_inside_the_timeout_and_a_small_query_is_not_starved(setup):
     s = setup
-    side, n = 1500, 48
+    side, timeout, workers = 1500, 1.5, 2
+    # enough images that decoding them on this machine takes at least 3x the timeout on ``workers`` threads
+    # (a fixed count finished inside the timeout on a faster CPU)
+    one = _decode_seconds(s, _png(side, (0, 40, 90)))
+    n = max(48, int(np.ceil(3 * timeout * workers / one)))
     big = [("image", (f"big{i}.png", _png(side, (i * 5 % 256, 40, 90)))) for i in range(n)]
     small = [("image", ("q.jpg", s["query"].read_bytes()))]
-    timeout = 1.5
+    limits = {"max_images": n, "max_request_pixels": n * side * side}
 
     async def small_query(c, delay: float) -> tuple[int, float]:
         await asyncio.sleep(delay)
@@ -331,16 +345,17 @@ def test_decoding_runs_inside_the_timeout_and_a_small_query_is_not_starved(setup
 
     async def main():
         # over the per-request pixel budget: refused before any decoding
-        async with asgi_client(config(s, max_request_pixels=20 * side * side, request_timeout_s=timeout)) as (_, c):
+        async with asgi_client(config(s, max_images=n, max_request_pixels=20 * side * side,
+                                      request_timeout_s=timeout)) as (_, c):
             (code, took, text), (small_code, small_took) = await asyncio.gather(big_query(c), small_query(c, 0.05))
             assert code == 413 and "pixel" in json.loads(text)["error"], text
             assert small_code == 200 and small_took < 2.0
         # within the budget but more decoding than the timeout allows: cut at the timeout
-        async with asgi_client(config(s, request_timeout_s=timeout, workers=2)) as (_, c):
+        async with asgi_client(config(s, request_timeout_s=timeout, workers=workers, **limits)) as (_, c):
             (code, took, text), (small_code, small_took) = await asyncio.gather(big_query(c), small_query(c, 0.4))
             metrics = (await c.get("/metrics")).text
             after = await c.post("/v1/search", files=small, data={"k": "3"})
-        assert code == 504, (code, took, text[:200])
+        assert code == 504, (code, took, n, one, text[:200])
         assert took < timeout + 1.5, took
         assert small_code == 200 and small_took < 2.0, small_took
         assert metric_value(metrics, "tki_rejected_total", {"reason": "timeout"}) == 1
