@@ -28,7 +28,7 @@ def test_embed_with_a_float32_backend_then_search(setup, capsys, index):
     assert info["index"] == {"backend": index, "metric": "ip"} and info["count"] == len(files)
     g = Gallery.load(out_dir)
     assert g.index == index and len(g) == len(files)
-    assert g.connectivity == (24 if index == "faiss" else 16)  # each backend's default M (IndexConfig.for_backend)
+    assert g.connectivity == (30 if index == "faiss" else 16)  # each backend's default M (IndexConfig.for_backend)
     rc, out, err = run_tki(["search", "--gallery", out_dir, "--model", export, "--image", files[0], "-k", 3],
                            capsys)
     assert rc == 0, err

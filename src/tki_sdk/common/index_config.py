@@ -20,9 +20,11 @@ __all__ = ["IndexConfig", "BACKEND_DEFAULTS"]
 
 #: Graph settings of the backends whose defaults differ from :class:`IndexConfig`'s. FAISS links a new node
 #: to up to ``2 M`` base-layer neighbours at once (usearch and hnswlib: ``M``, more arriving as others link
-#: back), so its graph is denser at equal M; M 24 builds faster and in less memory than FAISS's usual M 32
-#: (the search suite's 1M x 512 run compares it with FAISS HNSW32, ``benchmarks/results/search/``).
-BACKEND_DEFAULTS: dict[str, dict[str, int]] = {"faiss": {"connectivity": 24}}
+#: back), so its graph is denser at equal M. M 30: the largest M whose graph plus the gallery's slot keys fits
+#: in FAISS HNSW32's float32 memory (base-layer links ``4 * 2M`` bytes per item: 240 against 256, which leaves
+#: room for the 8-byte key of each slot); the search suite's 1M x 512 runs compare it with FAISS HNSW32
+#: (``benchmarks/results/search/``).
+BACKEND_DEFAULTS: dict[str, dict[str, int]] = {"faiss": {"connectivity": 30}}
 
 
 @dataclass(frozen=True)
