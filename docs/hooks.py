@@ -110,7 +110,7 @@ def search_table(name: str) -> str:
     out = []
     for run in res.get("runs", []):
         target = (res.get("target") or {}).get("recall_at_10")
-        out.append(f"{run['label']} x {run['dim']}, {run['threads']} threads, recall@{run['k']}"
+        out.append(f"{run['label']} x {run['dim']}, {run['threads']} thread{'' if run['threads'] == 1 else 's'}, recall@{run['k']}"
                    + (f" = {target}" if target is not None else "") + ":")
         out += ["", "| index | QPS | x FAISS HNSW | x exact | max recall | build vectors/s | memory MiB |",
                 "|---|---:|---:|---:|---:|---:|---:|"]

@@ -407,3 +407,22 @@ def test_faiss_sets_its_threads_for_every_call():
     g.search(x[0], 5)
     g._index.add(np.arange(100, 200, dtype=np.uint64), x[100:], 0)  # (the gallery inserts into small graphs
     assert faiss.omp_get_max_threads() == usable_cpus()              # on one thread: SERIAL_ADD_BELOW)
+
+
+def test_default_faiss_gallery_holds_no_more_than_faiss_hnsw32():
+    """The default faiss gallery's graph, vectors and slot keys take no more bytes than FAISS's own
+    ``IndexHNSWFlat`` at M 32 (its serialised size) on the same vectors: the memory goal of the search suite."""
+    faiss = pytest.importorskip("faiss")
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    g = Gallery(32, index="faiss", expansion_add=40)
+    g.add(np.arange(x.shape[0]), x)
+    ref = faiss.IndexHNSWFlat(32, 32, faiss.METRIC_INNER_PRODUCT)
+    ref.hnsw.efConstruction = 40
+    ref.add(x)
+    ref_bytes = faiss.serialize_index(ref).size
+    ours = g._index.serialized_bytes()
+    assert ours <= ref_bytes, (ours, ref_bytes, g.connectivity)
+    # and the count is FAISS's: the gallery's graph file is what serialized_bytes says, to within its header
+    assert abs(faiss.serialize_index(g._index._index).size + 8 * len(g) - ours) < 1024
