@@ -144,3 +144,27 @@ def test_choose_connectivity_tries_the_backends_own_m_and_twice_it(data, backend
     g, res, report = build.choose_connectivity(make, base[:1500], target_recall=0.9, holdout=100)
     assert made == [None, 2 * own]
     assert [r["connectivity"] for r in report] == [own, 2 * own] and g.connectivity in (own, 2 * own)
+
+
+def test_tuning_seconds_include_the_exact_reference(data, monkeypatch):
+    """A tuning's ``seconds`` (result and ``gallery.json``) cover all of its work: the exact neighbours it
+    scores against (held-out at build, leave-one-out later) as well as the sweep; a build's time without
+    tuning is the total less these seconds."""
+    import time as _time
+
+    base, _ = data
+    pause = 0.3
+
+    def slow(fn):
+        def wrapped(*a, **kw):
+            _time.sleep(pause)
+            return fn(*a, **kw)
+        return wrapped
+
+    monkeypatch.setattr(build, "exact_neighbours_of", slow(build.exact_neighbours_of))
+    g = _gallery()
+    res = build.add_tuned(g, np.arange(2000), base[:2000], target_recall=0.9, holdout=100)
+    assert res.seconds >= pause and g.tuned["seconds"] >= pause, (res.seconds, g.tuned["seconds"])
+    monkeypatch.setattr(Gallery, "exact_neighbours", slow(Gallery.exact_neighbours))
+    res = g.tune(0.9, sample=100)
+    assert res.seconds >= pause and g.tuned["seconds"] >= pause, (res.seconds, g.tuned["seconds"])

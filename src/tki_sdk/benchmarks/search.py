@@ -16,7 +16,9 @@ the sphere, both from :mod:`.search_data`; or ``--vectors file.npy``) and size `
 * **FAISS** (:mod:`.search_faiss`): ``IndexHNSWFlat`` M 32, ``IVF{nlist},Flat`` and ``IVF{nlist},PQ{m}x8``
   sized as autofaiss would, swept over ``efSearch`` / ``nprobe``.
 * For each index: recall@k against the ground truth and batch QPS (all queries in one call, ``--threads``
-  threads, the fastest of at least three runs and of those over ``--min-time``), build time (vectors/s), memory (the bytes of
+  threads, the fastest of at least three runs and of those over ``--min-time``), build time (vectors/s; a Gallery's
+  includes its metadata and excludes its self-tuning at build, whose exact reference and sweep are
+  ``tuning_seconds``), memory (the bytes of
   the search structures, counted alike for both libraries: their serialised size, plus the Gallery's used
   re-ranking rows) and file size.
   The Pareto frontier of each curve gives the QPS at recall ``TARGET_RECALL`` (log-QPS interpolated between

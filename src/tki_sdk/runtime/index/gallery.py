@@ -52,6 +52,7 @@ a folder of images is :mod:`tki_sdk.runtime.pipeline.ingest`.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -734,6 +735,7 @@ class Gallery:
             raise ValueError("exact galleries are searched by brute force; there is nothing to tune")
         if len(self) < 2:
             raise ValueError("tuning needs a gallery of at least 2 items")
+        t0 = time.perf_counter()
         own = None
         if queries is None:
             keys = self.keys()
@@ -752,6 +754,7 @@ class Gallery:
         result = choose_expansion_search(self._search_at, q, truth, k, target_recall=float(target_recall),
                                          candidates=candidates, own=own, connectivity=self.connectivity,
                                          method=method)
+        result = dataclasses.replace(result, seconds=time.perf_counter() - t0)  # the reference included
         self.expansion_search = result.expansion_search
         self.tuned = result.record()
         return result
