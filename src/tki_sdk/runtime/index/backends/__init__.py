@@ -14,7 +14,7 @@
 recall in the search suite's 1M x 512 run that stores the gallery's dtype
 (``benchmarks/results/search/n1000000_d512_faiss.json``: at float32 and recall@10 0.99 the faiss backend
 matched FAISS HNSW32's queries per second in less memory, hnswlib reached 0.87x; usearch stays the only
-backend with f16 / i8).
+backend with f16 / i8). Its default M (``IndexConfig.for_backend``) is measured in the ``*_m30_*`` runs.
 
 Every backend stores unit vectors for ``cos`` galleries and answers with the same distances: ``ip``
 (``1 - q.x``; on unit vectors this equals ``1 - cos(q, x)``) or ``l2sq`` (``|q - x|^2``). The metric the
